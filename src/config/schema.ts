@@ -1,0 +1,205 @@
+// The config schema (zod): one place that says what every field means, its default and its limits.
+// Types below are the *resolved* config (defaults applied, durations in ms, sizes in bytes, paths absolute).
+import { availableParallelism } from 'node:os';
+import { z } from 'zod';
+import { parseDuration, parseSize } from './units.js';
+
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+const name = z
+  .string()
+  .regex(
+    NAME_PATTERN,
+    'expected 1-128 characters: letters, digits, ".", "_", ":", "-", starting with a letter or digit',
+  );
+
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration in ms or a string like '500ms', '5s', '2m', '1h'` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const bytes = parseSize(v);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a byte count or a string like '64KiB', '256MiB', '1GiB'` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+const listen = z.union([z.number(), z.string()]).transform((v, ctx): ListenAddress => {
+  const parsed = parseListen(v);
+  if (!parsed) {
+    ctx.addIssue({ code: 'custom', message: `expected 'host:port', a port number (0-65535) or 'unix:/path.sock'` });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
+export function parseListen(v: string | number): ListenAddress | undefined {
+  const port = (s: string): number | undefined => {
+    if (!/^\d{1,5}$/.test(s)) return undefined;
+    const n = Number(s);
+    return n <= 65535 ? n : undefined;
+  };
+  if (typeof v === 'number')
+    return Number.isInteger(v) && v >= 0 && v <= 65535 ? { kind: 'tcp', host: '127.0.0.1', port: v } : undefined;
+  if (v.startsWith('unix:')) return v.length > 5 ? { kind: 'unix', path: v.slice(5) } : undefined;
+  const only = port(v);
+  if (only !== undefined) return { kind: 'tcp', host: '127.0.0.1', port: only };
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(v);
+  if (!m || !m[1]) return undefined;
+  const p = port(m[2]!);
+  return p === undefined ? undefined : { kind: 'tcp', host: m[1], port: p };
+}
+
+const declaredSidekick = z
+  .object({
+    start: z.enum(['boot', 'lazy']).default('lazy'),
+    every: duration.optional(),
+  })
+  .strict();
+
+const sidekicks = z
+  .object({
+    entrypoint: z.string().min(1).optional(),
+    declare: z.record(name, declaredSidekick).default({}),
+    maxLazy: z.number().int().min(0).max(10_000).default(16),
+    stopGraceMs: duration.default(30_000),
+    maxBootFailures: z.number().int().min(1).max(1000).default(6),
+    maxVarsBytes: size.default(1024 * 1024),
+    taskQueue: z.number().int().min(1).max(1_000_000).default(1000),
+  })
+  .strict();
+
+const app = z
+  .object({
+    name,
+    listen,
+    handler: z.string().min(1),
+    workers: z
+      .number()
+      .int()
+      .min(1)
+      .max(1024)
+      .default(() => availableParallelism()),
+    drainTimeoutMs: duration.default(10_000),
+    sidekicks: sidekicks.prefault({}),
+  })
+  .strict();
+
+const exporterFile = z.object({ type: z.literal('file'), dir: z.string().min(1).default('./var/out') }).strict();
+const exporterHttp = z
+  .object({
+    type: z.literal('http'),
+    url: z.url({ protocol: /^https?$/ }),
+    timeoutMs: duration.default(5000),
+    gzip: z.boolean().default(true),
+    headers: z.record(z.string(), z.string()).default({}),
+  })
+  .strict();
+
+export const agentSchema = z
+  .object({
+    socket: z.string().min(1).optional(),
+    socketMode: z.number().int().min(0).max(0o777).default(0o660),
+    socketGroup: z.union([z.string().min(1), z.number().int().min(0)]).optional(),
+    maxRecordBytes: size.default(1024 * 1024),
+    batch: z
+      .object({
+        maxRecords: z.number().int().min(1).max(1_000_000).default(100),
+        maxDelayMs: duration.default(5000),
+      })
+      .strict()
+      .prefault({}),
+    memory: z
+      .object({ maxBytes: size.default(64 * 1024 * 1024) })
+      .strict()
+      .prefault({}),
+    spool: z
+      .object({
+        dir: z.string().min(1).default('./var/spool'),
+        maxBytes: size.default(1024 * 1024 * 1024),
+        syncIntervalMs: duration.default(100),
+        segmentBytes: size.default(8 * 1024 * 1024),
+        replayBatchesPerSecond: z.number().min(0).default(0),
+      })
+      .strict()
+      .prefault({}),
+    exporter: z.discriminatedUnion('type', [exporterFile, exporterHttp]).prefault({ type: 'file' }),
+    breaker: z
+      .object({
+        failures: z.number().int().min(1).max(1000).default(5),
+        halfOpenAfterMs: duration.default(60_000),
+      })
+      .strict()
+      .prefault({}),
+    retry: z
+      .object({
+        initialDelayMs: duration.default(500),
+        maxDelayMs: duration.default(30_000),
+      })
+      .strict()
+      .prefault({}),
+    recycle: z
+      .object({
+        maxRssBytes: size.default(256 * 1024 * 1024),
+        maxRecords: z.number().int().min(0).default(0),
+        maxUptimeMs: duration.default(86_400_000),
+      })
+      .strict()
+      .prefault({}),
+    stopTimeoutMs: duration.default(25_000),
+    metrics: z
+      .object({ listen: z.string().min(1).optional() })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    apps: z.array(app).default([]),
+    agent: agentSchema.optional(),
+    admin: z
+      .object({ socket: z.string().min(1).optional() })
+      .strict()
+      .prefault({}),
+    dev: z
+      .object({ watch: z.boolean().default(false) })
+      .strict()
+      .prefault({}),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.apps.forEach((a, i) => {
+      const first = seen.get(a.name);
+      if (first !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['apps', i, 'name'],
+          message: `duplicate app name (also apps[${first}])`,
+        });
+      seen.set(a.name, i);
+      const declared = Object.keys(a.sidekicks.declare).length > 0;
+      if (declared && !a.sidekicks.entrypoint)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['apps', i, 'sidekicks', 'entrypoint'],
+          message: 'required when sidekicks are declared',
+        });
+    });
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type AppConfig = Config['apps'][number];
+export type SidekicksConfig = AppConfig['sidekicks'];
+export type AgentConfig = z.output<typeof agentSchema> & { socket: string };
+export type ExporterConfig = AgentConfig['exporter'];

@@ -1,0 +1,80 @@
+// The one error catalogue. Every error Sidekick throws or logs carries a stable code from this table;
+// each code is documented in docs/errors.md (a test checks the two stay in sync).
+
+export const ERROR_CODES = {
+  // configuration
+  SK_ERR_CONFIG_NOT_FOUND: 'no config file found',
+  SK_ERR_CONFIG_LOAD: 'the config file could not be loaded',
+  SK_ERR_CONFIG_INVALID: 'a config field is invalid',
+  // sidekick API
+  SK_ERR_INVALID_NAME: 'a sidekick name does not match the allowed pattern',
+  SK_ERR_NOT_READY: 'readVars before the sidekick ever published',
+  SK_ERR_TIMEOUT: 'a wait ran past its deadline',
+  SK_ERR_BOOT_FAILED: 'a sidekick failed to boot too many times in a row',
+  SK_ERR_LAZY_CAP: 'too many distinct sidekick names started lazily in one app',
+  SK_ERR_NOT_IN_SIDEKICK: 'a sidekick-only call was made outside a sidekick',
+  SK_ERR_VARS_INVALID: 'setVars got something other than string keys to string values',
+  SK_ERR_VARS_TOO_LARGE: 'a snapshot is larger than the configured cap',
+  SK_ERR_NO_ENTRYPOINT: 'no sidekick entrypoint configured (library mode)',
+  SK_ERR_STOPPED: 'the sidekick or runtime is stopping or stopped',
+  SK_ERR_TASK_QUEUE_FULL: "a sidekick's task queue is full",
+  SK_ERR_NO_TASK_HANDLER: 'a task was sent to a sidekick that never called handleTasks',
+  SK_ERR_TASK_FAILED: 'the task handler threw',
+  SK_ERR_ABORTED: 'the operation was aborted by its signal',
+  // runtime / admin
+  SK_ERR_ADMIN_UNREACHABLE: 'no running instance answered on the admin socket',
+  SK_ERR_LISTEN: 'an app could not listen on its address',
+  // agent
+  SK_ERR_SOCKET_IN_USE: 'the agent socket is held by a live process',
+  SK_ERR_RECORD_TOO_LARGE: 'an ingested line is larger than maxRecordBytes',
+  SK_ERR_RECORD_INVALID: 'an ingested line is not a JSON object',
+  SK_ERR_SPOOL_CORRUPT: 'a spool segment has a bad checksum or a torn tail',
+  SK_ERR_SPOOL_FULL: 'the spool reached maxBytes and dropped its oldest data',
+  SK_ERR_EXPORT_FAILED: 'an export attempt failed and will be retried',
+  SK_ERR_DEAD_LETTER: 'central rejected a batch for good; it was kept on disk',
+  SK_ERR_BREAKER_OPEN: 'the exporter circuit breaker is open',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Every Sidekick error: `code` is stable and greppable; `details` holds the facts the message was built from. */
+export class SidekickError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(`${code}: ${message}`, options);
+    this.name = 'SidekickError';
+    this.code = code;
+    this.details = details;
+  }
+
+  /** Plain data form, so an error can cross a thread or process boundary and be rebuilt with the same code. */
+  toJSON(): { code: ErrorCode; message: string; details: Record<string, unknown> } {
+    return { code: this.code, message: this.message, details: this.details };
+  }
+
+  static fromJSON(data: { code: ErrorCode; message: string; details?: Record<string, unknown> }): SidekickError {
+    const prefix = `${data.code}: `;
+    const text = data.message.startsWith(prefix) ? data.message.slice(prefix.length) : data.message;
+    return new SidekickError(data.code, text, data.details ?? {});
+  }
+}
+
+export function isSidekickError(err: unknown, code?: ErrorCode): err is SidekickError {
+  return err instanceof SidekickError && (code === undefined || err.code === code);
+}
+
+/** Best-effort one-line description of anything thrown (used in logs and in boot-failure messages). */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  if (typeof err === 'string') return err;
+  try {
+    return JSON.stringify(err);
+  } catch {
+    return String(err);
+  }
+}
+
+/** Exit status for configuration errors (sysexits.h EX_CONFIG). */
+export const EXIT_CONFIG = 78;
