@@ -66,7 +66,7 @@ const declaredSidekick = z
   })
   .strict();
 
-const sidekicks = z
+export const sidekicksSchema = z
   .object({
     entrypoint: z.string().min(1).optional(),
     declare: z.record(name, declaredSidekick).default({}),
@@ -90,7 +90,7 @@ const app = z
       .max(1024)
       .default(() => availableParallelism()),
     drainTimeoutMs: duration.default(10_000),
-    sidekicks: sidekicks.prefault({}),
+    sidekicks: sidekicksSchema.prefault({}),
   })
   .strict();
 

@@ -1,0 +1,254 @@
+// The app-side API: getVars, readVars, onVars, sendTask, requestTask, configure, shutdown.
+// Under `sidekick serve` (an HTTP worker: SIDEKICK_SERVE_APP is set and there is an IPC channel) calls go to the
+// supervisor; anywhere else this is library mode and sidekicks run in worker threads of this process.
+import { resolve as resolvePath } from 'node:path';
+import { SidekickError, describeError } from '../errors.js';
+import { sidekicksSchema, type SidekicksConfig } from '../config/schema.js';
+import { formatPath } from '../config/load.js';
+import { childLogger, RateLimitedLog } from '../log/logger.js';
+import { VarsStore, type VarsListener } from '../vars/store.js';
+import type { Vars } from '../vars/snapshot.js';
+import { assertName } from './names.js';
+import { SidekickRegistry } from './registry.js';
+import { IpcTransport, LocalTransport, type Transport } from './transport.js';
+
+export type { Vars, VarsListener };
+
+export interface GetVarsOptions {
+  /** Milliseconds to wait for the first publish; default 30 000. */
+  timeout?: number;
+}
+
+export interface RequestTaskOptions {
+  /** Milliseconds to wait for the result; default 30 000. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+export type LibraryOptions = Partial<Omit<SidekicksConfig, 'declare'>> & {
+  entrypoint?: string;
+  declare?: Record<string, { start?: 'boot' | 'lazy'; every?: number | string }>;
+  /** Scope name in library mode (default 'default'). */
+  app?: string;
+};
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+// One client per process, shared through globalThis so that a second copy of this module still sees it.
+interface ClientState {
+  store: VarsStore;
+  transport: Transport | undefined;
+  library: LibraryOptions;
+  inFlight: Map<string, number>;
+}
+const KEY = Symbol.for('sidekick.client');
+const holder = globalThis as { [KEY]?: ClientState };
+const state: ClientState = (holder[KEY] ??= {
+  store: new VarsStore(),
+  transport: undefined,
+  library: {},
+  inFlight: new Map(),
+});
+const store = state.store;
+const taskLog = new RateLimitedLog(childLogger({ component: 'tasks' }));
+
+/** True when this process is an HTTP worker of `sidekick serve`. */
+export function isServeWorker(): boolean {
+  return Boolean(process.env.SIDEKICK_SERVE_APP) && typeof process.send === 'function';
+}
+
+function transport(): Transport {
+  if (state.transport) return state.transport;
+  if (isServeWorker()) {
+    state.transport = new IpcTransport(process.env.SIDEKICK_SERVE_APP!, store);
+  } else {
+    const opts = state.library;
+    const entrypoint = opts.entrypoint ?? process.env.SIDEKICK_ENTRYPOINT;
+    if (!entrypoint) {
+      throw new SidekickError(
+        'SK_ERR_NO_ENTRYPOINT',
+        'library mode needs a sidekick entrypoint: call configure({ entrypoint }) or set SIDEKICK_ENTRYPOINT',
+      );
+    }
+    const { app = 'default', ...rest } = opts;
+    const parsed = sidekicksSchema.safeParse({ ...rest, entrypoint: resolvePath(entrypoint) });
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      throw new SidekickError('SK_ERR_CONFIG_INVALID', `configure(): ${formatPath(issue.path)}: ${issue.message}`, {
+        field: formatPath(issue.path),
+      });
+    }
+    const registry = new SidekickRegistry(app, parsed.data, true);
+    state.transport = new LocalTransport(store, registry);
+    registry.startDeclared();
+  }
+  return state.transport;
+}
+
+/** Internal: the serve worker installs its transport before loading the app, to receive the initial snapshots. */
+export function installServeTransport(): IpcTransport {
+  return transport() as IpcTransport;
+}
+
+/** Internal: the library-mode registry (for status), if started. */
+export function localRegistry(): SidekickRegistry | undefined {
+  return state.transport instanceof LocalTransport ? state.transport.registryForStatus : undefined;
+}
+
+/** Library mode: set the entrypoint and limits before the first getVars. */
+export function configure(options: LibraryOptions): void {
+  if (state.transport) {
+    throw new SidekickError('SK_ERR_CONFIG_INVALID', 'configure() must be called before the first getVars/sendTask', {
+      field: 'configure',
+    });
+  }
+  state.library = { ...options };
+}
+
+function timeoutOf(options: { timeout?: number } | undefined): number {
+  const t = options?.timeout ?? DEFAULT_TIMEOUT_MS;
+  if (typeof t !== 'number' || Number.isNaN(t) || t < 0) {
+    throw new RangeError(`timeout must be a non-negative number of milliseconds, got ${String(t)}`);
+  }
+  return t;
+}
+
+/**
+ * Starts the sidekick(s) at most once and resolves at the first publish (at once if a snapshot exists).
+ * With an array, all start in parallel under one shared deadline and the result is keyed by name.
+ */
+export function getVars(name: string, options?: GetVarsOptions): Promise<Vars>;
+export function getVars<N extends string>(names: readonly N[], options?: GetVarsOptions): Promise<Record<N, Vars>>;
+export async function getVars(
+  nameOrNames: string | readonly string[],
+  options?: GetVarsOptions,
+): Promise<Vars | Record<string, Vars>> {
+  const timeoutMs = timeoutOf(options);
+  const names = typeof nameOrNames === 'string' ? [nameOrNames] : [...nameOrNames];
+  names.forEach((n) => assertName(n));
+  const waits = names.map((name) => {
+    const ready = store.peek(name);
+    if (ready) return { name, promise: Promise.resolve(ready), cancel: () => {} };
+    const w = store.wait(name); // wait first, so a publish racing with ensure is not missed
+    try {
+      transport().ensure(name);
+    } catch (err) {
+      w.cancel();
+      return { name, promise: Promise.reject(err as Error), cancel: () => {} };
+    }
+    return { name, ...w };
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    if (timeoutMs === Infinity) return;
+    timer = setTimeout(() => {
+      const missing = names.filter((n) => !store.peek(n));
+      reject(
+        new SidekickError(
+          'SK_ERR_TIMEOUT',
+          `getVars(${missing.map((n) => JSON.stringify(n)).join(', ')}) timed out after ${timeoutMs} ms waiting for the first publish (app "${transport().app}")`,
+          { names: missing, timeoutMs },
+        ),
+      );
+    }, timeoutMs);
+  });
+  try {
+    const values = await Promise.race([Promise.all(waits.map((w) => w.promise)), deadline]);
+    if (typeof nameOrNames === 'string') return values[0]!;
+    const out: Record<string, Vars> = {};
+    names.forEach((n, i) => (out[n] = values[i]!));
+    return out;
+  } finally {
+    clearTimeout(timer);
+    for (const w of waits) w.cancel();
+  }
+}
+
+/** The latest snapshot, synchronously; the identical frozen object until the next publish. The per-request hot path. */
+export function readVars(name: string): Vars {
+  return store.read(name);
+}
+
+/** Calls `listener` on every new snapshot of `name`; returns the unsubscribe function. Does not start the sidekick. */
+export function onVars(name: string, listener: VarsListener): () => void {
+  assertName(name);
+  return store.on(name, listener);
+}
+
+function taskQueueLimit(): number {
+  const fromEnv = Number(process.env.SIDEKICK_TASK_QUEUE);
+  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : (state.library.taskQueue ?? 1000);
+}
+
+/** Takes a slot in the bounded per-sidekick task queue, or throws SK_ERR_TASK_QUEUE_FULL; returns the release. */
+function reserveTask(name: string): () => void {
+  const limit = taskQueueLimit();
+  const n = state.inFlight.get(name) ?? 0;
+  if (n >= limit) {
+    throw new SidekickError('SK_ERR_TASK_QUEUE_FULL', `task queue for sidekick "${name}" is full (${limit} in flight)`, {
+      name,
+      limit,
+    });
+  }
+  state.inFlight.set(name, n + 1);
+  return () => state.inFlight.set(name, (state.inFlight.get(name) ?? 1) - 1);
+}
+
+function submitTask(name: string, payload: unknown, reply: boolean): Promise<unknown> {
+  const release = reserveTask(name);
+  try {
+    return transport().task(name, payload, reply).finally(release);
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
+
+/** Fire-and-forget task. Throws SK_ERR_TASK_QUEUE_FULL at once when the bounded queue is full. */
+export function sendTask(name: string, payload: unknown): void {
+  assertName(name);
+  submitTask(name, payload, false).catch((err: unknown) =>
+    taskLog.warn({ sidekick: name, err: describeError(err) }, 'fire-and-forget task failed'),
+  );
+}
+
+/** A task whose result you wait for (bounded by `timeout`, cancellable by `signal`). */
+export async function requestTask(name: string, payload: unknown, options?: RequestTaskOptions): Promise<unknown> {
+  assertName(name);
+  const timeoutMs = timeoutOf(options);
+  const signal = options?.signal;
+  if (signal?.aborted) throw new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") aborted before it was sent`);
+  const result = submitTask(name, payload, true);
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
+            name,
+            timeoutMs,
+          }),
+        ),
+      timeoutMs,
+    );
+    onAbort = () => reject(new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name }));
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+  result.catch(() => undefined); // a late failure after timeout/abort is not an unhandled rejection
+  try {
+    return await Promise.race([result, guard]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Library mode: stop every sidekick of this process (grace period applies). No-op under `sidekick serve`. */
+export async function shutdown(): Promise<void> {
+  const t = state.transport;
+  if (!t || t instanceof IpcTransport) return;
+  state.transport = undefined;
+  store.failAll(new SidekickError('SK_ERR_STOPPED', 'sidekicks were shut down'));
+  await t.stop();
+}

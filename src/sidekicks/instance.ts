@@ -1,0 +1,298 @@
+// One sidekick (app + name) across its whole life: worker thread per generation, restarts with backoff, boot
+// failures vs crashes, graceful stop with a grace period then forced termination, and its task queue.
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { SidekickError, describeError } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import { RestartBackoff } from '../supervisor/backoff.js';
+import { adoptSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
+import type { SidekicksConfig } from '../config/schema.js';
+import type { ErrorData, FromThread, ThreadData, ToThread } from './protocol.js';
+
+const THREAD_MAIN = new URL('./thread-main.js', import.meta.url);
+
+export type SidekickState = 'starting' | 'running' | 'backoff' | 'failed' | 'stopping' | 'stopped';
+
+export interface SidekickStatus {
+  app: string;
+  name: string;
+  state: SidekickState;
+  ready: boolean;
+  generation: number;
+  bootFailures: number;
+  crashes: number;
+  consecutiveFailures: number;
+  lastError: string | undefined;
+  publishedAt: number | undefined;
+  keys: number;
+  tasksInFlight: number;
+}
+
+type PendingTask = {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  reply: boolean;
+};
+
+export interface InstanceEvents {
+  vars: [vars: Vars, generation: number];
+  failed: [error: SidekickError];
+}
+
+export class SidekickInstance extends EventEmitter<InstanceEvents> {
+  private worker: Worker | undefined;
+  private state: SidekickState = 'stopped';
+  private vars: Vars | undefined;
+  private publishedAt: number | undefined;
+  private publishedThisRun = false;
+  private generation = -1;
+  private bootFailures = 0;
+  private crashes = 0;
+  private consecutiveBootFailures = 0;
+  private lastError: string | undefined;
+  private lastThreadError: unknown;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private readonly backoff = new RestartBackoff();
+  private nextTaskId = 1;
+  private readonly tasks = new Map<number, PendingTask>();
+  private readonly queued: { id: number; payload: unknown; reply: boolean }[] = [];
+  private exited: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly app: string,
+    readonly name: string,
+    private readonly config: SidekicksConfig & { entrypoint: string },
+    private readonly everyMs: number | undefined,
+    private readonly log: Logger,
+    private readonly unref: boolean,
+  ) {
+    super();
+  }
+
+  get current(): { vars: Vars; generation: number } | undefined {
+    return this.vars ? { vars: this.vars, generation: this.generation } : undefined;
+  }
+
+  get isFailed(): boolean {
+    return this.state === 'failed';
+  }
+
+  /** Starts the first generation, or a fresh series of attempts after the boot-failure cap was reached. */
+  start(): void {
+    if (this.state !== 'stopped' && this.state !== 'failed') return;
+    this.consecutiveBootFailures = 0;
+    this.backoff.reset();
+    this.spawn();
+  }
+
+  private spawn(): void {
+    this.restartTimer = undefined;
+    this.generation++;
+    this.publishedThisRun = false;
+    this.lastThreadError = undefined;
+    this.state = 'starting';
+    const data: ThreadData & { previousVars?: Vars } = {
+      app: this.app,
+      name: this.name,
+      entrypoint: this.config.entrypoint,
+      generation: this.generation,
+      everyMs: this.everyMs,
+      maxVarsBytes: this.config.maxVarsBytes,
+      taskQueue: this.config.taskQueue,
+      previousVars: this.vars,
+    };
+    const worker = new Worker(THREAD_MAIN, {
+      workerData: data,
+      argv: [this.name],
+      env: { ...process.env, SIDEKICK_NAME: this.name, SIDEKICK_APP: this.app },
+      name: `sidekick:${this.app}/${this.name}`,
+    });
+    if (this.unref) worker.unref();
+    this.worker = worker;
+    this.backoff.started();
+    let onExit!: () => void;
+    this.exited = new Promise((resolve) => (onExit = resolve));
+    worker.on('message', (msg: FromThread) => this.onMessage(msg));
+    worker.on('error', (err) => {
+      this.lastThreadError = err;
+    });
+    worker.on('exit', (code) => {
+      if (this.worker === worker) this.worker = undefined;
+      this.onExit(code);
+      onExit();
+    });
+    this.log.debug({ generation: this.generation }, 'sidekick thread started');
+    // Tasks queued while no thread was up go to the new one.
+    for (const task of this.queued.splice(0)) this.post({ t: 'task', ...task });
+  }
+
+  private onMessage(msg: FromThread): void {
+    if (msg.t === 'vars') {
+      const first = !this.publishedThisRun;
+      this.publishedThisRun = true;
+      if (first) {
+        this.state = 'running';
+        this.consecutiveBootFailures = 0;
+      }
+      const snapshot = adoptSnapshot(msg.vars);
+      if (sameVars(this.vars, snapshot)) return; // identical content: no new snapshot, no broadcast
+      this.vars = snapshot;
+      this.publishedAt = Date.now();
+      this.emit('vars', snapshot, this.generation);
+    } else if (msg.t === 'task-done') {
+      const pending = this.tasks.get(msg.id);
+      if (!pending) return;
+      this.tasks.delete(msg.id);
+      if (msg.ok) pending.resolve(msg.value);
+      else pending.reject(rebuildError(msg.error));
+    }
+  }
+
+  private onExit(code: number): void {
+    this.failTasksInFlight(`sidekick "${this.name}" exited before finishing the task`);
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      this.state = 'stopped';
+      return;
+    }
+    const err = this.lastThreadError;
+    const reason = err !== undefined ? describeError(err) : `exited with code ${code}`;
+    const clean = err === undefined && code === 0;
+    const { delayMs } = this.backoff.failed();
+    if (!this.publishedThisRun) {
+      this.bootFailures++;
+      this.consecutiveBootFailures++;
+      this.lastError = clean ? 'exited before its first publish (exit code 0)' : reason;
+      this.log.warn(
+        { attempt: this.consecutiveBootFailures, error: this.lastError, generation: this.generation },
+        'sidekick boot failure',
+      );
+      if (this.consecutiveBootFailures >= this.config.maxBootFailures && !this.vars) {
+        this.state = 'failed';
+        const error = new SidekickError(
+          'SK_ERR_BOOT_FAILED',
+          `sidekick "${this.name}" (app "${this.app}", entrypoint ${this.config.entrypoint}) failed to boot ${this.consecutiveBootFailures} times in a row; last error: ${this.lastError}`,
+          {
+            app: this.app,
+            name: this.name,
+            entrypoint: this.config.entrypoint,
+            attempts: this.consecutiveBootFailures,
+            lastError: this.lastError,
+          },
+        );
+        this.log.error({ err: error.message }, 'sidekick gave up booting');
+        this.failQueuedTasks(error);
+        this.emit('failed', error);
+        return;
+      }
+    } else if (clean) {
+      this.log.info({ generation: this.generation, delayMs }, 'sidekick exited cleanly; rerunning');
+    } else {
+      this.crashes++;
+      this.lastError = reason;
+      this.log.warn({ error: reason, generation: this.generation, delayMs }, 'sidekick crashed; restarting');
+    }
+    this.state = 'backoff';
+    this.restartTimer = setTimeout(() => this.spawn(), delayMs);
+    if (this.unref) this.restartTimer.unref();
+  }
+
+  /** Stop: abort the signal, wait for the thread up to the grace period, then terminate it. */
+  async stop(graceMs = this.config.stopGraceMs): Promise<void> {
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
+    const worker = this.worker;
+    this.state = 'stopping';
+    this.failQueuedTasks(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopping`));
+    if (!worker) {
+      this.state = 'stopped';
+      return;
+    }
+    this.post({ t: 'stop' });
+    const exited = this.exited;
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<'grace'>((resolve) => (timer = setTimeout(() => resolve('grace'), graceMs)));
+    const outcome = await Promise.race([exited.then(() => 'exited' as const), graceOver]);
+    clearTimeout(timer);
+    if (outcome === 'grace') {
+      this.log.warn({ graceMs }, 'sidekick did not stop within its grace period; terminating its thread');
+      await worker.terminate();
+      await exited;
+    }
+    this.state = 'stopped';
+  }
+
+  /** Reload: stop this generation (grace applies) and start the next; the last snapshot keeps being served. */
+  async restart(): Promise<void> {
+    await this.stop();
+    this.consecutiveBootFailures = 0;
+    this.backoff.reset();
+    this.spawn();
+  }
+
+  /** Queue a task; `reply` false = fire-and-forget (resolves when the handler finished). */
+  task(payload: unknown, reply: boolean): Promise<unknown> {
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      return Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
+    }
+    if (this.tasks.size >= this.config.taskQueue) {
+      throw new SidekickError(
+        'SK_ERR_TASK_QUEUE_FULL',
+        `task queue of sidekick "${this.name}" is full (${this.config.taskQueue} tasks in flight)`,
+        { name: this.name, limit: this.config.taskQueue },
+      );
+    }
+    const id = this.nextTaskId++;
+    return new Promise((resolve, reject) => {
+      this.tasks.set(id, { resolve, reject, reply });
+      if (this.worker) this.post({ t: 'task', id, payload, reply });
+      else this.queued.push({ id, payload, reply });
+    });
+  }
+
+  private post(msg: ToThread): void {
+    this.worker?.postMessage(msg);
+  }
+
+  private failTasksInFlight(why: string): void {
+    const queuedIds = new Set(this.queued.map((q) => q.id));
+    for (const [id, pending] of this.tasks) {
+      if (queuedIds.has(id)) continue;
+      this.tasks.delete(id);
+      pending.reject(new SidekickError('SK_ERR_STOPPED', why, { name: this.name }));
+    }
+  }
+
+  private failQueuedTasks(error: Error): void {
+    for (const q of this.queued.splice(0)) {
+      const pending = this.tasks.get(q.id);
+      this.tasks.delete(q.id);
+      pending?.reject(error);
+    }
+  }
+
+  status(): SidekickStatus {
+    return {
+      app: this.app,
+      name: this.name,
+      state: this.state,
+      ready: this.vars !== undefined,
+      generation: this.generation,
+      bootFailures: this.bootFailures,
+      crashes: this.crashes,
+      consecutiveFailures: this.backoff.consecutive,
+      lastError: this.lastError,
+      publishedAt: this.publishedAt,
+      keys: this.vars ? Object.keys(this.vars).length : 0,
+      tasksInFlight: this.tasks.size,
+    };
+  }
+}
+
+export function rebuildError(data: ErrorData): Error {
+  if (data.code && data.code.startsWith('SK_ERR_')) {
+    return SidekickError.fromJSON({ code: data.code as SidekickError['code'], message: data.message, details: data.details });
+  }
+  const err = new Error(data.message);
+  if (data.stack) err.stack = data.stack;
+  return err;
+}

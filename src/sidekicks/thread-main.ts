@@ -1,0 +1,108 @@
+// Entry point of a sidekick's worker thread. Loads the app's entrypoint module, binds the in-sidekick API, and runs
+// the default export once (long-running style) or on its `every` schedule (never overlapping).
+//
+// Exit rules (read by the supervisor in instance.ts): an uncaught error → the thread dies with it (boot failure if
+// nothing was published in this run, crash otherwise); the event loop running empty → clean exit (code 0).
+// On 'stop' the signal aborts; once the default export has settled the thread exits at once, so a sidekick holding
+// a watcher or a timer does not hold up a reload.
+import { parentPort, workerData } from 'node:worker_threads';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
+import { SidekickError } from '../errors.js';
+import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
+import { bindSidekickRuntime, type SidekickContext, type TaskHandler } from './context.js';
+import type { FromThread, ThreadData, ToThread } from './protocol.js';
+import { errorToData } from './errors-data.js';
+
+const data = workerData as ThreadData & { previousVars?: Record<string, string> };
+const port = parentPort!;
+const who = `sidekick "${data.name}" (app "${data.app}")`;
+const controller = new AbortController();
+let stopping = false;
+let mainSettled = false;
+let lastPublished: Vars | undefined;
+let taskHandler: TaskHandler | undefined;
+const earlyTasks: Extract<ToThread, { t: 'task' }>[] = [];
+
+const post = (msg: FromThread): void => port.postMessage(msg);
+
+async function runTask(task: Extract<ToThread, { t: 'task' }>, fn: TaskHandler): Promise<void> {
+  try {
+    const value = await fn(task.payload);
+    post({ t: 'task-done', id: task.id, ok: true, value: task.reply ? value : undefined });
+  } catch (err) {
+    post({
+      t: 'task-done',
+      id: task.id,
+      ok: false,
+      error: errorToData(new SidekickError('SK_ERR_TASK_FAILED', `${who}: task handler threw: ${errorToData(err).message}`)),
+    });
+  }
+}
+
+function exitIfDone(): void {
+  // process.exit in a worker thread ends only this thread.
+  if (stopping && mainSettled) setImmediate(() => process.exit(0));
+}
+
+port.on('message', (msg: ToThread) => {
+  if (msg.t === 'stop') {
+    if (stopping) return;
+    stopping = true;
+    controller.abort(new SidekickError('SK_ERR_STOPPED', `${who} is stopping`));
+    exitIfDone();
+  } else if (msg.t === 'task') {
+    if (taskHandler) void runTask(msg, taskHandler);
+    else if (earlyTasks.length < data.taskQueue) earlyTasks.push(msg);
+    else
+      post({
+        t: 'task-done',
+        id: msg.id,
+        ok: false,
+        error: errorToData(new SidekickError('SK_ERR_NO_TASK_HANDLER', `${who} has not called handleTasks`)),
+      });
+  }
+});
+
+const ctx: SidekickContext = {
+  app: data.app,
+  name: data.name,
+  generation: data.generation,
+  signal: controller.signal,
+  previousVars: data.previousVars ? makeSnapshot(data.previousVars, Infinity, who) : undefined,
+  setVars(vars) {
+    const snapshot = makeSnapshot(vars, data.maxVarsBytes, who);
+    if (sameVars(lastPublished, snapshot)) return;
+    lastPublished = snapshot;
+    post({ t: 'vars', vars: snapshot });
+  },
+  shouldStop: () => stopping,
+  handleTasks(fn) {
+    if (typeof fn !== 'function') throw new TypeError('handleTasks expects a function');
+    taskHandler = fn;
+    for (const task of earlyTasks.splice(0)) void runTask(task, fn);
+  },
+};
+bindSidekickRuntime(ctx);
+
+const mod = (await import(pathToFileURL(data.entrypoint).href)) as { default?: unknown };
+const main = mod.default;
+if (typeof main !== 'function') {
+  throw new Error(`entrypoint ${data.entrypoint} has no default export function (got ${typeof main})`);
+}
+const entry = main as (ctx: SidekickContext) => unknown;
+
+if (data.everyMs === undefined) {
+  await entry(ctx);
+} else {
+  // Fixed-rate schedule that never overlaps: a run that overruns its slot starts the next one right away.
+  while (!stopping) {
+    const started = performance.now();
+    await entry(ctx);
+    const wait = data.everyMs - (performance.now() - started);
+    if (stopping) break;
+    if (wait > 0) await sleep(wait, undefined, { signal: controller.signal }).catch(() => undefined);
+  }
+}
+mainSettled = true;
+exitIfDone();

@@ -1,0 +1,50 @@
+// Vars snapshots: string keys to string values, frozen, with a null prototype (so a key such as "__proto__" or
+// "constructor" is just data). Strings are JS strings, so NUL, any UTF-8 and empty values pass through unchanged.
+import { SidekickError } from '../errors.js';
+
+export type Vars = Readonly<Record<string, string>>;
+
+/** Validates what a sidekick passed to setVars and returns a detached, frozen snapshot. */
+export function makeSnapshot(input: unknown, maxBytes: number, who: string): Vars {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw new SidekickError('SK_ERR_VARS_INVALID', `${who}: setVars expects an object of string values`, {
+      got: input === null ? 'null' : Array.isArray(input) ? 'array' : typeof input,
+    });
+  }
+  const out = Object.create(null) as Record<string, string>;
+  let bytes = 0;
+  for (const key of Object.keys(input)) {
+    const value = (input as Record<string, unknown>)[key];
+    if (typeof value !== 'string') {
+      throw new SidekickError('SK_ERR_VARS_INVALID', `${who}: setVars value for "${key}" is a ${typeof value}, not a string`, {
+        key,
+        type: typeof value,
+      });
+    }
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
+    out[key] = value;
+  }
+  if (bytes > maxBytes) {
+    throw new SidekickError('SK_ERR_VARS_TOO_LARGE', `${who}: snapshot is ${bytes} bytes, over the cap of ${maxBytes}`, {
+      bytes,
+      maxBytes,
+    });
+  }
+  return Object.freeze(out);
+}
+
+/** Re-freezes a snapshot that crossed a thread or process boundary (structured clone gives a fresh plain object). */
+export function adoptSnapshot(received: Record<string, string>): Vars {
+  const out = Object.create(null) as Record<string, string>;
+  for (const key of Object.keys(received)) out[key] = received[key]!;
+  return Object.freeze(out);
+}
+
+export function sameVars(a: Vars | undefined, b: Vars): boolean {
+  if (a === undefined) return false;
+  if (a === b) return true;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) if (a[k] !== b[k] || !(k in b)) return false;
+  return true;
+}
