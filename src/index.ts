@@ -14,5 +14,12 @@ export {
   type RequestTaskOptions,
   type LibraryOptions,
 } from './sidekicks/api.js';
-export { setVars, shouldStop, stopSignal, handleTasks, type SidekickContext, type TaskHandler } from './sidekicks/context.js';
+export {
+  setVars,
+  shouldStop,
+  stopSignal,
+  handleTasks,
+  type SidekickContext,
+  type TaskHandler,
+} from './sidekicks/context.js';
 export type { Config, AppConfig, AgentConfig } from './config/schema.js';

@@ -185,10 +185,14 @@ function reserveTask(name: string): () => void {
   const limit = taskQueueLimit();
   const n = state.inFlight.get(name) ?? 0;
   if (n >= limit) {
-    throw new SidekickError('SK_ERR_TASK_QUEUE_FULL', `task queue for sidekick "${name}" is full (${limit} in flight)`, {
-      name,
-      limit,
-    });
+    throw new SidekickError(
+      'SK_ERR_TASK_QUEUE_FULL',
+      `task queue for sidekick "${name}" is full (${limit} in flight)`,
+      {
+        name,
+        limit,
+      },
+    );
   }
   state.inFlight.set(name, n + 1);
   return () => state.inFlight.set(name, (state.inFlight.get(name) ?? 1) - 1);

@@ -61,8 +61,8 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   constructor(
     readonly app: string,
     readonly name: string,
-    private readonly config: SidekicksConfig & { entrypoint: string },
-    private readonly everyMs: number | undefined,
+    /** Shared with the registry, so a reload's new settings apply to the next generation. */
+    private readonly config: SidekicksConfig,
     private readonly log: Logger,
     private readonly unref: boolean,
   ) {
@@ -71,6 +71,10 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   get current(): { vars: Vars; generation: number } | undefined {
     return this.vars ? { vars: this.vars, generation: this.generation } : undefined;
+  }
+
+  private get entrypoint(): string {
+    return this.config.entrypoint ?? '(none)';
   }
 
   get isFailed(): boolean {
@@ -94,9 +98,9 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     const data: ThreadData & { previousVars?: Vars } = {
       app: this.app,
       name: this.name,
-      entrypoint: this.config.entrypoint,
+      entrypoint: this.entrypoint,
       generation: this.generation,
-      everyMs: this.everyMs,
+      everyMs: this.config.declare[this.name]?.every,
       maxVarsBytes: this.config.maxVarsBytes,
       taskQueue: this.config.taskQueue,
       previousVars: this.vars,
@@ -170,11 +174,11 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
         this.state = 'failed';
         const error = new SidekickError(
           'SK_ERR_BOOT_FAILED',
-          `sidekick "${this.name}" (app "${this.app}", entrypoint ${this.config.entrypoint}) failed to boot ${this.consecutiveBootFailures} times in a row; last error: ${this.lastError}`,
+          `sidekick "${this.name}" (app "${this.app}", entrypoint ${this.entrypoint}) failed to boot ${this.consecutiveBootFailures} times in a row; last error: ${this.lastError}`,
           {
             app: this.app,
             name: this.name,
-            entrypoint: this.config.entrypoint,
+            entrypoint: this.entrypoint,
             attempts: this.consecutiveBootFailures,
             lastError: this.lastError,
           },
@@ -290,7 +294,11 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
 export function rebuildError(data: ErrorData): Error {
   if (data.code && data.code.startsWith('SK_ERR_')) {
-    return SidekickError.fromJSON({ code: data.code as SidekickError['code'], message: data.message, details: data.details });
+    return SidekickError.fromJSON({
+      code: data.code as SidekickError['code'],
+      message: data.message,
+      details: data.details,
+    });
   }
   const err = new Error(data.message);
   if (data.stack) err.stack = data.stack;

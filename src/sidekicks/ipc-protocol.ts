@@ -5,7 +5,7 @@ import type { ErrorData } from './protocol.js';
 export type WorkerToPrimary =
   | { sk: 'ensure'; name: string }
   | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
-  | { sk: 'ready' };
+  | { sk: 'hello' };
 
 export type PrimaryToWorker =
   | { sk: 'init'; snapshots: { name: string; vars: Record<string, string>; generation: number }[] }

@@ -13,9 +13,7 @@ export interface ThreadData {
 export type ErrorData = { code?: string; message: string; stack?: string; details?: Record<string, unknown> };
 
 /** main → thread */
-export type ToThread =
-  | { t: 'stop' }
-  | { t: 'task'; id: number; payload: unknown; reply: boolean };
+export type ToThread = { t: 'stop' } | { t: 'task'; id: number; payload: unknown; reply: boolean };
 
 /** thread → main */
 export type FromThread =

@@ -39,12 +39,15 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
       if (existing.isFailed) existing.start(); // a new request after giving up = fresh attempts
       return;
     }
-    const entrypoint = this.config.entrypoint;
-    if (!entrypoint) {
-      throw new SidekickError('SK_ERR_NO_ENTRYPOINT', `app "${this.app}" has no sidekicks.entrypoint; cannot start "${name}"`, {
-        app: this.app,
-        name,
-      });
+    if (!this.config.entrypoint) {
+      throw new SidekickError(
+        'SK_ERR_NO_ENTRYPOINT',
+        `app "${this.app}" has no sidekicks.entrypoint; cannot start "${name}"`,
+        {
+          app: this.app,
+          name,
+        },
+      );
     }
     const declared = this.config.declare[name];
     if (!declared) {
@@ -60,8 +63,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     const instance = new SidekickInstance(
       this.app,
       name,
-      { ...this.config, entrypoint },
-      declared?.every,
+      this.config,
       this.log.child({ sidekick: name }),
       this.unrefThreads,
     );
@@ -69,6 +71,11 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     instance.on('failed', (error) => this.emit('failed', name, error));
     this.instances.set(name, instance);
     instance.start();
+  }
+
+  /** Reload: new limits, entrypoint and schedules apply from each sidekick's next generation. */
+  reconfigure(config: SidekicksConfig): void {
+    Object.assign(this.config, config);
   }
 
   /** Starts the sidekicks declared with `start: 'boot'`. */

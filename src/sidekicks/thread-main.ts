@@ -35,7 +35,9 @@ async function runTask(task: Extract<ToThread, { t: 'task' }>, fn: TaskHandler):
       t: 'task-done',
       id: task.id,
       ok: false,
-      error: errorToData(new SidekickError('SK_ERR_TASK_FAILED', `${who}: task handler threw: ${errorToData(err).message}`)),
+      error: errorToData(
+        new SidekickError('SK_ERR_TASK_FAILED', `${who}: task handler threw: ${errorToData(err).message}`),
+      ),
     });
   }
 }

@@ -61,6 +61,8 @@ export class IpcTransport implements Transport {
     process.on('message', (msg: unknown) => {
       if (isSidekickMessage(msg)) this.onMessage(msg as PrimaryToWorker);
     });
+    // Messages sent before this listener existed would be lost, so ask for the snapshots only now.
+    this.send({ sk: 'hello' });
   }
 
   private onMessage(msg: PrimaryToWorker): void {

@@ -16,19 +16,27 @@ export function makeSnapshot(input: unknown, maxBytes: number, who: string): Var
   for (const key of Object.keys(input)) {
     const value = (input as Record<string, unknown>)[key];
     if (typeof value !== 'string') {
-      throw new SidekickError('SK_ERR_VARS_INVALID', `${who}: setVars value for "${key}" is a ${typeof value}, not a string`, {
-        key,
-        type: typeof value,
-      });
+      throw new SidekickError(
+        'SK_ERR_VARS_INVALID',
+        `${who}: setVars value for "${key}" is a ${typeof value}, not a string`,
+        {
+          key,
+          type: typeof value,
+        },
+      );
     }
     bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
     out[key] = value;
   }
   if (bytes > maxBytes) {
-    throw new SidekickError('SK_ERR_VARS_TOO_LARGE', `${who}: snapshot is ${bytes} bytes, over the cap of ${maxBytes}`, {
-      bytes,
-      maxBytes,
-    });
+    throw new SidekickError(
+      'SK_ERR_VARS_TOO_LARGE',
+      `${who}: snapshot is ${bytes} bytes, over the cap of ${maxBytes}`,
+      {
+        bytes,
+        maxBytes,
+      },
+    );
   }
   return Object.freeze(out);
 }

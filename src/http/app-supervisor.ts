@@ -1,0 +1,241 @@
+// One app under `sidekick serve`: its HTTP worker processes (node:cluster) and its sidekick registry.
+// Relays snapshots to every worker, answers their ensure/task requests, restarts crashed workers with backoff,
+// and rolls workers one at a time on reload (the new one listens before the old one drains).
+import cluster, { type Worker } from 'node:cluster';
+import { SidekickError, describeError } from '../errors.js';
+import { childLogger } from '../log/logger.js';
+import type { AppConfig } from '../config/schema.js';
+import { RestartBackoff } from '../supervisor/backoff.js';
+import { SidekickRegistry } from '../sidekicks/registry.js';
+import { errorToData } from '../sidekicks/errors-data.js';
+import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/ipc-protocol.js';
+import type { WorkerSettings } from './worker-main.js';
+
+const WORKER_MAIN = new URL('./worker-main.js', import.meta.url);
+const LISTEN_TIMEOUT_MS = 30_000;
+
+type WorkerState = 'starting' | 'listening' | 'draining';
+
+interface WorkerInfo {
+  worker: Worker;
+  state: WorkerState;
+  startedAt: number;
+  listenError?: string;
+}
+
+export class AppSupervisor {
+  readonly registry: SidekickRegistry;
+  private readonly workers = new Map<number, WorkerInfo>();
+  private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 10_000 });
+  private stopping = false;
+  private rolling: Promise<void> | undefined;
+  private readonly log;
+  private restarts = 0;
+
+  constructor(private config: AppConfig) {
+    this.log = childLogger({ component: 'app', app: config.name });
+    this.registry = new SidekickRegistry(config.name, config.sidekicks);
+    this.registry.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
+    this.registry.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  /** Starts declared sidekicks and all HTTP workers; resolves when every worker listens. */
+  async start(): Promise<void> {
+    this.registry.startDeclared();
+    await Promise.all(Array.from({ length: this.config.workers }, () => this.fork()));
+  }
+
+  private fork(): Promise<WorkerInfo> {
+    const settings: WorkerSettings = {
+      app: this.config.name,
+      handler: this.config.handler,
+      listen: this.config.listen,
+      drainTimeoutMs: this.config.drainTimeoutMs,
+    };
+    cluster.setupPrimary({ exec: WORKER_MAIN.pathname, serialization: 'advanced', args: [] });
+    const worker = cluster.fork({
+      SIDEKICK_SERVE_APP: this.config.name,
+      SIDEKICK_SERVE_SETTINGS: JSON.stringify(settings),
+      SIDEKICK_TASK_QUEUE: String(this.config.sidekicks.taskQueue),
+    });
+    const info: WorkerInfo = { worker, state: 'starting', startedAt: Date.now() };
+    this.workers.set(worker.id, info);
+    worker.on('message', (msg: unknown) => {
+      if (isSidekickMessage(msg))
+        this.onWorkerMessage(info, msg as WorkerToPrimary | { sk: 'listen-error'; message: string });
+    });
+    worker.on('exit', (code, signal) => this.onWorkerExit(info, code, signal));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new SidekickError(
+            'SK_ERR_TIMEOUT',
+            `HTTP worker of app "${this.config.name}" did not listen within ${LISTEN_TIMEOUT_MS} ms`,
+          ),
+        );
+        worker.kill();
+      }, LISTEN_TIMEOUT_MS);
+      worker.once('listening', () => {
+        clearTimeout(timer);
+        info.state = 'listening';
+        this.backoff.started();
+        resolve(info);
+      });
+      worker.once('exit', (code) => {
+        clearTimeout(timer);
+        if (info.state === 'starting') {
+          const where =
+            this.config.listen.kind === 'unix'
+              ? this.config.listen.path
+              : `${this.config.listen.host}:${this.config.listen.port}`;
+          reject(
+            new SidekickError(
+              'SK_ERR_LISTEN',
+              `HTTP worker of app "${this.config.name}" exited (code ${code}) before listening on ${where}${info.listenError ? `: ${info.listenError}` : ''}`,
+              { app: this.config.name },
+            ),
+          );
+        }
+      });
+    });
+  }
+
+  private onWorkerMessage(info: WorkerInfo, msg: WorkerToPrimary | { sk: 'listen-error'; message: string }): void {
+    const worker = info.worker;
+    switch (msg.sk) {
+      case 'hello':
+        this.send(worker, { sk: 'init', snapshots: this.registry.snapshots() });
+        break;
+      case 'ensure':
+        try {
+          this.registry.ensure(msg.name);
+        } catch (err) {
+          this.send(worker, { sk: 'failed', name: msg.name, error: errorToData(err) });
+        }
+        break;
+      case 'task': {
+        let result: Promise<unknown>;
+        try {
+          result = this.registry.task(msg.name, msg.payload, msg.reply);
+        } catch (err) {
+          result = Promise.reject(err as Error);
+        }
+        result.then(
+          (value) => this.send(worker, { sk: 'task-done', id: msg.id, ok: true, value }),
+          (err: unknown) => this.send(worker, { sk: 'task-done', id: msg.id, ok: false, error: errorToData(err) }),
+        );
+        break;
+      }
+      case 'listen-error':
+        info.listenError = msg.message;
+        break;
+      default:
+        break;
+    }
+  }
+
+  private onWorkerExit(info: WorkerInfo, code: number | null, signal: string | null): void {
+    this.workers.delete(info.worker.id);
+    if (this.stopping || info.state === 'draining' || info.state === 'starting') return;
+    // An unplanned exit: the others keep serving; replace this one after a backoff.
+    this.restarts++;
+    this.log.warn({ pid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
+    this.replaceLater();
+  }
+
+  private replaceLater(): void {
+    const { delayMs, consecutive } = this.backoff.failed();
+    setTimeout(() => {
+      if (this.stopping) return;
+      this.fork().catch((err: unknown) => {
+        this.log.error({ err: describeError(err), consecutive }, 'HTTP worker restart failed; retrying');
+        this.replaceLater();
+      });
+    }, delayMs);
+  }
+
+  private send(worker: Worker, msg: PrimaryToWorker): void {
+    if (!worker.isConnected()) return;
+    try {
+      worker.send(msg);
+    } catch (err) {
+      this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+    }
+  }
+
+  private broadcast(msg: PrimaryToWorker): void {
+    for (const { worker } of this.workers.values()) this.send(worker, msg);
+  }
+
+  /** Reload: restart sidekicks (generation + 1) and roll HTTP workers one at a time with zero failed requests. */
+  reload(config?: AppConfig): Promise<void> {
+    if (config) {
+      this.config = config;
+      this.registry.reconfigure(config.sidekicks);
+    }
+    this.rolling ??= this.roll().finally(() => (this.rolling = undefined));
+    return this.rolling;
+  }
+
+  private async roll(): Promise<void> {
+    const sidekicks = this.registry.restartAll();
+    const old = [...this.workers.values()].filter((w) => w.state !== 'draining');
+    const target = this.config.workers;
+    for (let i = 0; i < Math.max(old.length, target); i++) {
+      if (this.stopping) break;
+      if (i < target) {
+        try {
+          await this.fork(); // the replacement listens before its predecessor drains
+        } catch (err) {
+          this.log.error(
+            { err: describeError(err) },
+            'reload aborted: a new HTTP worker failed to start; old workers keep serving',
+          );
+          break;
+        }
+      }
+      const previous = old[i];
+      if (previous) this.drainWorker(previous);
+    }
+    await sidekicks;
+    this.log.info({ workers: target }, 'reload complete');
+  }
+
+  private drainWorker(info: WorkerInfo): Promise<void> {
+    info.state = 'draining';
+    const exited = new Promise<void>((resolve) => {
+      if (info.worker.isDead()) return resolve();
+      info.worker.once('exit', () => resolve());
+    });
+    this.send(info.worker, { sk: 'drain' });
+    // Bounded: the worker enforces drainTimeoutMs itself; this is the backstop if it is wedged.
+    const backstop = setTimeout(() => info.worker.process.kill('SIGKILL'), this.config.drainTimeoutMs + 5000);
+    return exited.finally(() => clearTimeout(backstop));
+  }
+
+  /** Graceful stop: drain every HTTP worker (in-flight requests finish, bounded), then stop the sidekicks. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.rolling?.catch(() => undefined);
+    await Promise.all([...this.workers.values()].map((w) => this.drainWorker(w)));
+    await this.registry.stop();
+  }
+
+  status(): unknown {
+    return {
+      name: this.config.name,
+      listen: this.config.listen,
+      workers: [...this.workers.values()].map((w) => ({
+        pid: w.worker.process.pid,
+        state: w.state,
+        startedAt: new Date(w.startedAt).toISOString(),
+      })),
+      workerRestarts: this.restarts,
+      sidekicks: this.registry.status(),
+    };
+  }
+}

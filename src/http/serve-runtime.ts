@@ -1,0 +1,114 @@
+// `sidekick serve` as a component: every app of a config, the admin socket, reload (SIGHUP, dev file watching)
+// and graceful shutdown. The CLI wraps it and owns process signals and exit codes.
+import { watch, type FSWatcher } from 'node:fs';
+import { dirname } from 'node:path';
+import { SidekickError, describeError } from '../errors.js';
+import { childLogger } from '../log/logger.js';
+import { loadConfig, type LoadedConfig } from '../config/load.js';
+import { AdminServer } from '../admin/server.js';
+import { AppSupervisor } from './app-supervisor.js';
+
+export class ServeRuntime {
+  private readonly apps = new Map<string, AppSupervisor>();
+  private admin: AdminServer | undefined;
+  private watchers: FSWatcher[] = [];
+  private reloading: Promise<void> | undefined;
+  private readonly log = childLogger({ component: 'serve' });
+  private readonly startedAt = Date.now();
+  private reloads = 0;
+
+  constructor(private loaded: LoadedConfig) {}
+
+  async start(): Promise<void> {
+    const { config } = this.loaded;
+    this.admin = new AdminServer(config.admin.socket!);
+    this.admin.route('status', () => this.status());
+    this.admin.route('vars', ([app, name]) => {
+      const cur = app && name ? this.apps.get(app)?.registry.current(name) : undefined;
+      if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
+      return { app, name, generation: cur.generation, vars: cur.vars };
+    });
+    await this.admin.start();
+    for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app));
+    try {
+      await Promise.all([...this.apps.values()].map((a) => a.start()));
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    if (config.dev.watch) this.watchFiles();
+    this.log.info({ apps: config.apps.map((a) => ({ name: a.name, workers: a.workers })) }, 'sidekick serve ready');
+  }
+
+  /**
+   * Reload: re-read the config (invalid → keep running on the old one and say why), then roll every app.
+   * Apps added or removed, or a changed listen address, need a restart; that is logged, not applied.
+   */
+  reload(): Promise<void> {
+    this.reloading ??= this.doReload().finally(() => (this.reloading = undefined));
+    return this.reloading;
+  }
+
+  private async doReload(): Promise<void> {
+    this.reloads++;
+    let next: LoadedConfig | undefined;
+    if (this.loaded.file) {
+      try {
+        next = await loadConfig(this.loaded.file);
+      } catch (err) {
+        this.log.error({ err: describeError(err) }, 'reload: config invalid; keeping the running config');
+      }
+    }
+    const tasks: Promise<void>[] = [];
+    for (const [name, sup] of this.apps) {
+      const appCfg = next?.config.apps.find((a) => a.name === name);
+      if (next && !appCfg) this.log.warn({ app: name }, 'reload: app removed from config; restart to apply');
+      tasks.push(sup.reload(appCfg));
+    }
+    if (next) {
+      for (const a of next.config.apps)
+        if (!this.apps.has(a.name)) this.log.warn({ app: a.name }, 'reload: new app in config; restart to apply');
+      this.loaded = next;
+    }
+    await Promise.all(tasks);
+  }
+
+  private watchFiles(): void {
+    const dirs = new Set<string>();
+    if (this.loaded.file) dirs.add(dirname(this.loaded.file));
+    for (const app of this.loaded.config.apps) {
+      dirs.add(dirname(app.handler));
+      if (app.sidekicks.entrypoint) dirs.add(dirname(app.sidekicks.entrypoint));
+    }
+    let timer: NodeJS.Timeout | undefined;
+    for (const dir of dirs) {
+      const w = watch(dir, { recursive: true }, (_event, file) => {
+        if (!file || /(^|\/)(node_modules|var|\.git)(\/|$)/.test(file) || !/\.(m?js|cjs|json|ts)$/.test(file)) return;
+        clearTimeout(timer);
+        timer = setTimeout(() => {
+          this.log.info({ file }, 'file changed; reloading');
+          void this.reload();
+        }, 200);
+      });
+      this.watchers.push(w);
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+    await this.reloading?.catch(() => undefined);
+    await Promise.all([...this.apps.values()].map((a) => a.stop()));
+    await this.admin?.stop();
+  }
+
+  status(): unknown {
+    return {
+      pid: process.pid,
+      uptimeMs: Date.now() - this.startedAt,
+      config: this.loaded.file,
+      reloads: this.reloads,
+      apps: [...this.apps.values()].map((a) => a.status()),
+    };
+  }
+}

@@ -1,0 +1,102 @@
+// Entry point of an HTTP worker process under `sidekick serve` (a node:cluster worker).
+//
+// Why processes, not threads: Node 20 has no `reusePort` and worker threads cannot share a listening port, while
+// node:cluster shares one listening socket across processes (the supervisor accepts and hands each connection to a
+// worker round-robin). Sidekicks still run as threads, in the supervisor; their snapshots reach this process over
+// IPC and are kept in a local map, so readVars is a plain in-process lookup.
+//
+// Order matters: install the IPC transport, receive every existing snapshot, load the app, then listen — so a
+// worker that accepts connections can already serve readVars.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { Server as NetServer, type Socket } from 'node:net';
+import { pathToFileURL } from 'node:url';
+import { installServeTransport } from '../sidekicks/api.js';
+import { childLogger } from '../log/logger.js';
+import { describeError } from '../errors.js';
+import type { ListenAddress } from '../config/schema.js';
+import { isSidekickMessage } from '../sidekicks/ipc-protocol.js';
+
+export interface WorkerSettings {
+  app: string;
+  handler: string;
+  listen: ListenAddress;
+  drainTimeoutMs: number;
+}
+
+const settings = JSON.parse(process.env.SIDEKICK_SERVE_SETTINGS ?? '{}') as WorkerSettings;
+const log = childLogger({ component: 'http', app: settings.app });
+
+const transport = installServeTransport();
+await transport.ready;
+
+const mod = (await import(pathToFileURL(settings.handler).href)) as { default?: unknown };
+const listener = (mod.default ?? undefined) as ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+if (typeof listener !== 'function') {
+  throw new Error(`handler ${settings.handler} has no default export request listener (got ${typeof mod.default})`);
+}
+
+let draining = false;
+const server = createServer((req, res) => {
+  // While draining, each response closes its connection, so keep-alive clients move to a live worker cleanly.
+  if (draining) res.setHeader('connection', 'close');
+  try {
+    listener(req, res);
+  } catch (err) {
+    log.error({ err: describeError(err), url: req.url }, 'request handler threw');
+    if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+    res.end('internal error\n');
+  }
+});
+
+server.on('error', (err) => {
+  log.error({ err: describeError(err) }, 'HTTP worker could not listen');
+  process.send?.({ sk: 'listen-error', message: describeError(err) });
+  process.exit(1);
+});
+
+if (settings.listen.kind === 'unix') server.listen(settings.listen.path);
+else server.listen(settings.listen.port, settings.listen.host);
+
+/**
+ * Stop accepting (the supervisor stops routing new connections here), let in-flight requests finish, close keep-alive
+ * connections after their next response or when they idle out, and exit — bounded by drainTimeoutMs.
+ * net.Server#close is called directly: http.Server#close would also drop idle keep-alive connections at once, which
+ * races with a client that is sending its next request on one of them (the classic reload ECONNRESET).
+ */
+function drain(): void {
+  if (draining) return;
+  draining = true;
+  const deadline = setTimeout(() => {
+    log.warn({ drainTimeoutMs: settings.drainTimeoutMs }, 'drain deadline reached; closing remaining connections');
+    server.closeAllConnections();
+    process.exit(0);
+  }, settings.drainTimeoutMs);
+  deadline.unref();
+  NetServer.prototype.close.call(server, () => process.exit(0));
+  // Idle keep-alive sockets get a one-second last chance (a request then is served with Connection: close);
+  // busy ones close after their response.
+  for (const socket of idle) socket.setTimeout(1000, () => socket.destroy());
+}
+
+const idle = new Set<Socket>();
+server.on('connection', (socket: Socket) => {
+  idle.add(socket);
+  socket.on('close', () => idle.delete(socket));
+});
+server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+  const socket = req.socket;
+  idle.delete(socket);
+  if (draining) socket.setTimeout(0);
+  res.on('finish', () => {
+    if (!socket.destroyed) idle.add(socket);
+  });
+});
+
+process.on('message', (msg: unknown) => {
+  if (isSidekickMessage(msg) && msg.sk === 'drain') drain();
+});
+// The supervisor coordinates shutdown; a terminal's Ctrl-C reaches the whole process group, so ignore SIGINT here.
+process.on('SIGINT', () => {});
+process.on('SIGTERM', drain);
+// If the supervisor goes away, nobody routes connections here any more: drain and leave.
+process.on('disconnect', drain);
