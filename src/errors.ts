@@ -30,6 +30,8 @@ export const ERROR_CODES = {
   SK_ERR_RECORD_INVALID: 'an ingested line is not a JSON object',
   SK_ERR_SPOOL_CORRUPT: 'a spool segment has a bad checksum or a torn tail',
   SK_ERR_SPOOL_FULL: 'the spool reached maxBytes and dropped its oldest data',
+  SK_ERR_SPOOL_LOCKED: 'the spool directory is locked by another live process',
+  SK_ERR_SPOOL_BUSY: 'nextBatch was called while the previous batch is neither acked nor released',
   SK_ERR_EXPORT_FAILED: 'an export attempt failed and will be retried',
   SK_ERR_DEAD_LETTER: 'central rejected a batch for good; it was kept on disk',
   SK_ERR_BREAKER_OPEN: 'the exporter circuit breaker is open',
