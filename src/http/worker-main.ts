@@ -37,8 +37,12 @@ if (typeof listener !== 'function') {
 
 let draining = false;
 const server = createServer((req, res) => {
-  // While draining, each response closes its connection, so keep-alive clients move to a live worker cleanly.
-  if (draining) res.setHeader('connection', 'close');
+  // While draining, each response closes its connection, so keep-alive clients move to a live worker cleanly;
+  // the request also lifts the idle deadline drain() put on its socket.
+  if (draining) {
+    res.setHeader('connection', 'close');
+    req.socket.setTimeout(0);
+  }
   try {
     listener(req, res);
   } catch (err) {
@@ -74,22 +78,17 @@ function drain(): void {
   deadline.unref();
   NetServer.prototype.close.call(server, () => process.exit(0));
   // Idle keep-alive sockets get a one-second last chance (a request then is served with Connection: close);
-  // busy ones close after their response.
-  for (const socket of idle) socket.setTimeout(1000, () => socket.destroy());
+  // busy ones close after their response. `_httpMessage` is the response in progress on a socket (none = idle).
+  for (const socket of connections) {
+    if (!(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.setTimeout(1000, () => socket.destroy());
+  }
 }
 
-const idle = new Set<Socket>();
+// Tracked per connection (not per request) to keep the request path lean.
+const connections = new Set<Socket>();
 server.on('connection', (socket: Socket) => {
-  idle.add(socket);
-  socket.on('close', () => idle.delete(socket));
-});
-server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-  const socket = req.socket;
-  idle.delete(socket);
-  if (draining) socket.setTimeout(0);
-  res.on('finish', () => {
-    if (!socket.destroyed) idle.add(socket);
-  });
+  connections.add(socket);
+  socket.once('close', () => connections.delete(socket));
 });
 
 process.on('message', (msg: unknown) => {
