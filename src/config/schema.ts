@@ -63,6 +63,8 @@ const declaredSidekick = z
   .object({
     start: z.enum(['boot', 'lazy']).default('lazy'),
     every: duration.optional(),
+    /** This sidekick's own module, instead of the app's shared entrypoint. */
+    entrypoint: z.string().min(1).optional(),
   })
   .strict();
 
@@ -188,8 +190,8 @@ export const configSchema = z
           message: `duplicate app name (also apps[${first}])`,
         });
       seen.set(a.name, i);
-      const declared = Object.keys(a.sidekicks.declare).length > 0;
-      if (declared && !a.sidekicks.entrypoint)
+      const needsShared = Object.values(a.sidekicks.declare).some((d) => !d.entrypoint);
+      if (needsShared && !a.sidekicks.entrypoint)
         ctx.addIssue({
           code: 'custom',
           path: ['apps', i, 'sidekicks', 'entrypoint'],

@@ -32,11 +32,24 @@ export class AppSupervisor {
   private readonly log;
   private restarts = 0;
 
-  constructor(private config: AppConfig) {
+  /**
+   * @param shared registries whose sidekicks every app sees as its own (the built-in agent sidekick): their snapshots
+   * are relayed to this app's workers, and a worker's getVars for one of their names goes to them.
+   */
+  constructor(
+    private config: AppConfig,
+    private readonly shared: SidekickRegistry[] = [],
+  ) {
     this.log = childLogger({ component: 'app', app: config.name });
     this.registry = new SidekickRegistry(config.name, config.sidekicks);
-    this.registry.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
-    this.registry.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
+    for (const registry of [this.registry, ...shared]) {
+      registry.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
+      registry.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
+    }
+  }
+
+  private registryFor(name: string): SidekickRegistry {
+    return this.shared.find((r) => r.declares(name)) ?? this.registry;
   }
 
   get name(): string {
@@ -108,11 +121,11 @@ export class AppSupervisor {
     const worker = info.worker;
     switch (msg.sk) {
       case 'hello':
-        this.send(worker, { sk: 'init', snapshots: this.registry.snapshots() });
+        this.send(worker, { sk: 'init', snapshots: [this.registry, ...this.shared].flatMap((r) => r.snapshots()) });
         break;
       case 'ensure':
         try {
-          this.registry.ensure(msg.name);
+          this.registryFor(msg.name).ensure(msg.name);
         } catch (err) {
           this.send(worker, { sk: 'failed', name: msg.name, error: errorToData(err) });
         }
@@ -120,7 +133,7 @@ export class AppSupervisor {
       case 'task': {
         let result: Promise<unknown>;
         try {
-          result = this.registry.task(msg.name, msg.payload, msg.reply);
+          result = this.registryFor(msg.name).task(msg.name, msg.payload, msg.reply);
         } catch (err) {
           result = Promise.reject(err as Error);
         }

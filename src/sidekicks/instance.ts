@@ -74,7 +74,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   }
 
   private get entrypoint(): string {
-    return this.config.entrypoint ?? '(none)';
+    return this.config.declare[this.name]?.entrypoint ?? this.config.entrypoint ?? '(none)';
   }
 
   get isFailed(): boolean {

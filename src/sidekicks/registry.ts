@@ -39,7 +39,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
       if (existing.isFailed) existing.start(); // a new request after giving up = fresh attempts
       return;
     }
-    if (!this.config.entrypoint) {
+    if (!this.config.entrypoint && !this.config.declare[name]?.entrypoint) {
       throw new SidekickError(
         'SK_ERR_NO_ENTRYPOINT',
         `app "${this.app}" has no sidekicks.entrypoint; cannot start "${name}"`,
@@ -71,6 +71,11 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     instance.on('failed', (error) => this.emit('failed', name, error));
     this.instances.set(name, instance);
     instance.start();
+  }
+
+  /** True if `name` is declared in this registry's config. */
+  declares(name: string): boolean {
+    return Object.hasOwn(this.config.declare, name);
   }
 
   /** Reload: new limits, entrypoint and schedules apply from each sidekick's next generation. */
