@@ -283,6 +283,16 @@ export class Spool extends EventEmitter {
       }
     }
     seqs = seqs.filter((s) => s >= ack.seq);
+    // Empty segments (an idle run's write segment) hold nothing: remove them rather than collect one per restart.
+    const sizes = new Map<number, number>();
+    for (const seq of seqs) {
+      const size = (await stat(segmentPath(this.dir, seq))).size;
+      if (size === 0) {
+        await unlinkIfExists(segmentPath(this.dir, seq));
+        this.dirDirty = true;
+      } else sizes.set(seq, size);
+    }
+    seqs = seqs.filter((s) => sizes.has(s));
     if (seqs[0] !== ack.seq) {
       // The ack segment is gone (deleted before the ledger write that moved past it landed): start at the oldest
       // segment that exists. Its records come after everything acked, so nothing is skipped.
@@ -292,7 +302,7 @@ export class Spool extends EventEmitter {
     this.maxSeq = Math.max(state?.maxSeq ?? 0, ack.seq, seqs[seqs.length - 1] ?? 0);
 
     for (const seq of seqs) {
-      const size = (await stat(segmentPath(this.dir, seq))).size;
+      const size = sizes.get(seq)!;
       const records = await this.scanRecords(seq, size, seq === ack.seq ? ack : undefined);
       this.segments.push({ seq, size, records });
       this.diskBytes += size;
@@ -457,7 +467,12 @@ export class Spool extends EventEmitter {
       this.droppedRecords += old.records;
       this.droppedBatches++;
       this.fullLog.warn(
-        { code: 'SK_ERR_SPOOL_FULL', dir: this.dir, droppedRecords: old.records, maxBufferedBytes: this.maxBufferedBytes },
+        {
+          code: 'SK_ERR_SPOOL_FULL',
+          dir: this.dir,
+          droppedRecords: old.records,
+          maxBufferedBytes: this.maxBufferedBytes,
+        },
         'SK_ERR_SPOOL_FULL: spool write backlog over its memory cap (disk slow or failing); dropped the oldest unwritten records',
       );
     }
@@ -484,7 +499,8 @@ export class Spool extends EventEmitter {
         let records = 0;
         while (k < this.queue.length && k < MAX_IOV) {
           const f = this.queue[k]!;
-          const fits = seg.size + bytes + f.frame.length <= this.segmentBytes && bytes + f.frame.length <= MAX_WRITE_BYTES;
+          const fits =
+            seg.size + bytes + f.frame.length <= this.segmentBytes && bytes + f.frame.length <= MAX_WRITE_BYTES;
           if (k > 0 && !fits) break;
           bytes += f.frame.length;
           records += f.records;
@@ -819,7 +835,10 @@ export class Spool extends EventEmitter {
       f.bytes = again.bytes;
       return;
     }
-    this.log.warn({ dir: this.dir, id: f.id }, 'spool could not re-read the batch in flight before restart; re-cutting');
+    this.log.warn(
+      { dir: this.dir, id: f.id },
+      'spool could not re-read the batch in flight before restart; re-cutting',
+    );
     this.inflight = undefined;
   }
 
@@ -850,7 +869,13 @@ export class Spool extends EventEmitter {
         reader = await this.readerFor(seg.seq);
       } catch (err) {
         if (seg === this.writeSeg || stopAt) throw err;
-        this.countCorrupt(seg.seq, this.ackPos.frame, limit - this.ackPos.frame, seg.records, `unreadable: ${describeError(err)}`);
+        this.countCorrupt(
+          seg.seq,
+          this.ackPos.frame,
+          limit - this.ackPos.frame,
+          seg.records,
+          `unreadable: ${describeError(err)}`,
+        );
         seg.records = 0;
         this.ackPos = { seq: seg.seq, frame: limit, inner: 0 };
         continue;
@@ -990,7 +1015,9 @@ export class Spool extends EventEmitter {
     void this.exclusive(async () => {
       this.capScheduled = false;
       if (!this.closed) await this.enforceCap();
-    }).catch((err: unknown) => this.log.error({ dir: this.dir, err: describeError(err) }, 'spool cap enforcement failed'));
+    }).catch((err: unknown) =>
+      this.log.error({ dir: this.dir, err: describeError(err) }, 'spool cap enforcement failed'),
+    );
   }
 
   /** Past maxBytes: delete the oldest closed segments (the oldest unacked data), counted as dropped. */

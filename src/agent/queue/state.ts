@@ -43,8 +43,14 @@ export class StateFiles {
   }
 
   write(name: string, value: unknown): Promise<void> {
-    const path = this.path(name);
-    const text = JSON.stringify(value);
+    let path: string;
+    let text: string | undefined;
+    try {
+      path = this.path(name);
+      text = JSON.stringify(value); // throws on cycles / BigInt
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
     if (text === undefined) return Promise.reject(new TypeError('state value is not JSON-serializable'));
     const prev = this.chains.get(name) ?? Promise.resolve();
     const next = prev.then(() => writeFileAtomic(this.dir, path, `${text}\n`));

@@ -1,0 +1,612 @@
+// Spool tests: FIFO, restart replay, stable batch ids, corruption, kill -9, size cap, lock, state files.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile, copyFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import * as zlib from 'node:zlib';
+import { pino } from 'pino';
+import { Spool, type SpoolOptions } from '../src/agent/queue/spool.ts';
+import { crc32, crc32Js } from '../src/agent/queue/crc32.ts';
+import { processStartTime } from '../src/agent/queue/lock.ts';
+import { isSidekickError } from '../src/errors.ts';
+
+const REPO = resolve(import.meta.dirname, '..');
+const LINE_BYTES = 200;
+
+function captureLog(): { log: pino.Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
+  return { log, lines };
+}
+
+async function tmp(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'sk-spool-test-'));
+}
+
+/** One NDJSON record of exactly LINE_BYTES bytes carrying its sequence number. */
+function line(i: number): string {
+  const head = `{"i":${i},"p":"`;
+  return `${head}${'x'.repeat(LINE_BYTES - head.length - 3)}"}\n`;
+}
+function lines(from: number, n: number): Buffer {
+  let s = '';
+  for (let i = from; i < from + n; i++) s += line(i);
+  return Buffer.from(s);
+}
+function ids(payload: Buffer): number[] {
+  return payload
+    .toString()
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => (JSON.parse(l) as { i: number }).i);
+}
+function range(from: number, toIncl: number): number[] {
+  const out: number[] = [];
+  for (let i = from; i <= toIncl; i++) out.push(i);
+  return out;
+}
+
+async function drainAll(s: Spool, maxRecords = 100): Promise<number[]> {
+  const out: number[] = [];
+  for (;;) {
+    const b = await s.nextBatch(maxRecords);
+    if (!b) return out;
+    assert.equal(b.records, ids(b.payload).length, 'records matches the lines in the payload');
+    assert.equal(b.bytes, b.payload.length);
+    out.push(...ids(b.payload));
+    await s.ack(b.id);
+  }
+}
+
+/** Append `n` records as separate frames of `per` records (append + flush each), for a known file layout. */
+async function appendFrames(s: Spool, from: number, n: number, per: number): Promise<void> {
+  for (let i = from; i < from + n; i += per) {
+    s.append(lines(i, per), per);
+    await s.flush();
+  }
+}
+
+async function segFiles(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => n.startsWith('seg-')).sort();
+}
+
+function opts(dir: string, log: pino.Logger, more: Partial<SpoolOptions> = {}): SpoolOptions {
+  return { dir, maxBytes: 64 * 1024 * 1024, segmentBytes: 1024 * 1024, syncIntervalMs: 10, log, ...more };
+}
+
+function balance(s: Spool): void {
+  const st = s.stats();
+  assert.equal(
+    st.recoveredRecords + st.appendedRecords,
+    st.ackedRecords + st.pendingRecords + st.droppedRecords + st.corruptRecords,
+    `totals balance: ${JSON.stringify(st)}`,
+  );
+}
+
+test('crc32: zlib-compatible, JS fallback identical', () => {
+  assert.equal(crc32(Buffer.from('123456789')), 0xcbf43926);
+  assert.equal(crc32Js(Buffer.from('123456789')), 0xcbf43926);
+  assert.equal(crc32Js(Buffer.alloc(0)), 0);
+  const native = (zlib as unknown as { crc32?: (b: Uint8Array, v?: number) => number }).crc32;
+  for (let n = 0; n < 300; n += 7) {
+    const b = randomBytes(n * 13);
+    const js = crc32Js(b);
+    if (native) assert.equal(js, native(b));
+    // continuation
+    const cut = Math.floor(b.length / 3);
+    assert.equal(crc32Js(b.subarray(cut), crc32Js(b.subarray(0, cut))), js);
+  }
+});
+
+test('FIFO across many appends and segment rolls, with a concurrent reader', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log, { segmentBytes: 16 * 1024, syncIntervalMs: 5 }));
+  const N = 20_000;
+  let producerDone = false;
+  let resolveDone!: () => void;
+  const doneP = new Promise<void>((r) => (resolveDone = r));
+  const producer = (async () => {
+    let i = 0;
+    while (i < N) {
+      const n = Math.min(N - i, 1 + Math.floor(Math.random() * 25));
+      s.append(lines(i, n), n);
+      i += n;
+      if (Math.random() < 0.2) await new Promise((r) => setImmediate(r));
+    }
+    producerDone = true;
+    resolveDone();
+  })();
+  const got: number[] = [];
+  const seqs = new Set<string>();
+  for (;;) {
+    const b = await s.nextBatch(1 + Math.floor(Math.random() * 150));
+    if (!b) {
+      if (producerDone) {
+        // the producer has returned: everything is appended, and nextBatch pushes buffered data out before
+        // answering "empty", so one more look decides
+        const last = await s.nextBatch(1000);
+        if (!last) break;
+        got.push(...ids(last.payload));
+        await s.ack(last.id);
+        continue;
+      }
+      await Promise.race([once(s, 'data'), doneP]);
+      continue;
+    }
+    seqs.add(b.id.split('-')[1]!);
+    got.push(...ids(b.payload));
+    await s.ack(b.id);
+  }
+  await producer;
+  assert.deepEqual(got, range(0, N - 1));
+  assert.ok(seqs.size > 20, `batches came from many segments (${seqs.size})`);
+  const st = s.stats();
+  assert.equal(st.pendingRecords, 0);
+  assert.equal(st.ackedRecords, N);
+  assert.equal(st.segments, 1, 'fully acked segments are deleted');
+  assert.equal((await segFiles(dir)).length, 1);
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test("'data' is emitted when appended records become readable", async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log));
+  const p = once(s, 'data');
+  s.append(lines(0, 3), 3);
+  await p;
+  const b = await s.nextBatch(10);
+  assert.deepEqual(ids(b!.payload), [0, 1, 2]);
+  assert.ok(Math.abs(b!.firstAppendedAt - Date.now()) < 10_000);
+  await s.close();
+  assert.throws(
+    () => s.append(lines(3, 1), 1),
+    (e: unknown) => isSidekickError(e, 'SK_ERR_STOPPED'),
+  );
+  await rm(dir, { recursive: true });
+});
+
+test('restart replays un-acked records in order, acked ones never again, same batch after reopen', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  let s = await Spool.open(opts(dir, log, { segmentBytes: 32 * 1024 }));
+  for (let i = 0; i < 1000; i++) s.append(lines(i, 1), 1);
+  await s.flush();
+  const first: number[] = [];
+  while (first.length < 400) {
+    const b = await s.nextBatch(Math.min(100, 400 - first.length));
+    first.push(...ids(b!.payload));
+    await s.ack(b!.id);
+  }
+  assert.deepEqual(first, range(0, 399));
+  const inflight = (await s.nextBatch(100))!;
+  const inflightEnd = 400 + inflight.records - 1; // a batch may end early at a segment end
+  assert.deepEqual(ids(inflight.payload), range(400, inflightEnd));
+  await s.close(); // not acked
+
+  s = await Spool.open(opts(dir, log));
+  assert.equal(s.stats().recoveredRecords, 600);
+  const again = (await s.nextBatch(100))!;
+  assert.equal(again.id, inflight.id, 'same batch id after reopen');
+  assert.ok(again.payload.equals(inflight.payload), 'same payload after reopen');
+  assert.equal(again.firstAppendedAt, inflight.firstAppendedAt);
+  s.release(again.id);
+  const third = (await s.nextBatch(100))!;
+  assert.equal(third.id, inflight.id);
+  await s.ack(third.id);
+  assert.deepEqual(await drainAll(s, 77), range(inflightEnd + 1, 999));
+  balance(s);
+  await s.close();
+
+  s = await Spool.open(opts(dir, log));
+  assert.equal(s.stats().recoveredRecords, 0);
+  assert.equal(await s.nextBatch(100), undefined, 'nothing acked comes back');
+  s.append(lines(1000, 5), 5);
+  assert.deepEqual(await drainAll(s), range(1000, 1004));
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('release gives the same batch back; a smaller nextBatch after release splits it (413 path)', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log));
+  s.append(lines(0, 300), 300);
+  const b = (await s.nextBatch(100))!;
+  assert.deepEqual(ids(b.payload), range(0, 99));
+  await assert.rejects(s.nextBatch(100), (e: unknown) => isSidekickError(e, 'SK_ERR_SPOOL_BUSY'));
+  s.release(b.id);
+  const b2 = (await s.nextBatch(100))!;
+  assert.equal(b2.id, b.id);
+  assert.ok(b2.payload.equals(b.payload));
+  s.release(b2.id);
+  const b3 = (await s.nextBatch(500))!; // larger limits: still the same batch, not a bigger one
+  assert.equal(b3.id, b.id);
+  assert.equal(b3.records, 100);
+  s.release(b3.id);
+
+  const half = (await s.nextBatch(50))!;
+  assert.notEqual(half.id, b.id, 'a re-cut range gets a new id');
+  assert.deepEqual(ids(half.payload), range(0, 49));
+  await s.ack(half.id);
+  const rest = (await s.nextBatch(100))!;
+  assert.deepEqual(ids(rest.payload), range(50, 149));
+  await s.ack(rest.id);
+
+  const byBytes = (await s.nextBatch(100, 2 * LINE_BYTES + 10))!;
+  assert.deepEqual(ids(byBytes.payload), [150, 151], 'maxBytes caps the batch');
+  await s.ack(byBytes.id);
+  const tiny = (await s.nextBatch(100, 10))!;
+  assert.deepEqual(ids(tiny.payload), [152], 'at least one record, even over maxBytes');
+  await s.ack(tiny.id);
+  assert.deepEqual(await drainAll(s), range(153, 299));
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('torn tail and flipped bytes are detected, counted, skipped; the good frames around them survive', async () => {
+  const dir = await tmp();
+  const { log, lines: logLines } = captureLog();
+  let s = await Spool.open(opts(dir, log));
+  // 10 frames of 10 records each: one append + flush per frame gives a known layout
+  for (let f = 0; f < 10; f++) {
+    s.append(lines(f * 10, 10), 10);
+    await s.flush();
+  }
+  await s.close();
+  const FRAME = 28 + 10 * LINE_BYTES;
+  const data = (await segFiles(dir)).map((n) => join(dir, n));
+  const sizes = await Promise.all(data.map(async (p) => (await stat(p)).size));
+  const segPath = data[sizes.indexOf(10 * FRAME)]!;
+  assert.ok(segPath, 'one segment holds the 10 frames');
+  const bytes = await readFile(segPath);
+  bytes[3 * FRAME + 28 + 50] ^= 0x40; // frame 3: payload bit flip -> payload CRC fails
+  bytes[6 * FRAME + 5] ^= 0x01; // frame 6: header length bit flip -> header CRC fails, resync
+  await writeFile(segPath, bytes);
+  await truncate(segPath, 9 * FRAME + 1000); // frame 9: torn mid-frame
+
+  s = await Spool.open(opts(dir, log));
+  assert.equal(s.stats().recoveredRecords, 80, 'frames 0-5, 7, 8 have valid headers');
+  s.append(lines(100, 5), 5); // new data after the damage
+  const got = await drainAll(s, 33);
+  assert.deepEqual(got, [...range(0, 29), ...range(40, 59), ...range(70, 89), ...range(100, 104)]);
+  const st = s.stats();
+  assert.equal(st.corruptFrames, 3);
+  assert.equal(st.corruptBytes, FRAME + FRAME + 1000);
+  assert.equal(st.corruptRecords, 10, 'records of the frame with a valid header are known lost');
+  balance(s);
+  assert.ok(
+    logLines.some((l) => l.code === 'SK_ERR_SPOOL_CORRUPT'),
+    'logged with its code',
+  );
+  await s.close();
+
+  // no crash loop, no re-count: the damage is behind the ack position now
+  s = await Spool.open(opts(dir, log));
+  assert.equal(await s.nextBatch(100), undefined);
+  assert.equal(s.stats().corruptFrames, 0);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('damage inside the batch in flight: the batch stops before it, the rest survives', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  let s = await Spool.open(opts(dir, log));
+  for (let f = 0; f < 4; f++) {
+    s.append(lines(f * 10, 10), 10);
+    await s.flush();
+  }
+  await s.close();
+  const FRAME = 28 + 10 * LINE_BYTES;
+  const segPath = join(dir, (await segFiles(dir))[0]!);
+  const bytes = await readFile(segPath);
+  bytes[2 * FRAME + 28 + 7] ^= 0xff;
+  await writeFile(segPath, bytes);
+  s = await Spool.open(opts(dir, log));
+  const b = (await s.nextBatch(1000))!;
+  assert.deepEqual(ids(b.payload), range(0, 19), 'a batch never includes a frame past a corrupt one');
+  await s.ack(b.id);
+  assert.deepEqual(await drainAll(s), range(30, 39));
+  assert.equal(s.stats().corruptFrames, 1);
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('kill -9 of an appending child: every record it reported flushed is there exactly once', async () => {
+  const dir = await tmp();
+  const childPath = join(dir, 'child.mjs');
+  await writeFile(
+    childPath,
+    `
+import { Spool } from ${JSON.stringify(join(REPO, 'src/agent/queue/spool.ts'))};
+const dir = process.argv[2];
+const s = await Spool.open({ dir, maxBytes: 1 << 30, segmentBytes: 128 * 1024, syncIntervalMs: 20 });
+const out = (m) => process.stdout.write(m + '\\n');
+const line = (i) => { const h = '{"i":' + i + ',"p":"'; return h + 'x'.repeat(${LINE_BYTES} - h.length - 3) + '"}\\n'; };
+const last = (payload) => JSON.parse(payload.toString().trimEnd().split('\\n').pop()).i;
+const first = (payload) => JSON.parse(payload.toString().split('\\n')[0]).i;
+out('ready');
+(async () => {
+  for (;;) {
+    const b = await s.nextBatch(1 + Math.floor(Math.random() * 200));
+    if (!b) { await new Promise((r) => s.once('data', r)); continue; }
+    out('batch ' + b.id + ' ' + first(b.payload) + ' ' + last(b.payload));
+    await new Promise((r) => setImmediate(r));
+    out('acking ' + last(b.payload));
+    await s.ack(b.id);
+    out('acked ' + last(b.payload));
+  }
+})();
+let next = 0;
+for (let round = 1; ; round++) {
+  for (let k = 0; k < 40; k++) {
+    const n = 1 + Math.floor(Math.random() * 20);
+    let text = '';
+    for (let j = 0; j < n; j++) text += line(next + j);
+    s.append(Buffer.from(text), n);
+    next += n;
+  }
+  if (round % 4 === 0) { const upto = next - 1; await s.flush(); out('flushed ' + upto); }
+  else await new Promise((r) => setImmediate(r));
+}
+`,
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', childPath, join(dir, 'spool')], {
+    cwd: REPO,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, SIDEKICK_LOG_LEVEL: 'error' },
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  const enough = new Promise<void>((resolveEnough, reject) => {
+    child.stdout.on('data', (d: string) => {
+      out += d;
+      const m = out.match(/flushed (\d+)\n/g);
+      if (m && m.length >= 25) resolveEnough();
+    });
+    child.once('exit', (code) => reject(new Error(`child exited early (${code}): ${out.slice(-500)}`)));
+  });
+  await enough;
+  // while it lives, its lock is respected
+  const { log, lines: logLines } = captureLog();
+  await assert.rejects(Spool.open(opts(join(dir, 'spool'), log)), (e: unknown) =>
+    isSidekickError(e, 'SK_ERR_SPOOL_LOCKED'),
+  );
+  const closed = once(child, 'close'); // after exit and after its stdout is fully read
+  child.kill('SIGKILL');
+  await closed;
+
+  const nums = (re: RegExp): number[] => [...out.matchAll(re)].map((m) => Number(m[1]));
+  const lastFlushed = Math.max(...nums(/^flushed (\d+)$/gm));
+  const lastAcked = Math.max(-1, ...nums(/^acked (\d+)$/gm));
+  const lastAcking = Math.max(-1, ...nums(/^acking (\d+)$/gm));
+  const batches = [...out.matchAll(/^batch (\S+) (\d+) (\d+)$/gm)];
+  const lastBatch = batches[batches.length - 1];
+
+  const s = await Spool.open(opts(join(dir, 'spool'), log)); // dead owner: stale lock taken over
+  assert.ok(logLines.some((l) => String(l.msg).includes('stale spool lock')));
+  const firstBatch = await s.nextBatch(1000);
+  const got = firstBatch ? ids(firstBatch.payload) : [];
+  if (firstBatch) await s.ack(firstBatch.id);
+  got.push(...(await drainAll(s, 500)));
+  const start = got.length > 0 ? got[0]! : lastAcking + 1;
+  assert.ok(start === lastAcked + 1 || start === lastAcking + 1, `resumes after the acked records (${start})`);
+  assert.deepEqual(got, range(start, start + got.length - 1), 'in order, no gap, no duplicate');
+  assert.ok(start + got.length - 1 >= lastFlushed, `every flushed record present (${lastFlushed})`);
+  if (lastBatch && Number(lastBatch[3]) > lastAcked && Number(lastBatch[2]) === start) {
+    assert.equal(firstBatch?.id, lastBatch[1], 'the batch in flight at the kill comes back with the same id');
+  }
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('size cap: oldest dropped and counted, totals balance; batch in flight still ackable', async () => {
+  const dir = await tmp();
+  const { log, lines: logLines } = captureLog();
+  const maxBytes = 64 * 1024;
+  const s = await Spool.open(opts(dir, log, { maxBytes, segmentBytes: 16 * 1024, syncIntervalMs: 0 }));
+  s.append(lines(0, 50), 50);
+  const inflight = (await s.nextBatch(20))!;
+  assert.deepEqual(ids(inflight.payload), range(0, 19));
+  for (let i = 50; i < 2000; i += 10) {
+    s.append(lines(i, 10), 10);
+    if (i % 100 === 0) await s.flush();
+  }
+  await s.flush();
+  await s.ack(inflight.id); // delivered while its segment was dropped: counts as acked, not dropped
+  const st = s.stats();
+  assert.ok(st.droppedRecords > 0 && st.droppedBatches > 0, JSON.stringify(st));
+  assert.ok(st.diskBytes <= maxBytes, `disk ${st.diskBytes} <= cap`);
+  assert.equal(st.ackedRecords, 20);
+  balance(s);
+  const got = await drainAll(s);
+  assert.ok(got[0]! > 20, 'the oldest data went first');
+  assert.deepEqual(got, range(got[0]!, 1999), 'what is left is the newest, in order');
+  const end = s.stats();
+  assert.equal(end.pendingRecords, 0);
+  assert.equal(end.appendedRecords, end.ackedRecords + end.droppedRecords);
+  balance(s);
+  assert.ok(logLines.some((l) => l.code === 'SK_ERR_SPOOL_FULL'));
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('size cap: a released batch whose segment was dropped is dropped, counted', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log, { maxBytes: 64 * 1024, segmentBytes: 16 * 1024, syncIntervalMs: 0 }));
+  s.append(lines(0, 30), 30);
+  const b = (await s.nextBatch(30))!;
+  for (let i = 30; i < 1000; i += 10) s.append(lines(i, 10), 10);
+  await s.flush();
+  await assert.rejects(s.nextBatch(10), (e: unknown) => isSidekickError(e, 'SK_ERR_SPOOL_BUSY'));
+  const before = s.stats().droppedRecords;
+  s.release(b.id);
+  assert.equal(s.stats().droppedRecords, before + 30);
+  const got = await drainAll(s);
+  assert.deepEqual(got, range(got[0]!, 999));
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
+
+test('lock: a live holder is refused; stale, own-pid-leftover and unreadable locks are taken over', async () => {
+  const dir = await tmp();
+  const { log, lines: logLines } = captureLog();
+  const s = await Spool.open(opts(dir, log));
+  await assert.rejects(Spool.open(opts(dir, log)), (e: unknown) => {
+    assert.ok(isSidekickError(e, 'SK_ERR_SPOOL_LOCKED'));
+    assert.match(e.message, new RegExp(`process ${process.pid}`));
+    return true;
+  });
+  await s.close();
+  assert.ok(!(await readdir(dir)).includes('LOCK'), 'close removes the lock');
+
+  // a live other process
+  const sleeper = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  await once(sleeper, 'spawn');
+  const start = processStartTime(sleeper.pid!);
+  await writeFile(join(dir, 'LOCK'), JSON.stringify({ pid: sleeper.pid, ...(start ? { start } : {}) }));
+  await assert.rejects(Spool.open(opts(dir, log)), (e: unknown) => isSidekickError(e, 'SK_ERR_SPOOL_LOCKED'));
+  const exited = once(sleeper, 'exit');
+  sleeper.kill('SIGKILL');
+  await exited;
+  // ...now dead: taken over
+  let t = await Spool.open(opts(dir, log));
+  assert.ok(logLines.some((l) => String(l.msg).includes(`dead pid ${sleeper.pid}`)));
+  await t.close();
+
+  // our own pid, but not held by this process (a previous incarnation in a container, same pid)
+  await writeFile(join(dir, 'LOCK'), JSON.stringify({ pid: process.pid }));
+  t = await Spool.open(opts(dir, log));
+  await t.close();
+  // a recycled pid: alive, but another process (different start time) -> stale
+  if (start !== undefined) {
+    await writeFile(join(dir, 'LOCK'), JSON.stringify({ pid: process.pid === 1 ? 2 : 1, start: 'not-the-same' }));
+    t = await Spool.open(opts(dir, log));
+    await t.close();
+  }
+  // unreadable (e.g. zeroed after power loss)
+  await writeFile(join(dir, 'LOCK'), Buffer.alloc(16));
+  t = await Spool.open(opts(dir, log));
+  await t.close();
+  assert.deepEqual(
+    (await readdir(dir)).filter((n) => n.startsWith('LOCK')),
+    [],
+    'no lock files or take-over leftovers remain',
+  );
+  await rm(dir, { recursive: true });
+});
+
+test('state files round-trip atomically, survive a reopen', async () => {
+  const dir = await tmp();
+  const { log } = captureLog();
+  let s = await Spool.open(opts(dir, log));
+  assert.equal(await s.readState('breaker'), undefined);
+  await s.writeState('breaker', { state: 'open', openedAt: 123 });
+  await Promise.all([s.writeState('x', 1), s.writeState('x', 2), s.writeState('x', 3)]);
+  assert.deepEqual(await s.readState('breaker'), { state: 'open', openedAt: 123 });
+  assert.equal(await s.readState('x'), 3, 'writes to one name are applied in call order');
+  await assert.rejects(s.readState('../evil'), RangeError);
+  await assert.rejects(s.writeState('a/b', 1), RangeError);
+  await s.close();
+  s = await Spool.open(opts(dir, log));
+  assert.deepEqual(await s.readState('breaker'), { state: 'open', openedAt: 123 });
+  await writeFile(join(dir, 'state-broken.json'), '{"half');
+  assert.equal(await s.readState('broken'), undefined, 'an unreadable state file reads as absent');
+  await s.close();
+  assert.deepEqual(
+    (await readdir(dir)).filter((n) => n.endsWith('.tmp')),
+    [],
+  );
+  await rm(dir, { recursive: true });
+});
+
+test('crash between ledger write and segment delete, in either order, recovers without loss or replay', async () => {
+  const { log } = captureLog();
+  const small = { segmentBytes: 4096 }; // ~20 records per segment
+
+  // (a) ledger moved past segment 1, crash before its file was deleted: the leftover is deleted, not replayed
+  let dir = await tmp();
+  let s = await Spool.open(opts(dir, log, small));
+  await appendFrames(s, 0, 100, 5);
+  const seg1 = join(dir, (await segFiles(dir))[0]!);
+  await copyFile(seg1, `${seg1}.copy`);
+  let got: number[] = [];
+  while (got.length < 50) {
+    const b = (await s.nextBatch(Math.min(10, 50 - got.length)))!;
+    got.push(...ids(b.payload));
+    await s.ack(b.id);
+  }
+  await s.close();
+  assert.ok(!(await readdir(dir)).includes(seg1.split('/').pop()!), 'segment 1 was deleted once acked');
+  await copyFile(`${seg1}.copy`, seg1);
+  await rm(`${seg1}.copy`);
+  s = await Spool.open(opts(dir, log, small));
+  assert.deepEqual(await drainAll(s), range(50, 99));
+  assert.ok(!(await readdir(dir)).includes(seg1.split('/').pop()!));
+  await s.close();
+  await rm(dir, { recursive: true });
+
+  // (b) segment 1 deleted, crash before the ledger said so: start at the oldest segment that exists
+  dir = await tmp();
+  s = await Spool.open(opts(dir, log, small));
+  await appendFrames(s, 0, 100, 5);
+  await s.close();
+  const files = await segFiles(dir);
+  assert.ok(files.length > 3);
+  const lost = ((await stat(join(dir, files[0]!))).size / (28 + 5 * LINE_BYTES)) * 5;
+  await rm(join(dir, files[0]!));
+  s = await Spool.open(opts(dir, log, small));
+  got = await drainAll(s);
+  assert.deepEqual(got, range(lost, 99));
+  balance(s);
+  await s.close();
+  await rm(dir, { recursive: true });
+
+  // (c) both ledger slots destroyed: replay everything (duplicates possible, loss impossible)
+  dir = await tmp();
+  s = await Spool.open(opts(dir, log, small));
+  await appendFrames(s, 0, 100, 5);
+  const b = (await s.nextBatch(30))!;
+  await s.ack(b.id);
+  await s.close();
+  await writeFile(join(dir, 'ledger'), randomBytes(1024));
+  s = await Spool.open(opts(dir, log, small));
+  got = await drainAll(s);
+  assert.equal(got[got.length - 1], 99);
+  assert.deepEqual(got, range(got[0]!, 99));
+  assert.ok(got[0]! <= 30, 'nothing unacked is skipped');
+  await s.close();
+
+  // (d) the newest ledger slot torn: the older slot is used; nothing unacked is lost
+  s = await Spool.open(opts(dir, log, small));
+  await appendFrames(s, 100, 100, 5);
+  for (let k = 0; k < 3; k++) {
+    const x = (await s.nextBatch(10))!;
+    await s.ack(x.id);
+  }
+  await s.close();
+  const ledger = await readFile(join(dir, 'ledger'));
+  const gen0 = ledger.readDoubleLE(8);
+  const gen1 = ledger.readDoubleLE(512 + 8);
+  ledger[(gen0 > gen1 ? 0 : 512) + 30] ^= 0xff;
+  await writeFile(join(dir, 'ledger'), ledger);
+  s = await Spool.open(opts(dir, log, small));
+  got = await drainAll(s);
+  assert.deepEqual(got, range(got[0]!, 199));
+  assert.ok(got[0]! <= 130);
+  await s.close();
+  await rm(dir, { recursive: true });
+});
