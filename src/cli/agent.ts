@@ -1,13 +1,53 @@
-// `sidekick agent`: placeholder until the agent lands (issue 3).
+// `sidekick agent [-c FILE]`: run only the telemetry agent (the config's `agent` section).
+//
+// Exit statuses: 0 after a graceful stop (SIGTERM/SIGINT), 78 when the config is invalid at start (the field is named),
+// 1 when the agent cannot start (socket in use by a live process, spool locked, …). SIGHUP reloads the config; an
+// invalid file is logged and the agent keeps running on the previous one.
+import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
+import { describeError } from '../errors.js';
+import { AgentSupervisor } from '../agent/supervisor.js';
+import { childLogger } from '../log/logger.js';
 import { reportStartupError } from './check.js';
-import { loadConfig } from '../config/load.js';
 
 export async function agentCommand(opts: { config?: string }): Promise<number> {
+  let loaded: LoadedConfig;
   try {
-    await loadConfig(opts.config);
+    loaded = await loadConfig(opts.config);
+    agentConfigOf(loaded.config);
   } catch (err) {
     return reportStartupError(err);
   }
-  process.stderr.write('sidekick: the agent is not built yet\n');
-  return 1;
+  const log = childLogger({ component: 'agent' });
+  const supervisor = new AgentSupervisor({ loaded, log });
+  // Signals that arrive while starting are honoured once the start settles.
+  let stopRequested = false;
+  let started = false;
+  const onStop = (signal: NodeJS.Signals): void => {
+    log.info({ signal }, 'stopping');
+    stopRequested = true;
+    if (started) void supervisor.stop();
+  };
+  const onHup = (): void => {
+    if (!started) return;
+    log.info({ signal: 'SIGHUP' }, 'reloading config');
+    void supervisor.reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed'));
+  };
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
+  process.on('SIGHUP', onHup);
+  try {
+    try {
+      await supervisor.start();
+    } catch (err) {
+      return reportStartupError(err);
+    }
+    started = true;
+    if (stopRequested) void supervisor.stop();
+    await supervisor.done;
+    return 0;
+  } finally {
+    process.off('SIGTERM', onStop);
+    process.off('SIGINT', onStop);
+    process.off('SIGHUP', onHup);
+  }
 }

@@ -1,0 +1,50 @@
+// Dead letters: batches (or 413 halves) central rejected for good. Nothing vanishes: each is kept under
+// `<spool.dir>/dead-letter/` as the original NDJSON plus a small JSON sidecar saying why, written tmp + rename so a
+// reader never sees half of one, counted (dead_lettered), and logged as SK_ERR_DEAD_LETTER.
+import { mkdir, open, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ExportPart } from './types.js';
+
+export interface DeadLetterReason {
+  status: number;
+  body: string;
+  target: string;
+}
+
+export class DeadLetterStore {
+  readonly dir: string;
+  private seq = 0;
+
+  constructor(spoolDir: string) {
+    this.dir = join(spoolDir, 'dead-letter');
+  }
+
+  /** Writes the part and its sidecar; returns the NDJSON file path. */
+  async write(part: ExportPart, why: DeadLetterReason): Promise<string> {
+    await mkdir(this.dir, { recursive: true });
+    const stamp = new Date().toISOString().replace(/[-:]/g, '');
+    const base = `${stamp}-${String(++this.seq).padStart(4, '0')}-${part.id.replace(/[^A-Za-z0-9._-]/g, '_')}`;
+    const file = join(this.dir, `${base}.ndjson`);
+    const tmp = join(this.dir, `.${base}.ndjson.tmp`);
+    const fh = await open(tmp, 'w', 0o640);
+    try {
+      await fh.writeFile(part.payload);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, file);
+    const sidecar = {
+      batchId: part.id,
+      records: part.records,
+      bytes: part.payload.length,
+      status: why.status,
+      body: why.body.slice(0, 1024),
+      target: why.target,
+      time: new Date().toISOString(),
+    };
+    await writeFile(join(this.dir, `.${base}.json.tmp`), `${JSON.stringify(sidecar, null, 2)}\n`);
+    await rename(join(this.dir, `.${base}.json.tmp`), join(this.dir, `${base}.json`));
+    return file;
+  }
+}

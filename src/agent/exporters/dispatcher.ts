@@ -1,0 +1,251 @@
+// Delivery: one batch at a time from the spool, through the breaker, to the exporter; then ack, or release and retry.
+//
+//   delivered            → counted exported; when every part of the batch is settled, ack (the spool frees it)
+//   413                  → split in halves (ids <id>.0 / <id>.1) and send each; one record still 413 → dead-letter
+//   other 4xx            → dead-letter (kept on disk + sidecar, counted, SK_ERR_DEAD_LETTER)
+//   retryable / open     → release; wait (decorrelated-jitter exponential backoff from cockatiel, at least the
+//                          Retry-After central asked for, capped; at least until the breaker half-opens); the spool
+//                          hands out the same batch again. Retries go on for as long as it takes: the spool cap is
+//                          the only thing that drops data (OTel's max_elapsed_time lost users hours of data: PEERS).
+// Exactly one batch is in flight. Progress inside a split batch is kept in memory across retries, so halves already
+// delivered are not sent again (after a crash they are, with the same ids: central dedupes).
+import { ExponentialBackoff, decorrelatedJitterGenerator, type IBackoff } from 'cockatiel';
+import type { Logger } from 'pino';
+import { RateLimitedLog } from '../../log/logger.js';
+import { BreakerOpenError, RetryableExportError, type ExporterBreaker } from '../breaker/breaker.js';
+import type { AgentCounterValues } from '../metrics.js';
+import type { Batcher, SpoolBatchLike } from '../processors/batcher.js';
+import type { MemoryBudget } from '../processors/memory.js';
+import type { DeadLetterStore } from './dead-letter.js';
+import { splitPart, type ExportPart, type Exporter } from './types.js';
+
+export interface RetryPolicy {
+  initialDelayMs: number;
+  maxDelayMs: number;
+  /** Upper bound on a wait central asked for with Retry-After. */
+  retryAfterCapMs: number;
+}
+
+export interface DispatcherDeps {
+  spool: { ack(id: string): Promise<void>; release(id: string): void };
+  batcher: Batcher;
+  breaker: ExporterBreaker;
+  exporter: () => Exporter;
+  deadLetters: DeadLetterStore;
+  counters: AgentCounterValues;
+  budget: MemoryBudget;
+  log: Logger;
+  retry: RetryPolicy;
+}
+
+type Attempt = { kind: 'acked' } | { kind: 'retry'; delayMs: number } | { kind: 'aborted' };
+
+export class Dispatcher {
+  private readonly deps: DispatcherDeps;
+  private retry: RetryPolicy;
+  private backoffFactory: ExponentialBackoff<unknown>;
+  private backoff: IBackoff<unknown> | undefined;
+  private progress: { batchId: string; parts: ExportPart[] } | undefined;
+  private readonly loopAbort = new AbortController();
+  private readonly exportAbort = new AbortController();
+  private finalDeadline: number | undefined;
+  private running: Promise<void> | undefined;
+  private readonly failLog: RateLimitedLog;
+  private inflightBytes = 0;
+  /** Last failure, for status. */
+  lastError: { message: string; at: number } | undefined;
+  nextAttemptAt = 0;
+
+  constructor(deps: DispatcherDeps) {
+    this.deps = deps;
+    this.retry = deps.retry;
+    this.backoffFactory = this.makeBackoff();
+    this.failLog = new RateLimitedLog(deps.log, 5, 10_000);
+  }
+
+  private makeBackoff(): ExponentialBackoff<unknown> {
+    return new ExponentialBackoff({
+      initialDelay: this.retry.initialDelayMs,
+      maxDelay: this.retry.maxDelayMs,
+      generator: decorrelatedJitterGenerator,
+    }) as ExponentialBackoff<unknown>;
+  }
+
+  setRetryPolicy(retry: RetryPolicy): void {
+    this.retry = retry;
+    this.backoffFactory = this.makeBackoff();
+    this.backoff = undefined;
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  /**
+   * Stops: from now on batches are cut at once and each gets one last attempt (none while the breaker is open);
+   * at `deadline` the in-flight export is aborted and its batch released. Resolves when the loop has ended.
+   * `final = false` (a hand-over to the next worker): only the in-flight attempt is finished, no new batch starts.
+   */
+  async stop(deadline: number, final = true): Promise<void> {
+    this.finalDeadline = final ? deadline : 0;
+    this.loopAbort.abort();
+    this.deps.batcher.wake();
+    const timer = setTimeout(() => this.exportAbort.abort(), Math.max(0, deadline - Date.now()));
+    try {
+      await (this.running ?? this.finalRound());
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.loopAbort.signal.aborted) {
+      let batch: SpoolBatchLike | undefined;
+      try {
+        batch = await this.deps.batcher.next(this.loopAbort.signal, () => false);
+        if (!batch) break;
+        const r = await this.deliver(batch);
+        if (r.kind === 'retry') {
+          this.nextAttemptAt = Date.now() + r.delayMs;
+          await sleep(r.delayMs, this.loopAbort.signal);
+        }
+      } catch (err) {
+        // A bug or a disk error (ack, dead-letter write): never a crash loop; log and look again in a second.
+        this.recover(batch);
+        this.deps.log.error({ err }, 'delivery loop error; retrying in 1 s');
+        await sleep(1000, this.loopAbort.signal);
+      }
+    }
+    await this.finalRound();
+  }
+
+  /** The stop path: every due batch gets one attempt until the spool is empty, a failure, or the deadline. */
+  private async finalRound(): Promise<void> {
+    const deadline = this.finalDeadline ?? 0;
+    const signal = this.exportAbort.signal;
+    while (!signal.aborted && Date.now() < deadline) {
+      if (this.deps.breaker.retryInMs() > 0) {
+        this.deps.log.info('breaker open at stop: the backlog stays in the spool for the next start');
+        return;
+      }
+      let batch: SpoolBatchLike | undefined;
+      try {
+        batch = await this.deps.batcher.next(signal, () => true);
+      } catch (err) {
+        this.deps.log.error({ err }, 'could not read the spool at stop');
+        return;
+      }
+      if (!batch) return;
+      const b = batch;
+      const r = await this.deliver(b).catch((err: unknown) => {
+        this.recover(b);
+        this.deps.log.error({ err }, 'delivery error at stop');
+        return { kind: 'aborted' } as const;
+      });
+      if (r.kind !== 'acked') return;
+    }
+  }
+
+  /** After an unexpected error mid-batch: hand the batch back so the spool can give it out again. */
+  private recover(batch: SpoolBatchLike | undefined): void {
+    this.setInflight(0);
+    if (!batch) return;
+    try {
+      this.deps.spool.release(batch.id);
+    } catch {
+      // already released or acked
+    }
+  }
+
+  private setInflight(bytes: number): void {
+    this.deps.budget.add('inflight', bytes - this.inflightBytes);
+    this.inflightBytes = bytes;
+  }
+
+  private async deliver(batch: SpoolBatchLike): Promise<Attempt> {
+    const { spool, breaker, counters } = this.deps;
+    if (this.progress?.batchId !== batch.id)
+      this.progress = { batchId: batch.id, parts: [{ id: batch.id, payload: batch.payload, records: batch.records }] };
+    const parts = this.progress.parts;
+    const exporter = this.deps.exporter();
+    this.setInflight(batch.bytes + exporter.overheadBytes(parts[0]!));
+    const signal = this.exportAbort.signal;
+    while (parts.length > 0) {
+      const part = parts[0]!;
+      let outcome;
+      try {
+        outcome = await breaker.execute(() => exporter.export(part, signal));
+      } catch (err) {
+        spool.release(batch.id);
+        this.setInflight(0);
+        if (err instanceof BreakerOpenError) return { kind: 'retry', delayMs: err.retryInMs };
+        if (signal.aborted) return { kind: 'aborted' };
+        const retryable = err instanceof RetryableExportError ? err : undefined;
+        const reason = retryable?.reason ?? 'network';
+        counters.retried[reason]++;
+        const delayMs = this.nextDelay(retryable?.retryAfterMs);
+        const message = (err as Error).message;
+        this.lastError = { message, at: Date.now() };
+        this.failLog.warn(
+          { code: 'SK_ERR_EXPORT_FAILED', batchId: part.id, records: part.records, reason, retryInMs: delayMs },
+          `SK_ERR_EXPORT_FAILED: ${message}; retrying in ${delayMs} ms`,
+        );
+        if (!retryable) this.deps.log.error({ err }, 'unexpected exporter error (treated as retryable)');
+        return { kind: 'retry', delayMs };
+      }
+      if (outcome.kind === 'delivered') {
+        counters.exported += part.records;
+        counters.exportedBatches++;
+        parts.shift();
+      } else if (outcome.kind === 'too_large' && part.records > 1) {
+        const halves = splitPart(part)!;
+        parts.splice(0, 1, ...halves);
+        this.deps.log.info(
+          { batchId: part.id, records: part.records, bytes: part.payload.length },
+          'central answered 413: splitting the batch in halves',
+        );
+      } else {
+        const target = this.describeTarget(exporter);
+        const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
+        counters.deadLettered += part.records;
+        counters.deadLetteredBatches++;
+        this.deps.log.error(
+          { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
+          `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
+        );
+        parts.shift();
+      }
+    }
+    await spool.ack(batch.id);
+    this.progress = undefined;
+    this.backoff = undefined;
+    this.lastError = undefined;
+    this.setInflight(0);
+    return { kind: 'acked' };
+  }
+
+  private describeTarget(exporter: Exporter): string {
+    const c = exporter.config;
+    return c.type === 'http' ? c.url : c.dir;
+  }
+
+  private nextDelay(retryAfterMs: number | undefined): number {
+    this.backoff = (this.backoff ?? this.backoffFactory).next(undefined);
+    let delay = this.backoff.duration;
+    if (retryAfterMs !== undefined) delay = Math.max(delay, Math.min(retryAfterMs, this.retry.retryAfterCapMs));
+    return Math.max(delay, this.deps.breaker.retryInMs());
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted || ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,47 @@
+// What every exporter implements. An exporter sends one *part* (a spool batch, or a half of one after a 413) and
+// answers with a definitive outcome, or throws RetryableExportError (the breaker counts it; the batch is retried).
+import type { ExporterConfig } from '../../config/schema.js';
+
+export interface ExportPart {
+  /** Spool batch id, with a suffix per split ('.0', '.1', '.1.0', …): stable across retries and restarts. */
+  id: string;
+  /** '\n'-terminated NDJSON lines. */
+  payload: Buffer;
+  records: number;
+}
+
+export type ExportOutcome =
+  | { kind: 'delivered'; status?: number }
+  /** Central said 413: split and retry the halves; a single record still 413 is dead-lettered. */
+  | { kind: 'too_large'; status: number; body: string }
+  /** Central rejected it for good (4xx other than 408/413/429): dead-letter. */
+  | { kind: 'rejected'; status: number; body: string };
+
+export interface Exporter {
+  readonly config: ExporterConfig;
+  export(part: ExportPart, signal: AbortSignal): Promise<ExportOutcome>;
+  close(): Promise<void>;
+  /** Extra bytes held in memory per in-flight part (e.g. the gzip copy), for the memory bound. */
+  overheadBytes(part: ExportPart): number;
+}
+
+/** Lines in a payload (every line ends with '\n'). */
+export function countLines(payload: Buffer): number {
+  let n = 0;
+  let pos = -1;
+  while ((pos = payload.indexOf(0x0a, pos + 1)) !== -1) n++;
+  return n;
+}
+
+/** Splits a payload into two halves at a line boundary (by record count); undefined for a single record. */
+export function splitPart(part: ExportPart): [ExportPart, ExportPart] | undefined {
+  if (part.records < 2) return undefined;
+  const firstRecords = Math.floor(part.records / 2);
+  let pos = -1;
+  for (let i = 0; i < firstRecords; i++) pos = part.payload.indexOf(0x0a, pos + 1);
+  const cut = pos + 1;
+  return [
+    { id: `${part.id}.0`, payload: part.payload.subarray(0, cut), records: firstRecords },
+    { id: `${part.id}.1`, payload: part.payload.subarray(cut), records: part.records - firstRecords },
+  ];
+}

@@ -1,0 +1,249 @@
+// Agent counters and their Prometheus form.
+//
+// Counters are plain numbers inside the pipeline (cheap on the ingest hot path); `snapshot()` copies them into a
+// JSON-safe object that crosses the worker → supervisor IPC boundary, and `createAgentRegistry` turns snapshots into a
+// prom-client registry. The supervisor adds the totals of retired workers to the live worker's, so the counters stay
+// monotonic across recycles and crash restarts of the worker (they reset only when the whole agent restarts).
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { ListenAddress } from '../config/schema.js';
+
+export const INVALID_REASONS = ['too_large', 'not_json', 'not_object'] as const;
+export type InvalidReason = (typeof INVALID_REASONS)[number];
+export const DROP_REASONS = ['spool_full', 'spool_corrupt'] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+export const RETRY_REASONS = ['network', 'timeout', 'http_408', 'http_429', 'http_5xx', 'http_other'] as const;
+export type RetryReason = (typeof RETRY_REASONS)[number];
+
+/** Monotonic counts (records unless the name says batches). See docs/agent.md "Counters". */
+export interface AgentCounterValues {
+  received: number;
+  invalid: Record<InvalidReason, number>;
+  spooled: number;
+  batched: number;
+  batchedBatches: number;
+  exported: number;
+  exportedBatches: number;
+  retried: Record<RetryReason, number>;
+  deadLettered: number;
+  deadLetteredBatches: number;
+  dropped: Record<DropReason, number>;
+  spoolCorruptFrames: number;
+  connections: number;
+}
+
+/** Point-in-time values (gauges). */
+export interface AgentGaugeValues {
+  breakerState: 0 | 1 | 2;
+  spoolBytes: number;
+  spoolRecords: number;
+  spoolSegments: number;
+  openConnections: number;
+  memoryBufferedBytes: number;
+  rssBytes: number;
+}
+
+export interface AgentMetricsSnapshot {
+  counters: AgentCounterValues;
+  gauges: AgentGaugeValues;
+}
+
+export function zeroCounters(): AgentCounterValues {
+  return {
+    received: 0,
+    invalid: { too_large: 0, not_json: 0, not_object: 0 },
+    spooled: 0,
+    batched: 0,
+    batchedBatches: 0,
+    exported: 0,
+    exportedBatches: 0,
+    retried: { network: 0, timeout: 0, http_408: 0, http_429: 0, http_5xx: 0, http_other: 0 },
+    deadLettered: 0,
+    deadLetteredBatches: 0,
+    dropped: { spool_full: 0, spool_corrupt: 0 },
+    spoolCorruptFrames: 0,
+    connections: 0,
+  };
+}
+
+export function zeroGauges(): AgentGaugeValues {
+  return {
+    breakerState: 0,
+    spoolBytes: 0,
+    spoolRecords: 0,
+    spoolSegments: 0,
+    openConnections: 0,
+    memoryBufferedBytes: 0,
+    rssBytes: 0,
+  };
+}
+
+/** a + b, field by field (used to carry a retired worker's totals into the next one). */
+export function addCounters(a: AgentCounterValues, b: AgentCounterValues): AgentCounterValues {
+  const out = zeroCounters();
+  for (const key of Object.keys(out) as (keyof AgentCounterValues)[]) {
+    const x = a[key];
+    const y = b[key];
+    if (typeof x === 'number' && typeof y === 'number') (out[key] as number) = x + y;
+    else {
+      const target = out[key] as Record<string, number>;
+      const xa = x as Record<string, number>;
+      const ya = y as Record<string, number>;
+      for (const k of Object.keys(target)) target[k] = (xa[k] ?? 0) + (ya[k] ?? 0);
+    }
+  }
+  return out;
+}
+
+/** Sum of the records that reached a final outcome (delivered, dead-lettered or dropped). */
+export function settledRecords(c: AgentCounterValues): number {
+  return c.exported + c.deadLettered + c.dropped.spool_full + c.dropped.spool_corrupt;
+}
+
+const PREFIX = 'sidekick_agent_';
+
+/**
+ * A prom-client registry whose values come from `snapshot()` at scrape time. Counters never go backwards: a snapshot
+ * lower than the last one seen (should not happen; the supervisor keeps totals) is ignored rather than exported.
+ */
+export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot> | AgentMetricsSnapshot): Registry {
+  const registry = new Registry();
+  let pending: Promise<AgentMetricsSnapshot> | undefined;
+  // All metrics of one scrape read the same snapshot: the first collect() fetches it, the others share it.
+  const current = (): Promise<AgentMetricsSnapshot> => {
+    pending ??= Promise.resolve(snapshot()).finally(() => setImmediate(() => (pending = undefined)));
+    return pending;
+  };
+  const counter = (
+    name: string,
+    help: string,
+    read: (c: AgentCounterValues) => number | Record<string, number>,
+    label?: string,
+  ): void => {
+    const seen = new Map<string, number>();
+    new Counter({
+      name: PREFIX + name,
+      help,
+      labelNames: label ? [label] : [],
+      registers: [registry],
+      async collect() {
+        const values = read((await current()).counters);
+        const entries: [string, number][] = typeof values === 'number' ? [['', values]] : Object.entries(values);
+        for (const [key, value] of entries) {
+          const delta = value - (seen.get(key) ?? 0);
+          if (delta <= 0) {
+            if (!seen.has(key)) this.inc(label ? { [label]: key } : {}, 0);
+            seen.set(key, Math.max(seen.get(key) ?? 0, value));
+            continue;
+          }
+          seen.set(key, value);
+          if (label) this.inc({ [label]: key }, delta);
+          else this.inc(delta);
+        }
+      },
+    });
+  };
+  const gauge = (name: string, help: string, read: (g: AgentGaugeValues) => number): void => {
+    new Gauge({
+      name: PREFIX + name,
+      help,
+      registers: [registry],
+      async collect() {
+        this.set(read((await current()).gauges));
+      },
+    });
+  };
+  counter(
+    'received_records_total',
+    'Lines read from clients (valid and invalid; blank lines are ignored).',
+    (c) => c.received,
+  );
+  counter('invalid_records_total', 'Lines rejected at ingest, by reason.', (c) => c.invalid, 'reason');
+  counter('spooled_records_total', 'Valid records appended to the spool.', (c) => c.spooled);
+  counter(
+    'batched_records_total',
+    'Records cut into batches from the spool (each batch counted once).',
+    (c) => c.batched,
+  );
+  counter('batches_total', 'Batches cut from the spool (each counted once).', (c) => c.batchedBatches);
+  counter('exported_records_total', 'Records delivered to the exporter (2xx or written).', (c) => c.exported);
+  counter('exported_batches_total', 'Batches (or 413 halves) delivered.', (c) => c.exportedBatches);
+  counter(
+    'retried_batches_total',
+    'Export attempts that failed and will be retried, by reason.',
+    (c) => c.retried,
+    'reason',
+  );
+  counter(
+    'dead_lettered_records_total',
+    'Records rejected by central for good and kept on disk.',
+    (c) => c.deadLettered,
+  );
+  counter(
+    'dead_lettered_batches_total',
+    'Batches (or parts) written to the dead-letter directory.',
+    (c) => c.deadLetteredBatches,
+  );
+  counter('dropped_records_total', 'Records dropped by a documented cap, by reason.', (c) => c.dropped, 'reason');
+  counter(
+    'spool_corrupt_frames_total',
+    'Spool frames skipped because of a bad checksum or torn tail.',
+    (c) => c.spoolCorruptFrames,
+  );
+  counter('connections_total', 'Client connections accepted.', (c) => c.connections);
+  gauge('breaker_state', 'Exporter circuit breaker: 0 closed, 1 open, 2 half-open.', (g) => g.breakerState);
+  gauge('spool_bytes', 'Bytes pending in the spool.', (g) => g.spoolBytes);
+  gauge('spool_records', 'Records pending in the spool (not yet delivered or dead-lettered).', (g) => g.spoolRecords);
+  gauge('spool_segments', 'Spool segment files on disk.', (g) => g.spoolSegments);
+  gauge('open_connections', 'Client connections open now.', (g) => g.openConnections);
+  gauge('memory_buffered_bytes', 'Bytes held in memory.maxBytes-bounded buffers.', (g) => g.memoryBufferedBytes);
+  gauge('worker_rss_bytes', 'Resident set size of the agent worker process.', (g) => g.rssBytes);
+  return registry;
+}
+
+/** A tiny HTTP server: GET /metrics → Prometheus text. Loopback (or a Unix socket) only, by configuration. */
+export class MetricsServer {
+  private server: Server | undefined;
+
+  constructor(
+    private readonly address: ListenAddress,
+    private readonly registry: Registry,
+  ) {}
+
+  async start(): Promise<void> {
+    const server = createServer((req, res) => {
+      if ((req.url ?? '/').split('?')[0] !== '/metrics') {
+        res.writeHead(404).end('not found\n');
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
+        (err: unknown) => res.writeHead(500).end(`${String(err)}\n`),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const onListening = (): void => {
+        server.off('error', reject);
+        resolve();
+      };
+      if (this.address.kind === 'unix') server.listen(this.address.path, onListening);
+      else server.listen(this.address.port, this.address.host, onListening);
+    });
+    this.server = server;
+  }
+
+  /** The bound port (useful when the config said port 0). */
+  port(): number | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a.port : undefined;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}

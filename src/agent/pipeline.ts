@@ -1,0 +1,370 @@
+// AgentPipeline: receiver → spool → batcher → breaker → exporter, as one component with start/stop/reload/status.
+//
+//   clients ──NDJSON──▶ UnixSocketReceiver ──good lines (original bytes)──▶ Spool (WAL on disk)
+//                          │ invalid: counted + rate-limited log                │ 'data'
+//                          ▼                                                    ▼
+//                    MemoryBudget ◀── in-flight bytes ── Dispatcher ◀── Batcher (maxRecords / maxDelayMs)
+//                                                          │ ExporterBreaker (cockatiel)
+//                                                          ▼
+//                                                file | http exporter ──▶ central
+//                                                          │ 4xx ▶ DeadLetterStore (spool.dir/dead-letter)
+//
+// No process-global state: no signal handlers, no process.exit, no module singletons. `sidekick agent` runs one in a
+// worker process under AgentSupervisor; `sidekick serve` can run one in-process. Everything accepted is in the spool
+// within milliseconds, so stop/handOver only have to flush the spool's write buffer.
+import { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { AgentConfig } from '../config/schema.js';
+import { isSidekickError } from '../errors.js';
+import { childLogger, type Logger } from '../log/logger.js';
+import { ExporterBreaker, type BreakerStateName } from './breaker/breaker.js';
+import { DeadLetterStore } from './exporters/dead-letter.js';
+import { Dispatcher } from './exporters/dispatcher.js';
+import { createExporter, type Exporter } from './exporters/index.js';
+import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
+import { Batcher, type BatchPolicy } from './processors/batcher.js';
+import { MemoryBudget } from './processors/memory.js';
+import { Spool, type SpoolStats } from './queue/spool.js';
+import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
+import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
+
+export interface AgentPipelineOptions {
+  config: AgentConfig;
+  log?: Logger;
+  /** Accept on this inherited, already-bound socket fd (the supervisor's) instead of binding `config.socket`. */
+  listenFd?: number;
+  /** How long start() waits for a spool lock still held by a previous owner that is shutting down. Default 5 s. */
+  lockWaitMs?: number;
+}
+
+export type PipelineState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+export interface AgentPipelineStatus {
+  state: PipelineState;
+  pid: number;
+  startedAt: number;
+  socket: string;
+  connections: number;
+  exporter: { type: string; target: string };
+  breaker: ReturnType<ExporterBreaker['toJSON']> | undefined;
+  spool: (SpoolStats & { dir: string }) | undefined;
+  memory: ReturnType<MemoryBudget['usage']>;
+  lastExportError: { message: string; at: number } | undefined;
+  nextAttemptAt: number | undefined;
+}
+
+/** Settings that cannot change on a running pipeline (a new worker, or a restart, applies them). */
+export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
+  const out: string[] = [];
+  if (a.socket !== b.socket) out.push('socket');
+  if (a.spool.dir !== b.spool.dir) out.push('spool.dir');
+  if (a.spool.maxBytes !== b.spool.maxBytes) out.push('spool.maxBytes');
+  if (a.spool.segmentBytes !== b.spool.segmentBytes) out.push('spool.segmentBytes');
+  if (a.spool.syncIntervalMs !== b.spool.syncIntervalMs) out.push('spool.syncIntervalMs');
+  return out;
+}
+
+const MIN_BATCH_BYTES = 64 * 1024;
+
+export class AgentPipeline extends EventEmitter {
+  readonly counters = zeroCounters();
+  private cfg: AgentConfig;
+  private readonly log: Logger;
+  private readonly opts: AgentPipelineOptions;
+  private stateName: PipelineState = 'new';
+  private startedAtMs = 0;
+  private spool: Spool | undefined;
+  private budget: MemoryBudget;
+  private receiver: UnixSocketReceiver | undefined;
+  private server: net.Server | undefined;
+  private socketFile: OwnedSocketFile | undefined;
+  private batcher: Batcher | undefined;
+  private dispatcher: Dispatcher | undefined;
+  private breaker: ExporterBreaker | undefined;
+  private exporter: Exporter | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(opts: AgentPipelineOptions) {
+    super();
+    this.opts = opts;
+    this.cfg = opts.config;
+    this.log = opts.log ?? childLogger({ component: 'agent' });
+    this.budget = new MemoryBudget(opts.config.memory.maxBytes);
+  }
+
+  get state(): PipelineState {
+    return this.stateName;
+  }
+
+  get config(): AgentConfig {
+    return this.cfg;
+  }
+
+  private batchPolicy(cfg: AgentConfig): BatchPolicy {
+    return {
+      maxRecords: cfg.batch.maxRecords,
+      maxDelayMs: cfg.batch.maxDelayMs,
+      maxBytes: Math.max(MIN_BATCH_BYTES, cfg.maxRecordBytes, Math.floor(cfg.memory.maxBytes / 4)),
+      batchesPerSecond: cfg.spool.replayBatchesPerSecond,
+    };
+  }
+
+  private retryPolicy(cfg: AgentConfig): {
+    initialDelayMs: number;
+    maxDelayMs: number;
+    retryAfterCapMs: number;
+  } {
+    return {
+      initialDelayMs: cfg.retry.initialDelayMs,
+      maxDelayMs: Math.max(cfg.retry.initialDelayMs, cfg.retry.maxDelayMs),
+      retryAfterCapMs: Math.max(cfg.retry.maxDelayMs, cfg.breaker.halfOpenAfterMs),
+    };
+  }
+
+  private async openSpool(): Promise<Spool> {
+    const cfg = this.cfg;
+    const until = Date.now() + (this.opts.lockWaitMs ?? 5000);
+    for (;;) {
+      try {
+        return await Spool.open({
+          dir: cfg.spool.dir,
+          maxBytes: cfg.spool.maxBytes,
+          segmentBytes: cfg.spool.segmentBytes,
+          syncIntervalMs: cfg.spool.syncIntervalMs,
+          // The spool's unwritten-data cap is half the memory bound; its back-pressure (1/8 of that) pauses reading.
+          maxBufferedBytes: Math.max(1024 * 1024, Math.floor(cfg.memory.maxBytes / 2)),
+          log: this.log.child({ part: 'spool' }),
+        });
+      } catch (err) {
+        if (!isSidekickError(err, 'SK_ERR_SPOOL_LOCKED') || Date.now() >= until) throw err;
+        await sleep(100);
+      }
+    }
+  }
+
+  async start(): Promise<void> {
+    if (this.stateName !== 'new') throw new Error(`pipeline already ${this.stateName}`);
+    this.stateName = 'starting';
+    const cfg = this.cfg;
+    try {
+      const spool = await this.openSpool();
+      this.spool = spool;
+      this.breaker = await ExporterBreaker.create({
+        failures: cfg.breaker.failures,
+        halfOpenAfterMs: cfg.breaker.halfOpenAfterMs,
+        store: { read: () => spool.readState('breaker'), write: (v) => spool.writeState('breaker', v) },
+        log: this.log.child({ part: 'breaker' }),
+        onState: (s: BreakerStateName) => this.emit('breaker', s),
+      });
+      this.exporter = createExporter(cfg.exporter);
+      this.batcher = new Batcher(spool, this.batchPolicy(cfg), this.counters);
+      this.dispatcher = new Dispatcher({
+        spool,
+        batcher: this.batcher,
+        breaker: this.breaker,
+        exporter: () => this.exporter!,
+        deadLetters: new DeadLetterStore(cfg.spool.dir),
+        counters: this.counters,
+        budget: this.budget,
+        log: this.log.child({ part: 'exporter' }),
+        retry: this.retryPolicy(cfg),
+      });
+      spool.on('drain', () => this.budget.release('spool'));
+      this.receiver = new UnixSocketReceiver({
+        maxRecordBytes: cfg.maxRecordBytes,
+        budget: this.budget,
+        log: this.log.child({ part: 'receiver' }),
+        sink: {
+          append: (lines, records) => this.append(lines, records),
+          invalid: (reason: InvalidReason, n: number) => {
+            this.counters.received += n;
+            this.counters.invalid[reason] += n;
+          },
+          connection: () => this.counters.connections++,
+        },
+      });
+      const server = UnixSocketReceiver.createServer();
+      this.receiver.attach(server);
+      if (this.opts.listenFd !== undefined) {
+        const fd = this.opts.listenFd;
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen({ fd, backlog: 511 }, () => {
+            server.off('error', reject);
+            resolve();
+          });
+        });
+      } else {
+        this.socketFile = await listenOnSocketFile(
+          { path: cfg.socket, mode: cfg.socketMode, group: cfg.socketGroup },
+          server,
+        );
+      }
+      this.server = server;
+      this.dispatcher.start();
+      this.startedAtMs = Date.now();
+      this.stateName = 'running';
+      this.log.info(
+        {
+          socket: cfg.socket,
+          spool: cfg.spool.dir,
+          backlog: spool.stats().pendingRecords,
+          exporter: cfg.exporter.type,
+        },
+        'agent pipeline running',
+      );
+    } catch (err) {
+      this.stateName = 'stopped';
+      await this.teardown();
+      throw err;
+    }
+  }
+
+  /** The ingest hot path: every valid line, already framed, straight into the spool. */
+  private append(lines: Buffer, records: number): void {
+    this.counters.received += records;
+    this.counters.spooled += records;
+    if (!this.spool!.append(lines, records)) this.budget.hold('spool');
+    this.batcher!.noteAppended(records);
+  }
+
+  /** Adopts a client connection handed over by a previous worker. */
+  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
+    if (!this.receiver || this.stateName !== 'running') throw new Error('pipeline is not running');
+    this.receiver.adopt(handle, partial, discarding);
+  }
+
+  /**
+   * Graceful stop: stop accepting, read what connected clients already wrote (until each goes quiet for 100 ms, at
+   * most 1/5 of the budget), flush the spool, give every due batch one last export attempt until `timeoutMs` is
+   * nearly used up (no attempt while the breaker is open), then close the spool. Whatever was not delivered stays in
+   * the spool for the next start.
+   */
+  stop(timeoutMs = this.cfg.stopTimeoutMs): Promise<void> {
+    this.stopping ??= this.doStop(timeoutMs, true).then(() => undefined);
+    return this.stopping;
+  }
+
+  /**
+   * Recycle: stop accepting, stop reading every connection at once and return them (with unfinished lines) for the
+   * next worker, finish only the export in flight, flush and close the spool (releasing its lock).
+   */
+  async handOver(onConnections: (conns: DetachedConnection[]) => void): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = this.doStop(this.cfg.stopTimeoutMs, false, onConnections).then(() => undefined);
+    return this.stopping;
+  }
+
+  private async doStop(
+    timeoutMs: number,
+    final: boolean,
+    onConnections?: (conns: DetachedConnection[]) => void,
+  ): Promise<void> {
+    if (this.stateName === 'new' || this.stateName === 'stopped') {
+      this.stateName = 'stopped';
+      return;
+    }
+    this.stateName = 'stopping';
+    const t0 = Date.now();
+    const closeMargin = Math.min(1000, timeoutMs / 10);
+    const deadline = t0 + Math.max(0, timeoutMs - closeMargin);
+    const receiver = this.receiver!;
+    receiver.stopAccepting();
+    if (final) {
+      await receiver.drain(100, Math.min(2000, timeoutMs / 5));
+    } else {
+      onConnections?.(receiver.detachAll());
+    }
+    try {
+      await this.spool!.flush();
+    } catch (err) {
+      this.log.error({ err }, 'spool flush at stop failed');
+    }
+    // Hand-over: finish the export in flight only (bounded by the exporter's timeout), no new batch.
+    const exportDeadline = final
+      ? deadline
+      : Math.min(deadline, Date.now() + (this.cfg.exporter.type === 'http' ? this.cfg.exporter.timeoutMs : 5000));
+    await this.dispatcher!.stop(exportDeadline, final);
+    await this.teardown();
+    this.stateName = 'stopped';
+    const st = this.spool?.stats();
+    this.log.info(
+      { ms: Date.now() - t0, pendingRecords: st?.pendingRecords, final },
+      final ? 'agent pipeline stopped' : 'agent pipeline handed over',
+    );
+  }
+
+  private async teardown(): Promise<void> {
+    this.receiver?.destroyAll();
+    this.server?.close();
+    this.socketFile?.unlinkIfOurs();
+    await this.breaker?.settle();
+    await this.spool?.close().catch((err: unknown) => this.log.error({ err }, 'spool close failed'));
+    await this.exporter?.close().catch(() => undefined);
+  }
+
+  /**
+   * Applies a new config to the running pipeline: batch, exporter, breaker, retry, limits, replay rate. Returns the
+   * fields that need a new worker (socket, spool layout) — the supervisor recycles for those.
+   */
+  async reload(next: AgentConfig): Promise<{ restartRequired: string[] }> {
+    const prev = this.cfg;
+    const restartRequired = restartOnlyChanges(prev, next);
+    this.cfg = next;
+    this.budget.setMaxBytes(next.memory.maxBytes);
+    this.receiver?.setMaxRecordBytes(next.maxRecordBytes);
+    this.batcher?.setPolicy(this.batchPolicy(next));
+    this.dispatcher?.setRetryPolicy(this.retryPolicy(next));
+    this.breaker?.reconfigure(next.breaker.failures, next.breaker.halfOpenAfterMs);
+    if (JSON.stringify(prev.exporter) !== JSON.stringify(next.exporter) && this.exporter) {
+      const old = this.exporter;
+      this.exporter = createExporter(next.exporter);
+      // Let an export in flight on the old one finish (bounded by its timeout) before closing it.
+      const grace = prev.exporter.type === 'http' ? prev.exporter.timeoutMs + 1000 : 1000;
+      setTimeout(() => void old.close().catch(() => undefined), grace).unref();
+    }
+    this.log.info({ restartRequired }, 'agent config reloaded');
+    return { restartRequired };
+  }
+
+  metrics(): AgentMetricsSnapshot {
+    const st = this.spool?.stats();
+    if (st) {
+      this.counters.dropped.spool_full = st.droppedRecords;
+      this.counters.dropped.spool_corrupt = st.corruptRecords;
+      this.counters.spoolCorruptFrames = st.corruptFrames;
+      this.budget.set('spool', st.bufferedBytes);
+    }
+    return {
+      counters: structuredClone(this.counters),
+      gauges: {
+        breakerState: this.breaker?.stateCode ?? 0,
+        spoolBytes: st?.pendingBytes ?? 0,
+        spoolRecords: st?.pendingRecords ?? 0,
+        spoolSegments: st?.segments ?? 0,
+        openConnections: this.receiver?.connectionCount ?? 0,
+        memoryBufferedBytes: this.budget.used,
+        rssBytes: process.memoryUsage.rss(),
+      },
+    };
+  }
+
+  status(): AgentPipelineStatus {
+    const exp = this.cfg.exporter;
+    const st = this.spool?.stats();
+    return {
+      state: this.stateName,
+      pid: process.pid,
+      startedAt: this.startedAtMs,
+      socket: this.cfg.socket,
+      connections: this.receiver?.connectionCount ?? 0,
+      exporter: { type: exp.type, target: exp.type === 'http' ? exp.url : exp.dir },
+      breaker: this.breaker?.toJSON(),
+      spool: st ? { ...st, dir: this.cfg.spool.dir } : undefined,
+      memory: this.budget.usage(),
+      lastExportError: this.dispatcher?.lastError,
+      nextAttemptAt: this.dispatcher?.lastError ? this.dispatcher.nextAttemptAt : undefined,
+    };
+  }
+}

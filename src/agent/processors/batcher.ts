@@ -1,0 +1,144 @@
+// Batching: when to cut the next batch out of the spool.
+//
+// A batch is cut when `batch.maxRecords` records are pending, or when the oldest pending record has waited
+// `batch.maxDelayMs`, whichever comes first (and at once while stopping). Once cut, a batch is fixed: the spool hands
+// out the same id and payload after a release or a restart, so we only ask for one when it is due.
+//
+// The age of the oldest pending record is tracked here, in memory, with coarse marks (time, cumulative count) taken
+// as records are appended: cheap on the hot path and exact enough for a deadline in seconds. Records already pending
+// when this process opened the spool are treated as overdue (they waited through a restart), so a backlog ships at
+// once. `spool.replayBatchesPerSecond` caps how fast batches are cut (0 = no cap).
+import type { EventEmitter } from 'node:events';
+import type { AgentCounterValues } from '../metrics.js';
+
+export interface SpoolBatchLike {
+  id: string;
+  records: number;
+  bytes: number;
+  payload: Buffer;
+  firstAppendedAt: number;
+}
+
+/** The slice of the Spool API batching needs. */
+export interface BatchSource extends EventEmitter {
+  nextBatch(maxRecords: number, maxBytes?: number): Promise<SpoolBatchLike | undefined>;
+  stats(): { pendingRecords: number; droppedRecords: number };
+}
+
+export interface BatchPolicy {
+  maxRecords: number;
+  maxDelayMs: number;
+  /** Cap on one batch's payload (memory bound); a single bigger record still goes alone. */
+  maxBytes: number;
+  batchesPerSecond: number;
+}
+
+const MARK_GRANULARITY_MS = 5;
+const IDLE_RECHECK_MS = 1000;
+
+export class Batcher {
+  private marks: { at: number; upTo: number }[] = [];
+  private total: number;
+  private consumed = 0;
+  private readonly droppedAtOpen: number;
+  private lastId: string | undefined;
+  private lastCutAt = 0;
+  private wakeUp: (() => void) | undefined;
+
+  constructor(
+    private readonly source: BatchSource,
+    private policy: BatchPolicy,
+    private readonly counters: AgentCounterValues,
+  ) {
+    const st = source.stats();
+    // The backlog found at open counts as overdue: one mark at time 0.
+    this.total = st.pendingRecords;
+    this.droppedAtOpen = st.droppedRecords;
+    if (this.total > 0) this.marks.push({ at: 0, upTo: this.total });
+    source.on('data', () => this.wake());
+  }
+
+  setPolicy(policy: BatchPolicy): void {
+    this.policy = policy;
+    this.wake();
+  }
+
+  /** Called for every append (the hot path: O(1)). */
+  noteAppended(records: number, now = Date.now()): void {
+    this.total += records;
+    const last = this.marks[this.marks.length - 1];
+    if (last && now - last.at < MARK_GRANULARITY_MS) last.upTo = this.total;
+    else this.marks.push({ at: now, upTo: this.total });
+    if (this.wakeUp && this.total - this.consumed >= this.policy.maxRecords) this.wake();
+  }
+
+  /** Wakes a waiting next() (new data, stop requested, policy change). */
+  wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  /** Time the oldest pending record was appended (0 = from before this process), or undefined if none pending. */
+  oldestPendingAt(): number | undefined {
+    const dropped = this.source.stats().droppedRecords - this.droppedAtOpen;
+    const gone = this.consumed + Math.max(0, dropped);
+    while (this.marks.length > 0 && this.marks[0]!.upTo <= gone) this.marks.shift();
+    return this.marks[0]?.at;
+  }
+
+  /**
+   * The next batch when it is due; undefined when `signal` aborts, or — with `flush` — as soon as nothing is pending.
+   */
+  async next(signal: AbortSignal, flush: () => boolean): Promise<SpoolBatchLike | undefined> {
+    while (!signal.aborted) {
+      const pending = this.source.stats().pendingRecords;
+      const flushing = flush();
+      if (pending === 0 && flushing) return undefined;
+      let waitMs = IDLE_RECHECK_MS;
+      if (pending > 0) {
+        const oldest = this.oldestPendingAt() ?? 0;
+        const due = oldest + this.policy.maxDelayMs;
+        const now = Date.now();
+        if (pending >= this.policy.maxRecords || flushing || now >= due) {
+          const gap = this.policy.batchesPerSecond > 0 ? 1000 / this.policy.batchesPerSecond : 0;
+          const wait = this.lastCutAt + gap - now;
+          if (wait > 0 && !flushing) {
+            await this.sleep(wait, signal);
+            continue;
+          }
+          const batch = await this.source.nextBatch(this.policy.maxRecords, this.policy.maxBytes);
+          if (batch) {
+            this.lastCutAt = Date.now();
+            if (batch.id !== this.lastId) {
+              this.lastId = batch.id;
+              this.consumed += batch.records;
+              this.counters.batched += batch.records;
+              this.counters.batchedBatches++;
+            }
+            return batch;
+          }
+          waitMs = 50; // pending but not readable yet (still in the write buffer): look again shortly
+        } else {
+          waitMs = Math.min(IDLE_RECHECK_MS, due - now);
+        }
+      }
+      await this.sleep(waitMs, signal);
+    }
+    return undefined;
+  }
+
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        if (this.wakeUp === done) this.wakeUp = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(1, ms));
+      signal.addEventListener('abort', done, { once: true });
+      this.wakeUp = done;
+    });
+  }
+}

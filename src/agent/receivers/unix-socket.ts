@@ -1,0 +1,256 @@
+// The Unix stream socket receiver: many clients, many lines per connection, no reply.
+//
+// Each connection has its own LineFramer; good lines go straight to the sink (the spool append). The receiver never
+// writes to a client and never closes a connection because of bad input. Reading pauses while the memory budget is
+// exhausted. For a worker recycle, `detach()` stops reading every connection at once and hands out the raw handles
+// with their unfinished line, so the next worker continues each stream exactly where this one stopped.
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { RateLimitedLog } from '../../log/logger.js';
+import type { InvalidReason } from '../metrics.js';
+import type { MemoryBudget } from '../processors/memory.js';
+import { LineFramer } from './ndjson.js';
+
+export interface ReceiverSink {
+  append(lines: Buffer, records: number): void;
+  invalid(reason: InvalidReason, records: number): void;
+  connection(): void;
+}
+
+export interface ReceiverOptions {
+  maxRecordBytes: number;
+  sink: ReceiverSink;
+  budget: MemoryBudget;
+  log: Logger;
+}
+
+/** What a detached connection carries to its next owner. */
+export interface DetachedConnection {
+  handle: unknown;
+  partial: Buffer;
+  discarding: boolean;
+}
+
+/** The libuv stream wrap behind a net.Socket (internal but stable: child_process's own handle passing uses it). */
+interface StreamHandle {
+  reading: boolean;
+  readStop(): number;
+  readStart(): number;
+}
+
+class Connection {
+  readonly framer: LineFramer;
+  private held = 0;
+  paused = false;
+  lastDataAt = Date.now();
+  detached = false;
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly receiver: UnixSocketReceiver,
+  ) {
+    this.framer = new LineFramer(receiver.maxRecordBytes, receiver.lineSink);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => {
+      this.framer.end();
+      this.account();
+    });
+    socket.on('error', () => {
+      // a client vanishing mid-write is normal; the framer keeps what arrived
+    });
+    socket.on('close', () => this.receiver.forget(this));
+  }
+
+  private onData(chunk: Buffer): void {
+    this.lastDataAt = Date.now();
+    this.framer.push(chunk);
+    this.account();
+    if (this.receiver.budget.exhausted) this.pause();
+  }
+
+  account(): void {
+    const now = this.framer.bufferedBytes;
+    if (now !== this.held) {
+      this.receiver.budget.add('receiver', now - this.held);
+      this.held = now;
+    }
+  }
+
+  pause(): void {
+    if (this.paused || this.detached) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.paused || this.detached) return;
+    this.paused = false;
+    this.socket.resume();
+  }
+
+  release(): void {
+    this.framer.setMaxRecordBytes(this.receiver.maxRecordBytes);
+    this.receiver.budget.add('receiver', -this.held);
+    this.held = 0;
+  }
+
+  /**
+   * Stops reading *now* and takes the native handle away from the socket object, so nothing more is read in this
+   * process: readStop on the handle, then consume whatever the stream already buffered (only present if the
+   * connection was paused), then detach the handle as child_process does when it sends a socket.
+   */
+  detach(): DetachedConnection | undefined {
+    const socket = this.socket as net.Socket & { _handle: StreamHandle | null };
+    const handle = socket._handle;
+    if (!handle || socket.destroyed) return undefined;
+    handle.reading = false;
+    handle.readStop();
+    socket.removeAllListeners('data');
+    let chunk: Buffer | null;
+    while ((chunk = socket.read() as Buffer | null) !== null) this.framer.push(chunk);
+    handle.reading = false;
+    handle.readStop(); // read() may have restarted it; no data is delivered before we return
+    socket._handle = null;
+    socket.removeAllListeners();
+    socket.on('error', () => undefined);
+    this.detached = true;
+    const { partial, discarding } = this.framer.takePartial();
+    this.account();
+    return { handle, partial, discarding };
+  }
+}
+
+export class UnixSocketReceiver {
+  readonly budget: MemoryBudget;
+  readonly lineSink: { good(lines: Buffer, records: number): void; bad(reason: InvalidReason, sample: Buffer): void };
+  maxRecordBytes: number;
+  private readonly conns = new Set<Connection>();
+  private readonly servers = new Set<net.Server>();
+  private readonly badLog: RateLimitedLog;
+  private readonly log: Logger;
+  private readonly sink: ReceiverSink;
+
+  constructor(opts: ReceiverOptions) {
+    this.sink = opts.sink;
+    this.budget = opts.budget;
+    this.maxRecordBytes = opts.maxRecordBytes;
+    this.log = opts.log;
+    this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
+    const sink = opts.sink;
+    this.lineSink = {
+      good: (lines, records) => sink.append(lines, records),
+      bad: (reason, sample) => {
+        sink.invalid(reason, 1);
+        const code = reason === 'too_large' ? 'SK_ERR_RECORD_TOO_LARGE' : 'SK_ERR_RECORD_INVALID';
+        this.badLog.warn(
+          { code, reason, sample: sample.toString('utf8').replace(/[^\x20-\x7e]/g, '?') },
+          reason === 'too_large'
+            ? `${code}: a line longer than maxRecordBytes (${this.maxRecordBytes}) was skipped`
+            : `${code}: a line that is not a JSON object was skipped (${reason})`,
+        );
+      },
+    };
+    this.budget.on('relief', () => {
+      for (const c of this.conns) c.resume();
+    });
+    this.budget.on('exhausted', () => {
+      for (const c of this.conns) c.pause();
+    });
+  }
+
+  /** Starts accepting on a listening (or about-to-listen) server. */
+  attach(server: net.Server): void {
+    this.servers.add(server);
+    server.on('connection', (socket) => {
+      this.sink.connection();
+      this.accept(socket);
+    });
+  }
+
+  /** A net.Server for the receiver to listen with (no half-open: the receiver never writes). */
+  static createServer(): net.Server {
+    return net.createServer({ allowHalfOpen: false, pauseOnConnect: false });
+  }
+
+  private accept(socket: net.Socket): Connection {
+    const conn = new Connection(socket, this);
+    this.conns.add(conn);
+    if (this.budget.exhausted) conn.pause();
+    return conn;
+  }
+
+  /** Adopts a connection detached by a previous worker (raw handle + its unfinished line). */
+  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
+    const socket = new net.Socket({ handle: handle as never, readable: true, writable: true } as never);
+    const conn = this.accept(socket);
+    conn.framer.restorePartial(partial, discarding);
+    conn.account();
+  }
+
+  forget(conn: Connection): void {
+    if (!this.conns.delete(conn)) return;
+    conn.release();
+  }
+
+  setMaxRecordBytes(n: number): void {
+    this.maxRecordBytes = n;
+    for (const c of this.conns) c.framer.setMaxRecordBytes(n);
+  }
+
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
+  /** Closes every listener (open connections stay). Does not wait for connections. */
+  stopAccepting(): void {
+    for (const s of this.servers) {
+      s.removeAllListeners('connection');
+      s.on('connection', (socket) => this.accept(socket)); // a connection already in flight is still read
+      s.close();
+    }
+    this.servers.clear();
+  }
+
+  /**
+   * Keeps reading open connections until each has closed or been quiet for `idleMs`, for at most `maxMs`, then
+   * closes the rest. Lines clients wrote before the stop are read; clients writing after it see a closed socket.
+   */
+  async drain(idleMs: number, maxMs: number): Promise<void> {
+    const until = Date.now() + maxMs;
+    for (const c of this.conns) c.resume();
+    while (this.conns.size > 0 && Date.now() < until) {
+      const now = Date.now();
+      let busy = false;
+      for (const c of this.conns) {
+        if (now - c.lastDataAt < idleMs && !c.paused) busy = true;
+        else {
+          c.framer.end();
+          c.socket.destroy();
+          this.forget(c);
+        }
+      }
+      if (!busy) break;
+      await new Promise((r) => setTimeout(r, Math.min(idleMs, 50)));
+    }
+    this.destroyAll();
+  }
+
+  /** Stops every connection at once and returns them for hand-over. */
+  detachAll(): DetachedConnection[] {
+    const out: DetachedConnection[] = [];
+    for (const c of [...this.conns]) {
+      const d = c.detach();
+      this.forget(c);
+      if (d) out.push(d);
+    }
+    if (out.length) this.log.debug({ connections: out.length }, 'connections detached for hand-over');
+    return out;
+  }
+
+  destroyAll(): void {
+    for (const c of [...this.conns]) {
+      c.socket.destroy();
+      this.forget(c);
+    }
+  }
+}

@@ -1,0 +1,31 @@
+// Messages between AgentSupervisor (parent) and an agent worker (child), over the fork IPC channel (JSON).
+import type { AgentConfig } from '../config/schema.js';
+import type { AgentMetricsSnapshot } from './metrics.js';
+import type { AgentPipelineStatus } from './pipeline.js';
+
+/** The inherited listening socket is fd 4 in the worker (stdio: ignore, inherit, inherit, ipc, <socket>). */
+export const WORKER_LISTEN_FD = 4;
+
+export type ToWorker =
+  /** Load modules and wait (`start: false`, a pre-forked replacement) or start right away. */
+  | { t: 'init'; config: AgentConfig; start: boolean; lockWaitMs: number }
+  | { t: 'start' }
+  /** A client connection from the previous worker; the raw handle travels with the message. */
+  | { t: 'conn'; partial: string; discarding: boolean }
+  | { t: 'reload'; config: AgentConfig }
+  | { t: 'handover' }
+  | { t: 'stop'; timeoutMs: number }
+  | { t: 'snapshot'; id: number };
+
+export type FromWorker =
+  | { t: 'standby' }
+  | { t: 'ready' }
+  | { t: 'stats'; metrics: AgentMetricsSnapshot; status: AgentPipelineStatus }
+  | { t: 'snapshot'; id: number; metrics: AgentMetricsSnapshot; status: AgentPipelineStatus }
+  | { t: 'conn'; partial: string; discarding: boolean }
+  /** Hand-over done: spool closed, lock released. Carries the final counters. */
+  | { t: 'released'; metrics: AgentMetricsSnapshot }
+  | { t: 'stopped'; metrics: AgentMetricsSnapshot }
+  | { t: 'reloaded'; restartRequired: string[] }
+  | { t: 'breaker'; state: string }
+  | { t: 'fatal'; code: string | undefined; message: string };

@@ -1,0 +1,152 @@
+// Agent worker process: runs one AgentPipeline for AgentSupervisor, accepting on the socket fd it inherited.
+//
+// It obeys the supervisor over IPC. It also stops by itself on SIGTERM/SIGINT (systemd and terminals signal the whole
+// group) and when the IPC channel closes (the supervisor died): then it stops accepting at once — so a restarted
+// agent finds the socket free — and flushes quickly so the spool lock is released within a few seconds.
+import type { Logger } from 'pino';
+import { describeError, isSidekickError } from '../errors.js';
+import { childLogger } from '../log/logger.js';
+import { zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
+import { AgentPipeline } from './pipeline.js';
+import { WORKER_LISTEN_FD, type FromWorker, type ToWorker } from './worker-protocol.js';
+
+const ORPHAN_STOP_MS = 3000;
+const STATS_INTERVAL_MS = 1000;
+
+function send(msg: FromWorker, handle?: unknown): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.connected || !process.send) return resolve();
+    try {
+      process.send(msg, handle as never, {}, () => resolve());
+    } catch {
+      resolve();
+    }
+  });
+}
+
+export function runWorker(): void {
+  const log: Logger = childLogger({ component: 'agent', role: 'worker' });
+  let pipeline: AgentPipeline | undefined;
+  let statsTimer: NodeJS.Timeout | undefined;
+  let ending = false;
+  const early: { handle: unknown; msg: Extract<ToWorker, { t: 'conn' }> }[] = [];
+
+  const finish = (code: number): void => {
+    if (statsTimer) clearInterval(statsTimer);
+    // Give the IPC channel a moment to deliver the last message, then leave.
+    setTimeout(() => process.exit(code), 50).unref();
+    process.disconnect?.();
+  };
+
+  const start = async (): Promise<void> => {
+    try {
+      await pipeline!.start();
+    } catch (err) {
+      log.error({ err }, `agent worker could not start: ${describeError(err)}`);
+      await send({ t: 'fatal', code: isSidekickError(err) ? err.code : undefined, message: describeError(err) });
+      finish(1);
+      return;
+    }
+    pipeline!.on('breaker', (state: string) => void send({ t: 'breaker', state }));
+    for (const { handle, msg } of early.splice(0)) adopt(handle, msg);
+    statsTimer = setInterval(() => {
+      if (pipeline?.state === 'running')
+        void send({ t: 'stats', metrics: pipeline.metrics(), status: pipeline.status() });
+    }, STATS_INTERVAL_MS);
+    statsTimer.unref();
+    await send({ t: 'ready' });
+  };
+
+  const adopt = (handle: unknown, msg: Extract<ToWorker, { t: 'conn' }>): void => {
+    if (!handle) return;
+    if (!pipeline || pipeline.state !== 'running') {
+      early.push({ handle, msg });
+      return;
+    }
+    try {
+      pipeline.adopt(handle, Buffer.from(msg.partial, 'base64'), msg.discarding);
+    } catch (err) {
+      log.error({ err }, 'could not adopt a handed-over connection');
+    }
+  };
+
+  const stop = async (timeoutMs: number): Promise<void> => {
+    if (ending) return;
+    ending = true;
+    if (pipeline) await pipeline.stop(timeoutMs).catch((err: unknown) => log.error({ err }, 'stop failed'));
+    await send({ t: 'stopped', metrics: pipeline?.metrics() ?? emptyMetrics() });
+    finish(0);
+  };
+
+  const handOver = async (): Promise<void> => {
+    if (ending || !pipeline) return;
+    ending = true;
+    const sends: Promise<void>[] = [];
+    await pipeline
+      .handOver((conns) => {
+        for (const c of conns)
+          sends.push(
+            send({ t: 'conn', partial: c.partial.toString('base64'), discarding: c.discarding }, c.handle).then(() =>
+              (c.handle as { close(): void }).close(),
+            ),
+          );
+      })
+      .catch((err: unknown) => log.error({ err }, 'hand-over failed'));
+    await Promise.all(sends);
+    await send({ t: 'released', metrics: pipeline.metrics() });
+    finish(0);
+  };
+
+  process.on('message', (msg: ToWorker, handle: unknown) => {
+    switch (msg.t) {
+      case 'init':
+        pipeline = new AgentPipeline({
+          config: msg.config,
+          listenFd: WORKER_LISTEN_FD,
+          lockWaitMs: msg.lockWaitMs,
+          log,
+        });
+        if (msg.start) void start();
+        else void send({ t: 'standby' });
+        break;
+      case 'start':
+        if (pipeline?.state === 'new') void start();
+        break;
+      case 'conn':
+        adopt(handle, msg);
+        break;
+      case 'reload':
+        if (pipeline?.state === 'running')
+          void pipeline
+            .reload(msg.config)
+            .then((r) => send({ t: 'reloaded', restartRequired: r.restartRequired }))
+            .catch((err: unknown) => log.error({ err }, 'reload failed'));
+        break;
+      case 'handover':
+        void handOver();
+        break;
+      case 'stop':
+        void stop(msg.timeoutMs);
+        break;
+      case 'snapshot':
+        if (pipeline) void send({ t: 'snapshot', id: msg.id, metrics: pipeline.metrics(), status: pipeline.status() });
+        break;
+    }
+  });
+
+  const selfStop = (): void => void stop(pipeline?.config.stopTimeoutMs ?? 25_000);
+  process.on('SIGTERM', selfStop);
+  process.on('SIGINT', selfStop);
+  process.on('SIGHUP', () => undefined); // reload is the supervisor's job
+  process.on('disconnect', () => {
+    if (ending) return;
+    log.warn('agent supervisor went away; stopping');
+    void stop(ORPHAN_STOP_MS);
+  });
+}
+
+function emptyMetrics(): AgentMetricsSnapshot {
+  return { counters: zeroCounters(), gauges: zeroGauges() };
+}
+
+runWorker();
