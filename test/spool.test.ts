@@ -70,6 +70,10 @@ async function appendFrames(s: Spool, from: number, n: number, per: number): Pro
   }
 }
 
+function flip(buf: Buffer, at: number, mask: number): void {
+  buf[at] = buf[at]! ^ mask;
+}
+
 async function segFiles(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((n) => n.startsWith('seg-')).sort();
 }
@@ -268,8 +272,8 @@ test('torn tail and flipped bytes are detected, counted, skipped; the good frame
   const segPath = data[sizes.indexOf(10 * FRAME)]!;
   assert.ok(segPath, 'one segment holds the 10 frames');
   const bytes = await readFile(segPath);
-  bytes[3 * FRAME + 28 + 50] ^= 0x40; // frame 3: payload bit flip -> payload CRC fails
-  bytes[6 * FRAME + 5] ^= 0x01; // frame 6: header length bit flip -> header CRC fails, resync
+  flip(bytes, 3 * FRAME + 28 + 50, 0x40); // frame 3: payload bit flip -> payload CRC fails
+  flip(bytes, 6 * FRAME + 5, 0x01); // frame 6: header length bit flip -> header CRC fails, resync
   await writeFile(segPath, bytes);
   await truncate(segPath, 9 * FRAME + 1000); // frame 9: torn mid-frame
 
@@ -309,7 +313,7 @@ test('damage inside the batch in flight: the batch stops before it, the rest sur
   const FRAME = 28 + 10 * LINE_BYTES;
   const segPath = join(dir, (await segFiles(dir))[0]!);
   const bytes = await readFile(segPath);
-  bytes[2 * FRAME + 28 + 7] ^= 0xff;
+  flip(bytes, 2 * FRAME + 28 + 7, 0xff);
   await writeFile(segPath, bytes);
   s = await Spool.open(opts(dir, log));
   const b = (await s.nextBatch(1000))!;
@@ -601,7 +605,7 @@ test('crash between ledger write and segment delete, in either order, recovers w
   const ledger = await readFile(join(dir, 'ledger'));
   const gen0 = ledger.readDoubleLE(8);
   const gen1 = ledger.readDoubleLE(512 + 8);
-  ledger[(gen0 > gen1 ? 0 : 512) + 30] ^= 0xff;
+  flip(ledger, (gen0 > gen1 ? 0 : 512) + 30, 0xff);
   await writeFile(join(dir, 'ledger'), ledger);
   s = await Spool.open(opts(dir, log, small));
   got = await drainAll(s);
