@@ -3,12 +3,13 @@
 // File `ledger`, two fixed 128-byte slots at offsets 0 and 512 (different disk sectors). Every write goes to the
 // other slot than the last one, with a generation number one higher and a CRC over the slot, so a write torn by a
 // crash or power loss leaves the previous slot intact; on open the valid slot with the highest generation wins. A
-// slot write is a single small pwrite: it survives a process kill at once, and power loss once fsynced (group commit).
+// slot write is a single small synchronous pwrite: it survives a process kill at once, and power loss once fsynced (group commit).
 //
 //   0 magic "SKL1" · 4 version · 8 generation f64 · 16 spool id (8 bytes) · 24 ack seq f64 · 32 ack frame f64 ·
 //   40 ack inner f64 · 48 max seq ever created f64 · 56 flags u32 (bit 0: batch in flight) · 60 in-flight records u32 ·
 //   64 in-flight end frame f64 · 72 in-flight end inner f64 · 80 in-flight bytes f64 · 88 in-flight firstAppendedAt
 //   f64 · 96 CRC-32 of bytes 0..96
+import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from './crc32.js';
 
@@ -92,7 +93,6 @@ export function decodeSlot(b: Buffer): { generation: number; state: LedgerState 
 export class Ledger {
   private generation = 0;
   private dirty = false;
-  private chain: Promise<void> = Promise.resolve();
 
   private constructor(private readonly fh: FileHandle) {}
 
@@ -118,24 +118,22 @@ export class Ledger {
   }
 
   /**
-   * Write `snapshot()` (taken when the write actually starts, so queued writes coalesce to the newest state) into the
-   * next slot. Writes are serialized; the promise resolves when this state (or a newer one) is in the OS.
+   * Write `state` into the next slot, synchronously: a 128-byte pwrite into the page cache costs ~2-3 µs, far less
+   * than a thread-pool round trip (~100 µs under load), and the exporter does two per batch (boundary, ack). Once this
+   * returns the state survives a kill of the process; fsync (sync()) makes it survive power loss.
    */
-  write(snapshot: () => LedgerState): Promise<void> {
-    const next = this.chain.then(async () => {
-      const gen = this.generation + 1;
-      const slot = encodeSlot(snapshot(), gen);
-      await this.fh.write(slot, 0, SLOT_BYTES, (gen % 2) * SLOT_STRIDE);
-      this.generation = gen;
-      this.dirty = true;
-    });
-    this.chain = next.catch(() => {});
-    return next;
+  write(state: LedgerState): void {
+    const gen = this.generation + 1;
+    const slot = encodeSlot(state, gen);
+    const at = (gen % 2) * SLOT_STRIDE;
+    let done = 0;
+    while (done < SLOT_BYTES) done += writeSync(this.fh.fd, slot, done, SLOT_BYTES - done, at + done);
+    this.generation = gen;
+    this.dirty = true;
   }
 
   /** fsync if anything was written since the last sync. */
   async sync(): Promise<void> {
-    await this.chain;
     if (!this.dirty) return;
     this.dirty = false;
     try {
@@ -147,7 +145,6 @@ export class Ledger {
   }
 
   async close(): Promise<void> {
-    await this.chain;
     await this.fh.close();
   }
 }

@@ -145,6 +145,7 @@ export class Spool extends EventEmitter {
   private readonly log: Logger;
   private readonly fullLog: RateLimitedLog;
   private readonly corruptLog: RateLimitedLog;
+  private readonly ledgerLog: RateLimitedLog;
   private readonly states: StateFiles;
   private readonly segmentBytes: number;
   private readonly maxBytes: number;
@@ -219,6 +220,7 @@ export class Spool extends EventEmitter {
     this.log = log;
     this.fullLog = new RateLimitedLog(log);
     this.corruptLog = new RateLimitedLog(log);
+    this.ledgerLog = new RateLimitedLog(log);
     this.states = new StateFiles(dir, log);
     this.maxBytes = opts.maxBytes;
     this.segmentBytes = Math.max(MIN_SEGMENT_BYTES, Math.min(opts.segmentBytes, Math.floor(opts.maxBytes / 4)));
@@ -327,7 +329,7 @@ export class Spool extends EventEmitter {
         handedOut: false,
       };
     }
-    await this.writeLedger();
+    this.writeLedger();
     await this.doSync();
     if (this.recoveredRecords > 0) {
       this.log.info(
@@ -592,7 +594,7 @@ export class Spool extends EventEmitter {
     const old = this.writeSeg;
     await this.openWriteSegment(this.maxSeq + 1);
     // the ledger records maxSeq, so seqs stay unique even if every segment is later deleted
-    await this.writeLedger();
+    this.writeLedger();
     while (this.syncRunning) await this.sync().catch(() => {}); // no fsync may be running on oldFh when we close it
     await oldFh.sync();
     await oldFh.close();
@@ -698,8 +700,20 @@ export class Spool extends EventEmitter {
     };
   }
 
-  private writeLedger(): Promise<void> {
-    return this.ledger.write(() => this.ledgerState());
+  /**
+   * Persist the ack position and in-flight boundary to the OS now (sync pwrite; fsync follows by group commit).
+   * Never throws: the in-memory state is always consistent and the next successful write carries it; until then a
+   * crash can only cause re-delivery (same or new ids), never loss — better than stalling the exporter on EIO.
+   */
+  private writeLedger(): void {
+    try {
+      this.ledger.write(this.ledgerState());
+    } catch (err) {
+      this.ledgerLog.warn(
+        { dir: this.dir, err: describeError(err) },
+        'spool ledger write failed; a crash now may re-deliver batches',
+      );
+    }
   }
 
   // ---------------------------------------------------------------------------------------------------- reading
@@ -750,12 +764,12 @@ export class Spool extends EventEmitter {
       }
       const cut = await this.cut(maxRecords, maxBytes);
       if (!cut) {
-        if (f) await this.writeLedger(); // forget the old boundary
+        if (f) this.writeLedger(); // forget the old boundary
         return undefined;
       }
       cut.handedOut = true;
       this.inflight = cut;
-      await this.writeLedger(); // the boundary is durable (vs. a process kill) before the batch leaves
+      this.writeLedger(); // the boundary is durable (vs. a process kill) before the batch leaves
       return toBatch(cut);
     });
   }
@@ -780,7 +794,7 @@ export class Spool extends EventEmitter {
       this.ackedRecords += f.records;
       this.ackPos = { ...f.end };
       if (seg !== this.writeSeg && this.ackPos.frame >= seg.size) await this.advanceHead();
-      else await this.writeLedger();
+      else this.writeLedger();
     });
   }
 
@@ -995,7 +1009,7 @@ export class Spool extends EventEmitter {
     this.diskBytes -= head.size;
     this.ackPos = { seq: this.segments[0]!.seq, frame: 0, inner: 0 };
     if (this.reader?.seq === head.seq) await this.closeReader();
-    await this.writeLedger(); // ledger first, then delete (either order recovers; see the top of this file)
+    this.writeLedger(); // ledger first, then delete (either order recovers; see the top of this file)
     await unlinkIfExists(segmentPath(this.dir, head.seq));
     this.dirDirty = true;
     this.scheduleSync();
@@ -1040,7 +1054,7 @@ export class Spool extends EventEmitter {
       this.diskBytes -= head.size;
       this.ackPos = { seq: this.segments[0]!.seq, frame: 0, inner: 0 };
       if (this.reader?.seq === head.seq) await this.closeReader();
-      await this.writeLedger();
+      this.writeLedger();
       await unlinkIfExists(segmentPath(this.dir, head.seq));
       this.dirDirty = true;
       this.scheduleSync();
@@ -1106,7 +1120,7 @@ export class Spool extends EventEmitter {
       for (const t of [this.flushTimer, this.syncTimer, this.retryTimer]) if (t) clearTimeout(t);
       this.flushTimer = this.syncTimer = this.retryTimer = undefined;
       await this.closeReader();
-      await this.writeLedger();
+      this.writeLedger();
       while (this.syncRunning) await this.sync().catch(() => {});
       await this.doSync().catch((err: unknown) =>
         this.log.error({ dir: this.dir, err: describeError(err) }, 'spool final fsync failed'),
