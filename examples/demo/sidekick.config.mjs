@@ -1,4 +1,4 @@
-// `npm start` runs this: one app with two HTTP workers and two sidekicks.
+// `npm start` runs this: one app with two HTTP workers, two sidekicks, and the telemetry agent.
 export default {
   apps: [
     {
@@ -13,4 +13,11 @@ export default {
     },
   ],
   admin: { socket: './var/admin.sock' },
+  // The telemetry agent on its embedded default exporter: NDJSON files in ./var/out (try `tail -f var/out/*`).
+  agent: {
+    socket: './var/agent.sock',
+    spool: { dir: './var/spool' },
+    exporter: { type: 'file', dir: './var/out' },
+    batch: { maxRecords: 100, maxDelayMs: 1000 },
+  },
 };

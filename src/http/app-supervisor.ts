@@ -10,6 +10,17 @@ import { SidekickRegistry } from '../sidekicks/registry.js';
 import { errorToData } from '../sidekicks/errors-data.js';
 import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/ipc-protocol.js';
 import type { WorkerSettings } from './worker-main.js';
+import type { Vars } from '../vars/snapshot.js';
+
+/** Vars published by something other than this app's registry (the built-in agent), relayed to every app. */
+export interface VarsSource {
+  on(event: 'vars', fn: (name: string, vars: Vars, generation: number) => void): unknown;
+  on(event: 'failed', fn: (name: string, error: SidekickError) => void): unknown;
+  declares(name: string): boolean;
+  ensure(name: string): void;
+  task(name: string, payload: unknown, reply: boolean): Promise<unknown>;
+  snapshots(): { name: string; vars: Vars; generation: number }[];
+}
 
 const WORKER_MAIN = new URL('./worker-main.js', import.meta.url);
 const LISTEN_TIMEOUT_MS = 30_000;
@@ -38,17 +49,17 @@ export class AppSupervisor {
    */
   constructor(
     private config: AppConfig,
-    private readonly shared: SidekickRegistry[] = [],
+    private readonly shared: VarsSource[] = [],
   ) {
     this.log = childLogger({ component: 'app', app: config.name });
     this.registry = new SidekickRegistry(config.name, config.sidekicks);
-    for (const registry of [this.registry, ...shared]) {
-      registry.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
-      registry.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
+    for (const source of [this.registry as VarsSource, ...shared]) {
+      source.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
+      source.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
     }
   }
 
-  private registryFor(name: string): SidekickRegistry {
+  private registryFor(name: string): VarsSource {
     return this.shared.find((r) => r.declares(name)) ?? this.registry;
   }
 

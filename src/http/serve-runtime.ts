@@ -7,9 +7,11 @@ import { childLogger } from '../log/logger.js';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin/server.js';
 import { AppSupervisor } from './app-supervisor.js';
+import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 
 export class ServeRuntime {
   private readonly apps = new Map<string, AppSupervisor>();
+  private agent: AgentVarsSource | undefined;
   private admin: AdminServer | undefined;
   private watchers: FSWatcher[] = [];
   private reloading: Promise<void> | undefined;
@@ -24,13 +26,24 @@ export class ServeRuntime {
     this.admin = new AdminServer(config.admin.socket!);
     this.admin.route('status', () => this.status());
     this.admin.route('vars', ([app, name]) => {
-      const cur = app && name ? this.apps.get(app)?.registry.current(name) : undefined;
+      const cur =
+        name === AGENT_SIDEKICK && this.agent
+          ? this.agent.current()
+          : app && name
+            ? this.apps.get(app)?.registry.current(name)
+            : undefined;
       if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
       return { app, name, generation: cur.generation, vars: cur.vars };
     });
     await this.admin.start();
-    for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app));
     try {
+      if (config.agent) {
+        // The agent first, so the apps' first requests already have somewhere to send their records.
+        this.agent = new AgentVarsSource(this.loaded);
+        await this.agent.start();
+      }
+      const shared = this.agent ? [this.agent] : [];
+      for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app, shared));
       await Promise.all([...this.apps.values()].map((a) => a.start()));
     } catch (err) {
       await this.stop();
@@ -70,6 +83,7 @@ export class ServeRuntime {
         if (!this.apps.has(a.name)) this.log.warn({ app: a.name }, 'reload: new app in config; restart to apply');
       this.loaded = next;
     }
+    if (this.agent) tasks.push(this.agent.supervisor.reload().then(() => undefined));
     await Promise.all(tasks);
   }
 
@@ -98,12 +112,15 @@ export class ServeRuntime {
     for (const w of this.watchers) w.close();
     this.watchers = [];
     await this.reloading?.catch(() => undefined);
+    // Apps drain first: their last requests may still send records to the agent.
     await Promise.all([...this.apps.values()].map((a) => a.stop()));
+    await this.agent?.stop();
     await this.admin?.stop();
   }
 
-  status(): unknown {
+  async status(): Promise<unknown> {
     return {
+      agent: this.agent ? await this.agent.status() : undefined,
       pid: process.pid,
       uptimeMs: Date.now() - this.startedAt,
       config: this.loaded.file,
