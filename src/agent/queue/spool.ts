@@ -11,11 +11,13 @@
 // power loss at most syncIntervalMs more. The reader cuts batches from the ack position onwards, never across a
 // segment end; one batch is in flight at a time and its boundary is in the ledger before nextBatch() returns.
 //
-// Batch ids are `<spool id>-<seq>-<start>-<end>-<records>`: a pure function of the spool's identity and the exact
-// record range. The same range always gets the same id (after release, after a restart: central dedupes), and a
-// different range never does (a re-cut after a 413, or a range re-cut after the ledger was lost, gets a new id, so
-// central never drops new records as duplicates; at worst it sees some records twice). The spool id is random, kept
-// in the ledger; a lost ledger gets a new one, so seqs restarting from 1 cannot collide with ids already delivered.
+// Batch ids are `<spool id>-<seq>-<start>-<end>-<records>-<first frame's append time>`: a pure function of the
+// spool's identity, the exact record range and data read back from disk. The same range always gets the same id
+// (after release, after a restart: central dedupes), and a different range never does (a re-cut after a 413, or a
+// range re-cut after the ledger was lost, gets a new id, so central never drops new records as duplicates; at worst
+// it sees some records twice). The spool id is random, kept in the ledger; a lost ledger gets a new one, so seqs
+// restarting from 1 cannot collide with ids already delivered; the append time (from the CRC-checked frame header)
+// covers the last corner: a seq reused after power loss took the newest ledger slot with it.
 //
 // CRASH SAFETY (Vector #25570: a crash between "delete data file" and "write ledger" must never wedge us).
 // Invariants: (1) a segment seq is never reused and a fresh segment is started at every open, so bytes at a position
@@ -132,6 +134,8 @@ interface Inflight {
 interface QueuedFrame {
   frame: Buffer;
   records: number;
+  /** The full-size write buffer the frame is a view of, recycled once written. */
+  pooled: Buffer | undefined;
 }
 
 const WRITE_BUFFER_BYTES = 64 * 1024;
@@ -140,6 +144,7 @@ const READ_CHUNK_BYTES = 1024 * 1024;
 const MAX_WRITE_BYTES = 4 * 1024 * 1024;
 const MAX_IOV = 512;
 const MIN_SEGMENT_BYTES = 4096;
+const BUFFER_POOL_MAX = 8;
 
 export class Spool extends EventEmitter {
   private readonly log: Logger;
@@ -166,7 +171,9 @@ export class Spool extends EventEmitter {
   private diskBytes = 0;
 
   // write side
-  private buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
+  private buf: Buffer = Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
+  /** Written write buffers, reused: at full speed that is ~20 fewer 64 KiB allocations per MB, and a flat RSS. */
+  private pool: Buffer[] = [];
   private bufUsed = 0;
   private bufRecords = 0;
   private bufFirstAt = 0;
@@ -318,7 +325,7 @@ export class Spool extends EventEmitter {
     if (persisted && seqs.length > 0) {
       const end: Pos = { seq: ack.seq, frame: persisted.endFrame, inner: persisted.endInner };
       this.inflight = {
-        id: this.batchId(ack, end, persisted.records),
+        id: this.batchId(ack, end, persisted.records, persisted.firstAppendedAt),
         seq: ack.seq,
         start: { ...ack },
         end,
@@ -410,7 +417,7 @@ export class Spool extends EventEmitter {
       lines.copy(frame, FRAME_HEADER_BYTES);
       if (!terminated) frame[FRAME_HEADER_BYTES + len] = 10;
       sealFrame(frame, n, Date.now());
-      this.enqueue(frame, n);
+      this.enqueue(frame, n, undefined);
     } else {
       if (this.bufUsed === 0) this.bufFirstAt = Date.now();
       lines.copy(this.buf, FRAME_HEADER_BYTES + this.bufUsed);
@@ -440,23 +447,25 @@ export class Spool extends EventEmitter {
     if (this.bufUsed === 0) return;
     const size = FRAME_HEADER_BYTES + this.bufUsed;
     let frame: Buffer;
+    let pooled: Buffer | undefined;
     if (this.bufUsed < WRITE_BUFFER_BYTES / 2) {
       // small frame (a quiet moment): copy it out and keep the big buffer, so memory follows the data
       frame = Buffer.allocUnsafe(size);
       this.buf.copy(frame, 0, 0, size);
     } else {
+      pooled = this.buf;
       frame = this.buf.subarray(0, size);
-      this.buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
+      this.buf = this.pool.pop() ?? Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
     }
     sealFrame(frame, this.bufRecords, this.bufFirstAt);
     const n = this.bufRecords;
     this.bufUsed = 0;
     this.bufRecords = 0;
-    this.enqueue(frame, n);
+    this.enqueue(frame, n, pooled);
   }
 
-  private enqueue(frame: Buffer, records: number): void {
-    this.queue.push({ frame, records });
+  private enqueue(frame: Buffer, records: number, pooled: Buffer | undefined): void {
+    this.queue.push({ frame, records, pooled });
     this.unwrittenBytes += frame.length;
     this.unwrittenRecords += records;
     this.bytesSealed += frame.length;
@@ -529,11 +538,12 @@ export class Spool extends EventEmitter {
         this.unwrittenRecords -= records;
         this.bytesSettled += bytes;
         this.segDirty = true;
+        for (const f of taken) if (f.pooled && this.pool.length < BUFFER_POOL_MAX) this.pool.push(f.pooled);
         this.wakeWriters(true);
-        this.emit('data');
+        this.safeEmit('data');
         if (this.needDrain && this.unwrittenBytes + this.bufUsed < this.highWaterBytes / 2) {
           this.needDrain = false;
-          this.emit('drain');
+          this.safeEmit('drain');
         }
         if (this.diskBytes > this.maxBytes) this.scheduleCap();
         if (this.syncIntervalMs === 0) await this.sync().catch(() => {});
@@ -543,6 +553,15 @@ export class Spool extends EventEmitter {
       this.onWriteError(err);
     } finally {
       this.writing = false;
+    }
+  }
+
+  /** A throwing listener must not look like a failed write (the data is on disk already). */
+  private safeEmit(event: 'data' | 'drain'): void {
+    try {
+      this.emit(event);
+    } catch (err) {
+      this.log.error({ dir: this.dir, event, err: describeError(err) }, 'spool event listener threw');
     }
   }
 
@@ -596,8 +615,13 @@ export class Spool extends EventEmitter {
     // the ledger records maxSeq, so seqs stay unique even if every segment is later deleted
     this.writeLedger();
     while (this.syncRunning) await this.sync().catch(() => {}); // no fsync may be running on oldFh when we close it
-    await oldFh.sync();
-    await oldFh.close();
+    try {
+      await oldFh.sync();
+    } catch (err) {
+      this.log.error({ dir: this.dir, seq: old.seq, err: describeError(err) }, 'spool fsync of a full segment failed');
+    } finally {
+      await oldFh.close().catch(() => {});
+    }
     this.scheduleSync();
     // a fully acked head that was the write segment can go now
     if (this.segments[0] === old) void this.exclusive(() => this.advanceIfConsumed()).catch(() => {});
@@ -823,9 +847,9 @@ export class Spool extends EventEmitter {
     if (this.closed) throw new SidekickError('SK_ERR_STOPPED', 'the spool is closed', { dir: this.dir });
   }
 
-  private batchId(start: Pos, end: Pos, records: number): string {
-    const b = (n: number): string => n.toString(36);
-    return `${this.spoolId}-${b(start.seq)}-${b(start.frame)}.${b(start.inner)}-${b(end.frame)}.${b(end.inner)}-${b(records)}`;
+  private batchId(start: Pos, end: Pos, records: number, firstAppendedAt: number): string {
+    const b = (n: number): string => Math.round(n).toString(36);
+    return `${this.spoolId}-${b(start.seq)}-${b(start.frame)}.${b(start.inner)}-${b(end.frame)}.${b(end.inner)}-${b(records)}-${b(firstAppendedAt)}`;
   }
 
   private async readerFor(seq: number): Promise<SegmentReader> {
@@ -882,14 +906,10 @@ export class Spool extends EventEmitter {
       try {
         reader = await this.readerFor(seg.seq);
       } catch (err) {
-        if (seg === this.writeSeg || stopAt) throw err;
-        this.countCorrupt(
-          seg.seq,
-          this.ackPos.frame,
-          limit - this.ackPos.frame,
-          seg.records,
-          `unreadable: ${describeError(err)}`,
-        );
+        // Only a missing file is skipped (deleted by hand: counted, never a stall). Anything else (EMFILE, EIO) may
+        // be transient: throw, the exporter retries, the data stays.
+        if (seg === this.writeSeg || stopAt || (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        this.countCorrupt(seg.seq, this.ackPos.frame, limit - this.ackPos.frame, seg.records, 'segment file missing');
         seg.records = 0;
         this.ackPos = { seq: seg.seq, frame: limit, inner: 0 };
         continue;
@@ -917,7 +937,7 @@ export class Spool extends EventEmitter {
         continue;
       }
       return {
-        id: this.batchId(this.ackPos, got.end, got.records),
+        id: this.batchId(this.ackPos, got.end, got.records, r.header.firstAppendedAt),
         seq: seg.seq,
         start: { ...this.ackPos },
         end: got.end,
