@@ -1,0 +1,135 @@
+// Library mode lifecycle: boot-failure cap (in this process), and — each in a child `node` process of its own, since
+// they need their own configure() or must show the process ends after shutdown() — the lazy-start cap, stuck
+// sidekicks terminated after stopGraceMs, and `every` schedules (never overlapping; stop cuts the sleep short).
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { configure, getVars, shutdown } from 'sidekick';
+import { ENTRYPOINT, FIXTURES, readEvents, runNode, tempDir, waitFor } from './helpers/serve.ts';
+
+const tmp = tempDir('sk-lib-life-');
+
+before(() => {
+  process.env.SK_TEST_DIR = tmp.dir;
+  configure({ entrypoint: ENTRYPOINT, app: 'life', stopGraceMs: 1000 });
+});
+
+after(async () => {
+  await shutdown();
+  tmp.cleanup();
+});
+
+/** Runs test/fixtures/serve/lib-scenario.mjs <name> in a child process; it must end by itself with status 0. */
+async function scenario(name: string, dir: string): Promise<Record<string, unknown>> {
+  const r = await runNode([join(FIXTURES, 'lib-scenario.mjs'), name], { env: { SK_TEST_DIR: dir }, timeoutMs: 30_000 });
+  assert.equal(r.timedOut, false, `scenario ${name} did not end within 30 s (left a thread or timer?)\n${r.stderr}`);
+  assert.equal(r.code, 0, `scenario ${name} exit code\n${r.stderr}`);
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  return { ...(JSON.parse(last) as Record<string, unknown>), stderr: r.stderr };
+}
+
+test('6 consecutive boot failures reject every waiting getVars with SK_ERR_BOOT_FAILED naming sidekick, entrypoint, attempts and last error', async () => {
+  const name = 'bootfail.lib';
+  const callers = [getVars(name, { timeout: 25_000 }), getVars(name, { timeout: 25_000 })];
+  for (const caller of callers) {
+    await assert.rejects(caller, (err: Error & { code?: string; details?: Record<string, unknown> }) => {
+      assert.equal(err.code, 'SK_ERR_BOOT_FAILED', String(err));
+      assert.match(err.message, /"bootfail\.lib"/);
+      assert.ok(err.message.includes(ENTRYPOINT), `names the entrypoint: ${err.message}`);
+      assert.match(err.message, /\b6 times\b/);
+      assert.match(err.message, /boom-boot in bootfail\.lib gen 5/, 'quotes the last error');
+      assert.equal(err.details?.attempts, 6);
+      return true;
+    });
+  }
+  const starts = readEvents(tmp.dir).filter((e) => e.name === name && e.event === 'start');
+  assert.deepEqual(
+    starts.map((e) => e.generation),
+    ['0', '1', '2', '3', '4', '5'],
+    'exactly 6 attempts, then it gave up',
+  );
+  // Backoff between attempts (100, 400, 900, 1000, 1000 ms): the 6 attempts span at least ~3 s, yet end well inside
+  // getVars' default 30 s timeout.
+  const span = starts.at(-1)!.ts - starts[0]!.ts;
+  assert.ok(span >= 3000, `attempts spread by backoff, span ${span} ms`);
+
+  // A new getVars after giving up starts a fresh series of attempts.
+  await assert.rejects(getVars(name, { timeout: 300 }), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'SK_ERR_TIMEOUT');
+    return true;
+  });
+  await waitFor('a fresh attempt (generation 6) after the cap', () =>
+    readEvents(tmp.dir).some((e) => e.name === name && e.generation === '6' && e.event === 'start'),
+  );
+});
+
+test('lazy cap: maxLazy 2 → the 3rd distinct lazily started name fails with SK_ERR_LAZY_CAP (declared names do not count)', async () => {
+  const dir = tempDir('sk-lib-cap-');
+  try {
+    const r = await scenario('lazy-cap', dir.dir);
+    assert.equal(r.declared, 'ok');
+    assert.equal(r.one, 'ok');
+    assert.equal(r.two, 'ok');
+    assert.equal(r.three, 'SK_ERR_LAZY_CAP');
+    assert.equal(r.threeInArray, 'SK_ERR_LAZY_CAP');
+    assert.equal(r.sendTask, 'SK_ERR_LAZY_CAP');
+    assert.equal(r.requestTask, 'SK_ERR_LAZY_CAP');
+    assert.equal(r.oneAgain, 'ok', 'names already started stay available');
+    assert.match(String(r.message), /maxLazy = 2/);
+    assert.match(String(r.message), /"lazy\.six"/);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('stuck sidekicks (busy loop; ignoring the signal) are terminated after stopGraceMs and shutdown completes', async () => {
+  const dir = tempDir('sk-lib-stuck-');
+  try {
+    const r = await scenario('stuck', dir.dir);
+    const ms = Number(r.shutdownMs);
+    assert.ok(ms >= 250, `shutdown waited for the 300 ms grace before terminating (took ${ms} ms)`);
+    assert.ok(ms < 5000, `shutdown bounded by the grace period (took ${ms} ms)`);
+    const stderr = String(r.stderr);
+    for (const name of ['busy.s', 'ignorer.s']) {
+      assert.ok(
+        stderr.split('\n').some((l) => l.includes(`"sidekick":"${name}"`) && l.includes('terminating its thread')),
+        `${name} was force-terminated\n${stderr}`,
+      );
+    }
+    const events = readEvents(dir.dir);
+    assert.ok(events.some((e) => e.name === 'busy.s' && e.event === 'spinning'));
+    assert.ok(events.some((e) => e.name === 'ignorer.s' && e.event === 'ignoring'));
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('every: runs repeatedly, never overlapping; stop ends the sleep between runs at once (no grace needed)', async () => {
+  const dir = tempDir('sk-lib-every-');
+  try {
+    const r = await scenario('every', dir.dir);
+    assert.ok(Number(r.runs) >= 4, `ran repeatedly: ${String(r.runs)}`);
+    assert.equal(r.maxRunning, 1, 'a run longer than the period never overlaps the next');
+    const events = readEvents(dir.dir).filter((e) => e.name === 'every.slow');
+    // From the marks: each run ends before the next begins.
+    let open = 0;
+    for (const e of events) {
+      if (e.event.startsWith('run-begin')) open++;
+      if (e.event.startsWith('run-end')) open--;
+      assert.ok(open <= 1, `overlapping runs: ${JSON.stringify(events)}`);
+    }
+    assert.ok(events.filter((e) => e.event.startsWith('run-begin')).length >= 4);
+    // everyfast.f sleeps 5 s between runs and stopGraceMs is 10 s: the thread must end by itself (its 'exit' hook
+    // only runs on a clean exit, never on terminate) and shutdown must not wait for the sleep or the grace.
+    const fast = readEvents(dir.dir).filter((e) => e.name === 'everyfast.f');
+    assert.deepEqual(
+      fast.map((e) => e.event),
+      ['run', 'exit-clean'],
+      'one run, then a clean exit at stop (not a terminate)',
+    );
+    assert.ok(Number(r.shutdownMs) < 4000, `shutdown took ${String(r.shutdownMs)} ms; the 10 s grace was not needed`);
+    assert.doesNotMatch(String(r.stderr), /terminating its thread/);
+  } finally {
+    dir.cleanup();
+  }
+});
