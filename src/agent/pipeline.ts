@@ -66,6 +66,8 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
 }
 
 const MIN_BATCH_BYTES = 64 * 1024;
+/** Retry-After is honoured up to max(retry.maxDelayMs, breaker.halfOpenAfterMs, this). */
+const RETRY_AFTER_CAP_FLOOR_MS = 60_000;
 
 export class AgentPipeline extends EventEmitter {
   readonly counters = zeroCounters();
@@ -118,7 +120,7 @@ export class AgentPipeline extends EventEmitter {
     return {
       initialDelayMs: cfg.retry.initialDelayMs,
       maxDelayMs: Math.max(cfg.retry.initialDelayMs, cfg.retry.maxDelayMs),
-      retryAfterCapMs: Math.max(cfg.retry.maxDelayMs, cfg.breaker.halfOpenAfterMs),
+      retryAfterCapMs: Math.max(cfg.retry.maxDelayMs, cfg.breaker.halfOpenAfterMs, RETRY_AFTER_CAP_FLOOR_MS),
     };
   }
 

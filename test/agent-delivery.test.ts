@@ -1,0 +1,226 @@
+// Delivery to central through a real `sidekick agent` process: outage and recovery (FIFO), the status-code matrix,
+// 413 splitting, dead letters, and the breaker's persistence across a restart. Counts balance in every test:
+// records sent = delivered + dead-lettered + dropped by a cap.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import {
+  agentConfig,
+  balance,
+  deadLetters,
+  dedupedByBatchId,
+  keysOf,
+  record,
+  sendOnce,
+  startAgent,
+  startCentral,
+  tmpDir,
+  waitFor,
+  writeConfig,
+  type CentralReply,
+} from './helpers/agent.ts';
+
+test('central down for a while, then back: everything arrives once, earliest first', async () => {
+  const { dir, cleanup } = tmpDir();
+  const probe = await startCentral();
+  const port = probe.port;
+  await probe.close(); // central is down: connections to this port are refused
+  const cfg = writeConfig(
+    dir,
+    agentConfig(dir, {
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 2000, gzip: true },
+      batch: { maxRecords: 40, maxDelayMs: 50 },
+      breaker: { failures: 3, halfOpenAfterMs: 400 },
+    }),
+  );
+  const agent = await startAgent(cfg);
+  let central;
+  try {
+    const sent: string[] = [];
+    for (let wave = 0; wave < 3; wave++) {
+      let buf = '';
+      for (let i = 0; i < 100; i++) {
+        const k = `w${wave}-${String(i).padStart(3, '0')}`;
+        sent.push(k);
+        buf += record(k, 200);
+      }
+      await sendOnce(join(dir, 'agent.sock'), buf);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const down = await waitFor(async () => {
+      const s = await agent.status();
+      return s.counters.spooled === 300 && s.counters.retried.network >= 3 && s.gauges.breakerState === 1 && s;
+    }, 'the breaker to open with everything spooled');
+    assert.equal(down.counters.exported, 0);
+    central = await startCentral(() => ({ status: 200 }), port);
+    await waitFor(() => new Set(keysOf(central!.delivered)).size === 300, 'all 300 records delivered', 20_000);
+    const got = keysOf(central.delivered);
+    assert.deepEqual(got, sent, 'delivered exactly once, in the order they were accepted (FIFO)');
+    assert.ok(central.requests.every((r) => r.gzip && r.contentType === 'application/x-ndjson'));
+    assert.equal(new Set(central.deliveredIds).size, central.deliveredIds.length, 'no batch delivered twice');
+    const s = await waitFor(async () => {
+      const st = await agent.status();
+      return st.counters.exported === 300 && st.gauges.spoolRecords === 0 && st;
+    }, 'counters to settle');
+    assert.equal(s.counters.received, 300);
+    assert.equal(s.counters.deadLettered + s.counters.dropped.spool_full, 0);
+    assert.equal(s.gauges.breakerState, 0, 'breaker closed again');
+    const r = await agent.stop();
+    assert.equal(r.code, 0);
+  } finally {
+    await agent.crash();
+    await central?.close();
+    cleanup();
+  }
+});
+
+test('status matrix: 408, 429 + Retry-After, 500, 503, network error retry the same batch; 2xx delivers', async () => {
+  const { dir, cleanup } = tmpDir();
+  const script: CentralReply[] = [
+    { status: 408 },
+    { status: 429, headers: { 'retry-after': '1' } },
+    { status: 500 },
+    { status: 503 },
+    { status: 0, destroy: true },
+  ];
+  const central = await startCentral((_req, n) => script[n] ?? { status: 200 });
+  const cfg = writeConfig(
+    dir,
+    agentConfig(dir, {
+      exporter: { type: 'http', url: central.url, timeoutMs: 2000, gzip: false },
+      breaker: { failures: 10, halfOpenAfterMs: 300 },
+    }),
+  );
+  const agent = await startAgent(cfg);
+  try {
+    const sent = Array.from({ length: 10 }, (_, i) => `m-${i}`);
+    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+    await waitFor(() => central.delivered.length === 10, 'the batch to be delivered', 20_000);
+    assert.equal(central.requests.length, 6);
+    const ids = new Set(central.requests.map((r) => r.batchId));
+    assert.equal(ids.size, 1, 'X-Sidekick-Batch-Id is the same on every retry');
+    assert.ok([...ids][0]!.length > 0);
+    const afterRetryAfter = central.requests[2]!.at - central.requests[1]!.at;
+    assert.ok(afterRetryAfter >= 900, `Retry-After: 1 honoured (waited ${afterRetryAfter} ms)`);
+    assert.deepEqual(keysOf(central.delivered), sent);
+    const s = await waitFor(async () => {
+      const st = await agent.status();
+      return st.counters.exported === 10 && st;
+    }, 'exported counter');
+    assert.deepEqual(
+      { ...s.counters.retried },
+      { network: 1, timeout: 0, http_408: 1, http_429: 1, http_5xx: 2, http_other: 0 },
+    );
+    assert.equal((await agent.stop()).code, 0);
+  } finally {
+    await agent.crash();
+    await central.close();
+    cleanup();
+  }
+});
+
+test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 are dead-lettered and counted', async () => {
+  const { dir, cleanup } = tmpDir();
+  let slowOnce = true;
+  const central = await startCentral((req) => {
+    const keys = keysOf(req.records);
+    if (keys.some((k) => k.startsWith('slow')) && slowOnce) {
+      slowOnce = false;
+      return { status: 200, delayMs: 1500 }; // longer than timeoutMs: the agent gives up and retries
+    }
+    if (keys.some((k) => k.startsWith('reject'))) return { status: 400, body: 'schema violation: field "k"' };
+    if (keys.some((k) => k.startsWith('big'))) return { status: 413 };
+    if (req.records.length > 2) return { status: 413, body: 'too large' };
+    return { status: 200 };
+  });
+  const cfg = writeConfig(
+    dir,
+    agentConfig(dir, { exporter: { type: 'http', url: central.url, timeoutMs: 700, gzip: true } }),
+  );
+  const agent = await startAgent(cfg);
+  const sock = join(dir, 'agent.sock');
+  try {
+    const phases: string[][] = [
+      ['slow-0', 'slow-1'],
+      ['s-0', 's-1', 's-2', 's-3', 's-4', 's-5', 's-6', 's-7'],
+      ['big-0', 'ok-0', 'ok-1'],
+      ['reject-0', 'reject-1'],
+    ];
+    const sent: string[] = [];
+    for (const keys of phases) {
+      sent.push(...keys);
+      await sendOnce(sock, keys.map((k) => record(k)).join(''));
+      await waitFor(async () => {
+        const st = await agent.status();
+        return st.counters.exported + st.counters.deadLettered === sent.length && st.gauges.spoolRecords === 0;
+      }, `phase ${keys[0]} settled`);
+    }
+    const dl = deadLetters(join(dir, 'spool'));
+    // The timed-out request may still have been processed by central: the same batch id, which central dedupes.
+    const b = balance(sent, keysOf(dedupedByBatchId(central)), keysOf(dl.records));
+    assert.deepEqual(b.missing, []);
+    assert.equal(b.duplicates, 0);
+    assert.deepEqual(keysOf(dl.records).sort(), ['big-0', 'reject-0', 'reject-1']);
+    assert.equal(dl.sidecars.length, 2);
+    const byStatus = Object.fromEntries(dl.sidecars.map((s) => [s.status, s]));
+    assert.match(String(byStatus[400]!.body), /schema violation/);
+    assert.equal(byStatus[413]!.records, 1);
+    const split = central.requests.filter((r) => r.status === 200 && keysOf(r.records)[0]!.startsWith('s-'));
+    assert.equal(split.length, 4, '8 records, answered 413 above 2: four deliveries of 2');
+    assert.ok(split.every((r) => r.records.length === 2));
+    const original = central.requests.find((r) => r.status === 413 && r.records.length === 8)!.batchId;
+    assert.deepEqual(
+      split.map((r) => r.batchId),
+      ['.0.0', '.0.1', '.1.0', '.1.1'].map((suffix) => original + suffix),
+      'halves carry ids derived from the spool batch id',
+    );
+    const s = await agent.status();
+    assert.equal(s.counters.retried.timeout, 1);
+    assert.equal(s.counters.exported, 12);
+    assert.equal(s.counters.deadLettered, 3);
+    const logs = agent.logs().filter((l) => l.code === 'SK_ERR_DEAD_LETTER');
+    assert.equal(logs.length, 2);
+    assert.equal((await agent.stop()).code, 0);
+  } finally {
+    await agent.crash();
+    await central.close();
+    cleanup();
+  }
+});
+
+test('an open breaker survives a restart: no request before the remaining open time, then the backlog goes', async () => {
+  const { dir, cleanup } = tmpDir();
+  const probe = await startCentral();
+  const port = probe.port;
+  await probe.close();
+  const halfOpenAfterMs = 3000;
+  const cfg = writeConfig(
+    dir,
+    agentConfig(dir, {
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+      breaker: { failures: 2, halfOpenAfterMs },
+    }),
+  );
+  let agent = await startAgent(cfg);
+  let central;
+  try {
+    const sent = Array.from({ length: 20 }, (_, i) => `b-${i}`);
+    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+    await waitFor(async () => (await agent.status()).gauges.breakerState === 1, 'the breaker to open');
+    const openedBy = Date.now();
+    assert.equal((await agent.stop()).code, 0);
+    central = await startCentral(() => ({ status: 200 }), port);
+    agent = await startAgent(cfg);
+    const s = await agent.status();
+    assert.equal(s.pipeline?.breaker?.state, 'open', 'restored open from the spool');
+    await waitFor(() => central!.delivered.length === 20, 'the backlog to be delivered', 15_000);
+    const first = central.requests[0]!.at;
+    assert.ok(first - openedBy >= halfOpenAfterMs - 400, `first request ${first - openedBy} ms after the break`);
+    assert.deepEqual(keysOf(central.delivered), sent);
+    assert.equal((await agent.stop()).code, 0);
+  } finally {
+    await agent.crash();
+    await central?.close();
+    cleanup();
+  }
+});

@@ -1,0 +1,166 @@
+// Unit tests of the agent's pure pieces: NDJSON framing/validation, 413 splitting, Retry-After, memory budget, the
+// breaker's persistence.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { pino } from 'pino';
+import { ExporterBreaker, RetryableExportError, BreakerOpenError } from '../src/agent/breaker/breaker.ts';
+import { parseRetryAfter } from '../src/agent/exporters/http.ts';
+import { countLines, splitPart } from '../src/agent/exporters/types.ts';
+import { addCounters, createAgentRegistry, zeroCounters, zeroGauges } from '../src/agent/metrics.ts';
+import { MemoryBudget } from '../src/agent/processors/memory.ts';
+import { LineFramer, checkLine } from '../src/agent/receivers/ndjson.ts';
+
+function collect(max = 64): {
+  framer: LineFramer;
+  good: string[];
+  runs: number[];
+  bad: string[];
+} {
+  const good: string[] = [];
+  const runs: number[] = [];
+  const bad: string[] = [];
+  const framer = new LineFramer(max, {
+    good: (lines, records) => {
+      runs.push(records);
+      good.push(...lines.toString('utf8').split('\n').slice(0, -1));
+      assert.equal(lines[lines.length - 1], 0x0a, 'a run ends with a newline');
+    },
+    bad: (reason) => bad.push(reason),
+  });
+  return { framer, good, runs, bad };
+}
+
+test('checkLine classifies objects, non-objects, invalid JSON and invalid UTF-8', () => {
+  const c = (s: string | Buffer): string | undefined => {
+    const b = Buffer.isBuffer(s) ? s : Buffer.from(s);
+    return checkLine(b, 0, b.length);
+  };
+  assert.equal(c('{"a":1}'), undefined);
+  assert.equal(c('  {"a":[1,{"b":null}]}\r'), undefined);
+  assert.equal(c('{}'), undefined);
+  assert.equal(c('[1,2]'), 'not_object');
+  assert.equal(c('"str"'), 'not_object');
+  assert.equal(c('null'), 'not_object');
+  assert.equal(c('42'), 'not_object');
+  assert.equal(c('{"a":1'), 'not_json');
+  assert.equal(c('{"a":1}{"b":2}'), 'not_json');
+  assert.equal(c('{"a":1},{"b":2}'), 'not_json');
+  assert.equal(c('hello'), 'not_json');
+  assert.equal(c(Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])), 'not_json'); // {"a":"\xff"}
+  assert.equal(c('   '), 'blank');
+});
+
+test('framer: good lines around bad ones are kept, bad ones counted by reason, runs are zero-copy slices', () => {
+  const { framer, good, bad } = collect(40);
+  framer.push(Buffer.from('{"a":1}\n{"b":2}\nnope\n[1]\n\n{"c":3}\n' + `{"big":"${'x'.repeat(50)}"}\n{"d":4}\n`));
+  assert.deepEqual(good, ['{"a":1}', '{"b":2}', '{"c":3}', '{"d":4}']);
+  assert.deepEqual(bad, ['not_json', 'not_object', 'too_large']);
+});
+
+test('framer: lines split across chunks, byte by byte', () => {
+  const { framer, good, bad } = collect(64);
+  const input = Buffer.from('{"a":"é"}\n{"b":2}\n\x00\x01\x02garbage\n{"c":3}');
+  for (const byte of input) framer.push(Buffer.from([byte]));
+  framer.end(); // the last line has no newline: still a record
+  assert.deepEqual(good, ['{"a":"é"}', '{"b":2}', '{"c":3}']);
+  assert.deepEqual(bad, ['not_json']);
+});
+
+test('framer: an over-long line spanning many chunks is counted once and skipped without buffering it', () => {
+  const { framer, good, bad } = collect(32);
+  framer.push(Buffer.from('{"ok":1}\n{"long":"'));
+  for (let i = 0; i < 100; i++) framer.push(Buffer.from('y'.repeat(100)));
+  assert.ok(framer.bufferedBytes <= 32, 'nothing of the long line is held');
+  framer.push(Buffer.from('"}\n{"ok":2}\n'));
+  assert.deepEqual(good, ['{"ok":1}', '{"ok":2}']);
+  assert.deepEqual(bad, ['too_large']);
+});
+
+test('framer: partial line survives a hand-over (takePartial / restorePartial)', () => {
+  const a = collect(64);
+  a.framer.push(Buffer.from('{"x":1}\n{"y":'));
+  const { partial, discarding } = a.framer.takePartial();
+  assert.equal(partial.toString(), '{"y":');
+  const b = collect(64);
+  b.framer.restorePartial(partial, discarding);
+  b.framer.push(Buffer.from('2}\n'));
+  assert.deepEqual(a.good, ['{"x":1}']);
+  assert.deepEqual(b.good, ['{"y":2}']);
+});
+
+test('413 split: halves at line boundaries with derived, stable ids', () => {
+  const payload = Buffer.from('{"a":1}\n{"a":2}\n{"a":3}\n{"a":4}\n{"a":5}\n');
+  const [x, y] = splitPart({ id: 'b1', payload, records: 5 })!;
+  assert.equal(x.id, 'b1.0');
+  assert.equal(y.id, 'b1.1');
+  assert.equal(x.records, 2);
+  assert.equal(y.records, 3);
+  assert.equal(countLines(x.payload), 2);
+  assert.equal(Buffer.concat([x.payload, y.payload]).toString(), payload.toString());
+  assert.equal(splitPart({ id: 'one', payload: Buffer.from('{}\n'), records: 1 }), undefined);
+});
+
+test('Retry-After: seconds and HTTP dates', () => {
+  assert.equal(parseRetryAfter('3'), 3000);
+  const now = Date.parse('2026-01-01T00:00:00Z');
+  assert.equal(parseRetryAfter('Thu, 01 Jan 2026 00:00:05 GMT', now), 5000);
+  assert.equal(parseRetryAfter('soon'), undefined);
+  assert.equal(parseRetryAfter(undefined), undefined);
+});
+
+test('memory budget: exhausted past max or while held, relief under 75%', () => {
+  const b = new MemoryBudget(100);
+  const events: string[] = [];
+  b.on('exhausted', () => events.push('x'));
+  b.on('relief', () => events.push('r'));
+  b.add('receiver', 60);
+  b.add('inflight', 50);
+  assert.equal(b.exhausted, true);
+  b.add('inflight', -30); // 80: still above low water
+  assert.equal(b.exhausted, true);
+  b.add('inflight', -20); // 60
+  assert.equal(b.exhausted, false);
+  b.hold('spool');
+  assert.equal(b.exhausted, true);
+  b.release('spool');
+  assert.deepEqual(events, ['x', 'r', 'x', 'r']);
+});
+
+test('breaker: opens after N consecutive retryable failures, persists openedAt, restores open', async () => {
+  let stored: unknown;
+  const store = { read: async () => stored, write: async (v: unknown) => void (stored = v) };
+  const log = pino({ level: 'silent' });
+  const b = await ExporterBreaker.create({ failures: 3, halfOpenAfterMs: 60_000, store, log });
+  const fail = (): Promise<never> => Promise.reject(new RetryableExportError('down', 'network'));
+  for (let i = 0; i < 3; i++) await assert.rejects(b.execute(fail), RetryableExportError);
+  assert.equal(b.state, 'open');
+  await assert.rejects(b.execute(async () => 1), BreakerOpenError);
+  await b.settle();
+  assert.ok(stored, 'state persisted');
+  const again = await ExporterBreaker.create({ failures: 3, halfOpenAfterMs: 60_000, store, log });
+  assert.equal(again.state, 'open', 'a restart honours the open breaker');
+  assert.ok(again.retryInMs() > 55_000 && again.retryInMs() <= 60_000);
+  // a definitive answer (non-retryable error) does not count as a failure
+  const c = await ExporterBreaker.create({ failures: 1, halfOpenAfterMs: 10, store: { read: async () => undefined, write: async () => undefined }, log });
+  await assert.rejects(c.execute(() => Promise.reject(new Error('bug'))), /bug/);
+  assert.equal(c.state, 'closed');
+});
+
+test('metrics: totals add up across workers, Prometheus text has the counters', async () => {
+  const a = zeroCounters();
+  a.received = 5;
+  a.invalid.not_json = 1;
+  const b = zeroCounters();
+  b.received = 7;
+  b.dropped.spool_full = 2;
+  const sum = addCounters(a, b);
+  assert.equal(sum.received, 12);
+  assert.equal(sum.invalid.not_json, 1);
+  assert.equal(sum.dropped.spool_full, 2);
+  const reg = createAgentRegistry(() => ({ counters: sum, gauges: { ...zeroGauges(), breakerState: 1 } }));
+  const text = await reg.metrics();
+  assert.match(text, /sidekick_agent_received_records_total 12/);
+  assert.match(text, /sidekick_agent_invalid_records_total\{reason="not_json"\} 1/);
+  assert.match(text, /sidekick_agent_dropped_records_total\{reason="spool_full"\} 2/);
+  assert.match(text, /sidekick_agent_breaker_state 1/);
+});
