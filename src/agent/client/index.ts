@@ -13,7 +13,7 @@
 //   records matter (agent slow or restarting), `await client.flush()` holds the process for at most its timeout.
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
-import { stat, statSync, type Stats } from 'node:fs';
+import { stat, statSync, writeSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
@@ -99,6 +99,13 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
+/** The OS file descriptor behind a connected net.Socket (Unix), or -1 when Node does not expose one. */
+function fdOf(sock: Socket): number {
+  if (sock.destroyed) return -1;
+  const fd = (sock as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
 class Client implements AgentClient {
   readonly socket: string;
   private readonly maxBufferBytes: number;
@@ -114,10 +121,22 @@ class Client implements AgentClient {
   private inode: string | null = null;
   private checkingInode = false;
 
+  // Lines not yet handed to the socket, oldest first, with their byte lengths.
   private queue: string[] = [];
+  private queueLens: number[] = [];
   private queuedBytes = 0;
+  // The batch being written: bytes from `outOff` on are still ours; line `outLine` has `lineLeft` bytes to go.
+  private out: Buffer | null = null;
+  private outOff = 0;
+  private outLens: number[] = [];
+  private outLine = 0;
+  private lineLeft = 0;
+  // Fallback path (no fd): records handed to socket.write() whose callbacks have not run yet.
   private inflight = 0;
+
   private immediate: NodeJS.Immediate | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retryDelayMs = 0;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private connectTimer: NodeJS.Timeout | null = null;
   private readonly inodeTimer: NodeJS.Timeout | null = null;
@@ -156,14 +175,15 @@ class Client implements AgentClient {
     const line = json + '\n';
     const bytes = Buffer.byteLength(line);
     if (bytes > this.maxRecordBytes) return this.drop(1);
-    const backlog = this.queuedBytes + (this.sock && this.connected ? this.sock.writableLength : 0);
-    if (backlog + bytes > this.maxBufferBytes) return this.drop(1);
+    if (this.bufferedBytes() + bytes > this.maxBufferBytes) return this.drop(1);
     this.queue.push(line);
+    this.queueLens.push(bytes);
     this.queuedBytes += bytes;
     if (this.connected) {
-      if (this.immediate === null) this.immediate = setImmediate(this.writeQueue);
+      // One write per event-loop turn; while the kernel is full the retry timer drives the writes instead.
+      if (this.immediate === null && this.retryTimer === null) this.immediate = setImmediate(this.pump);
     } else if (this.sock && this.queue.length === 1) {
-      this.sock.ref(); // connecting: see connect()
+      this.sock.ref(); // connecting with records waiting: see connect()
     }
     return true;
   }
@@ -195,11 +215,15 @@ class Client implements AgentClient {
     if (this.inodeTimer) clearInterval(this.inodeTimer);
     this.clearTimer('reconnectTimer');
     this.clearTimer('connectTimer');
+    this.clearTimer('retryTimer');
     if (this.immediate) clearImmediate(this.immediate);
     this.immediate = null;
-    if (this.queue.length > 0) this.drop(this.queue.length);
+    const left = this.queue.length + (this.out ? this.outLens.length - this.outLine : 0);
+    if (left > 0) this.drop(left);
     this.queue = [];
+    this.queueLens = [];
     this.queuedBytes = 0;
+    this.out = null;
     const sock = this.sock;
     this.sock = null;
     this.connected = false;
@@ -221,9 +245,16 @@ class Client implements AgentClient {
       sent: this.sent,
       dropped: this.dropped,
       reconnects: this.reconnects,
-      bufferedBytes: this.queuedBytes + (this.sock && this.connected ? this.sock.writableLength : 0),
+      bufferedBytes: this.bufferedBytes(),
       connected: this.connected,
     };
+  }
+
+  private bufferedBytes(): number {
+    let n = this.queuedBytes;
+    if (this.out) n += this.out.length - this.outOff;
+    if (this.inflight > 0 && this.sock) n += this.sock.writableLength;
+    return n;
   }
 
   private drop(n: number): false {
@@ -232,7 +263,7 @@ class Client implements AgentClient {
   }
 
   private idle(): boolean {
-    return this.queue.length === 0 && this.inflight === 0;
+    return this.queue.length === 0 && this.out === null && this.inflight === 0;
   }
 
   private settleWaiters(): void {
@@ -245,21 +276,97 @@ class Client implements AgentClient {
     }
   }
 
-  private clearTimer(name: 'reconnectTimer' | 'connectTimer'): void {
+  private clearTimer(name: 'reconnectTimer' | 'connectTimer' | 'retryTimer'): void {
     const t = this[name];
     if (t) clearTimeout(t);
     this[name] = null;
   }
 
-  /** Hands the whole queue to the socket as one write; the callback counts the records sent or lost. */
-  private readonly writeQueue = (): void => {
-    this.immediate = null;
-    const sock = this.sock;
-    if (!sock || !this.connected || this.queue.length === 0) return;
-    const n = this.queue.length;
-    const chunk = n === 1 ? this.queue[0]! : this.queue.join('');
+  /** Moves the queue into the `out` batch. */
+  private takeQueue(): boolean {
+    if (this.queue.length === 0) return false;
+    this.out = Buffer.from(this.queue.length === 1 ? this.queue[0]! : this.queue.join(''));
+    this.outOff = 0;
+    this.outLens = this.queueLens;
+    this.outLine = 0;
+    this.lineLeft = this.outLens[0]!;
     this.queue = [];
+    this.queueLens = [];
     this.queuedBytes = 0;
+    return true;
+  }
+
+  /** `n` more bytes of `out` reached the kernel: count the lines they completed. */
+  private advance(n: number): void {
+    this.outOff += n;
+    while (n > 0) {
+      const take = Math.min(n, this.lineLeft);
+      n -= take;
+      this.lineLeft -= take;
+      if (this.lineLeft === 0) {
+        this.sent++;
+        this.outLine++;
+        this.lineLeft = this.outLens[this.outLine] ?? 0;
+      }
+    }
+    if (this.out && this.outOff >= this.out.length) this.out = null;
+  }
+
+  /** The connection is gone: a line cut in the middle cannot be finished on another one, so it is dropped. */
+  private abandonPartialLine(): void {
+    if (!this.out || this.lineLeft === this.outLens[this.outLine]) return;
+    this.dropped++;
+    this.outOff += this.lineLeft;
+    this.outLine++;
+    this.lineLeft = this.outLens[this.outLine] ?? 0;
+    if (this.outOff >= this.out.length) this.out = null;
+  }
+
+  /**
+   * Writes what the kernel takes right now with non-blocking write(2) calls on the socket's fd. Nothing is ever
+   * left pending inside libuv — a pending write request would keep the process alive while a hung agent never
+   * reads. On EAGAIN the rest stays in our buffer and an unref'ed timer retries (1 ms doubling to 50 ms).
+   */
+  private readonly pump = (): void => {
+    this.immediate = null;
+    this.retryTimer = null;
+    const sock = this.sock;
+    if (!sock || !this.connected) return;
+    const fd = fdOf(sock);
+    if (fd < 0) {
+      this.pumpStream(sock);
+      return;
+    }
+    while (this.out || this.takeQueue()) {
+      const out = this.out!;
+      let n: number;
+      try {
+        n = writeSync(fd, out, this.outOff, out.length - this.outOff);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EINTR') continue;
+        if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
+          this.retryDelayMs = Math.min(50, Math.max(1, this.retryDelayMs * 2));
+          this.retryTimer = setTimeout(this.pump, this.retryDelayMs);
+          this.retryTimer.unref();
+        } else {
+          sock.destroy(); // EPIPE, ECONNRESET, …: 'close' follows and reconnects
+        }
+        return;
+      }
+      this.retryDelayMs = 0;
+      this.advance(n);
+    }
+    this.settleWaiters();
+  };
+
+  /** Fallback when no fd is exposed: socket.write(), with callbacks counting what was sent or lost. */
+  private pumpStream(sock: Socket): void {
+    if (this.out) this.abandonPartialLine();
+    if (!this.out && !this.takeQueue()) return;
+    const n = this.outLens.length - this.outLine;
+    const chunk = this.out!.subarray(this.outOff);
+    this.out = null;
     this.inflight += n;
     sock.write(chunk, (err) => {
       this.inflight -= n;
@@ -267,7 +374,7 @@ class Client implements AgentClient {
       else this.sent += n;
       this.settleWaiters();
     });
-  };
+  }
 
   private connectNow(): void {
     this.clearTimer('reconnectTimer');
@@ -294,21 +401,21 @@ class Client implements AgentClient {
       this.sock = sock;
       // Ref'ed only while connecting with records waiting (bounded by connectTimeoutMs), so a short script's last
       // records still go out; unref'ed once connected, so the client never holds the process open.
-      if (this.queue.length === 0) sock.unref();
+      if (this.queue.length === 0 && this.out === null) sock.unref();
       sock.on('error', () => {
-        // 'close' follows; lost writes are counted by their callbacks.
+        // 'close' follows.
       });
       sock.once('connect', () => {
         this.clearTimer('connectTimer');
         if (sock !== this.sock) return;
+        sock.unref();
         this.connecting = false;
         this.connected = true;
-        sock.unref();
         this.backoff.started();
         if (this.everConnected) this.reconnects++;
         this.everConnected = true;
         sock.resume(); // the agent never replies; reading lets us see its FIN at once
-        this.writeQueue();
+        this.pump();
         this.settleWaiters();
       });
       sock.once('close', () => this.onClose(sock));
@@ -320,6 +427,8 @@ class Client implements AgentClient {
   private onClose(sock: Socket): void {
     if (sock !== this.sock) return; // an old connection we already replaced
     this.clearTimer('connectTimer');
+    this.clearTimer('retryTimer');
+    this.abandonPartialLine();
     this.sock = null;
     this.connected = false;
     this.connecting = false;
@@ -344,12 +453,14 @@ class Client implements AgentClient {
       // A missing file means the agent is stopping or someone removed it: keep the connection while it works.
       if (err || !this.connected || !this.sock) return;
       if (identity(st) === this.inode) return;
-      // The path now names another socket: leave the old connection (let it drain, bounded) and connect to the new.
+      // The path now names another socket: leave the old connection (gracefully) and connect to the new one.
       const old = this.sock;
+      this.clearTimer('retryTimer');
+      this.abandonPartialLine();
       this.sock = null;
       this.connected = false;
       old.end();
-      setTimeout(() => old.destroy(), 5000).unref();
+      setTimeout(() => old.destroy(), 1000).unref();
       this.backoff.reset();
       this.connectNow();
     });
