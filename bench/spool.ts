@@ -6,11 +6,12 @@
 //   backlog   append everything, flush, then read back + ack (a replay after an outage)
 //   sync0     live, with syncIntervalMs 0 (fsync after every write)
 //   restart   backlog written, spool closed and reopened (recovery scan), then read back + ack
+//   crc32     MB/s of the CRC in use and of the JS fallback (what Node 20.0-20.14, without zlib.crc32, would use)
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Spool } from '../src/agent/queue/spool.ts';
-import { crc32Impl } from '../src/agent/queue/crc32.ts';
+import { crc32, crc32Impl, crc32Js } from '../src/agent/queue/crc32.ts';
 import { pino } from 'pino';
 
 const N = Number(process.argv[2] ?? 1_000_000);
@@ -126,6 +127,15 @@ console.log(`backlog  batch 100 : ${fmt(await runs(backlog))}`);
 console.log(`sync0    batch 100 : ${fmt(await runs(() => live(100, 0)))}`);
 const r = await runs(restart);
 console.log(`restart  batch 100 : ${fmt(r)}, reopen scan ${r.openMs.toFixed(0)} ms for ${N * 200} bytes`);
+const crcBuf = Buffer.alloc(64 * 1024 * 1024, 7);
+for (const [name, f] of [
+  [crc32Impl, crc32],
+  ['js', crc32Js],
+] as const) {
+  const t0 = performance.now();
+  f(crcBuf);
+  console.log(`crc32 ${name.padEnd(4)}: ${Math.round(64 / ((performance.now() - t0) / 1000))} MB/s`);
+}
 console.log(
   `rss ${Math.round(process.memoryUsage().rss / 1024 / 1024)} MiB, max unwritten ${Math.round(maxBuffered / 1024)} KiB`,
 );

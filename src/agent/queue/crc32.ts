@@ -58,7 +58,8 @@ export function crc32Js(data: Uint8Array, value = 0): number {
 }
 
 type Crc32Fn = (data: Uint8Array, value?: number) => number;
-const native = (zlib as unknown as { crc32?: Crc32Fn }).crc32;
+// SIDEKICK_CRC32=js forces the fallback (to benchmark or test what Node 20.0-20.14 runs).
+const native = process.env.SIDEKICK_CRC32 === 'js' ? undefined : (zlib as unknown as { crc32?: Crc32Fn }).crc32;
 
 /** CRC-32 of `data` (unsigned 32-bit), continuing from `value` if given. */
 export const crc32: Crc32Fn = typeof native === 'function' ? (d, v = 0) => native(d, v) : crc32Js;
