@@ -154,6 +154,8 @@ export interface LoadResult {
 }
 
 export interface LoadHandle {
+  /** The counts so far (live; final once `done` resolves). */
+  result: LoadResult;
   /** Ends the loops after their current request. */
   stop(): void;
   done: Promise<LoadResult>;
@@ -244,7 +246,7 @@ export function startLoad({
     result.elapsedMs = Date.now() - started;
     return result;
   });
-  return { stop: () => (stopped = true), done };
+  return { result, stop: () => (stopped = true), done };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
