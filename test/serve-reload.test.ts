@@ -1,0 +1,80 @@
+// `sidekick serve`: rolling reload (SIGHUP, twice) under a keep-alive load of 8 concurrent connections with ZERO
+// failed requests; every response a 200 that read the sidekick's vars; all worker pids replaced; the sidekick's
+// generation goes 0 → 1 → 2 while its last snapshot keeps being served.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { startLoad, startServe, tempDir, waitFor, type ServeProcess, type StatusJson } from './helpers/serve.ts';
+
+const tmp = tempDir('sk-serve-reload-');
+let serve: ServeProcess | undefined;
+
+after(async () => {
+  await serve?.kill();
+  tmp.cleanup();
+});
+
+test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids replaced, generation 0 → 2', async (t) => {
+  const started = await startServe(
+    tmp.dir,
+    [{ name: 'web', workers: 2, sidekicks: { stopGraceMs: 2000, declare: { 'gen.r': { start: 'boot' } } } }],
+    { SK_TEST_READ: 'gen.r' },
+  );
+  serve = started.serve;
+  const s = serve;
+  const port = started.ports.web!;
+  const generationOf = (st: StatusJson): number | undefined => s.sidekick(st, 'web', 'gen.r')?.generation;
+  const ready = await s.waitReady((st) => s.sidekick(st, 'web', 'gen.r')?.ready === true);
+  const pids0 = s.app(ready, 'web').workers.map((w) => w.pid);
+
+  const load = startLoad({ port, path: '/hello', concurrency: 8, maxMs: 20_000, maxRequests: 300_000 });
+  let pids2: number[] = [];
+  try {
+    await waitFor('the load to run', () => (load.result.ok > 50 ? true : undefined));
+
+    // Reload 1: both workers replaced, sidekick at generation 1.
+    s.signal('SIGHUP');
+    const after1 = await s.waitReady(
+      (st) =>
+        st.reloads === 1 && generationOf(st) === 1 && s.app(st, 'web').workers.every((w) => !pids0.includes(w.pid)),
+      { what: 'reload 1 to complete' },
+    );
+    const pids1 = s.app(after1, 'web').workers.map((w) => w.pid);
+    await waitFor('the new workers to serve the load', () =>
+      pids1.every((p) => (load.result.byPid.get(p) ?? 0) > 0) ? true : undefined,
+    );
+
+    // Reload 2.
+    s.signal('SIGHUP');
+    const after2 = await s.waitReady(
+      (st) =>
+        st.reloads === 2 && generationOf(st) === 2 && s.app(st, 'web').workers.every((w) => !pids1.includes(w.pid)),
+      { what: 'reload 2 to complete' },
+    );
+    pids2 = s.app(after2, 'web').workers.map((w) => w.pid);
+    await waitFor('the newest workers to serve the load', () =>
+      pids2.every((p) => (load.result.byPid.get(p) ?? 0) > 0) ? true : undefined,
+    );
+    // Keep the load on a little longer so the last drains are covered too (bounded: stop() below).
+    const total = load.result.total;
+    await waitFor('more requests after the last reload', () => (load.result.total > total + 200 ? true : undefined));
+  } finally {
+    load.stop();
+  }
+  const result = await load.done;
+  t.diagnostic(
+    `${result.total} requests in ${result.elapsedMs} ms over ${result.byPid.size} worker pids: ${JSON.stringify([...result.byPid])}`,
+  );
+  assert.deepEqual(result.failures, [], `failed requests during the reloads:\n${s.logs()}`);
+  assert.deepEqual(Object.keys(result.statuses), ['200'], `statuses: ${JSON.stringify(result.statuses)}`);
+  assert.equal(result.ok, result.total);
+  assert.equal(result.byPid.size, 6, 'served by 3 generations of 2 workers');
+  assert.ok(pids2.every((p) => !pids0.includes(p)));
+
+  const final = await s.status();
+  const sk = s.sidekick(final, 'web', 'gen.r');
+  assert.equal(sk?.generation, 2);
+  assert.equal(sk?.crashes, 0);
+  assert.equal(s.app(final, 'web').workerRestarts, 0, 'reloads are not counted as crashes');
+  const exit = await s.stop('SIGTERM');
+  assert.equal(exit.code, 0, s.logs());
+});
