@@ -79,8 +79,16 @@ function drain(): void {
   NetServer.prototype.close.call(server, () => process.exit(0));
   // Idle keep-alive sockets get a one-second last chance (a request then is served with Connection: close);
   // busy ones close after their response. `_httpMessage` is the response in progress on a socket (none = idle).
+  // A response already in progress was started before the drain, without Connection: close: left alone, its
+  // keep-alive connection would idle on after it and hold the exit until keepAliveTimeout (~5 s) or drainTimeoutMs.
+  const lastChance = (socket: Socket): void => {
+    if (!socket.destroyed) socket.setTimeout(1000, () => socket.destroy());
+  };
   for (const socket of connections) {
-    if (!(socket as Socket & { _httpMessage?: unknown })._httpMessage) socket.setTimeout(1000, () => socket.destroy());
+    const res = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
+    if (!res) lastChance(socket);
+    else if (!res.headersSent) res.setHeader('connection', 'close');
+    else res.once('finish', () => lastChance(socket));
   }
 }
 
