@@ -1,0 +1,117 @@
+// `sidekick serve` stopping: SIGTERM lets an in-flight request finish, aborts the sidekicks' stop signal, ends an
+// `every` sidekick's sleep at once (no grace needed) and exits 0; stuck sidekicks (busy loop, ignored signal) are
+// terminated after stopGraceMs on reload and on shutdown, and neither hangs.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { after, test } from 'node:test';
+import { httpGet, readEvents, startServe, tempDir, waitFor, type ServeProcess } from './helpers/serve.ts';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+const terminations = (logs: string, name: string): number =>
+  logs.split('\n').filter((l) => l.includes(`"sidekick":"${name}"`) && l.includes('terminating its thread')).length;
+
+test('SIGTERM: the in-flight request completes with 200, sidekicks see their stop signal, exit status 0', async (t) => {
+  const tmp = tempDir('sk-serve-stop-');
+  const started = await startServe(tmp.dir, [
+    {
+      name: 'stop',
+      workers: 2,
+      sidekicks: {
+        stopGraceMs: 10_000,
+        declare: { 'watcher.w': { start: 'boot' }, 'everyfast.f': { start: 'boot', every: '5s' } },
+      },
+    },
+  ]);
+  const serve: ServeProcess = started.serve;
+  cleanups.push(async () => {
+    await serve.kill();
+    tmp.cleanup();
+  });
+  const port = started.ports.stop!;
+  await serve.waitReady(
+    (s) => ['watcher.w', 'everyfast.f'].every((n) => serve.sidekick(s, 'stop', n)?.ready === true),
+    { what: 'workers listening and both sidekicks ready' },
+  );
+
+  // Keep-alive clients, like a browser or a proxy: their connections stay open after the response. One request
+  // has not sent its headers yet when SIGTERM arrives, the other is already streaming its body.
+  const agents = [new http.Agent({ keepAlive: true }), new http.Agent({ keepAlive: true })];
+  cleanups.push(() => agents.forEach((a) => a.destroy()));
+  const pending = httpGet(port, '/slow?ms=800', { agent: agents[0], timeoutMs: 15_000 });
+  const streaming = httpGet(port, '/slow?ms=800&flush=1', { agent: agents[1], timeoutMs: 15_000 });
+  await waitFor('both slow requests to be in their handlers', () => {
+    const begun = readEvents(tmp.dir).map((e) => e.event);
+    return begun.includes('slow-begin') && begun.includes('slow-begin-flushed');
+  });
+  const t0 = Date.now();
+  serve.signal('SIGTERM');
+  for (const r of await Promise.all([pending, streaming])) {
+    assert.equal(r.status, 200);
+    assert.equal(r.text, 'slow done');
+  }
+
+  const exit = await serve.stop('SIGTERM', 20_000);
+  const stopMs = Date.now() - t0;
+  t.diagnostic(`stop took ${stopMs} ms after SIGTERM`);
+  assert.equal(exit.code, 0, serve.logs());
+  assert.equal(exit.signal, null);
+  // 800 ms of request + at most a 1 s last chance for the streamed connection: the open keep-alive connections
+  // must not hold the exit until keepAliveTimeout (~5 s) or the 10 s grace.
+  assert.ok(stopMs < 4_500, `stopped in ${stopMs} ms`);
+
+  const events = readEvents(tmp.dir);
+  const watcher = events.filter((e) => e.name === 'watcher.w').map((e) => e.event);
+  assert.ok(
+    watcher.includes('aborted shouldStop=true'),
+    `ctx.signal aborted, shouldStop() true: ${watcher.join(', ')}`,
+  );
+  assert.ok(watcher.includes('stopSignal-aborted'), 'the exported stopSignal aborted too');
+  // everyfast.f sleeps 5 s between runs with a 10 s grace: it must end by its signal (clean exit), not terminate.
+  const fast = events.filter((e) => e.name === 'everyfast.f').map((e) => e.event);
+  assert.equal(fast.at(-1), 'exit-clean', `clean exit at stop: ${fast.join(', ')}`);
+  assert.equal(terminations(serve.stderr, 'everyfast.f') + terminations(serve.stderr, 'watcher.w'), 0);
+});
+
+test('stuck sidekicks are terminated after stopGraceMs on reload (generation + 1) and on shutdown', async () => {
+  const tmp = tempDir('sk-serve-stuck-');
+  const started = await startServe(tmp.dir, [
+    {
+      name: 'stuck',
+      workers: 1,
+      sidekicks: { stopGraceMs: 300, declare: { 'busy.b': { start: 'boot' }, 'ignorer.i': { start: 'boot' } } },
+    },
+  ]);
+  const serve: ServeProcess = started.serve;
+  cleanups.push(async () => {
+    await serve.kill();
+    tmp.cleanup();
+  });
+  const both = ['busy.b', 'ignorer.i'];
+  await serve.waitReady((s) => both.every((n) => serve.sidekick(s, 'stuck', n)?.ready === true));
+
+  serve.signal('SIGHUP');
+  await serve.waitReady(
+    (s) =>
+      both.every((n) => {
+        const sk = serve.sidekick(s, 'stuck', n);
+        return sk?.generation === 1 && sk.state === 'running';
+      }),
+    { what: 'both stuck sidekicks to be replaced by generation 1' },
+  );
+  for (const n of both) assert.equal(terminations(serve.stderr, n), 1, `${n} terminated once on reload`);
+  const spins = readEvents(tmp.dir).filter((e) => e.name === 'busy.b' && e.event === 'spinning');
+  assert.deepEqual(
+    spins.map((e) => e.generation),
+    ['0', '1'],
+  );
+  // Still serving while a sidekick thread spins.
+  assert.equal((await httpGet(started.ports.stuck!, '/read?name=busy.b')).status, 200);
+
+  const exit = await serve.stop('SIGTERM', 20_000);
+  assert.equal(exit.code, 0, serve.logs());
+  for (const n of both) assert.equal(terminations(serve.stderr, n), 2, `${n} terminated again on shutdown`);
+});
