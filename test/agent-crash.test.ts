@@ -60,7 +60,11 @@ test('SIGKILL with a non-empty spool: the restarted agent replays the backlog in
     assert.equal(b.duplicates, 0, 'nothing had been delivered before the crash: no duplicates');
     for (let c = 0; c < 4; c++) {
       const mine = keysOf(central.delivered).filter((k) => k.startsWith(`k-${c}-`));
-      assert.deepEqual(mine, sent.filter((k) => k.startsWith(`k-${c}-`)), `connection ${c} in order`);
+      assert.deepEqual(
+        mine,
+        sent.filter((k) => k.startsWith(`k-${c}-`)),
+        `connection ${c} in order`,
+      );
     }
     assert.equal((await agent.stop()).code, 0);
   } finally {
@@ -204,10 +208,14 @@ test('spool cap: the oldest data is dropped and counted; delivered + dropped = s
       return s.counters.spooled === 2000 && s.counters.dropped.spool_full > 0 && disk <= 128 * 1024 + 64 * 1024 + 28;
     }, 'the spool cap to drop data and hold the disk usage near the cap');
     central = await startCentral(() => ({ status: 200 }), port);
-    const s = await waitFor(async () => {
-      const st = await agent.status();
-      return st.gauges.spoolRecords === 0 && st;
-    }, 'the rest to be delivered', 20_000);
+    const s = await waitFor(
+      async () => {
+        const st = await agent.status();
+        return st.gauges.spoolRecords === 0 && st;
+      },
+      'the rest to be delivered',
+      20_000,
+    );
     const dropped = s.counters.dropped.spool_full;
     const b = balance(sent, keysOf(central.delivered), [], dropped);
     assert.equal(b.duplicates, 0);

@@ -134,15 +134,26 @@ test('breaker: opens after N consecutive retryable failures, persists openedAt, 
   const fail = (): Promise<never> => Promise.reject(new RetryableExportError('down', 'network'));
   for (let i = 0; i < 3; i++) await assert.rejects(b.execute(fail), RetryableExportError);
   assert.equal(b.state, 'open');
-  await assert.rejects(b.execute(async () => 1), BreakerOpenError);
+  await assert.rejects(
+    b.execute(async () => 1),
+    BreakerOpenError,
+  );
   await b.settle();
   assert.ok(stored, 'state persisted');
   const again = await ExporterBreaker.create({ failures: 3, halfOpenAfterMs: 60_000, store, log });
   assert.equal(again.state, 'open', 'a restart honours the open breaker');
   assert.ok(again.retryInMs() > 55_000 && again.retryInMs() <= 60_000);
   // a definitive answer (non-retryable error) does not count as a failure
-  const c = await ExporterBreaker.create({ failures: 1, halfOpenAfterMs: 10, store: { read: async () => undefined, write: async () => undefined }, log });
-  await assert.rejects(c.execute(() => Promise.reject(new Error('bug'))), /bug/);
+  const c = await ExporterBreaker.create({
+    failures: 1,
+    halfOpenAfterMs: 10,
+    store: { read: async () => undefined, write: async () => undefined },
+    log,
+  });
+  await assert.rejects(
+    c.execute(() => Promise.reject(new Error('bug'))),
+    /bug/,
+  );
   assert.equal(c.state, 'closed');
 });
 

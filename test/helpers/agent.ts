@@ -34,7 +34,9 @@ export async function waitFor<T>(
       last = err;
     }
     if (Date.now() >= until)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`,
+      );
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
@@ -332,7 +334,7 @@ export class Client {
 /** Sends `count` records from each of `connections` concurrent long-lived connections; returns every key sent. */
 export async function sendLoad(
   socketPath: string,
-  opts: { connections: number; count: number; prefix: string; size?: number; chunk?: number },
+  opts: { connections: number; count: number; prefix: string; size?: number; chunk?: number; pauseMs?: number },
 ): Promise<string[]> {
   const keys: string[] = [];
   await Promise.all(
@@ -348,6 +350,7 @@ export async function sendLoad(
           buf += record(k, opts.size ?? 200);
         }
         await client.write(buf);
+        if (opts.pauseMs) await new Promise((r) => setTimeout(r, opts.pauseMs));
       }
       await client.end();
     }),
