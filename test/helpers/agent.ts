@@ -1,7 +1,7 @@
 // Shared helpers for the agent tests: a real `sidekick agent` process, a fake central on loopback, NDJSON clients,
 // and bounded waits. Every wait has a deadline and says what it waited for.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -364,14 +364,10 @@ export function keysOf(lines: string[]): string[] {
 
 /** Every record line in the file exporter's output directory (final files only), in file-name (time) order. */
 export function fileOutput(dir: string): { files: string[]; lines: string[] } {
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir)
-      .filter((n) => n.endsWith('.ndjson'))
-      .sort();
-  } catch {
-    return { files: [], lines: [] };
-  }
+  if (!existsSync(dir)) return { files: [], lines: [] };
+  const names = readdirSync(dir)
+    .filter((n) => n.endsWith('.ndjson'))
+    .sort();
   const lines: string[] = [];
   for (const n of names)
     lines.push(
@@ -385,12 +381,8 @@ export function fileOutput(dir: string): { files: string[]; lines: string[] } {
 /** Dead-letter files: records and sidecars. */
 export function deadLetters(spoolDir: string): { records: string[]; sidecars: Record<string, unknown>[] } {
   const dir = join(spoolDir, 'dead-letter');
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir).sort();
-  } catch {
-    return { records: [], sidecars: [] };
-  }
+  if (!existsSync(dir)) return { records: [], sidecars: [] };
+  const names = readdirSync(dir).sort();
   const records: string[] = [];
   const sidecars: Record<string, unknown>[] = [];
   for (const n of names) {
