@@ -3,7 +3,15 @@
 // generation goes 0 → 1 → 2 while its last snapshot keeps being served.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { startLoad, startServe, tempDir, waitFor, type ServeProcess, type StatusJson } from './helpers/serve.ts';
+import {
+  processesOfTestDir,
+  startLoad,
+  startServe,
+  tempDir,
+  waitFor,
+  type ServeProcess,
+  type StatusJson,
+} from './helpers/serve.ts';
 
 const tmp = tempDir('sk-serve-reload-');
 let serve: ServeProcess | undefined;
@@ -77,4 +85,5 @@ test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids re
   assert.equal(s.app(final, 'web').workerRestarts, 0, 'reloads are not counted as crashes');
   const exit = await s.stop('SIGTERM');
   assert.equal(exit.code, 0, s.logs());
+  assert.deepEqual(processesOfTestDir(tmp.dir), [], 'no HTTP worker outlives the supervisor');
 });

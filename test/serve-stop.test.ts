@@ -4,7 +4,15 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, test } from 'node:test';
-import { httpGet, readEvents, startServe, tempDir, waitFor, type ServeProcess } from './helpers/serve.ts';
+import {
+  httpGet,
+  processesOfTestDir,
+  readEvents,
+  startServe,
+  tempDir,
+  waitFor,
+  type ServeProcess,
+} from './helpers/serve.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -62,6 +70,7 @@ test('SIGTERM: the in-flight request completes with 200, sidekicks see their sto
   // 800 ms of request + at most a 1 s last chance for the streamed connection: the open keep-alive connections
   // must not hold the exit until keepAliveTimeout (~5 s) or the 10 s grace.
   assert.ok(stopMs < 4_500, `stopped in ${stopMs} ms`);
+  assert.deepEqual(processesOfTestDir(tmp.dir), [], 'no HTTP worker outlives the supervisor');
 
   const events = readEvents(tmp.dir);
   const watcher = events.filter((e) => e.name === 'watcher.w').map((e) => e.event);

@@ -2,7 +2,7 @@
 // (started, polled until ready through its admin socket, stopped with a deadline, and always cleaned up by pid),
 // HTTP GET, a bounded keep-alive load generator, CLI and child-node runners, and the fixtures' events.log.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -291,6 +291,31 @@ export function runCli(
   return runNode([BIN, ...args], opts);
 }
 
+/**
+ * Pids of live processes whose environment has SK_TEST_DIR=`dir`: every process a test started with that dir
+ * (a serve supervisor, its HTTP workers, a CLI run). Linux /proc; returns [] where it cannot look.
+ */
+export function processesOfTestDir(dir: string): number[] {
+  const needle = `\0SK_TEST_DIR=${dir}\0`;
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
+  } catch {
+    return [];
+  }
+  const out: number[] = [];
+  for (const e of entries) {
+    const pid = Number(e);
+    if (pid === process.pid) continue;
+    try {
+      if (`\0${readFileSync(`/proc/${e}/environ`, 'latin1')}`.includes(needle)) out.push(pid);
+    } catch {
+      // gone, or not ours
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Admin socket
 
@@ -392,10 +417,11 @@ export class ServeProcess {
     readonly adminSocket: string,
     readonly expectedWorkers: Record<string, number>,
     env: Record<string, string>,
-    cwd: string,
+    /** The test's temp dir (also SK_TEST_DIR of every process this serve starts). */
+    readonly dir: string,
   ) {
     this.proc = spawn(process.execPath, [BIN, 'serve', '-c', configFile], {
-      cwd,
+      cwd: dir,
       env: childEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -494,14 +520,14 @@ export class ServeProcess {
     }
     // Workers notice the lost IPC channel and drain; do not leave one behind if it did not.
     await sleep(50);
-    for (const pid of this.seenPids) {
+    for (const pid of new Set([...this.seenPids, ...processesOfTestDir(this.dir)])) {
       let cmdline: string;
       try {
         cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       } catch {
         continue; // gone
       }
-      if (!cmdline.includes('worker-main')) continue; // the pid was reused by something else: not ours
+      if (!cmdline.includes('worker-main') && !cmdline.includes('sidekick')) continue; // pid reused: not ours
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -522,7 +548,7 @@ export async function startServe(
     file,
     adminSocket,
     Object.fromEntries(apps.map((a) => [a.name, a.workers])),
-    { SK_TEST_DIR: dir, SIDEKICK_LOG_LEVEL: 'info', ...env },
+    { SIDEKICK_LOG_LEVEL: 'info', ...env, SK_TEST_DIR: dir },
     dir,
   );
   return { serve, ports, configFile: file };
