@@ -13,6 +13,7 @@ import {
   runCli,
   startServe,
   tempDir,
+  waitFor,
   type ServeProcess,
 } from './helpers/serve.ts';
 
@@ -54,6 +55,9 @@ function entries(vars: Record<string, string>): [string, string][] {
     .map((k) => [k, vars[k]!]);
 }
 
+const task = (port: number, name: string, payload: unknown, extra = ''): Promise<Record<string, unknown>> =>
+  getJson(port, `/task?name=${name}&payload=${encodeURIComponent(JSON.stringify(payload))}${extra}`);
+
 test('200 concurrent requests in 4 workers awaiting getVars("counter.c") share one start (generation 0)', async () => {
   const replies = await Promise.all(
     Array.from({ length: 200 }, () => getJson<VarsReply>(alpha, '/vars?name=counter.c&timeout=20000')),
@@ -69,6 +73,47 @@ test('200 concurrent requests in 4 workers awaiting getVars("counter.c") share o
   assert.equal(sk?.generation, 0);
   assert.equal(sk?.state, 'running');
   assert.equal(sk?.bootFailures, 0);
+});
+
+test('readVars before the first publish → SK_ERR_NOT_READY in the worker; getVars waits for the publish', async () => {
+  const early = await getJson<{ code: string }>(alpha, '/read?name=delayed.s');
+  assert.equal(early.code, 'SK_ERR_NOT_READY');
+  const [waited, stillEarly] = await Promise.all([
+    getJson<VarsReply>(alpha, '/vars?name=delayed.s&timeout=20000'),
+    getJson<{ code: string }>(alpha, '/read?name=delayed.s'), // started by the request above, not yet published
+  ]);
+  assert.equal(stillEarly.code, 'SK_ERR_NOT_READY');
+  assert.equal(waited._status, 200);
+  assert.equal(waited.vars.name, 'delayed.s');
+  assert.equal(waited.vars.envName, 'delayed.s', 'SIDEKICK_NAME in the sidekick thread under serve');
+  assert.equal(waited.vars.argvName, 'delayed.s', 'process.argv[2] in the sidekick thread under serve');
+  // Every worker has it now.
+  const reads = await Promise.all(Array.from({ length: 8 }, () => getJson<VarsReply>(alpha, '/read?name=delayed.s')));
+  assert.ok(reads.every((r) => r._status === 200 && r.vars.name === 'delayed.s'));
+});
+
+test('a sidekick crash under serve: every worker keeps reading the last snapshot, then gets generation 1', async () => {
+  const name = 'tasks.crash';
+  const first = await getJson<VarsReply>(alpha, `/vars?name=${name}&timeout=20000`);
+  assert.equal(first.vars.generation, '0');
+  const crash = await task(alpha, name, { op: 'crash' });
+  assert.equal(crash.value, 'crashing');
+  // Generation 1 waits 700 ms before publishing: meanwhile all workers serve generation 0.
+  await waitFor('generation 1 to start', () =>
+    readEvents(tmp.dir).some((e) => e.name === name && e.generation === '1' && e.event === 'start'),
+  );
+  const during = await Promise.all(Array.from({ length: 8 }, () => getJson<VarsReply>(alpha, `/read?name=${name}`)));
+  assert.equal(new Set(during.map((r) => r.pid)).size, 4);
+  for (const r of during)
+    assert.equal(r.vars?.generation, '0', `worker ${r.pid} during the restart: ${JSON.stringify(r)}`);
+  await waitFor('every worker to see generation 1', async () => {
+    const reads = await Promise.all(Array.from({ length: 8 }, () => getJson<VarsReply>(alpha, `/read?name=${name}`)));
+    return reads.every((r) => r.vars?.generation === '1' && r.vars.previous === '0') ? true : undefined;
+  });
+  const sk = serve.sidekick(await serve.status(), 'alpha', name);
+  assert.equal(sk?.generation, 1);
+  assert.equal(sk?.crashes, 1);
+  assert.equal(sk?.state, 'running');
 });
 
 test('the same sidekick name in two apps = two independent instances (ctx.app differs)', async () => {
@@ -141,9 +186,6 @@ test('lazy cap over IPC (beta: maxLazy 2; declared scoped.s does not count) and 
   const other = await getJson<VarsReply>(alpha, '/vars?name=lazy.c&timeout=20000');
   assert.equal(other._status, 200);
 });
-
-const task = (port: number, name: string, payload: unknown, extra = ''): Promise<Record<string, unknown>> =>
-  getJson(port, `/task?name=${name}&payload=${encodeURIComponent(JSON.stringify(payload))}${extra}`);
 
 test('tasks through serve: round trip, sendTask, handler error, timeout, abort, full queue', async () => {
   const value = { s: 'NUL\u0000 😀', list: [1, 2, 3] };
