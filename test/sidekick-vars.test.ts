@@ -209,7 +209,7 @@ test('crash → restart (generation + 1): readVars keeps the last snapshot meanw
   assert.equal(gen0.generation, '0');
   const next = nextSnapshot(name);
   assert.equal(await requestTask(name, { op: 'crash' }), 'crashing');
-  // Generation 1 boots and waits 400 ms before publishing: the restart window.
+  // Generation 1 boots and waits 700 ms before publishing: the restart window.
   await waitFor('generation 1 to start', () =>
     readEvents(tmp.dir).some((e) => e.name === name && e.generation === '1' && e.event === 'start'),
   );
