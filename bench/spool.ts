@@ -1,5 +1,6 @@
 // Spool throughput: 200-byte NDJSON records appended + read back + acked, plain wall-clock timing.
 //   node --import tsx bench/spool.ts [records=1000000] [runs=3]
+//   node --import tsx bench/spool.ts --soak [records=20000000]   one long live run, RSS/heap sampled every 2 s
 // Scenarios (each on a fresh temp dir, median of `runs`):
 //   live      appender and exporter-like reader (batches of 100, ack each) at the same time — the agent's steady state
 //   live-1k   same with batches of 1000
@@ -14,8 +15,10 @@ import { Spool } from '../src/agent/queue/spool.ts';
 import { crc32, crc32Impl, crc32Js } from '../src/agent/queue/crc32.ts';
 import { pino } from 'pino';
 
-const N = Number(process.argv[2] ?? 1_000_000);
-const RUNS = Number(process.argv[3] ?? 3);
+const SOAK = process.argv[2] === '--soak';
+const args = process.argv.slice(SOAK ? 3 : 2);
+const N = Number(args[0] ?? (SOAK ? 20_000_000 : 1_000_000));
+const RUNS = Number(args[1] ?? 3);
 const log = pino({ level: 'silent' });
 
 // 1000 distinct 200-byte lines, reused (the spool copies on append)
@@ -120,6 +123,20 @@ async function runs<T extends Result>(f: () => Promise<T>): Promise<T> {
 
 const fmt = (r: Result): string => `${Math.round(r.rps).toLocaleString('en-US')} records/s (${r.ms.toFixed(0)} ms)`;
 
+if (SOAK) {
+  const mib = (n: number): number => Math.round(n / 1024 / 1024);
+  const samples: string[] = [];
+  const timer = setInterval(() => {
+    const m = process.memoryUsage();
+    samples.push(`${mib(m.rss)}/${mib(m.heapUsed)}/${mib(m.external)}`);
+  }, 2000);
+  const r = await live(100);
+  clearInterval(timer);
+  console.log(`soak: ${N} records live, batch 100: ${fmt(r)}; node ${process.version}`);
+  console.log(`rss/heapUsed/external MiB every 2 s: ${samples.join(' ')}`);
+  process.exit(0);
+}
+
 console.log(`spool bench: ${N} records x 200 B, median of ${RUNS}; node ${process.version}, crc32=${crc32Impl}`);
 console.log(`live     batch 100 : ${fmt(await runs(() => live(100)))}`);
 console.log(`live-1k  batch 1000: ${fmt(await runs(() => live(1000)))}`);
@@ -127,6 +144,9 @@ console.log(`backlog  batch 100 : ${fmt(await runs(backlog))}`);
 console.log(`sync0    batch 100 : ${fmt(await runs(() => live(100, 0)))}`);
 const r = await runs(restart);
 console.log(`restart  batch 100 : ${fmt(r)}, reopen scan ${r.openMs.toFixed(0)} ms for ${N * 200} bytes`);
+console.log(
+  `rss ${Math.round(process.memoryUsage().rss / 1024 / 1024)} MiB, max unwritten ${Math.round(maxBuffered / 1024)} KiB`,
+);
 const crcBuf = Buffer.alloc(64 * 1024 * 1024, 7);
 for (const [name, f] of [
   [crc32Impl, crc32],
@@ -136,6 +156,3 @@ for (const [name, f] of [
   f(crcBuf);
   console.log(`crc32 ${name.padEnd(4)}: ${Math.round(64 / ((performance.now() - t0) / 1000))} MB/s`);
 }
-console.log(
-  `rss ${Math.round(process.memoryUsage().rss / 1024 / 1024)} MiB, max unwritten ${Math.round(maxBuffered / 1024)} KiB`,
-);
