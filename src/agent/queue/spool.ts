@@ -7,8 +7,9 @@
 //
 // Data flow: append() copies lines into a 64 KiB write buffer; the buffer is sealed into a frame when full or 2 ms
 // after its first line, and frames are written (pwritev, positional) by one async writer; fsync follows within
-// syncIntervalMs (group commit; 0 = after every write). A SIGKILL loses only what was not yet written (a few ms),
-// power loss at most syncIntervalMs more. The reader cuts batches from the ack position onwards, never across a
+// syncIntervalMs (group commit; 0 = after every write; a segment that filled up is fsynced and closed by the next
+// group commit, off the write path). A SIGKILL loses only what was not yet written (a few ms), power loss at most
+// syncIntervalMs more. The reader cuts batches from the ack position onwards, never across a
 // segment end; one batch is in flight at a time and its boundary is in the ledger before nextBatch() returns.
 //
 // Batch ids are `<spool id>-<seq>-<start>-<end>-<records>-<first frame's append time>`: a pure function of the
@@ -20,8 +21,8 @@
 // covers the last corner: a seq reused after power loss took the newest ledger slot with it.
 //
 // CRASH SAFETY (Vector #25570: a crash between "delete data file" and "write ledger" must never wedge us).
-// Invariants: (1) a segment seq is never reused and a fresh segment is started at every open, so bytes at a position
-// never change once written; (2) the ledger is the only authority on what is consumed: every segment older than the
+// Invariants: (1) a segment is never appended to after a restart (a fresh one is started at every open, with a seq
+// above every seq the ledger or the directory knows), so bytes at a position never change once written; (2) the ledger is the only authority on what is consumed: every segment older than the
 // ledger's ack segment is garbage; (3) recovery never trusts a position blindly. At open:
 //   - segments with seq < ack.seq are deleted (finishes a delete that a crash interrupted: ledger written first);
 //   - if the ack segment itself is missing (deleted, crash before the ledger write landed: the other order), the
@@ -35,8 +36,8 @@
 // reachable on-disk state opens, and no state makes open() fail or loop. We still write the ledger first, then delete.
 //
 // The ack position and the in-flight boundary are written with pwrite before ack()/nextBatch() resolve (so they
-// survive a process kill) and fsynced with the next group commit (so power loss can only cost re-delivery under the
-// same ids, which central drops as duplicates).
+// survive a process kill) and fsynced with the next group commit (so power loss can only cost re-delivery: under the
+// same id, which central drops, or under a new id if the boundary was lost too: duplicates, never loss).
 import { EventEmitter } from 'node:events';
 import { mkdir, open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
