@@ -39,7 +39,7 @@
  *    error message when one ended the request], ...fields added with Agent::tag()}
  *
  * API (namespace Sidekick)
- *   Agent::tag('key', 'value')   add a field to this request's record (scalar or null; built-in fields win)
+ *   Agent::tag('key', 'value')   add a field to this request's record (any JSON value; built-in fields win)
  *   Agent::route('/users/{id}')  replace the route (keep cardinality low: use your router's pattern, not the URL)
  *   Agent::disable()             send nothing for this request;  Agent::enable() undoes it
  *   Agent::send(array $record)   send one extra record now, same code path; returns true when the kernel took it
@@ -79,7 +79,7 @@ if (!\class_exists(Agent::class, false)) {
         private static int $startNs = 0;
         private static float $startMs = 0.0;
         private static ?string $route = null;
-        /** @var array<string, scalar|null> */
+        /** @var array<string, mixed> */
         private static array $tags = [];
         private static ?string $socket = null;
         private static ?string $transport = null;
@@ -102,7 +102,8 @@ if (!\class_exists(Agent::class, false)) {
             \register_shutdown_function([self::class, 'onShutdown']);
         }
 
-        public static function tag(string $key, string|int|float|bool|null $value): void
+        /** Any JSON-encodable value (scalars, null, arrays); resources and the like encode as null. */
+        public static function tag(string $key, mixed $value): void
         {
             self::$tags[$key] = $value;
         }
