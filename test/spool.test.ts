@@ -1,5 +1,5 @@
 // Spool tests: FIFO, restart replay, stable batch ids, corruption, kill -9, size cap, lock, state files.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -23,9 +23,14 @@ function captureLog(): { log: pino.Logger; lines: Array<Record<string, unknown>>
   return { log, lines };
 }
 
+const tmpDirs: string[] = [];
+/** A fresh dir under os.tmpdir(); all are removed when the file's tests end, failed or not. */
 async function tmp(): Promise<string> {
-  return mkdtemp(join(tmpdir(), 'sk-spool-test-'));
+  const dir = await mkdtemp(join(tmpdir(), 'sk-spool-test-'));
+  tmpDirs.push(dir);
+  return dir;
 }
+after(() => Promise.all(tmpDirs.map((d) => rm(d, { recursive: true, force: true }))));
 
 /** One NDJSON record of exactly LINE_BYTES bytes carrying its sequence number. */
 function line(i: number): string {
