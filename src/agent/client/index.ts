@@ -329,9 +329,9 @@ class Client implements AgentClient {
    */
   private readonly pump = (): void => {
     this.immediate = null;
-    this.retryTimer = null;
+    this.clearTimer('retryTimer');
     const sock = this.sock;
-    if (!sock || !this.connected) return;
+    if (!sock || !this.connected || sock.destroyed) return; // a destroyed socket: wait for 'close', keep the lines
     const fd = fdOf(sock);
     if (fd < 0) {
       this.pumpStream(sock);
@@ -350,7 +350,8 @@ class Client implements AgentClient {
           this.retryTimer = setTimeout(this.pump, this.retryDelayMs);
           this.retryTimer.unref();
         } else {
-          sock.destroy(); // EPIPE, ECONNRESET, …: 'close' follows and reconnects
+          this.connected = false; // EPIPE, ECONNRESET, …: 'close' follows and reconnects; the lines wait for it
+          sock.destroy();
         }
         return;
       }
