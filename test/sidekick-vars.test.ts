@@ -115,14 +115,14 @@ test('getVars([a, b]) starts both in parallel and resolves with both, keyed by n
 });
 
 test('getVars([a, never]) rejects at the shared deadline with SK_ERR_TIMEOUT naming only the missing sidekick', async () => {
-  const [ok, never] = ['delayed.dl-ok', 'never.dl'];
-  const err = await getVars([ok, never], { timeout: 2000 }).then(
+  const [ok, never] = ['lazy.dl-ok', 'never.dl']; // lazy.* publishes as soon as it starts
+  const err = await getVars([ok, never], { timeout: 3000 }).then(
     () => assert.fail('must not resolve'),
     (e: unknown) => e as Error & { code: string; details: { names: string[]; timeoutMs: number } },
   );
   assert.equal(err.code, 'SK_ERR_TIMEOUT');
   assert.deepEqual(err.details.names, [never]);
-  assert.equal(err.details.timeoutMs, 2000);
+  assert.equal(err.details.timeoutMs, 3000);
   assert.match(err.message, /"never\.dl"/);
   assert.doesNotMatch(err.message, /dl-ok/, 'the sidekick that published is not blamed');
   // The one that published is readable; the array call did not cancel it.
