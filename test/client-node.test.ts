@@ -96,6 +96,45 @@ describe('Node agent client', () => {
     }
   });
 
+  test('agent restarts during a steady stream: every record is sent or dropped, the new agent gets them in order', async () => {
+    const path = sockPath();
+    const first = await Listener.start(path);
+    const c = client({ socket: path });
+    let i = 0;
+    const burst = (k: number): void => {
+      for (let j = 0; j < k; j++) c.send({ i: i++, pad: 'p'.repeat(200) });
+    };
+    burst(500);
+    await first.waitForLines(100);
+    await first.close(); // mid-stream: lines may be cut or still queued
+    burst(500); // while the client notices and reconnects
+    const second = await Listener.start(path);
+    try {
+      await second.waitForConnection(0);
+      burst(500);
+      await c.flush(5000);
+      const s = c.stats();
+      assert.equal(s.bufferedBytes, 0);
+      assert.equal(s.sent + s.dropped, i, `sent ${s.sent} + dropped ${s.dropped} = ${i} sends`);
+      await c.close(1000); // settle() waits for every connection to end
+      const got = (await second.settle()).map((x) => (x as { i: number }).i);
+      assert.ok(got.length > 0);
+      assert.deepEqual(
+        got,
+        [...got].sort((a, b) => a - b),
+        'in order',
+      );
+      assert.equal(
+        new Set([...first.lines, ...second.lines].map((x) => (x as { i: number }).i)).size,
+        first.lines.length + got.length,
+        'no duplicates',
+      );
+      assert.equal(got.at(-1), i - 1, 'the last record reached the new agent');
+    } finally {
+      await second.close();
+    }
+  });
+
   test('socket file replaced while the old listener still holds the connection (orphaned inode)', async () => {
     const path = sockPath();
     const old = await Listener.start(path);
