@@ -85,7 +85,7 @@ test('SIGTERM: the in-flight request completes with 200, sidekicks see their sto
   assert.equal(terminations(serve.stderr, 'everyfast.f') + terminations(serve.stderr, 'watcher.w'), 0);
 });
 
-test('stuck sidekicks are terminated after stopGraceMs on reload (generation + 1) and on shutdown', async () => {
+test('stuck sidekicks are terminated after stopGraceMs on reload (generation + 1) and on shutdown (SIGINT)', async () => {
   const tmp = tempDir('sk-serve-stuck-');
   const started = await startServe(tmp.dir, [
     {
@@ -120,7 +120,8 @@ test('stuck sidekicks are terminated after stopGraceMs on reload (generation + 1
   // Still serving while a sidekick thread spins.
   assert.equal((await httpGet(started.ports.stuck!, '/read?name=busy.b')).status, 200);
 
-  const exit = await serve.stop('SIGTERM', 20_000);
+  // SIGINT stops like SIGTERM (graceful, exit 0).
+  const exit = await serve.stop('SIGINT', 20_000);
   assert.equal(exit.code, 0, serve.logs());
   for (const n of both) assert.equal(terminations(serve.stderr, n), 2, `${n} terminated again on shutdown`);
 });

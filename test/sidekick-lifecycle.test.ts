@@ -20,8 +20,11 @@ after(async () => {
 });
 
 /** Runs test/fixtures/serve/lib-scenario.mjs <name> in a child process; it must end by itself with status 0. */
-async function scenario(name: string, dir: string): Promise<Record<string, unknown>> {
-  const r = await runNode([join(FIXTURES, 'lib-scenario.mjs'), name], { env: { SK_TEST_DIR: dir }, timeoutMs: 30_000 });
+async function scenario(name: string, dir: string, env: Record<string, string> = {}): Promise<Record<string, unknown>> {
+  const r = await runNode([join(FIXTURES, 'lib-scenario.mjs'), name], {
+    env: { ...env, SK_TEST_DIR: dir },
+    timeoutMs: 30_000,
+  });
   assert.equal(r.timedOut, false, `scenario ${name} did not end within 30 s (left a thread or timer?)\n${r.stderr}`);
   assert.equal(r.code, 0, `scenario ${name} exit code\n${r.stderr}`);
   const last = r.stdout.trim().split('\n').pop() ?? '';
@@ -67,6 +70,7 @@ test('lazy cap: maxLazy 2 → the 3rd distinct lazily started name fails with SK
   const dir = tempDir('sk-lib-cap-');
   try {
     const r = await scenario('lazy-cap', dir.dir);
+    assert.equal(r.noEntrypoint, 'SK_ERR_NO_ENTRYPOINT', 'no configure() and no SIDEKICK_ENTRYPOINT');
     assert.equal(r.declared, 'ok');
     assert.equal(r.one, 'ok');
     assert.equal(r.two, 'ok');
@@ -86,6 +90,7 @@ test('stuck sidekicks (busy loop; ignoring the signal) are terminated after stop
   const dir = tempDir('sk-lib-stuck-');
   try {
     const r = await scenario('stuck', dir.dir);
+    assert.equal(r.waiting, 'SK_ERR_STOPPED', 'a getVars still waiting at shutdown is rejected');
     const ms = Number(r.shutdownMs);
     assert.ok(ms >= 250, `shutdown waited for the 300 ms grace before terminating (took ${ms} ms)`);
     assert.ok(ms < 5000, `shutdown bounded by the grace period (took ${ms} ms)`);
@@ -129,6 +134,16 @@ test('every: runs repeatedly, never overlapping; stop ends the sleep between run
     );
     assert.ok(Number(r.shutdownMs) < 4000, `shutdown took ${String(r.shutdownMs)} ms; the 10 s grace was not needed`);
     assert.doesNotMatch(String(r.stderr), /terminating its thread/);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('library mode takes its entrypoint from SIDEKICK_ENTRYPOINT when configure() is not called', async () => {
+  const dir = tempDir('sk-lib-env-');
+  try {
+    const r = await scenario('env', dir.dir, { SIDEKICK_ENTRYPOINT: ENTRYPOINT });
+    assert.equal(r.name, 'lazy.env');
   } finally {
     dir.cleanup();
   }
