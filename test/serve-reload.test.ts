@@ -2,8 +2,10 @@
 // failed requests; every response a 200 that read the sidekick's vars; all worker pids replaced; the sidekick's
 // generation goes 0 → 1 → 2 while its last snapshot keeps being served.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { after, test } from 'node:test';
 import {
+  httpGet,
   processesOfTestDir,
   startLoad,
   startServe,
@@ -21,7 +23,7 @@ after(async () => {
   tmp.cleanup();
 });
 
-test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids replaced, generation 0 → 2', async (t) => {
+test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids replaced, generation 0 → 2; a broken config keeps the old one', async (t) => {
   const started = await startServe(
     tmp.dir,
     [{ name: 'web', workers: 2, sidekicks: { stopGraceMs: 2000, declare: { 'gen.r': { start: 'boot' } } } }],
@@ -83,6 +85,18 @@ test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids re
   assert.equal(sk?.generation, 2);
   assert.equal(sk?.crashes, 0);
   assert.equal(s.app(final, 'web').workerRestarts, 0, 'reloads are not counted as crashes');
+  // A reload with a broken config file keeps the running config (and says why) instead of taking the app down.
+  writeFileSync(started.configFile, '{ "apps": [ { "name": "web", "workers": "many" } ] }');
+  s.signal('SIGHUP');
+  await waitFor('the invalid config to be reported', () => (s.stderr.includes('config invalid') ? true : undefined));
+  const kept = await s.waitReady((st) => st.reloads === 3 && generationOf(st) === 3, {
+    what: 'the reload on the old config to complete',
+  });
+  assert.equal(s.app(kept, 'web').workers.length, 2);
+  const r = await httpGet(port, '/hello');
+  assert.equal(r.status, 200);
+  assert.equal(r.text, 'hello 3');
+
   const exit = await s.stop('SIGTERM');
   assert.equal(exit.code, 0, s.logs());
   assert.deepEqual(processesOfTestDir(tmp.dir), [], 'no HTTP worker outlives the supervisor');
