@@ -17,6 +17,7 @@ import {
   tmpDir,
   waitFor,
   writeConfig,
+  type FakeCentral,
   type AgentProcess,
 } from './helpers/agent.ts';
 
@@ -45,7 +46,7 @@ test('SIGKILL with a non-empty spool: the restarted agent replays the backlog in
     }),
   );
   let agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent = await sendLoad(join(dir, 'agent.sock'), { connections: 4, count: 250, prefix: 'k' });
     await spoolSettled(agent, 1000);
@@ -59,7 +60,7 @@ test('SIGKILL with a non-empty spool: the restarted agent replays the backlog in
     assert.deepEqual(b.missing, []);
     assert.equal(b.duplicates, 0, 'nothing had been delivered before the crash: no duplicates');
     for (let c = 0; c < 4; c++) {
-      const mine = keysOf(central.delivered).filter((k) => k.startsWith(`k-${c}-`));
+      const mine: string[] = keysOf(central.delivered).filter((k) => k.startsWith(`k-${c}-`));
       assert.deepEqual(
         mine,
         sent.filter((k) => k.startsWith(`k-${c}-`)),
@@ -129,7 +130,7 @@ test('a torn tail and a corrupted frame: the agent starts, skips and counts them
     }),
   );
   let agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent: string[] = [];
     for (let f = 0; f < 5; f++) {
@@ -155,7 +156,8 @@ test('a torn tail and a corrupted frame: the agent starts, skips and counts them
         .split('\n')
         .filter((l) => l.length > 0),
     );
-    buf[off + 28 + Math.floor(len / 2)] ^= 0xff; // flip a payload byte of the 2nd frame
+    const at = off + 28 + Math.floor(len / 2);
+    buf[at] = buf[at]! ^ 0xff; // flip a payload byte of the 2nd frame
     writeFileSync(seg, buf);
     appendFileSync(seg, buf.subarray(fr[0]![0], fr[0]![0] + 28 + 100)); // a torn frame at the tail
     central = await startCentral(() => ({ status: 200 }), port);
@@ -193,7 +195,7 @@ test('spool cap: the oldest data is dropped and counted; delivered + dropped = s
     }),
   );
   const agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent: string[] = [];
     for (let round = 0; round < 10; round++) {

@@ -17,6 +17,7 @@ import {
   tmpDir,
   waitFor,
   writeConfig,
+  type FakeCentral,
   type CentralReply,
 } from './helpers/agent.ts';
 
@@ -34,7 +35,7 @@ test('central down for a while, then back: everything arrives once, earliest fir
     }),
   );
   const agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent: string[] = [];
     for (let wave = 0; wave < 3; wave++) {
@@ -202,7 +203,7 @@ test('an open breaker survives a restart: no request before the remaining open t
     }),
   );
   let agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent = Array.from({ length: 20 }, (_, i) => `b-${i}`);
     await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));

@@ -20,6 +20,7 @@ import {
   tmpDir,
   waitFor,
   writeConfig,
+  type FakeCentral,
 } from './helpers/agent.ts';
 
 test('restart with an invalid config while a backlog exists: exit 78 naming the field, backlog kept, delivered later', async () => {
@@ -33,7 +34,7 @@ test('restart with an invalid config while a backlog exists: exit 78 naming the 
   });
   const cfg = writeConfig(dir, good);
   let agent = await startAgent(cfg);
-  let central;
+  let central: FakeCentral | undefined;
   try {
     const sent = await sendLoad(join(dir, 'agent.sock'), { connections: 2, count: 100, prefix: 'v' });
     await waitFor(async () => (await agent.status()).counters.spooled === 200, 'records spooled');

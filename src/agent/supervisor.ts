@@ -34,7 +34,12 @@ import {
   type AgentMetricsSnapshot,
 } from './metrics.js';
 import { restartOnlyChanges, type AgentPipelineStatus } from './pipeline.js';
-import { bindSharedSocket, type BoundHandle, type OwnedSocketFile } from './receivers/socket-file.js';
+import {
+  bindSharedSocket,
+  type BoundHandle,
+  type OwnedSocketFile,
+  type SharedSocket,
+} from './receivers/socket-file.js';
 import type { FromWorker, ToWorker } from './worker-protocol.js';
 
 export interface AgentSupervisorOptions {
@@ -75,8 +80,21 @@ interface WorkerRec {
 
 interface Listener {
   handle: BoundHandle;
-  file: OwnedSocketFile;
   path: string;
+  /** Set once published under `path` (after a worker listens on it). */
+  file: OwnedSocketFile | undefined;
+  shared: SharedSocket;
+}
+
+function publishListener(l: Listener): void {
+  l.file ??= l.shared.publish();
+}
+
+function closeListener(l: Listener): void {
+  if (l.file) {
+    l.handle.close();
+    l.file.unlinkIfOurs();
+  } else l.shared.discard();
 }
 
 const STANDBY_TIMEOUT_MS = 15_000;
@@ -143,8 +161,8 @@ export class AgentSupervisor {
   /** Binds the socket, starts admin + metrics, starts the first worker and waits until it accepts. */
   async start(): Promise<void> {
     const cfg = this.cfg;
-    const bound = await bindSharedSocket({ path: cfg.socket, mode: cfg.socketMode, group: cfg.socketGroup });
-    this.listener = { ...bound, path: cfg.socket };
+    const shared = await bindSharedSocket({ path: cfg.socket, mode: cfg.socketMode, group: cfg.socketGroup });
+    this.listener = { handle: shared.handle, path: cfg.socket, file: undefined, shared };
     try {
       await this.startAdmin();
       await this.startMetrics();
@@ -167,6 +185,7 @@ export class AgentSupervisor {
           throw new Error(`the agent worker exited during start (${how?.signal ?? `code ${how?.code ?? '?'}`})`);
         throw new SidekickError('SK_ERR_TIMEOUT', 'the agent worker did not become ready in time');
       }
+      publishListener(this.listener);
     } catch (err) {
       await this.closeResources();
       throw err;
@@ -254,8 +273,7 @@ export class AgentSupervisor {
   private async closeResources(): Promise<void> {
     for (const h of this.held.splice(0)) closeHandle(h.handle);
     if (this.listener) {
-      this.listener.handle.close();
-      this.listener.file.unlinkIfOurs();
+      closeListener(this.listener);
       this.listener = undefined;
     }
     await this.admin?.stop().catch(() => undefined);
@@ -420,7 +438,10 @@ export class AgentSupervisor {
   private async doRecycle(reason: string, listener: Listener | undefined): Promise<void> {
     const old = this.current;
     if (!old || old.state !== 'ready') {
-      if (listener) this.swapListener(listener);
+      if (listener) {
+        this.swapListener(listener);
+        publishListener(listener);
+      }
       return;
     }
     const t0 = Date.now();
@@ -430,10 +451,7 @@ export class AgentSupervisor {
       this.log.error({ reason }, 'recycle aborted: the replacement worker did not load');
       next.expectedExit = true;
       next.child.kill('SIGKILL');
-      if (listener) {
-        listener.handle.close();
-        listener.file.unlinkIfOurs();
-      }
+      if (listener) closeListener(listener);
       return;
     }
     old.expectedExit = true;
@@ -447,10 +465,14 @@ export class AgentSupervisor {
       await withTimeout(old.exited.promise, 5000);
     }
     if (listener) this.swapListener(listener);
-    if (next.state === 'exited') return; // crashed while waiting: the crash path restarts it
+    if (next.state === 'exited') {
+      if (listener) publishListener(listener); // crashed while waiting: the crash path restarts it
+      return;
+    }
     next.state = 'starting';
     this.sendTo(next, { t: 'start' });
     const ok = await withTimeout(next.ready.promise, 30_000 + this.lockWaitMs());
+    if (listener) publishListener(listener);
     this.recycles++;
     this.lastRecycle = { reason, at: Date.now() };
     this.log.info(
@@ -462,10 +484,7 @@ export class AgentSupervisor {
   private swapListener(listener: Listener): void {
     const old = this.listener;
     this.listener = listener;
-    if (old && old !== listener) {
-      old.handle.close();
-      old.file.unlinkIfOurs();
-    }
+    if (old && old !== listener) closeListener(old);
   }
 
   // ------------------------------------------------------------------------------------------------ reload
@@ -502,8 +521,8 @@ export class AgentSupervisor {
     let newListener: Listener | undefined;
     if (next.socket !== prev.socket) {
       try {
-        const bound = await bindSharedSocket({ path: next.socket, mode: next.socketMode, group: next.socketGroup });
-        newListener = { ...bound, path: next.socket };
+        const shared = await bindSharedSocket({ path: next.socket, mode: next.socketMode, group: next.socketGroup });
+        newListener = { handle: shared.handle, path: next.socket, file: undefined, shared };
       } catch (err) {
         this.log.error(
           { err: describeError(err) },
@@ -514,7 +533,7 @@ export class AgentSupervisor {
     }
     if (!newListener && (next.socketMode !== prev.socketMode || next.socketGroup !== prev.socketGroup)) {
       try {
-        this.listener?.file.applyPermissions(next.socketMode, next.socketGroup);
+        this.listener?.file?.applyPermissions(next.socketMode, next.socketGroup);
       } catch (err) {
         this.log.error({ err: describeError(err) }, 'could not apply socketMode/socketGroup');
       }

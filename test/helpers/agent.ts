@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { adminGet } from '../../src/admin/client.ts';
+import type { AgentCounterValues, AgentGaugeValues } from '../../src/agent/metrics.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 export const BIN = join(ROOT, 'bin', 'sidekick.js');
@@ -23,13 +24,13 @@ export async function waitFor<T>(
   what: string,
   timeoutMs = 15_000,
   intervalMs = 25,
-): Promise<NonNullable<T>> {
+): Promise<Exclude<T, false | null | undefined | 0 | ''>> {
   const until = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await cond();
-      if (v) return v as NonNullable<T>;
+      if (v) return v as Exclude<T, false | null | undefined | 0 | ''>;
     } catch (err) {
       last = err;
     }
@@ -75,20 +76,12 @@ export interface AgentStatus {
   recycles: number;
   restarts: number;
   metrics?: { port?: number };
-  counters: {
-    received: number;
-    invalid: Record<string, number>;
-    spooled: number;
-    batched: number;
-    exported: number;
-    retried: Record<string, number>;
-    deadLettered: number;
-    dropped: Record<string, number>;
-    spoolCorruptFrames: number;
-    connections: number;
+  counters: AgentCounterValues;
+  gauges: AgentGaugeValues;
+  pipeline?: {
+    breaker?: { state: string };
+    spool?: { pendingRecords: number; recoveredRecords: number; bufferedBytes: number; diskBytes: number };
   };
-  gauges: { breakerState: number; spoolRecords: number; spoolBytes: number; rssBytes: number };
-  pipeline?: { breaker?: { state: string }; spool?: { pendingRecords: number; recoveredRecords: number } };
 }
 
 export interface AgentProcess {
@@ -140,7 +133,10 @@ export async function startAgent(
     status: async () => ((await adminGet(adminSocket, '/status', 3000)) as { agent: AgentStatus }).agent,
     stop: async (signal = 'SIGTERM', timeoutMs = 30_000) => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const r = await Promise.race([exited, new Promise<undefined>((res) => setTimeout(res, timeoutMs))]);
+      const r = await Promise.race([
+        exited,
+        new Promise<undefined>((res) => setTimeout(() => res(undefined), timeoutMs)),
+      ]);
       if (!r) {
         proc.crash();
         throw new Error(`agent did not exit within ${timeoutMs} ms after ${signal}\n${err}`);

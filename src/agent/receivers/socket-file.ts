@@ -143,15 +143,27 @@ export interface BoundHandle {
 
 type CreateServerHandle = (address: string, port: number, addressType: number) => BoundHandle | number;
 
+/** A socket bound under a temporary name; `publish()` renames it to the real path once a worker is listening. */
+export interface SharedSocket {
+  handle: BoundHandle;
+  /** Renames the socket to its final path (atomic: clients see no socket, then a listening one). */
+  publish(): OwnedSocketFile;
+  /** Closes it without publishing. */
+  discard(): void;
+}
+
 /**
  * Binds `opts.path` in *this* process without accepting connections here: the supervisor keeps this handle so the
  * socket (and its kernel backlog) outlives every worker, and passes the fd to each worker, which calls listen() and
  * accepts. This is exactly what node:cluster's primary does for shared handles (net._createServerHandle); we use the
  * same primitive directly because cluster's own primary closes the handle when its last worker exits.
+ *
+ * The socket is bound under a temporary name with its mode and group already set; the caller publishes it under
+ * the real path after the first worker listens, so a client never meets a bound-but-not-listening socket
+ * (ECONNREFUSED) during start-up. Once listening, the socket stays in the listening state while any process holds
+ * it, so between two workers connections queue in the kernel backlog.
  */
-export async function bindSharedSocket(
-  opts: SocketFileOptions,
-): Promise<{ handle: BoundHandle; file: OwnedSocketFile }> {
+export async function bindSharedSocket(opts: SocketFileOptions): Promise<SharedSocket> {
   await claimSocketPath(opts.path);
   const tmp = tmpPathFor(opts.path);
   const create = (net as unknown as { _createServerHandle: CreateServerHandle })._createServerHandle;
@@ -161,16 +173,28 @@ export async function bindSharedSocket(
     err.errno = handle;
     throw err;
   }
-  try {
-    const id = finish(tmp, opts);
-    return { handle, file: new OwnedSocketFile(opts.path, id.ino, id.dev) };
-  } catch (err) {
+  const discard = (): void => {
     handle.close();
     try {
       unlinkSync(tmp);
     } catch {
       // already renamed or gone
     }
+  };
+  try {
+    chmodSync(tmp, opts.mode);
+    if (opts.group !== undefined) chownSync(tmp, -1, resolveGroup(opts.group));
+  } catch (err) {
+    discard();
     throw err;
   }
+  return {
+    handle,
+    discard,
+    publish: () => {
+      renameSync(tmp, opts.path);
+      const st = statSync(opts.path);
+      return new OwnedSocketFile(opts.path, st.ino, st.dev);
+    },
+  };
 }
