@@ -92,17 +92,10 @@ test('taskQueue 2 with a slow handler: the 3rd concurrent task → SK_ERR_TASK_Q
   assert.deepEqual(await requestTask(name, { op: 'notes' }), []);
 });
 
-// Known product gap (reported): a sidekick that published and never calls handleTasks holds every task until the
-// caller's timeout. Its thread buffers up to taskQueue early tasks (for a handler registered late) and answers
-// SK_ERR_NO_TASK_HANDLER only past that, but the app side never lets more than taskQueue tasks be in flight, so
-// that code is unreachable and callers see SK_ERR_TIMEOUT. Marked todo until the runtime decides when "never" is.
-test(
-  'a task to a sidekick that never calls handleTasks → SK_ERR_NO_TASK_HANDLER',
-  { todo: 'unreachable today: the caller times out instead' },
-  async () => {
-    await requestTask('lazy.nohandler', { op: 'echo' }, { timeout: 1500 }).then(
-      () => assert.fail('must not resolve'),
-      withCode('SK_ERR_NO_TASK_HANDLER'),
-    );
-  },
-);
+// A sidekick that publishes without having called handleTasks is taken not to handle tasks: waiting tasks fail at once.
+test('a task to a sidekick that never calls handleTasks → SK_ERR_NO_TASK_HANDLER', async () => {
+  await requestTask('lazy.nohandler', { op: 'echo' }, { timeout: 1500 }).then(
+    () => assert.fail('must not resolve'),
+    withCode('SK_ERR_NO_TASK_HANDLER'),
+  );
+});

@@ -255,4 +255,6 @@ export async function shutdown(): Promise<void> {
   state.transport = undefined;
   store.failAll(new SidekickError('SK_ERR_STOPPED', 'sidekicks were shut down'));
   await t.stop();
+  // A later configure() + getVars starts fresh sidekicks instead of answering with the stopped ones' snapshots.
+  store.clear();
 }

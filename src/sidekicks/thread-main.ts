@@ -22,6 +22,8 @@ let stopping = false;
 let mainSettled = false;
 let lastPublished: Vars | undefined;
 let taskHandler: TaskHandler | undefined;
+/** Set once the sidekick published without having called handleTasks: tasks then fail at once instead of waiting. */
+let noHandler = false;
 const earlyTasks: Extract<ToThread, { t: 'task' }>[] = [];
 
 const post = (msg: FromThread): void => port.postMessage(msg);
@@ -55,16 +57,32 @@ port.on('message', (msg: ToThread) => {
     exitIfDone();
   } else if (msg.t === 'task') {
     if (taskHandler) void runTask(msg, taskHandler);
-    else if (earlyTasks.length < data.taskQueue) earlyTasks.push(msg);
-    else
-      post({
-        t: 'task-done',
-        id: msg.id,
-        ok: false,
-        error: errorToData(new SidekickError('SK_ERR_NO_TASK_HANDLER', `${who} has not called handleTasks`)),
-      });
+    else if (!noHandler && earlyTasks.length < data.taskQueue) earlyTasks.push(msg);
+    else rejectNoHandler(msg);
   }
 });
+
+function rejectNoHandler(task: Extract<ToThread, { t: 'task' }>): void {
+  post({
+    t: 'task-done',
+    id: task.id,
+    ok: false,
+    error: errorToData(new SidekickError('SK_ERR_NO_TASK_HANDLER', `${who} has not called handleTasks`)),
+  });
+}
+
+/**
+ * Tasks that arrive before the sidekick is up wait for handleTasks. A sidekick that publishes without having called
+ * it (in the same turn) is taken not to handle tasks: waiting tasks fail with SK_ERR_NO_TASK_HANDLER rather than
+ * waiting out the caller's timeout. Calling handleTasks later still works for later tasks.
+ */
+function settleEarlyTasks(): void {
+  setImmediate(() => {
+    if (taskHandler) return;
+    noHandler = true;
+    for (const task of earlyTasks.splice(0)) rejectNoHandler(task);
+  });
+}
 
 const ctx: SidekickContext = {
   app: data.app,
@@ -75,6 +93,7 @@ const ctx: SidekickContext = {
   setVars(vars) {
     const snapshot = makeSnapshot(vars, data.maxVarsBytes, who);
     if (sameVars(lastPublished, snapshot)) return;
+    if (lastPublished === undefined) settleEarlyTasks();
     lastPublished = snapshot;
     post({ t: 'vars', vars: snapshot });
   },
@@ -82,6 +101,7 @@ const ctx: SidekickContext = {
   handleTasks(fn) {
     if (typeof fn !== 'function') throw new TypeError('handleTasks expects a function');
     taskHandler = fn;
+    noHandler = false;
     for (const task of earlyTasks.splice(0)) void runTask(task, fn);
   },
 };

@@ -66,6 +66,12 @@ export class VarsStore {
     for (const w of waiting) w.reject(error);
   }
 
+  /** Forgets every snapshot (listeners stay): after a library-mode shutdown nothing stale is served. */
+  clear(): void {
+    this.snapshots.clear();
+    this.generations.clear();
+  }
+
   failAll(error: Error): void {
     for (const name of [...this.waiters.keys()]) this.fail(name, error);
   }
