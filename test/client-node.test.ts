@@ -5,7 +5,13 @@ import { request, createServer } from 'node:http';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { agentMiddleware, createAgentClient, type AgentClient } from '../src/agent/client/index.ts';
+import { existsSync } from 'node:fs';
+import {
+  agentMiddleware,
+  createAgentClient,
+  defaultAgentSocketPath,
+  type AgentClient,
+} from '../src/agent/client/index.ts';
 import {
   FIXTURES,
   Listener,
@@ -229,6 +235,16 @@ describe('Node agent client', () => {
     c.send({ a: 1 });
     await within(c.flush(50), 5000, 'flush(50) to resolve');
     assert.equal(c.stats().sent, 0);
+  });
+
+  test('socket path: SIDEKICK_AGENT_SOCKET wins, else the agent default rule', () => {
+    assert.equal(defaultAgentSocketPath({ SIDEKICK_AGENT_SOCKET: '/x/agent.sock' }), '/x/agent.sock');
+    const rootish = process.getuid?.() === 0 || existsSync('/run/sidekick');
+    assert.equal(
+      defaultAgentSocketPath({ XDG_RUNTIME_DIR: '/run/user/1000' }),
+      rootish ? '/run/sidekick/agent.sock' : '/run/user/1000/sidekick/agent.sock',
+    );
+    if (!rootish) assert.equal(defaultAgentSocketPath({}), join(process.cwd(), 'var', 'agent.sock'));
   });
 
   test('options are validated', () => {
