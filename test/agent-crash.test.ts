@@ -43,6 +43,7 @@ test('SIGKILL with a non-empty spool: the restarted agent replays the backlog in
     agentConfig(dir, {
       exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
       breaker: { failures: 2, halfOpenAfterMs: 200 },
+      batch: { maxInFlight: 1 }, // strict arrival order, checked per connection below
     }),
   );
   let agent = await startAgent(cfg);

@@ -30,7 +30,7 @@ test('central down for a while, then back: everything arrives once, earliest fir
     dir,
     agentConfig(dir, {
       exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 2000, gzip: true },
-      batch: { maxRecords: 40, maxDelayMs: 50 },
+      batch: { maxRecords: 40, maxDelayMs: 50, maxInFlight: 1 }, // strict arrival order
       breaker: { failures: 3, halfOpenAfterMs: 400 },
     }),
   );
@@ -222,6 +222,49 @@ test('an open breaker survives a restart: no request before the remaining open t
   } finally {
     await agent.crash();
     await central?.close();
+    cleanup();
+  }
+});
+
+test('batch.maxInFlight: a batch goes out as parallel parts of <= maxRecords with derived ids, acked once', async () => {
+  const { dir, cleanup } = tmpDir();
+  let inFlight = 0;
+  let maxSeen = 0;
+  const central = await startCentral(() => {
+    inFlight++;
+    maxSeen = Math.max(maxSeen, inFlight);
+    setTimeout(() => inFlight--, 50);
+    return { status: 200, delayMs: 50 };
+  });
+  const cfg = writeConfig(
+    dir,
+    agentConfig(dir, {
+      exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
+      batch: { maxRecords: 10, maxDelayMs: 1000, maxInFlight: 4 },
+    }),
+  );
+  const agent = await startAgent(cfg);
+  try {
+    const sent = Array.from({ length: 40 }, (_, i) => `p-${i}`);
+    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+    await waitFor(() => central.delivered.length === 40, 'all parts delivered');
+    assert.equal(central.requests.length, 4);
+    assert.ok(central.requests.every((r) => r.records.length === 10));
+    assert.ok(maxSeen >= 2, `parts were sent concurrently (max ${maxSeen} at once)`);
+    const ids = central.requests.map((r) => r.batchId).sort();
+    const base = ids[0]!.replace(/~\d+$/, '');
+    assert.deepEqual(
+      ids,
+      [0, 1, 2, 3].map((k) => `${base}~${k}`),
+    );
+    assert.deepEqual(keysOf(central.delivered).sort(), [...sent].sort());
+    const s = await agent.status();
+    assert.equal(s.counters.batchedBatches, 1, 'one spool batch');
+    assert.equal(s.counters.exportedBatches, 4, 'four parts');
+    assert.equal((await agent.stop()).code, 0);
+  } finally {
+    await agent.crash();
+    await central.close();
     cleanup();
   }
 });

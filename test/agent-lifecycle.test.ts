@@ -110,7 +110,13 @@ test('SIGHUP under load: valid reloads apply, an invalid one is refused; no loss
   const cfg = writeConfig(dir, base);
   const agent = await startAgent(cfg);
   try {
-    const load = sendLoad(join(dir, 'agent.sock'), { connections: 4, count: 5000, prefix: 'h', chunk: 20 });
+    const load = sendLoad(join(dir, 'agent.sock'), {
+      connections: 4,
+      count: 5000,
+      prefix: 'h',
+      chunk: 20,
+      pauseMs: 8, // ~2 s of load, so every reload lands while records are flowing
+    });
     const variants = [
       { ...base, batch: { maxRecords: 80, maxDelayMs: 30 } },
       { ...base, batch: { maxRecords: -1 } }, // invalid
@@ -159,7 +165,7 @@ test('recycle under load (recycle.maxRecords): long-lived connections move to th
     dir,
     agentConfig(dir, {
       exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
-      batch: { maxRecords: 100, maxDelayMs: 50 },
+      batch: { maxRecords: 100, maxDelayMs: 50, maxInFlight: 1 }, // strict order, checked per connection
       recycle: { maxRecords: 4000 },
     }),
   );

@@ -20,7 +20,7 @@ import { isSidekickError } from '../errors.js';
 import { childLogger, type Logger } from '../log/logger.js';
 import { ExporterBreaker, type BreakerStateName } from './breaker/breaker.js';
 import { DeadLetterStore } from './exporters/dead-letter.js';
-import { Dispatcher } from './exporters/dispatcher.js';
+import { Dispatcher, type SendShape } from './exporters/dispatcher.js';
 import { createExporter, type Exporter } from './exporters/index.js';
 import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
 import { Batcher, type BatchPolicy } from './processors/batcher.js';
@@ -106,9 +106,17 @@ export class AgentPipeline extends EventEmitter {
   private batchPolicy(cfg: AgentConfig): BatchPolicy {
     return {
       maxRecords: cfg.batch.maxRecords,
+      cutRecords: cfg.batch.maxRecords * cfg.batch.maxInFlight,
       maxDelayMs: cfg.batch.maxDelayMs,
       maxBytes: Math.max(MIN_BATCH_BYTES, cfg.maxRecordBytes, Math.floor(cfg.memory.maxBytes / 4)),
-      batchesPerSecond: cfg.spool.replayBatchesPerSecond,
+    };
+  }
+
+  private sendShape(cfg: AgentConfig): SendShape {
+    return {
+      maxRecords: cfg.batch.maxRecords,
+      maxInFlight: cfg.batch.maxInFlight,
+      partsPerSecond: cfg.spool.replayBatchesPerSecond,
     };
   }
 
@@ -171,6 +179,7 @@ export class AgentPipeline extends EventEmitter {
         budget: this.budget,
         log: this.log.child({ part: 'exporter' }),
         retry: this.retryPolicy(cfg),
+        shape: this.sendShape(cfg),
       });
       spool.on('drain', () => this.budget.release('spool'));
       this.receiver = new UnixSocketReceiver({
@@ -318,6 +327,7 @@ export class AgentPipeline extends EventEmitter {
     this.receiver?.setMaxRecordBytes(next.maxRecordBytes);
     this.batcher?.setPolicy(this.batchPolicy(next));
     this.dispatcher?.setRetryPolicy(this.retryPolicy(next));
+    this.dispatcher?.setShape(this.sendShape(next));
     this.breaker?.reconfigure(next.breaker.failures, next.breaker.halfOpenAfterMs);
     if (JSON.stringify(prev.exporter) !== JSON.stringify(next.exporter) && this.exporter) {
       const old = this.exporter;

@@ -117,6 +117,9 @@ export const agentSchema = z
       .object({
         maxRecords: z.number().int().min(1).max(1_000_000).default(100),
         maxDelayMs: duration.default(5000),
+        // POSTs (or files) in flight at once: a spool batch of up to maxRecords × maxInFlight records goes out as
+        // parts of ≤ maxRecords, concurrently (1 = strictly one batch at a time, strict arrival order).
+        maxInFlight: z.number().int().min(1).max(64).default(4),
       })
       .strict()
       .prefault({}),

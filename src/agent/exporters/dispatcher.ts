@@ -7,8 +7,10 @@
 //                          Retry-After central asked for, capped; at least until the breaker half-opens); the spool
 //                          hands out the same batch again. Retries go on for as long as it takes: the spool cap is
 //                          the only thing that drops data (OTel's max_elapsed_time lost users hours of data: PEERS).
-// Exactly one batch is in flight. Progress inside a split batch is kept in memory across retries, so halves already
-// delivered are not sent again (after a crash they are, with the same ids: central dedupes).
+// One spool batch is in flight at a time (the spool's rule); it goes out as parts of ≤ batch.maxRecords, up to
+// batch.maxInFlight of them concurrently (ids <id>~k), so a high-latency central still gets records at a useful rate.
+// Progress inside a batch (parts sent, 413 halves) is kept in memory across retries, so parts already delivered are
+// not sent again (after a crash they are, with the same ids: central dedupes).
 import { ExponentialBackoff, decorrelatedJitterGenerator, type IBackoff } from 'cockatiel';
 import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
@@ -17,13 +19,21 @@ import type { AgentCounterValues } from '../metrics.js';
 import type { Batcher, SpoolBatchLike } from '../processors/batcher.js';
 import type { MemoryBudget } from '../processors/memory.js';
 import type { DeadLetterStore } from './dead-letter.js';
-import { splitPart, type ExportPart, type Exporter } from './types.js';
+import { chunkParts, splitPart, type ExportOutcome, type ExportPart, type Exporter } from './types.js';
 
 export interface RetryPolicy {
   initialDelayMs: number;
   maxDelayMs: number;
   /** Upper bound on a wait central asked for with Retry-After. */
   retryAfterCapMs: number;
+}
+
+/** How batches go out: parts of ≤ maxRecords, at most maxInFlight at once, optionally paced. */
+export interface SendShape {
+  maxRecords: number;
+  maxInFlight: number;
+  /** spool.replayBatchesPerSecond: cap on part starts per second (0 = none). */
+  partsPerSecond: number;
 }
 
 export interface DispatcherDeps {
@@ -36,6 +46,7 @@ export interface DispatcherDeps {
   budget: MemoryBudget;
   log: Logger;
   retry: RetryPolicy;
+  shape: SendShape;
 }
 
 type Attempt = { kind: 'acked' } | { kind: 'retry'; delayMs: number } | { kind: 'aborted' };
@@ -43,6 +54,8 @@ type Attempt = { kind: 'acked' } | { kind: 'retry'; delayMs: number } | { kind: 
 export class Dispatcher {
   private readonly deps: DispatcherDeps;
   private retry: RetryPolicy;
+  private shape: SendShape;
+  private nextPartAt = 0;
   private backoffFactory: ExponentialBackoff<unknown>;
   private backoff: IBackoff<unknown> | undefined;
   private progress: { batchId: string; parts: ExportPart[] } | undefined;
@@ -59,6 +72,7 @@ export class Dispatcher {
   constructor(deps: DispatcherDeps) {
     this.deps = deps;
     this.retry = deps.retry;
+    this.shape = deps.shape;
     this.backoffFactory = this.makeBackoff();
     this.failLog = new RateLimitedLog(deps.log, 5, 10_000);
   }
@@ -75,6 +89,10 @@ export class Dispatcher {
     this.retry = retry;
     this.backoffFactory = this.makeBackoff();
     this.backoff = undefined;
+  }
+
+  setShape(shape: SendShape): void {
+    this.shape = shape;
   }
 
   start(): void {
@@ -162,59 +180,100 @@ export class Dispatcher {
     this.inflightBytes = bytes;
   }
 
+  /** Waits so that part starts are at least 1/replayBatchesPerSecond apart (0 = no cap). */
+  private async pace(signal: AbortSignal): Promise<void> {
+    if (this.shape.partsPerSecond <= 0) return;
+    const gap = 1000 / this.shape.partsPerSecond;
+    const at = Math.max(Date.now(), this.nextPartAt);
+    this.nextPartAt = at + gap;
+    await sleep(at - Date.now(), signal);
+  }
+
+  private async sendPart(
+    exporter: Exporter,
+    part: ExportPart,
+    signal: AbortSignal,
+  ): Promise<{ ok: true; outcome: ExportOutcome } | { ok: false; err: unknown }> {
+    try {
+      await this.pace(signal);
+      if (signal.aborted) return { ok: false, err: signal.reason };
+      return { ok: true, outcome: await this.deps.breaker.execute(() => exporter.export(part, signal)) };
+    } catch (err) {
+      return { ok: false, err };
+    }
+  }
+
   private async deliver(batch: SpoolBatchLike): Promise<Attempt> {
-    const { spool, breaker, counters } = this.deps;
+    const { spool, counters } = this.deps;
     if (this.progress?.batchId !== batch.id)
-      this.progress = { batchId: batch.id, parts: [{ id: batch.id, payload: batch.payload, records: batch.records }] };
+      this.progress = { batchId: batch.id, parts: chunkParts(batch, this.shape.maxRecords) };
     const parts = this.progress.parts;
     const exporter = this.deps.exporter();
-    this.setInflight(batch.bytes + exporter.overheadBytes(parts[0]!));
     const signal = this.exportAbort.signal;
+    let overhead = 0;
+    for (const p of parts.slice(0, this.shape.maxInFlight)) overhead += exporter.overheadBytes(p);
+    this.setInflight(batch.bytes + overhead);
     while (parts.length > 0) {
-      const part = parts[0]!;
-      let outcome;
-      try {
-        outcome = await breaker.execute(() => exporter.export(part, signal));
-      } catch (err) {
-        spool.release(batch.id);
-        this.setInflight(0);
-        if (err instanceof BreakerOpenError) return { kind: 'retry', delayMs: err.retryInMs };
-        if (signal.aborted) return { kind: 'aborted' };
-        const retryable = err instanceof RetryableExportError ? err : undefined;
-        const reason = retryable?.reason ?? 'network';
-        counters.retried[reason]++;
-        const delayMs = this.nextDelay(retryable?.retryAfterMs);
-        const message = (err as Error).message;
-        this.lastError = { message, at: Date.now() };
-        this.failLog.warn(
-          { code: 'SK_ERR_EXPORT_FAILED', batchId: part.id, records: part.records, reason, retryInMs: delayMs },
-          `SK_ERR_EXPORT_FAILED: ${message}; retrying in ${delayMs} ms`,
-        );
-        if (!retryable) this.deps.log.error({ err }, 'unexpected exporter error (treated as retryable)');
-        return { kind: 'retry', delayMs };
+      // One wave: up to maxInFlight parts at once; outcomes are applied in order.
+      const wave = parts.slice(0, this.shape.maxInFlight);
+      const results = await Promise.all(wave.map((part) => this.sendPart(exporter, part, signal)));
+      const keep: ExportPart[] = [];
+      let failure: unknown;
+      for (let i = 0; i < wave.length; i++) {
+        const part = wave[i]!;
+        const r = results[i]!;
+        if (!r.ok) {
+          keep.push(part);
+          failure ??= r.err;
+          if (r.err instanceof RetryableExportError) counters.retried[r.err.reason]++;
+          else if (!(r.err instanceof BreakerOpenError) && !signal.aborted) counters.retried.network++;
+          continue;
+        }
+        const outcome = r.outcome;
+        if (outcome.kind === 'delivered') {
+          counters.exported += part.records;
+          counters.exportedBatches++;
+        } else if (outcome.kind === 'too_large' && part.records > 1) {
+          keep.push(...splitPart(part)!);
+          this.deps.log.info(
+            { batchId: part.id, records: part.records, bytes: part.payload.length },
+            'central answered 413: splitting the batch in halves',
+          );
+        } else {
+          const target = this.describeTarget(exporter);
+          const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
+          counters.deadLettered += part.records;
+          counters.deadLetteredBatches++;
+          this.deps.log.error(
+            { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
+            `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
+          );
+        }
       }
-      if (outcome.kind === 'delivered') {
-        counters.exported += part.records;
-        counters.exportedBatches++;
-        parts.shift();
-      } else if (outcome.kind === 'too_large' && part.records > 1) {
-        const halves = splitPart(part)!;
-        parts.splice(0, 1, ...halves);
-        this.deps.log.info(
-          { batchId: part.id, records: part.records, bytes: part.payload.length },
-          'central answered 413: splitting the batch in halves',
-        );
-      } else {
-        const target = this.describeTarget(exporter);
-        const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
-        counters.deadLettered += part.records;
-        counters.deadLetteredBatches++;
-        this.deps.log.error(
-          { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
-          `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
-        );
-        parts.shift();
-      }
+      parts.splice(0, wave.length, ...keep);
+      if (failure === undefined) continue;
+      // Some part failed: the batch goes back to the spool (same id and payload next time); the parts still to
+      // send stay in memory, so delivered ones are not sent again by this process.
+      spool.release(batch.id);
+      this.setInflight(0);
+      if (failure instanceof BreakerOpenError) return { kind: 'retry', delayMs: failure.retryInMs };
+      if (signal.aborted) return { kind: 'aborted' };
+      const retryable = failure instanceof RetryableExportError ? failure : undefined;
+      const delayMs = this.nextDelay(retryable?.retryAfterMs);
+      const message = failure instanceof Error ? failure.message : String(failure);
+      this.lastError = { message, at: Date.now() };
+      this.failLog.warn(
+        {
+          code: 'SK_ERR_EXPORT_FAILED',
+          batchId: batch.id,
+          reason: retryable?.reason ?? 'network',
+          partsLeft: parts.length,
+          retryInMs: delayMs,
+        },
+        `SK_ERR_EXPORT_FAILED: ${message}; retrying in ${delayMs} ms`,
+      );
+      if (!retryable) this.deps.log.error({ err: failure }, 'unexpected exporter error (treated as retryable)');
+      return { kind: 'retry', delayMs };
     }
     await spool.ack(batch.id);
     this.progress = undefined;

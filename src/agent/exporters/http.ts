@@ -39,7 +39,8 @@ export class HttpExporter implements Exporter {
   constructor(readonly config: HttpConfig) {
     this.url = new URL(config.url);
     this.lib = this.url.protocol === 'https:' ? https : http;
-    this.agent = new this.lib.Agent({ keepAlive: true, maxSockets: 2, keepAliveMsecs: 1000 });
+    // The dispatcher bounds concurrency (batch.maxInFlight); the agent just keeps that many connections warm.
+    this.agent = new this.lib.Agent({ keepAlive: true, maxSockets: 64, keepAliveMsecs: 1000, noDelay: true });
   }
 
   overheadBytes(part: ExportPart): number {

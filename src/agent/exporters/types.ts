@@ -33,6 +33,28 @@ export function countLines(payload: Buffer): number {
   return n;
 }
 
+/**
+ * A spool batch as parts of at most `maxRecords` records, sent concurrently (batch.maxInFlight). A batch that fits is
+ * one part under the spool batch id itself; otherwise part k is `<id>~k`. Both are functions of the batch (same id,
+ * same payload after a release or a restart) and maxRecords, so central can dedupe parts too.
+ */
+export function chunkParts(batch: { id: string; payload: Buffer; records: number }, maxRecords: number): ExportPart[] {
+  if (batch.records <= maxRecords) return [{ id: batch.id, payload: batch.payload, records: batch.records }];
+  const parts: ExportPart[] = [];
+  let start = 0;
+  let left = batch.records;
+  for (let k = 0; left > 0; k++) {
+    const n = Math.min(maxRecords, left);
+    let pos = start - 1;
+    for (let i = 0; i < n; i++) pos = batch.payload.indexOf(0x0a, pos + 1);
+    const end = pos + 1;
+    parts.push({ id: `${batch.id}~${k}`, payload: batch.payload.subarray(start, end), records: n });
+    start = end;
+    left -= n;
+  }
+  return parts;
+}
+
 /** Splits a payload into two halves at a line boundary (by record count); undefined for a single record. */
 export function splitPart(part: ExportPart): [ExportPart, ExportPart] | undefined {
   if (part.records < 2) return undefined;

@@ -7,7 +7,8 @@
 // The age of the oldest pending record is tracked here, in memory, with coarse marks (time, cumulative count) taken
 // as records are appended: cheap on the hot path and exact enough for a deadline in seconds. Records already pending
 // when this process opened the spool are treated as overdue (they waited through a restart), so a backlog ships at
-// once. `spool.replayBatchesPerSecond` caps how fast batches are cut (0 = no cap).
+// once. A batch is cut with up to `cutRecords` (= maxRecords × batch.maxInFlight) records: the dispatcher sends it
+// as parts of ≤ maxRecords in parallel.
 import type { EventEmitter } from 'node:events';
 import type { AgentCounterValues } from '../metrics.js';
 
@@ -26,11 +27,13 @@ export interface BatchSource extends EventEmitter {
 }
 
 export interface BatchPolicy {
+  /** A batch is due once this many records are pending. */
   maxRecords: number;
+  /** Records per spool batch (maxRecords × maxInFlight). */
+  cutRecords: number;
   maxDelayMs: number;
   /** Cap on one batch's payload (memory bound); a single bigger record still goes alone. */
   maxBytes: number;
-  batchesPerSecond: number;
 }
 
 const MARK_GRANULARITY_MS = 5;
@@ -42,7 +45,6 @@ export class Batcher {
   private consumed = 0;
   private readonly droppedAtOpen: number;
   private lastId: string | undefined;
-  private lastCutAt = 0;
   private wakeUp: (() => void) | undefined;
 
   constructor(
@@ -101,15 +103,8 @@ export class Batcher {
         const due = oldest + this.policy.maxDelayMs;
         const now = Date.now();
         if (pending >= this.policy.maxRecords || flushing || now >= due) {
-          const gap = this.policy.batchesPerSecond > 0 ? 1000 / this.policy.batchesPerSecond : 0;
-          const wait = this.lastCutAt + gap - now;
-          if (wait > 0 && !flushing) {
-            await this.sleep(wait, signal);
-            continue;
-          }
-          const batch = await this.source.nextBatch(this.policy.maxRecords, this.policy.maxBytes);
+          const batch = await this.source.nextBatch(this.policy.cutRecords, this.policy.maxBytes);
           if (batch) {
-            this.lastCutAt = Date.now();
             if (batch.id !== this.lastId) {
               this.lastId = batch.id;
               this.consumed += batch.records;
