@@ -41,7 +41,7 @@ test('SIGKILL with a non-empty spool: the restarted agent replays the backlog in
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
       breaker: { failures: 2, halfOpenAfterMs: 200 },
       batch: { maxInFlight: 1 }, // strict arrival order, checked per connection below
     }),
@@ -82,7 +82,7 @@ test('SIGKILL mid-delivery: after restart every record arrives; repeats only und
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
+      exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
       batch: { maxRecords: 20, maxDelayMs: 50 },
     }),
   );
@@ -126,7 +126,7 @@ test('a torn tail and a corrupted frame: the agent starts, skips and counts them
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
       breaker: { failures: 2, halfOpenAfterMs: 200 },
     }),
   );
@@ -190,7 +190,7 @@ test('spool cap: the oldest data is dropped and counted; delivered + dropped = s
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
       spool: { maxBytes: 128 * 1024, segmentBytes: 16 * 1024 },
       breaker: { failures: 2, halfOpenAfterMs: 300 },
     }),

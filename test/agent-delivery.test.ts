@@ -29,7 +29,7 @@ test('central down for a while, then back: everything arrives once, earliest fir
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 2000, gzip: true },
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000, gzip: true },
       batch: { maxRecords: 40, maxDelayMs: 50, maxInFlight: 1 }, // strict arrival order
       breaker: { failures: 3, halfOpenAfterMs: 400 },
     }),
@@ -88,7 +88,7 @@ test('status matrix: 408, 429 + Retry-After, 500, 503, network error retry the s
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 2000, gzip: false },
+      exporter: { type: 'http', url: central.url, timeoutMs: 10_000, gzip: false },
       breaker: { failures: 10, halfOpenAfterMs: 300 },
     }),
   );
@@ -198,7 +198,7 @@ test('an open breaker survives a restart: no request before the remaining open t
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
       breaker: { failures: 2, halfOpenAfterMs },
     }),
   );
@@ -239,7 +239,7 @@ test('batch.maxInFlight: a batch goes out as parallel parts of <= maxRecords wit
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
+      exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
       batch: { maxRecords: 10, maxDelayMs: 1000, maxInFlight: 4 },
     }),
   );

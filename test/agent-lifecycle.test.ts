@@ -29,7 +29,7 @@ test('restart with an invalid config while a backlog exists: exit 78 naming the 
   const port = probe.port;
   await probe.close();
   const good = agentConfig(dir, {
-    exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 1000 },
+    exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
     breaker: { failures: 2, halfOpenAfterMs: 200 },
   });
   const cfg = writeConfig(dir, good);
@@ -104,7 +104,7 @@ test('SIGHUP under load: valid reloads apply, an invalid one is refused; no loss
   const { dir, cleanup } = tmpDir();
   const central = await startCentral(() => ({ status: 200 }));
   const base = agentConfig(dir, {
-    exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
+    exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
     batch: { maxRecords: 50, maxDelayMs: 50 },
   });
   const cfg = writeConfig(dir, base);
@@ -121,7 +121,7 @@ test('SIGHUP under load: valid reloads apply, an invalid one is refused; no loss
       { ...base, batch: { maxRecords: 80, maxDelayMs: 30 } },
       { ...base, batch: { maxRecords: -1 } }, // invalid
       { ...base, batch: { maxRecords: 25, maxDelayMs: 20 }, breaker: { failures: 3, halfOpenAfterMs: 500 } },
-      { ...base, exporter: { type: 'http', url: central.url, timeoutMs: 3000, gzip: false } },
+      { ...base, exporter: { type: 'http', url: central.url, timeoutMs: 10_000, gzip: false } },
     ];
     let hups = 0;
     for (const v of variants) {
@@ -164,7 +164,7 @@ test('recycle under load (recycle.maxRecords): long-lived connections move to th
   const cfg = writeConfig(
     dir,
     agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 2000 },
+      exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
       batch: { maxRecords: 100, maxDelayMs: 50, maxInFlight: 1 }, // strict order, checked per connection
       recycle: { maxRecords: 4000 },
     }),

@@ -106,7 +106,8 @@ export class AgentPipeline extends EventEmitter {
   private batchPolicy(cfg: AgentConfig): BatchPolicy {
     return {
       maxRecords: cfg.batch.maxRecords,
-      cutRecords: cfg.batch.maxRecords * cfg.batch.maxInFlight,
+      // A spool batch feeds 4 windows' worth of parts, so the window stays full between spool reads.
+      cutRecords: cfg.batch.maxRecords * cfg.batch.maxInFlight * 4,
       maxDelayMs: cfg.batch.maxDelayMs,
       maxBytes: Math.max(MIN_BATCH_BYTES, cfg.maxRecordBytes, Math.floor(cfg.memory.maxBytes / 4)),
     };

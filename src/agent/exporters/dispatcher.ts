@@ -207,53 +207,46 @@ export class Dispatcher {
     const { spool, counters } = this.deps;
     if (this.progress?.batchId !== batch.id)
       this.progress = { batchId: batch.id, parts: chunkParts(batch, this.shape.maxRecords) };
-    const parts = this.progress.parts;
+    const progress = this.progress;
     const exporter = this.deps.exporter();
     const signal = this.exportAbort.signal;
     let overhead = 0;
-    for (const p of parts.slice(0, this.shape.maxInFlight)) overhead += exporter.overheadBytes(p);
+    for (const p of progress.parts.slice(0, this.shape.maxInFlight)) overhead += exporter.overheadBytes(p);
     this.setInflight(batch.bytes + overhead);
-    while (parts.length > 0) {
-      // One wave: up to maxInFlight parts at once; outcomes are applied in order.
-      const wave = parts.slice(0, this.shape.maxInFlight);
-      const results = await Promise.all(wave.map((part) => this.sendPart(exporter, part, signal)));
-      const keep: ExportPart[] = [];
-      let failure: unknown;
-      for (let i = 0; i < wave.length; i++) {
-        const part = wave[i]!;
-        const r = results[i]!;
-        if (!r.ok) {
-          keep.push(part);
-          failure ??= r.err;
-          if (r.err instanceof RetryableExportError) counters.retried[r.err.reason]++;
-          else if (!(r.err instanceof BreakerOpenError) && !signal.aborted) counters.retried.network++;
-          continue;
+    // A sliding window: up to maxInFlight parts in flight, the next one starts as soon as one settles. After a
+    // failure no new part starts; the ones in flight finish, then the batch goes back to the spool.
+    const queue = progress.parts.slice();
+    const order = new Map(queue.map((p, i) => [p, i]));
+    const failed: ExportPart[] = [];
+    let failure: unknown;
+    let active = 0;
+    await new Promise<void>((settled) => {
+      const launch = (): void => {
+        while (failure === undefined && active < this.shape.maxInFlight && queue.length > 0) {
+          const part = queue.shift()!;
+          active++;
+          void this.sendPart(exporter, part, signal)
+            .then((r) => this.settlePart(exporter, part, r, queue, signal))
+            .catch((err: unknown) => ({ failed: err }))
+            .then((res) => {
+              if (res && 'failed' in res) {
+                failed.push(part);
+                failure ??= res.failed;
+              }
+              active--;
+              if (active === 0 && (failure !== undefined || queue.length === 0)) settled();
+              else launch();
+            });
         }
-        const outcome = r.outcome;
-        if (outcome.kind === 'delivered') {
-          counters.exported += part.records;
-          counters.exportedBatches++;
-        } else if (outcome.kind === 'too_large' && part.records > 1) {
-          keep.push(...splitPart(part)!);
-          this.deps.log.info(
-            { batchId: part.id, records: part.records, bytes: part.payload.length },
-            'central answered 413: splitting the batch in halves',
-          );
-        } else {
-          const target = this.describeTarget(exporter);
-          const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
-          counters.deadLettered += part.records;
-          counters.deadLetteredBatches++;
-          this.deps.log.error(
-            { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
-            `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
-          );
-        }
-      }
-      parts.splice(0, wave.length, ...keep);
-      if (failure === undefined) continue;
-      // Some part failed: the batch goes back to the spool (same id and payload next time); the parts still to
-      // send stay in memory, so delivered ones are not sent again by this process.
+        if (active === 0) settled();
+      };
+      launch();
+    });
+    failed.sort((a, b) => (order.get(a) ?? Infinity) - (order.get(b) ?? Infinity));
+    progress.parts = [...failed, ...queue];
+    if (failure !== undefined) {
+      // The batch goes back to the spool (same id and payload next time); the parts still to send stay in memory,
+      // so delivered ones are not sent again by this process.
       spool.release(batch.id);
       this.setInflight(0);
       if (failure instanceof BreakerOpenError) return { kind: 'retry', delayMs: failure.retryInMs };
@@ -267,7 +260,7 @@ export class Dispatcher {
           code: 'SK_ERR_EXPORT_FAILED',
           batchId: batch.id,
           reason: retryable?.reason ?? 'network',
-          partsLeft: parts.length,
+          partsLeft: progress.parts.length,
           retryInMs: delayMs,
         },
         `SK_ERR_EXPORT_FAILED: ${message}; retrying in ${delayMs} ms`,
@@ -281,6 +274,43 @@ export class Dispatcher {
     this.lastError = undefined;
     this.setInflight(0);
     return { kind: 'acked' };
+  }
+
+  /** Applies one part's outcome; returns { failed } when it must be retried. 413 halves go to the front of `queue`. */
+  private async settlePart(
+    exporter: Exporter,
+    part: ExportPart,
+    r: { ok: true; outcome: ExportOutcome } | { ok: false; err: unknown },
+    queue: ExportPart[],
+    signal: AbortSignal,
+  ): Promise<{ failed: unknown } | undefined> {
+    const { counters } = this.deps;
+    if (!r.ok) {
+      if (r.err instanceof RetryableExportError) counters.retried[r.err.reason]++;
+      else if (!(r.err instanceof BreakerOpenError) && !signal.aborted) counters.retried.network++;
+      return { failed: r.err };
+    }
+    const outcome = r.outcome;
+    if (outcome.kind === 'delivered') {
+      counters.exported += part.records;
+      counters.exportedBatches++;
+    } else if (outcome.kind === 'too_large' && part.records > 1) {
+      queue.unshift(...splitPart(part)!);
+      this.deps.log.info(
+        { batchId: part.id, records: part.records, bytes: part.payload.length },
+        'central answered 413: splitting the batch in halves',
+      );
+    } else {
+      const target = this.describeTarget(exporter);
+      const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
+      counters.deadLettered += part.records;
+      counters.deadLetteredBatches++;
+      this.deps.log.error(
+        { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
+        `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
+      );
+    }
+    return undefined;
   }
 
   private describeTarget(exporter: Exporter): string {

@@ -7,7 +7,7 @@
 // The age of the oldest pending record is tracked here, in memory, with coarse marks (time, cumulative count) taken
 // as records are appended: cheap on the hot path and exact enough for a deadline in seconds. Records already pending
 // when this process opened the spool are treated as overdue (they waited through a restart), so a backlog ships at
-// once. A batch is cut with up to `cutRecords` (= maxRecords × batch.maxInFlight) records: the dispatcher sends it
+// once. A batch is cut with up to `cutRecords` (= maxRecords × batch.maxInFlight × 4) records: the dispatcher sends it
 // as parts of ≤ maxRecords in parallel.
 import type { EventEmitter } from 'node:events';
 import type { AgentCounterValues } from '../metrics.js';
@@ -29,7 +29,7 @@ export interface BatchSource extends EventEmitter {
 export interface BatchPolicy {
   /** A batch is due once this many records are pending. */
   maxRecords: number;
-  /** Records per spool batch (maxRecords × maxInFlight). */
+  /** Records per spool batch (maxRecords × maxInFlight × 4). */
   cutRecords: number;
   maxDelayMs: number;
   /** Cap on one batch's payload (memory bound); a single bigger record still goes alone. */
