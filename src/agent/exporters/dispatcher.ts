@@ -204,7 +204,7 @@ export class Dispatcher {
   }
 
   private async deliver(batch: SpoolBatchLike): Promise<Attempt> {
-    const { spool, counters } = this.deps;
+    const { spool } = this.deps;
     if (this.progress?.batchId !== batch.id)
       this.progress = { batchId: batch.id, parts: chunkParts(batch, this.shape.maxRecords) };
     const progress = this.progress;
