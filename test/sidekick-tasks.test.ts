@@ -94,7 +94,7 @@ test('taskQueue 2 with a slow handler: the 3rd concurrent task → SK_ERR_TASK_Q
 
 // A sidekick that publishes without having called handleTasks is taken not to handle tasks: waiting tasks fail at once.
 test('a task to a sidekick that never calls handleTasks → SK_ERR_NO_TASK_HANDLER', async () => {
-  await requestTask('lazy.nohandler', { op: 'echo' }, { timeout: 1500 }).then(
+  await requestTask('lazy.nohandler', { op: 'echo' }, { timeout: 15_000 }).then(
     () => assert.fail('must not resolve'),
     withCode('SK_ERR_NO_TASK_HANDLER'),
   );
