@@ -9,7 +9,8 @@
 // the default 100 and 1000. Every load is bounded in records and every wait in time.
 //
 // This file also holds the child-process roles the agent benchmarks use (so `npm run bench` sees one module):
-//   --role load SOCKET CONNS COUNT PREFIX   the load generator (prints {"start"}, {"progress"}, {"done"} JSON lines)
+//   --role load SOCKET CONNS COUNT PREFIX [RATE]  the load generator (prints {"start"}, {"progress"}, {"done"} JSON
+//                                                 lines; RATE = total records/s, 0 = as fast as possible)
 //   --role sink http|tcp [PORT]             a counting sink (prints {"port"}; answers a stdin line with {"count"})
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
@@ -37,9 +38,11 @@ function countLines(b: Buffer): number {
 }
 
 async function roleLoad(args: string[]): Promise<void> {
-  const [socketPath, connArg, countArg, prefix = 'b'] = args;
+  const [socketPath, connArg, countArg, prefix = 'b', rateArg = '0'] = args;
   const connections = Number(connArg);
   const count = Number(countArg);
+  // Optional pacing: total records/s across all connections (0 = as fast as the socket takes them).
+  const perConnRate = Number(rateArg) / connections;
   const record = (c: number, i: number): string => {
     const head = `{"k":"${prefix}-${c}-${i}","t":1700000000000,"pad":"`;
     return `${head}${'x'.repeat(200 - head.length - 3)}"}\n`;
@@ -72,6 +75,13 @@ async function roleLoad(args: string[]): Promise<void> {
           s.on('close', finish);
           const pump = (): void => {
             while (i < count) {
+              if (perConnRate > 0) {
+                const due = Math.floor(((performance.now() - t0) / 1000) * perConnRate);
+                if (i >= due) {
+                  setTimeout(pump, 5);
+                  return;
+                }
+              }
               const end = Math.min(count, i + CHUNK);
               let buf = '';
               for (let j = i; j < end; j++) buf += record(c, j);
