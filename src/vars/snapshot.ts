@@ -4,6 +4,15 @@ import { SidekickError } from '../errors.js';
 
 export type Vars = Readonly<Record<string, string>>;
 
+/**
+ * A null-prototype object in V8's fast-properties mode. `Object.create(null)` makes a dictionary-mode object, which
+ * measured ~2x slower per property read (B1); `{}` with its prototype removed *before* any key is set keeps fast
+ * properties and still stores a key such as "__proto__" as plain data.
+ */
+function emptyVars(): Record<string, string> {
+  return Object.setPrototypeOf({}, null) as Record<string, string>;
+}
+
 /** Validates what a sidekick passed to setVars and returns a detached, frozen snapshot. */
 export function makeSnapshot(input: unknown, maxBytes: number, who: string): Vars {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
@@ -11,7 +20,7 @@ export function makeSnapshot(input: unknown, maxBytes: number, who: string): Var
       got: input === null ? 'null' : Array.isArray(input) ? 'array' : typeof input,
     });
   }
-  const out = Object.create(null) as Record<string, string>;
+  const out = emptyVars();
   let bytes = 0;
   for (const key of Object.keys(input)) {
     const value = (input as Record<string, unknown>)[key];
@@ -43,7 +52,7 @@ export function makeSnapshot(input: unknown, maxBytes: number, who: string): Var
 
 /** Re-freezes a snapshot that crossed a thread or process boundary (structured clone gives a fresh plain object). */
 export function adoptSnapshot(received: Record<string, string>): Vars {
-  const out = Object.create(null) as Record<string, string>;
+  const out = emptyVars();
   for (const key of Object.keys(received)) out[key] = received[key]!;
   return Object.freeze(out);
 }
