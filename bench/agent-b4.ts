@@ -429,9 +429,9 @@ async function main(): Promise<void> {
     skip('B4', 'syslog-ng baseline', 'syslog-ng not found on PATH (apt-get install -y syslog-ng-core)');
   }
   const variants: [string, 'file' | 'http', number][] = [
-    ['agent → file exporter, batch 100 (defaults)', 'file', 100],
+    ['agent → file exporter, batch 100 (default size)', 'file', 100],
     ['agent → file exporter, batch 1000', 'file', 1000],
-    ['agent → http central (gzip), batch 100 (defaults)', 'http', 100],
+    ['agent → http central (gzip), batch 100 (default size)', 'http', 100],
     ['agent → http central (gzip), batch 1000', 'http', 1000],
   ];
   for (const [what, sink, maxRecords] of variants) {

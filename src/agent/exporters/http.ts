@@ -10,7 +10,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { promisify } from 'node:util';
-import { gzip as gzipCb, constants as zlib } from 'node:zlib';
+import { gzip as gzipCb, gzipSync } from 'node:zlib';
 import type { ExporterConfig } from '../../config/schema.js';
 import { RetryableExportError } from '../breaker/breaker.js';
 import type { ExportOutcome, ExportPart, Exporter } from './types.js';
@@ -19,6 +19,8 @@ const gzip = promisify(gzipCb);
 type HttpConfig = Extract<ExporterConfig, { type: 'http' }>;
 
 const BODY_EXCERPT_BYTES = 1024;
+/** Up to this size gzip runs inline (≤ ~3 ms); bigger payloads go to the thread pool. */
+const SYNC_GZIP_MAX_BYTES = 1024 * 1024;
 
 /** Retry-After as milliseconds: delta-seconds or an HTTP date; undefined when absent or unparsable. */
 export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
@@ -48,11 +50,13 @@ export class HttpExporter implements Exporter {
   }
 
   async export(part: ExportPart, stop: AbortSignal): Promise<ExportOutcome> {
-    const body = this.config.gzip
-      ? await gzip(part.payload, { level: 1, strategy: zlib.Z_DEFAULT_STRATEGY })
-      : part.payload;
-    const timeout = AbortSignal.timeout(this.config.timeoutMs);
-    const signal = AbortSignal.any([stop, timeout]);
+    // Small parts are compressed inline: ~50 µs for 20 KB, several times cheaper than a thread-pool round trip.
+    const body = !this.config.gzip
+      ? part.payload
+      : part.payload.length <= SYNC_GZIP_MAX_BYTES
+        ? gzipSync(part.payload, { level: 1 })
+        : await gzip(part.payload, { level: 1 });
+    if (stop.aborted) throw stop.reason;
     const headers: Record<string, string | number> = {
       ...this.config.headers,
       'content-type': 'application/x-ndjson',
@@ -64,13 +68,16 @@ export class HttpExporter implements Exporter {
     let status: number;
     let retryAfter: string | string[] | undefined;
     let excerpt: string;
+    let timedOut = false;
+    let timer: NodeJS.Timeout | undefined;
+    let onStop: (() => void) | undefined;
     try {
       ({ status, retryAfter, excerpt } = await new Promise<{
         status: number;
         retryAfter: string | string[] | undefined;
         excerpt: string;
       }>((resolve, reject) => {
-        const req = this.lib.request(this.url, { method: 'POST', agent: this.agent, headers, signal }, (res) => {
+        const req = this.lib.request(this.url, { method: 'POST', agent: this.agent, headers }, (res) => {
           const chunks: Buffer[] = [];
           let kept = 0;
           res.on('data', (c: Buffer) => {
@@ -88,15 +95,25 @@ export class HttpExporter implements Exporter {
           );
           res.on('error', reject);
         });
+        // The whole exchange (connect, send, answer) is bounded by timeoutMs; a stop aborts it at once.
+        timer = setTimeout(() => {
+          timedOut = true;
+          req.destroy(new Error('timeout'));
+        }, this.config.timeoutMs);
+        onStop = () => req.destroy(new Error('stopped'));
+        stop.addEventListener('abort', onStop, { once: true });
         req.on('error', reject);
         req.end(body);
       }));
     } catch (err) {
       if (stop.aborted) throw err; // stopping: not central's fault, not a breaker failure
-      if (timeout.aborted)
+      if (timedOut)
         throw new RetryableExportError(`POST ${this.url.href} timed out after ${this.config.timeoutMs} ms`, 'timeout');
       const e = err as NodeJS.ErrnoException;
       throw new RetryableExportError(`POST ${this.url.href} failed: ${e.code ?? e.message}`, 'network');
+    } finally {
+      clearTimeout(timer);
+      if (onStop) stop.removeEventListener('abort', onStop);
     }
     if (status >= 200 && status < 300) return { kind: 'delivered', status };
     if (status === 413) return { kind: 'too_large', status, body: excerpt };
