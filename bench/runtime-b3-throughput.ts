@@ -12,7 +12,7 @@
 // all processes and threads of each server, from /proc) is reported too: bare / sidekick CPU per request in %, with
 // the same ≥ 95% reading.
 //
-// Usage: node --import tsx bench/runtime-b3-throughput.ts [--workers 2,4] [--runs 3] [--seconds 8]
+// Usage: node --import tsx bench/runtime-b3-throughput.ts [--workers 2,4] [--runs 3] [--seconds 8] [--order abab|abba]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,7 +38,8 @@ const WORKER_COUNTS = arg('workers', '2,4')
   .filter((n) => Number.isInteger(n) && n > 0 && n <= 16);
 const RUNS = Math.min(9, Math.max(1, Number(arg('runs', '3'))));
 const SECONDS = Math.min(60, Math.max(1, Number(arg('seconds', '8'))));
-const WARMUP_S = 2;
+const WARMUP_S = 5;
+const ORDER = arg('order', 'abab') === 'abba' ? 'abba' : 'abab';
 const LOAD = { threads: 2, connections: 64 };
 
 console.log(`B3 throughput — ${machine()}; load: ${which('wrk') ? 'wrk' : 'Node fallback (wrk not found)'}`);
@@ -71,7 +72,9 @@ for (const n of WORKER_COUNTS) {
     const rps: Record<'sidekick' | 'bare', number[]> = { sidekick: [], bare: [] };
     const cpuUs: Record<'sidekick' | 'bare', number[]> = { sidekick: [], bare: [] };
     for (let i = 0; i < RUNS; i++) {
-      for (const side of ['sidekick', 'bare'] as const) {
+      // abab (default): sidekick first in every pair; abba: the first side alternates, cancelling a drift in time.
+      const sides = ORDER === 'abba' && i % 2 ? (['bare', 'sidekick'] as const) : (['sidekick', 'bare'] as const);
+      for (const side of sides) {
         const cpu0 = treeCpuSeconds(pids[side]);
         const r = await load(urls[side], { ...LOAD, seconds: SECONDS });
         const cpu1 = treeCpuSeconds(pids[side]);
@@ -104,6 +107,10 @@ for (const n of WORKER_COUNTS) {
     }
     report({ bench: BENCH, metric: `workers=${n} sidekick serve (median of ${RUNS})`, value: a, unit: 'req/s' });
     report({ bench: BENCH, metric: `workers=${n} bare node:cluster (median of ${RUNS})`, value: b, unit: 'req/s' });
+    // Adjacent runs share the machine's state most closely: the median of the per-pair ratios is a second,
+    // noise-robust view of the same comparison (informational; the target is read on the ratio of medians).
+    const paired = median(rps.sidekick.map((x, i) => (x / rps.bare[i]!) * 100));
+    report({ bench: BENCH, metric: `workers=${n} sidekick / bare, median of paired runs`, value: paired, unit: '%' });
     report({
       bench: BENCH,
       metric: `workers=${n} sidekick / bare`,
