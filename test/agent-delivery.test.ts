@@ -127,7 +127,7 @@ test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 ar
     const keys = keysOf(req.records);
     if (keys.some((k) => k.startsWith('slow')) && slowOnce) {
       slowOnce = false;
-      return { status: 200, delayMs: 1500 }; // longer than timeoutMs: the agent gives up and retries
+      return { status: 200, delayMs: 6000 }; // longer than timeoutMs: the agent gives up and retries
     }
     if (keys.some((k) => k.startsWith('reject'))) return { status: 400, body: 'schema violation: field "k"' };
     if (keys.some((k) => k.startsWith('big'))) return { status: 413 };
@@ -136,7 +136,7 @@ test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 ar
   });
   const cfg = writeConfig(
     dir,
-    agentConfig(dir, { exporter: { type: 'http', url: central.url, timeoutMs: 700, gzip: true } }),
+    agentConfig(dir, { exporter: { type: 'http', url: central.url, timeoutMs: 2500, gzip: true } }),
   );
   const agent = await startAgent(cfg);
   const sock = join(dir, 'agent.sock');
@@ -171,7 +171,7 @@ test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 ar
     assert.ok(split.every((r) => r.records.length === 2));
     const original = central.requests.find((r) => r.status === 413 && r.records.length === 8)!.batchId;
     assert.deepEqual(
-      split.map((r) => r.batchId),
+      split.map((r) => r.batchId).sort(), // halves go out in parallel (batch.maxInFlight)
       ['.0.0', '.0.1', '.1.0', '.1.1'].map((suffix) => original + suffix),
       'halves carry ids derived from the spool batch id',
     );

@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import {
   agentConfig,
   balance,
+  Client,
   dedupedByBatchId,
   fileOutput,
   keysOf,
@@ -366,6 +367,40 @@ test('file exporter: many concurrent and slow clients, mixed invalid input; outp
       new RegExp(`sidekick_agent_invalid_records_total\\{reason="too_large"\\} ${expectInvalid.too_large}`),
     );
     assert.match(text, /sidekick_agent_breaker_state 0/);
+    assert.equal((await agent.stop()).code, 0);
+  } finally {
+    await agent.crash();
+    cleanup();
+  }
+});
+
+test('SIGHUP with a new agent.socket: re-bound via a recycle; open connections keep working, the old path goes', async () => {
+  const { dir, cleanup } = tmpDir();
+  const base = agentConfig(dir);
+  const cfg = writeConfig(dir, base);
+  const agent = await startAgent(cfg);
+  try {
+    const oldSock = join(dir, 'agent.sock');
+    const newSock = join(dir, 'moved.sock');
+    const client = new Client(oldSock);
+    await client.ready;
+    await client.write(record('before-0') + record('before-1'));
+    await waitFor(async () => (await agent.status()).counters.exported === 2, 'first records exported');
+    writeConfig(dir, { ...base, socket: newSock });
+    process.kill(agent.pid, 'SIGHUP');
+    const s = await waitFor(async () => {
+      const st = (await agent.status()) as Awaited<ReturnType<typeof agent.status>> & { socket: string };
+      return st.socket === newSock && st.worker?.generation === 2 && st.state === 'running' && st;
+    }, 'the agent to move to the new socket');
+    assert.equal(s.recycles, 1);
+    assert.ok(existsSync(newSock) && statSync(newSock).isSocket());
+    assert.ok(!existsSync(oldSock), 'the old socket file is removed');
+    await client.write(record('after-on-old-connection'));
+    await client.end();
+    await sendOnce(newSock, record('after-on-new-socket'));
+    await waitFor(async () => (await agent.status()).counters.exported === 4, 'all four records exported');
+    const keys = keysOf(fileOutput(join(dir, 'out')).lines).sort();
+    assert.deepEqual(keys, ['after-on-new-socket', 'after-on-old-connection', 'before-0', 'before-1']);
     assert.equal((await agent.stop()).code, 0);
   } finally {
     await agent.crash();
