@@ -66,6 +66,8 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
 }
 
 const MIN_BATCH_BYTES = 64 * 1024;
+/** Accept backlog (capped by net.core.somaxconn): PHP workers connect once per request, bursts must queue, not fail. */
+const LISTEN_BACKLOG = 4096;
 /** Retry-After is honoured up to max(retry.maxDelayMs, breaker.halfOpenAfterMs, this). */
 const RETRY_AFTER_CAP_FLOOR_MS = 60_000;
 
@@ -202,7 +204,7 @@ export class AgentPipeline extends EventEmitter {
         const fd = this.opts.listenFd;
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen({ fd, backlog: 511 }, () => {
+          server.listen({ fd, backlog: LISTEN_BACKLOG }, () => {
             server.off('error', reject);
             resolve();
           });

@@ -121,7 +121,7 @@ export async function listenOnSocketFile(opts: SocketFileOptions, server: net.Se
   const tmp = tmpPathFor(opts.path);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(tmp, () => {
+    server.listen({ path: tmp, backlog: 4096 }, () => {
       server.off('error', reject);
       resolve();
     });
