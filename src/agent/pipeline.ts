@@ -319,12 +319,27 @@ export class AgentPipeline extends EventEmitter {
   }
 
   /**
-   * Applies a new config to the running pipeline: batch, exporter, breaker, retry, limits, replay rate. Returns the
-   * fields that need a new worker (socket, spool layout) — the supervisor recycles for those.
+   * Applies a new config to the running pipeline: batch, exporter, breaker, retry, limits, replay rate; in-process
+   * (no inherited fd) also a new socket path. Returns the fields that need a new worker (the spool layout; the socket
+   * under the supervisor) — the supervisor recycles for those.
    */
   async reload(next: AgentConfig): Promise<{ restartRequired: string[] }> {
     const prev = this.cfg;
-    const restartRequired = restartOnlyChanges(prev, next);
+    let restartRequired = restartOnlyChanges(prev, next);
+    if (restartRequired.includes('socket') && this.opts.listenFd === undefined && this.receiver && this.server) {
+      // In-process (no supervisor): move to the new socket ourselves; open connections stay.
+      const server = UnixSocketReceiver.createServer();
+      this.receiver.attach(server);
+      const file = await listenOnSocketFile(
+        { path: next.socket, mode: next.socketMode, group: next.socketGroup },
+        server,
+      );
+      this.receiver.detachServer(this.server);
+      this.socketFile?.unlinkIfOurs();
+      this.server = server;
+      this.socketFile = file;
+      restartRequired = restartRequired.filter((f) => f !== 'socket');
+    }
     this.cfg = next;
     this.budget.setMaxBytes(next.memory.maxBytes);
     this.receiver?.setMaxRecordBytes(next.maxRecordBytes);
