@@ -1,9 +1,10 @@
 // Dead letters: batches (or 413 halves) central rejected for good. Nothing vanishes: each is kept under
 // `<spool.dir>/dead-letter/` as the original NDJSON plus a small JSON sidecar saying why, written tmp + rename so a
 // reader never sees half of one, counted (dead_lettered), and logged as SK_ERR_DEAD_LETTER.
-import { mkdir, open, rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExportPart } from './types.js';
+import { publishFile } from './publish-file.js';
 
 export interface DeadLetterReason {
   status: number;
@@ -26,14 +27,7 @@ export class DeadLetterStore {
     const base = `${stamp}-${String(++this.seq).padStart(4, '0')}-${part.id.replace(/[^A-Za-z0-9._-]/g, '_')}`;
     const file = join(this.dir, `${base}.ndjson`);
     const tmp = join(this.dir, `.${base}.ndjson.tmp`);
-    const fh = await open(tmp, 'w', 0o640);
-    try {
-      await fh.writeFile(part.payload);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
+    await publishFile(tmp, file, part.payload);
     const sidecar = {
       batchId: part.id,
       records: part.records,

@@ -5,11 +5,12 @@
 // `<UTC yyyymmddThhmmss.mmmZ>-<seq>-<batch id>.ndjson`. "Rotation" is therefore per batch; a consumer reads and
 // deletes (or moves) the files it has processed. The same batch id after a crash produces a second file with the same
 // id in its name, so a consumer can drop duplicates.
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExporterConfig } from '../../config/schema.js';
 import { RetryableExportError } from '../breaker/breaker.js';
 import type { ExportOutcome, ExportPart, Exporter } from './types.js';
+import { publishFile } from './publish-file.js';
 
 type FileConfig = Extract<ExporterConfig, { type: 'file' }>;
 
@@ -40,14 +41,7 @@ export class FileExporter implements Exporter {
     const tmp = join(this.config.dir, '.tmp', `${process.pid}-${name}`);
     try {
       await this.ensureDirs();
-      const fh = await open(tmp, 'w', 0o640);
-      try {
-        await fh.writeFile(part.payload);
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, join(this.config.dir, name));
+      await publishFile(tmp, join(this.config.dir, name), part.payload);
       return { kind: 'delivered' };
     } catch (err) {
       await unlink(tmp).catch(() => undefined);
