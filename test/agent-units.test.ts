@@ -8,17 +8,22 @@ import { parseRetryAfter } from '../src/agent/exporters/http.ts';
 import { countLines, splitPart } from '../src/agent/exporters/types.ts';
 import { addCounters, createAgentRegistry, zeroCounters, zeroGauges } from '../src/agent/metrics.ts';
 import { MemoryBudget } from '../src/agent/processors/memory.ts';
-import { LineFramer, checkLine } from '../src/agent/receivers/ndjson.ts';
+import { droppedLine, parseControl } from '../src/agent/receivers/control.ts';
+import { LineFramer, checkLine, isControlLine } from '../src/agent/receivers/ndjson.ts';
 
 function collect(max = 64): {
   framer: LineFramer;
   good: string[];
   runs: number[];
   bad: string[];
+  control: string[];
+  truncated: string[];
 } {
   const good: string[] = [];
   const runs: number[] = [];
   const bad: string[] = [];
+  const control: string[] = [];
+  const truncated: string[] = [];
   const framer = new LineFramer(max, {
     good: (lines, records) => {
       runs.push(records);
@@ -26,8 +31,10 @@ function collect(max = 64): {
       assert.equal(lines[lines.length - 1], 0x0a, 'a run ends with a newline');
     },
     bad: (reason) => bad.push(reason),
+    control: (line) => control.push(line.toString('utf8')),
+    truncated: (sample) => truncated.push(sample.toString('utf8')),
   });
-  return { framer, good, runs, bad };
+  return { framer, good, runs, bad, control, truncated };
 }
 
 test('checkLine classifies objects, non-objects, invalid JSON and invalid UTF-8', () => {
@@ -58,12 +65,44 @@ test('framer: good lines around bad ones are kept, bad ones counted by reason, r
 });
 
 test('framer: lines split across chunks, byte by byte', () => {
-  const { framer, good, bad } = collect(64);
-  const input = Buffer.from('{"a":"é"}\n{"b":2}\n\x00\x01\x02garbage\n{"c":3}');
+  const { framer, good, bad, truncated } = collect(64);
+  const input = Buffer.from('{"a":"é"}\n{"b":2}\n\x00\x01\x02garbage\n{"c":3}\n{"d":4}');
   for (const byte of input) framer.push(Buffer.from([byte]));
-  framer.end(); // the last line has no newline: still a record
+  framer.end(); // the last line has no newline: a cut line, discarded and reported, never a record
   assert.deepEqual(good, ['{"a":"é"}', '{"b":2}', '{"c":3}']);
   assert.deepEqual(bad, ['not_json']);
+  assert.deepEqual(truncated, ['{"d":4}']);
+});
+
+test('framer: control lines are taken out of the record stream, in any position and split across chunks', () => {
+  const { framer, good, runs, control, bad, truncated } = collect(64);
+  const ctl = '{"_sidekick":"dropped","count":3}';
+  framer.push(Buffer.from(`${ctl}\n{"a":1}\n{"b":2}\n${ctl}\n{"c":3}\n{"_sidekick_not":1}\n{"_sid`));
+  framer.push(Buffer.from('ekick":"dropped","count":1}\n{"d":4}\n'));
+  framer.push(Buffer.from('  \n'));
+  framer.end(); // only blanks after the last newline: nothing truncated
+  assert.deepEqual(good, ['{"a":1}', '{"b":2}', '{"c":3}', '{"_sidekick_not":1}', '{"d":4}']);
+  assert.deepEqual(runs, [2, 2, 1]);
+  assert.deepEqual(control, [ctl, ctl, '{"_sidekick":"dropped","count":1}']);
+  assert.deepEqual(bad, []);
+  assert.deepEqual(truncated, []);
+});
+
+test('control lines: parsed, validated, and the exact bytes clients write', () => {
+  const ok = parseControl(Buffer.from(droppedLine(7).trimEnd()));
+  assert.deepEqual(ok, { kind: 'dropped', count: 7 });
+  for (const bad of [
+    '{"_sidekick":"dropped","count":-1}',
+    '{"_sidekick":"dropped","count":1.5}',
+    '{"_sidekick":"dropped","count":"3"}',
+    '{"_sidekick":"dropped","count":1e12}',
+    '{"_sidekick":"spilled","count":1}',
+    '{"_sidekick":',
+  ])
+    assert.equal(parseControl(Buffer.from(bad)), undefined, bad);
+  const b = Buffer.from(`x${droppedLine(1)}`);
+  assert.equal(isControlLine(b, 1, b.length - 1), true);
+  assert.equal(isControlLine(b, 0, b.length - 1), false);
 });
 
 test('framer: an over-long line spanning many chunks is counted once and skipped without buffering it', () => {

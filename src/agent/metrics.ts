@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { ListenAddress } from '../config/schema.js';
 
-export const INVALID_REASONS = ['too_large', 'not_json', 'not_object'] as const;
+export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control'] as const;
 export type InvalidReason = (typeof INVALID_REASONS)[number];
 export const DROP_REASONS = ['spool_full', 'spool_corrupt'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -30,6 +30,10 @@ export interface AgentCounterValues {
   dropped: Record<DropReason, number>;
   spoolCorruptFrames: number;
   connections: number;
+  /** Records clients reported dropping before they reached the agent (control lines). */
+  clientDropped: number;
+  /** Unterminated last lines discarded at end of a connection (the client counted each in clientDropped). */
+  truncated: number;
 }
 
 /** Point-in-time values (gauges). */
@@ -51,7 +55,7 @@ export interface AgentMetricsSnapshot {
 export function zeroCounters(): AgentCounterValues {
   return {
     received: 0,
-    invalid: { too_large: 0, not_json: 0, not_object: 0 },
+    invalid: { too_large: 0, not_json: 0, not_object: 0, bad_control: 0 },
     spooled: 0,
     batched: 0,
     batchedBatches: 0,
@@ -63,6 +67,8 @@ export function zeroCounters(): AgentCounterValues {
     dropped: { spool_full: 0, spool_corrupt: 0 },
     spoolCorruptFrames: 0,
     connections: 0,
+    clientDropped: 0,
+    truncated: 0,
   };
 }
 
@@ -191,6 +197,16 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
     (c) => c.spoolCorruptFrames,
   );
   counter('connections_total', 'Client connections accepted.', (c) => c.connections);
+  counter(
+    'client_dropped_records_total',
+    'Records clients reported dropping before they reached the agent (agent unreachable, buffer full, too large).',
+    (c) => c.clientDropped,
+  );
+  counter(
+    'truncated_lines_total',
+    'Unterminated last lines discarded at the end of a connection (already counted by the client as dropped).',
+    (c) => c.truncated,
+  );
   gauge('breaker_state', 'Exporter circuit breaker: 0 closed, 1 open, 2 half-open.', (g) => g.breakerState);
   gauge('spool_bytes', 'Bytes pending in the spool.', (g) => g.spoolBytes);
   gauge('spool_records', 'Records pending in the spool (not yet delivered or dead-lettered).', (g) => g.spoolRecords);

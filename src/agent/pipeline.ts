@@ -196,6 +196,8 @@ export class AgentPipeline extends EventEmitter {
             this.counters.invalid[reason] += n;
           },
           connection: () => this.counters.connections++,
+          clientDropped: (count: number) => (this.counters.clientDropped += count),
+          truncated: () => this.counters.truncated++,
         },
       });
       const server = UnixSocketReceiver.createServer();

@@ -6,6 +6,13 @@
 // re-serialisation — so the spool stores exactly the bytes the client wrote. Only a line split across chunks is
 // copied (into `partial`, bounded by maxRecordBytes). A line longer than maxRecordBytes is skipped up to its newline
 // without buffering it. Blank lines are ignored (not counted).
+//
+// Control lines: a line that starts with the exact bytes `{"_sidekick":` is a message from a client library, not a
+// record (today: how many records the client had to drop, see docs/clients.md). Two byte compares per line find them.
+//
+// A last line without its newline at end of stream is a cut line (a client that got a short write closes the
+// connection, and has already counted that record as dropped): it is discarded and reported as `truncated`, never
+// delivered, so a record is never both delivered and counted as a client drop.
 import { isUtf8 } from 'node:buffer';
 import type { InvalidReason } from '../metrics.js';
 
@@ -14,6 +21,21 @@ export interface LineSink {
   good(lines: Buffer, records: number): void;
   /** One rejected line; `sample` is at most 64 bytes of it, for the log. */
   bad(reason: InvalidReason, sample: Buffer): void;
+  /** One control line (no newline), a view of the chunk. */
+  control(line: Buffer): void;
+  /** An unterminated last line at end of stream, discarded; `sample` is at most 64 bytes of it. */
+  truncated(sample: Buffer): void;
+}
+
+/** Every control line starts with these bytes (clients write them exactly so). */
+export const CONTROL_PREFIX = Buffer.from('{"_sidekick":');
+const QUOTE = 0x22; // "
+const UNDERSCORE = 0x5f; // _
+
+/** True when the line at [start, end) is a control line. Cheap: most lines fail at the third byte. */
+export function isControlLine(buf: Buffer, start: number, end: number): boolean {
+  if (end - start < CONTROL_PREFIX.length || buf[start + 2] !== UNDERSCORE || buf[start + 1] !== QUOTE) return false;
+  return buf.compare(CONTROL_PREFIX, 0, CONTROL_PREFIX.length, start, start + CONTROL_PREFIX.length) === 0;
 }
 
 const NL = 0x0a;
@@ -80,17 +102,18 @@ export class LineFramer {
     this.discarding = discarding;
   }
 
-  /** At end of stream: a final line without '\n' is still a record (clients may omit the last newline). */
+  /** At end of stream: a final line without '\n' is a cut line, discarded and reported (see the header). */
   end(): void {
     if (this.discarding) {
       this.discarding = false; // already counted when it crossed maxRecordBytes
       return;
     }
     if (this.partialBytes === 0) return;
-    const line = Buffer.concat([...this.partial, Buffer.from('\n')], this.partialBytes + 1);
+    const sample = this.sampleOfPartial();
+    const blank = this.partial.every((p) => p.every((b) => isSpace(b)));
     this.partial = [];
     this.partialBytes = 0;
-    this.emitOne(line, 0, line.length - 1);
+    if (!blank) this.sink.truncated(sample);
   }
 
   push(chunk: Buffer): void {
@@ -127,8 +150,13 @@ export class LineFramer {
       const nl = chunk.indexOf(NL, pos);
       if (nl < 0) break;
       const verdict = nl - pos > max ? 'too_large' : checkLine(chunk, pos, nl);
-      if (verdict === undefined) {
+      if (verdict === undefined && !isControlLine(chunk, pos, nl)) {
         runRecords++;
+      } else if (verdict === undefined) {
+        if (runRecords > 0) this.sink.good(chunk.subarray(runStart, pos), runRecords);
+        runRecords = 0;
+        runStart = nl + 1;
+        this.sink.control(chunk.subarray(pos, nl));
       } else {
         if (runRecords > 0) this.sink.good(chunk.subarray(runStart, pos), runRecords);
         runRecords = 0;
@@ -154,13 +182,22 @@ export class LineFramer {
     this.partialBytes += rest;
   }
 
+  /** The first 64 bytes of the unfinished line (rare path: logs only). */
   private sampleOfPartial(): Buffer {
-    return Buffer.from((this.partial[0] ?? Buffer.alloc(0)).subarray(0, 64));
+    const parts: Buffer[] = [];
+    let n = 0;
+    for (const p of this.partial) {
+      if (n >= 64) break;
+      parts.push(p.subarray(0, 64 - n));
+      n += parts[parts.length - 1]!.length;
+    }
+    return Buffer.concat(parts, n);
   }
 
   private emitOne(line: Buffer, start: number, nl: number): void {
     const verdict = nl - start > this.maxRecordBytes ? 'too_large' : checkLine(line, start, nl);
-    if (verdict === undefined) this.sink.good(line.subarray(start, nl + 1), 1);
+    if (verdict === undefined && isControlLine(line, start, nl)) this.sink.control(line.subarray(start, nl));
+    else if (verdict === undefined) this.sink.good(line.subarray(start, nl + 1), 1);
     else if (verdict !== 'blank') this.sink.bad(verdict, line.subarray(start, Math.min(nl, start + 64)));
   }
 }

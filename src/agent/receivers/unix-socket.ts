@@ -9,12 +9,17 @@ import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../processors/memory.js';
-import { LineFramer } from './ndjson.js';
+import { parseControl } from './control.js';
+import { LineFramer, type LineSink } from './ndjson.js';
 
 export interface ReceiverSink {
   append(lines: Buffer, records: number): void;
   invalid(reason: InvalidReason, records: number): void;
   connection(): void;
+  /** A client reported `count` records it had to drop (a control line). */
+  clientDropped(count: number): void;
+  /** An unterminated last line was discarded at end of a connection. */
+  truncated(): void;
 }
 
 export interface ReceiverOptions {
@@ -122,7 +127,7 @@ class Connection {
 
 export class UnixSocketReceiver {
   readonly budget: MemoryBudget;
-  readonly lineSink: { good(lines: Buffer, records: number): void; bad(reason: InvalidReason, sample: Buffer): void };
+  readonly lineSink: LineSink;
   maxRecordBytes: number;
   private readonly conns = new Set<Connection>();
   private readonly servers = new Set<net.Server>();
@@ -137,16 +142,32 @@ export class UnixSocketReceiver {
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
     const sink = opts.sink;
+    const printable = (b: Buffer): string => b.toString('utf8').replace(/[^\x20-\x7e]/g, '?');
+    const bad = (reason: InvalidReason, sample: Buffer): void => {
+      sink.invalid(reason, 1);
+      const code = reason === 'too_large' ? 'SK_ERR_RECORD_TOO_LARGE' : 'SK_ERR_RECORD_INVALID';
+      this.badLog.warn(
+        { code, reason, sample: printable(sample) },
+        reason === 'too_large'
+          ? `${code}: a line longer than maxRecordBytes (${this.maxRecordBytes}) was skipped`
+          : reason === 'bad_control'
+            ? `${code}: a control line this agent does not understand was skipped`
+            : `${code}: a line that is not a JSON object was skipped (${reason})`,
+      );
+    };
     this.lineSink = {
       good: (lines, records) => sink.append(lines, records),
-      bad: (reason, sample) => {
-        sink.invalid(reason, 1);
-        const code = reason === 'too_large' ? 'SK_ERR_RECORD_TOO_LARGE' : 'SK_ERR_RECORD_INVALID';
+      bad,
+      control: (line) => {
+        const msg = parseControl(line);
+        if (msg === undefined) bad('bad_control', line.subarray(0, 64));
+        else if (msg.count > 0) sink.clientDropped(msg.count);
+      },
+      truncated: (sample) => {
+        sink.truncated();
         this.badLog.warn(
-          { code, reason, sample: sample.toString('utf8').replace(/[^\x20-\x7e]/g, '?') },
-          reason === 'too_large'
-            ? `${code}: a line longer than maxRecordBytes (${this.maxRecordBytes}) was skipped`
-            : `${code}: a line that is not a JSON object was skipped (${reason})`,
+          { code: 'SK_ERR_RECORD_INVALID', reason: 'truncated', sample: printable(sample) },
+          'SK_ERR_RECORD_INVALID: a connection ended inside a line; the cut line was discarded (the client counts it as dropped)',
         );
       },
     };
