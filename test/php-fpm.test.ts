@@ -1,0 +1,395 @@
+// PHP-FPM hosts lose no record, proven with the real neighbours: Debian's nginx and php-fpm (one pool, pm = static,
+// 4 children, clients/php/sidekick-agent.php as auto_prepend_file), a real `sidekick agent` with the http exporter,
+// and a fake central on loopback. Load: keep-alive HTTP loops against nginx; request n is `/<case>/<n>`, and the
+// client's record carries that path as `route`, so every request maps to exactly one record.
+//
+// The same configuration, written for production, is deploy/README.md "nginx + PHP-FPM + agent: a complete recipe".
+//
+// Accounting (docs/agent.md "Counters and status"): every request nginx logged with 200 ran the page and the
+// client, so it must end as exactly one delivered record (deduplicated by X-Sidekick-Batch-Id, as central does), or
+// be counted by the agent as `clientDropped` (a client reported it lost) or `invalid`. Nothing else.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import {
+  agentConfig,
+  dedupedByBatchId,
+  startAgent,
+  startCentral,
+  tmpDir,
+  waitFor,
+  writeConfig,
+  type AgentProcess,
+  type AgentStatus,
+  type CentralReply,
+  type CentralRequest,
+  type FakeCentral,
+} from './helpers/agent.ts';
+import { PHP_FPM_MISSING, runLoad, startPhpStack, type LoadRun, type PhpStack } from './helpers/php-fpm.ts';
+
+const CI = process.env.CI === 'true';
+// Outside CI a machine without php-fpm/nginx skips; under CI it fails (see the first test).
+const SKIP = PHP_FPM_MISSING && !CI ? PHP_FPM_MISSING : false;
+if (SKIP) console.log(SKIP);
+
+const CONCURRENCY = 16;
+
+type Counters = AgentStatus['counters'];
+
+/**
+ * SIGTERM an agent and wait (bounded) for its exit; SIGKILL its group after the deadline. Unlike AgentProcess.stop(),
+ * leaves no timer behind (a pending 30 s timer would keep this file's process alive after the last test).
+ */
+async function terminate(
+  a: AgentProcess,
+  timeoutMs = 30_000,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null } | undefined> {
+  if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([
+    a.exited,
+    new Promise<undefined>((res) => (timer = setTimeout(() => res(undefined), timeoutMs))),
+  ]);
+  clearTimeout(timer);
+  if (!r) await a.crash();
+  return r;
+}
+
+function invalidOf(c: Counters): number {
+  return Object.values(c.invalid).reduce((a, b) => a + b, 0);
+}
+
+function droppedOf(c: Counters): number {
+  return Object.values(c.dropped).reduce((a, b) => a + b, 0);
+}
+
+/** One case's world: a temp dir, central, the agent (replaced on restart) and the nginx + FPM stack. */
+class World {
+  readonly tmp = tmpDir('sk-fpm-');
+  central!: FakeCentral;
+  config = '';
+  agent!: AgentProcess;
+  /** Every agent process started (stopped at the end whatever happened). */
+  readonly agents: AgentProcess[] = [];
+  /** Final counters of agents that were stopped (one entry per agent lifetime). */
+  readonly retired: Counters[] = [];
+  stack!: PhpStack;
+
+  get socket(): string {
+    return join(this.tmp.dir, 'agent.sock');
+  }
+
+  async start(reply?: (req: CentralRequest, n: number) => CentralReply): Promise<void> {
+    this.central = await startCentral(reply);
+    this.config = writeConfig(
+      this.tmp.dir,
+      agentConfig(this.tmp.dir, {
+        // a loaded 2-core CI machine must not turn a slow answer into a retry the assertions do not expect
+        exporter: { type: 'http', url: this.central.url, timeoutMs: 10_000 },
+      }),
+    );
+    await this.startAgent();
+    this.stack = await startPhpStack({ agentSocket: this.socket, children: 4 });
+  }
+
+  async startAgent(): Promise<void> {
+    this.agent = await startAgent(this.config);
+    this.agents.push(this.agent);
+  }
+
+  /**
+   * SIGTERM the agent and wait for its exit, reading its status until the admin socket closes: the last answer
+   * holds its final counters (the supervisor folds the stopped worker's last counters into its totals).
+   */
+  async stopAgent(): Promise<Counters> {
+    const agent = this.agent;
+    let last = (await agent.status()).counters;
+    let reads = 0;
+    let polling = true;
+    const poll = (async () => {
+      while (polling) {
+        try {
+          last = (await agent.status()).counters;
+          reads++;
+        } catch {
+          return; // admin socket gone: the agent is closing up
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    const exit = await terminate(agent);
+    polling = false;
+    await poll;
+    assert.ok(exit, `the agent exits within 30 s of SIGTERM\n${agent.stderr().slice(-4000)}`);
+    assert.equal(exit.code, 0, `the agent exits 0 on SIGTERM (got ${exit.signal ?? exit.code})`);
+    this.retired.push(last);
+    console.log(
+      `[php-fpm] stopped agent ${agent.pid}: ${reads} status reads while stopping; last counters ${JSON.stringify(last)}`,
+    );
+    return last;
+  }
+
+  async close(): Promise<void> {
+    await this.stack?.cleanup().catch(() => undefined);
+    for (const a of this.agents) await terminate(a);
+    await this.central?.close().catch(() => undefined);
+    this.tmp.cleanup();
+  }
+}
+
+interface Outcome {
+  /** Requests nginx logged with status 200 under this case's prefix. */
+  logged: number;
+  /** Distinct routes delivered (deduplicated by batch id). */
+  delivered: number;
+  /** Extra deliveries of a route after dedup (must be 0). */
+  duplicates: number;
+  /** Extra records central received in 2xx answers, before dedup (retries central would drop). */
+  rawExtra: number;
+  missing: string[];
+  unknown: string[];
+}
+
+function outcome(w: World, prefix: string): Outcome {
+  const logged = new Set(
+    w.stack
+      .accessLogLines()
+      .filter((l) => l.status === 200 && l.uri.startsWith(`/${prefix}/`))
+      .map((l) => l.uri),
+  );
+  const seen = new Map<string, number>();
+  for (const line of dedupedByBatchId(w.central)) {
+    const route = String((JSON.parse(line) as { route?: unknown }).route);
+    if (!route.startsWith(`/${prefix}/`)) continue;
+    seen.set(route, (seen.get(route) ?? 0) + 1);
+  }
+  let duplicates = 0;
+  for (const n of seen.values()) duplicates += n - 1;
+  const ours = w.central.delivered.filter((l) => l.includes(`"route":"/${prefix}/`)).length;
+  return {
+    logged: logged.size,
+    delivered: seen.size,
+    duplicates,
+    rawExtra: ours - (seen.size + duplicates),
+    missing: [...logged].filter((r) => !seen.has(r)),
+    unknown: [...seen.keys()].filter((r) => !logged.has(r)),
+  };
+}
+
+/** Waits (bounded) until nginx has logged every answered request: it writes the line after sending the response. */
+async function nginxLogged(w: World, load: LoadRun, prefix: string): Promise<void> {
+  await waitFor(
+    () => w.stack.accessLogLines().filter((l) => l.uri.startsWith(`/${prefix}/`)).length >= load.completed,
+    `nginx to log all ${load.completed} answered requests`,
+    10_000,
+  );
+}
+
+/**
+ * Waits (bounded) until every logged request is delivered, or the agent has nothing left to do: spool empty and no
+ * new record received for a while (then the comparison shows what is missing instead of a timeout).
+ */
+async function settled(w: World, prefix: string, timeoutMs = 30_000): Promise<void> {
+  let lastReceived = -1;
+  let quietPolls = 0;
+  await waitFor(
+    async () => {
+      const o = outcome(w, prefix);
+      if (o.delivered >= o.logged) return true;
+      const s = await w.agent.status();
+      const idle = s.gauges.spoolRecords === 0 && (s.pipeline?.spool?.pendingRecords ?? 0) === 0;
+      quietPolls = idle && s.counters.received === lastReceived ? quietPolls + 1 : 0;
+      lastReceived = s.counters.received;
+      return quietPolls >= 4;
+    },
+    'every logged request to be delivered, or the agent to go idle',
+    timeoutMs,
+    250,
+  );
+}
+
+function assertAllOk(load: LoadRun): void {
+  const other = [...load.statuses].filter(([s]) => s !== 200);
+  assert.equal(load.errorCount, 0, `transport errors: ${load.errors.join('; ')}`);
+  assert.deepEqual(other, [], 'every PHP request answered 200');
+  assert.equal(load.ok.length, load.completed);
+}
+
+function describeRun(name: string, load: LoadRun, o: Outcome, extra = ''): void {
+  const statuses = [...load.statuses].map(([s, n]) => `${s}×${n}`).join(' ');
+  console.log(
+    `[php-fpm ${name}] ${load.completed} requests in ${(load.ms / 1000).toFixed(1)} s ` +
+      `(${Math.round(load.completed / (load.ms / 1000))}/s; ${statuses}; errors ${load.errorCount}); ` +
+      `nginx logged ${o.logged}, delivered ${o.delivered}, missing ${o.missing.length}, duplicates ${o.duplicates}, ` +
+      `unknown ${o.unknown.length}, retried copies central dropped ${o.rawExtra}${extra}`,
+  );
+}
+
+describe('nginx + PHP-FPM + agent', { skip: SKIP }, () => {
+  test('php-fpm and nginx are installed (a CI machine must not skip these tests)', () => {
+    assert.equal(PHP_FPM_MISSING, false, String(PHP_FPM_MISSING));
+  });
+
+  describe('agent healthy', () => {
+    const w = new World();
+    before(() => w.start());
+    after(() => w.close());
+
+    test('every request nginx logged is delivered exactly once; the counters balance', async () => {
+      const load = runLoad({
+        url: w.stack.url,
+        prefix: 'a',
+        concurrency: CONCURRENCY,
+        maxRequests: 20_000,
+        maxMs: 15_000,
+      });
+      await load.done;
+      assertAllOk(load);
+      await nginxLogged(w, load, 'a');
+      await settled(w, 'a');
+      const o = outcome(w, 'a');
+      const c = (await w.agent.status()).counters;
+      describeRun('healthy', load, o, `; agent ${JSON.stringify(c)}`);
+
+      assert.equal(o.logged, load.completed, 'nginx logged every answered request');
+      assert.deepEqual(o.missing.slice(0, 10), [], `${o.missing.length} logged requests have no record`);
+      assert.deepEqual(o.unknown, [], 'no record without a logged request');
+      assert.equal(o.duplicates, 0, 'no record delivered twice');
+      assert.equal(o.delivered, o.logged);
+      // The agent's own books: what came in, went out; nothing dropped on either side.
+      assert.equal(c.clientDropped, 0, 'no client reported a drop');
+      assert.equal(c.truncated, 0, 'no cut line');
+      assert.equal(invalidOf(c), 0, 'no invalid line');
+      assert.equal(c.received, o.logged, 'one line received per request');
+      assert.equal(c.spooled, c.received - invalidOf(c));
+      assert.equal(c.exported, w.central.delivered.length, 'exported = records central acknowledged');
+      assert.equal(c.deadLettered, 0);
+      assert.equal(droppedOf(c), 0);
+      assert.equal(
+        c.spooled,
+        c.exported + c.deadLettered + droppedOf(c) + (await w.agent.status()).gauges.spoolRecords,
+      );
+      assert.equal(w.stack.phpErrors(), '', 'PHP logged no warning, notice or error');
+    });
+  });
+
+  describe('agent restarted mid-load', () => {
+    const w = new World();
+    before(() => w.start());
+    after(() => w.close());
+
+    test('every request still 200; delivered + client_dropped + invalid = requests logged; no duplicates', async () => {
+      const load = runLoad({
+        url: w.stack.url,
+        prefix: 'b',
+        concurrency: CONCURRENCY,
+        maxRequests: 20_000,
+        maxMs: 20_000,
+        // paced so that the load outlasts the restart (a stop drains for a while) on a fast machine too
+        ratePerSec: 2500,
+      });
+      let atUp = 0;
+      try {
+        await waitFor(() => load.completed >= 3000 || load.started >= 20_000, 'load to be under way', 15_000, 10);
+        const atStop = load.completed;
+        await w.stopAgent();
+        const atDown = load.completed;
+        await w.startAgent();
+        atUp = load.completed;
+        // keep the load on the new agent for a while (bounded by the load's own limits too)
+        await waitFor(
+          () => load.completed >= atUp + 3000 || load.started >= 20_000,
+          'load to go on after the restart',
+          15_000,
+          10,
+        );
+        console.log(
+          `[php-fpm restart] SIGTERM at request ${atStop}, agent gone at ${atDown}, new agent running at ${atUp}`,
+        );
+      } finally {
+        load.stop();
+        await load.done;
+      }
+      assertAllOk(load);
+      assert.ok(load.completed > atUp, 'requests went on after the new agent was running');
+      await nginxLogged(w, load, 'b');
+      await settled(w, 'b');
+      const o = outcome(w, 'b');
+      const now = (await w.agent.status()).counters;
+      const lifetimes = [...w.retired, now];
+      const clientDropped = lifetimes.reduce((a, c) => a + c.clientDropped, 0);
+      const invalid = lifetimes.reduce((a, c) => a + invalidOf(c), 0);
+      const truncated = lifetimes.reduce((a, c) => a + c.truncated, 0);
+      describeRun(
+        'restart',
+        load,
+        o,
+        `; client_dropped ${clientDropped}, invalid ${invalid}, truncated ${truncated} (not added: already client drops); ` +
+          `per agent received ${lifetimes.map((c) => c.received).join(' + ')}, ` +
+          `client_dropped ${lifetimes.map((c) => c.clientDropped).join(' + ')}; ` +
+          `missing ${o.missing.length}: ${o.missing.slice(0, 12).join(' ')}`,
+      );
+
+      assert.equal(o.logged, load.completed, 'nginx logged every answered request');
+      assert.deepEqual(o.unknown, [], 'no record without a logged request');
+      assert.equal(o.duplicates, 0, 'no record delivered twice');
+      assert.equal(
+        o.delivered + clientDropped + invalid,
+        o.logged,
+        `delivered ${o.delivered} + client_dropped ${clientDropped} + invalid ${invalid} = logged ${o.logged} ` +
+          `(first missing: ${o.missing.slice(0, 5).join(', ')})`,
+      );
+      assert.equal(w.stack.phpErrors(), '', 'PHP logged no warning, notice or error');
+    });
+  });
+
+  describe('central down (503), then up', () => {
+    let down = true;
+    const w = new World();
+    before(() => w.start(() => (down ? { status: 503, body: 'down' } : { status: 200 })));
+    after(() => w.close());
+
+    test('after recovery every logged request is delivered exactly once', async () => {
+      const load = runLoad({
+        url: w.stack.url,
+        prefix: 'c',
+        concurrency: CONCURRENCY,
+        maxRequests: 10_000,
+        maxMs: 10_000,
+      });
+      await load.done;
+      assertAllOk(load);
+      await nginxLogged(w, load, 'c');
+      // Every record reached the agent and waits in its spool; central has refused every batch so far.
+      await waitFor(
+        async () => (await w.agent.status()).counters.received >= load.completed,
+        'the agent to receive a line per request',
+        15_000,
+        100,
+      );
+      const during = await w.agent.status();
+      assert.ok(during.counters.retried.http_5xx > 0, 'the agent saw the 503s and retries');
+      assert.equal(outcome(w, 'c').delivered, 0, 'nothing delivered while central answers 503');
+      down = false;
+      await settled(w, 'c', 45_000); // the breaker half-opens after 300 ms (test config), then the spool drains
+      const o = outcome(w, 'c');
+      const c = (await w.agent.status()).counters;
+      describeRun(
+        'central-down',
+        load,
+        o,
+        `; 503 answers ${w.central.requests.filter((r) => r.status === 503).length}, ` +
+          `breaker was ${during.pipeline?.breaker?.state}, client_dropped ${c.clientDropped}`,
+      );
+
+      assert.equal(o.logged, load.completed, 'nginx logged every answered request');
+      assert.deepEqual(o.missing.slice(0, 10), [], `${o.missing.length} logged requests have no record`);
+      assert.deepEqual(o.unknown, [], 'no record without a logged request');
+      assert.equal(o.duplicates, 0, 'no record delivered twice (after dedup by batch id)');
+      assert.equal(o.delivered, o.logged);
+      assert.equal(c.clientDropped, 0);
+      assert.equal(c.deadLettered, 0);
+      assert.equal(droppedOf(c), 0);
+    });
+  });
+});
