@@ -182,6 +182,60 @@ describe('Node agent client', () => {
     assert.equal(s.sent, 0);
   });
 
+  test('drops are reported to the agent: a control line with the count leads the next batch', async () => {
+    const path = sockPath();
+    const c = client({ socket: path, maxBufferBytes: 10_000 });
+    let refused = 0;
+    for (let i = 0; i < 100; i++) if (!c.send({ i, pad: 'x'.repeat(980) })) refused++;
+    assert.ok(refused > 0);
+    const l = await Listener.start(path);
+    try {
+      await c.flush(5000);
+      const lines = (await l.waitForLines(101 - refused)) as Array<Record<string, unknown>>;
+      assert.deepEqual(lines[0], { _sidekick: 'dropped', count: refused }, 'the count goes first, once');
+      assert.equal(lines.filter((x) => '_sidekick' in x).length, 1);
+      assert.equal(lines.length, 1 + (100 - refused), 'every accepted record arrived');
+      c.send({ later: true });
+      await c.flush(5000);
+      const more = (await l.waitForLines(lines.length + 1)) as Array<Record<string, unknown>>;
+      assert.deepEqual(more.at(-1), { later: true }, 'nothing more to report: no second control line');
+    } finally {
+      await l.close();
+    }
+  });
+
+  test('bye: the client leaves a stopping agent at a line boundary and goes on with the next one', async () => {
+    const path = sockPath();
+    const first = await Listener.start(path);
+    const c = client({ socket: path });
+    for (let i = 0; i < 500; i++) c.send({ i });
+    await c.flush(5000);
+    await first.waitForLines(500);
+    // The agent says bye; the client must close its end (EOF) without waiting for the connection to die.
+    const closed = once(first, 'closed');
+    for (const sock of first.sockets) sock.write('{"_sidekick":"bye"}\n');
+    await within(closed, 5000, 'the client to close after bye');
+    await first.close();
+    const second = await Listener.start(path);
+    try {
+      for (let i = 500; i < 1000; i++) c.send({ i });
+      await c.flush(5000);
+      const lines = (await second.waitForLines(500)) as Array<{ i: number }>;
+      assert.deepEqual(
+        [...first.lines, ...lines].map((x) => (x as { i: number }).i),
+        Array.from({ length: 1000 }, (_, i) => i),
+        'every record once, in order, across the hand-over',
+      );
+      assert.ok(
+        first.raw.every((l) => l.endsWith('}')),
+        'no cut line at the stopping agent',
+      );
+      assert.equal(c.stats().dropped, 0);
+    } finally {
+      await second.close();
+    }
+  });
+
   test('buffer cap under backpressure: an agent that accepts but never reads', async () => {
     const path = sockPath();
     const hung = await startHungListener(path);

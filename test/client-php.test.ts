@@ -2,7 +2,7 @@
 // down (no file, stale file) and hung (accepting but never reading; never accepting with a full backlog).
 // Timing is measured inside PHP for information only; tests assert outcomes, bounded by generous deadlines.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -37,11 +37,8 @@ function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...base, ...extra };
 }
 
-function runPhp(transport: string, args: string[], extra: Record<string, string>): Promise<RunResult> {
-  return run(PHP ?? 'php', [...LOUD, ...args], {
-    env: env({ SIDEKICK_AGENT_TRANSPORT: transport, ...extra }),
-    ms: 20_000,
-  });
+function php(args: string[], extra: Record<string, string>): Promise<RunResult> {
+  return run(PHP ?? 'php', [...LOUD, ...args], { env: env(extra), ms: 20_000 });
 }
 
 function assertClean(r: RunResult): void {
@@ -54,166 +51,224 @@ function assertClean(r: RunResult): void {
 interface Timing {
   ok: boolean;
   ns: number;
-  transport: string;
   stats: { sent: number; dropped: number };
 }
 function readTiming(file: string): Timing {
   assert.ok(existsSync(file), 'the page got past Agent::send() and wrote its measurement');
   const t = JSON.parse(readFileSync(file, 'utf8')) as Timing;
   assert.equal(typeof t.ns, 'number');
-  console.log(`Agent::send() (${t.transport}) took ${(t.ns / 1000).toFixed(1)} µs (ok=${t.ok}) — information only`);
+  console.log(`Agent::send() took ${(t.ns / 1000).toFixed(1)} µs (ok=${t.ok}) — information only`);
   return t;
 }
 
-for (const t of ['socket', 'stream'])
-  describe(`PHP client (${t} transport)`, { skip: PHP_MISSING }, () => {
-    const transport = t;
-    const php = (args: string[], extra: Record<string, string>): Promise<RunResult> => runPhp(transport, args, extra);
-    const dirs = socketDir();
-    after(() => dirs.cleanup());
+describe('PHP client', { skip: PHP_MISSING }, () => {
+  const dirs = socketDir();
+  after(() => dirs.cleanup());
 
-    describe('agent up', () => {
-      let listener: Listener;
-      before(async () => {
-        listener = await Listener.start(dirs.path('up.sock'));
-      });
-      after(() => listener.close());
+  describe('agent up', () => {
+    let listener: Listener;
+    before(async () => {
+      listener = await Listener.start(dirs.path('up.sock'));
+    });
+    after(() => listener.close());
 
-      test('auto_prepend_file: exactly one line with the documented fields', async () => {
-        listener.lines.length = 0;
-        const t0 = Date.now();
-        const r = await php([...PREPEND, APP], {
-          SIDEKICK_AGENT_SOCKET: listener.path,
-          REQUEST_URI: '/shop/cart?id=7#frag',
-          REQUEST_METHOD: 'POST',
-        });
-        const t1 = Date.now();
-        assertClean(r);
-        const lines = await listener.settle();
-        assert.equal(lines.length, 1, `one record, got ${JSON.stringify(lines)}`);
-        const rec = lines[0] as Record<string, unknown>;
-        assert.equal(rec.type, 'php_request', 'a tag cannot override a built-in field');
-        assert.equal(rec.route, '/shop/cart');
-        assert.equal(rec.method, 'POST');
-        assert.equal(rec.status, 201);
-        assert.equal(typeof rec.ts, 'number');
-        assert.ok((rec.ts as number) >= t0 - 1000 && (rec.ts as number) <= t1 + 1000, `ts ${rec.ts} within the run`);
-        assert.equal(typeof rec.duration_ms, 'number');
-        assert.ok((rec.duration_ms as number) >= 0);
-        assert.ok(Number.isInteger(rec.memory_peak_bytes) && (rec.memory_peak_bytes as number) > 0);
-        assert.equal(rec.host, hostname());
-        assert.equal(rec.pid, r.pid);
-        assert.equal(rec.sapi, 'cli');
-        assert.equal(rec.user, '42');
-        assert.ok(listener.raw.every((l) => !l.includes('\n')));
+    test('auto_prepend_file: exactly one line with the documented fields', async () => {
+      listener.lines.length = 0;
+      const t0 = Date.now();
+      const r = await php([...PREPEND, APP], {
+        SIDEKICK_AGENT_SOCKET: listener.path,
+        REQUEST_URI: '/shop/cart?id=7#frag',
+        REQUEST_METHOD: 'POST',
       });
-
-      test('require (CLI: route is the script name), and prepend + require still sends one line', async () => {
-        listener.lines.length = 0;
-        const r1 = await php([APP_REQUIRE], { SIDEKICK_AGENT_SOCKET: listener.path });
-        assertClean(r1);
-        const r2 = await php([...PREPEND, APP_REQUIRE], { SIDEKICK_AGENT_SOCKET: listener.path });
-        assertClean(r2);
-        const lines = (await listener.settle()) as Record<string, unknown>[];
-        assert.equal(lines.length, 2, `one record per run, got ${JSON.stringify(lines)}`);
-        assert.deepEqual(lines.map((l) => l.pid).sort(), [r1.pid, r2.pid].sort());
-        for (const rec of lines) {
-          assert.equal(rec.route, '/custom/{id}', 'Agent::route() overrides the route');
-          assert.equal(rec.method, 'CLI');
-          assert.equal(rec.status, null, 'no status on the CLI when the script never set one');
-        }
-        listener.lines.length = 0;
-        const r3 = await php([join(FIXTURES, 'cli-route.php')], { SIDEKICK_AGENT_SOCKET: listener.path });
-        assertClean(r3);
-        const [rec] = (await listener.settle()) as Record<string, unknown>[];
-        assert.equal(rec?.route, join(FIXTURES, 'cli-route.php'), 'CLI route = script name');
-      });
-
-      test('socket path from a constant and from php.ini; env wins over both', async () => {
-        listener.lines.length = 0;
-        assertClean(await php([APP_REQUIRE], { APP_CONSTANT: listener.path }));
-        assertClean(await php(['-d', `sidekick.agent_socket=${listener.path}`, ...PREPEND, APP], {}));
-        assertClean(
-          await php(['-d', `sidekick.agent_socket=${dirs.path('nothing-here.sock')}`, ...PREPEND, APP], {
-            SIDEKICK_AGENT_SOCKET: listener.path,
-          }),
-        );
-        const lines = await listener.settle();
-        assert.equal(lines.length, 3);
-      });
-
-      test('Agent::disable() and SIDEKICK_AGENT_DISABLE=1 send nothing', async () => {
-        listener.lines.length = 0;
-        assertClean(await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, APP_DISABLE: '1' }));
-        assertClean(
-          await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, SIDEKICK_AGENT_DISABLE: '1' }),
-        );
-        assert.deepEqual(await listener.settle(), []);
-      });
-
-      test('Agent::send() returns true and the record arrives', async () => {
-        listener.lines.length = 0;
-        const out = join(dirs.dir, 'timing-up.json');
-        const r = await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, APP_TIMING_OUT: out });
-        assertClean(r);
-        const t = readTiming(out);
-        assert.equal(t.ok, true);
-        assert.equal(t.stats.sent, 1);
-        assert.equal(t.transport, transport, 'the transport under test was used');
-        const lines = (await listener.settle()) as Record<string, unknown>[];
-        assert.deepEqual(
-          lines.map((l) => l.type),
-          ['probe', 'php_request'],
-        );
-      });
+      const t1 = Date.now();
+      assertClean(r);
+      const lines = await listener.settle();
+      assert.equal(lines.length, 1, `one record, got ${JSON.stringify(lines)}`);
+      const rec = lines[0] as Record<string, unknown>;
+      assert.equal(rec.type, 'php_request', 'a tag cannot override a built-in field');
+      assert.equal(rec.route, '/shop/cart');
+      assert.equal(rec.method, 'POST');
+      assert.equal(rec.status, 201);
+      assert.equal(typeof rec.ts, 'number');
+      assert.ok((rec.ts as number) >= t0 - 1000 && (rec.ts as number) <= t1 + 1000, `ts ${rec.ts} within the run`);
+      assert.equal(typeof rec.duration_ms, 'number');
+      assert.ok((rec.duration_ms as number) >= 0);
+      assert.ok(Number.isInteger(rec.memory_peak_bytes) && (rec.memory_peak_bytes as number) > 0);
+      assert.equal(rec.host, hostname());
+      assert.equal(rec.pid, r.pid);
+      assert.equal(rec.sapi, 'cli');
+      assert.equal(rec.user, '42');
+      assert.ok(listener.raw.every((l) => !l.includes('\n')));
     });
 
-    describe('agent down or hung: php exits 0, prints nothing, the send returns false or drops', () => {
-      const cases: Array<{ name: string; setup: (path: string) => Promise<() => Promise<void>>; ok: boolean | null }> =
-        [
-          { name: 'no socket file', setup: async () => async () => {}, ok: false },
-          {
-            name: 'stale socket file (nobody listening)',
-            setup: async (path) => {
-              await makeStaleSocket(path);
-              assert.ok(existsSync(path), 'the stale file is there');
-              return async () => {};
-            },
-            ok: false,
-          },
-          {
-            name: 'hung: accepts but never reads, kernel buffer pre-filled by another connection',
-            setup: async (path) => (await startHungListener(path)).close,
-            ok: null, // a fresh connection has its own send buffer, so the kernel may still take the line
-          },
-          {
-            name: 'hung: never accepts, backlog full',
-            setup: async (path) => (await startNeverAccepting(path)).close,
-            ok: false,
-          },
-        ];
-      for (const c of cases) {
-        test(c.name, async () => {
-          const path = dirs.path(`case-${cases.indexOf(c)}.sock`);
-          const teardown = await c.setup(path);
-          try {
-            for (const strict of ['0', '1']) {
-              const out = join(dirs.dir, `timing-${cases.indexOf(c)}-${strict}.json`);
-              const r = await php([...PREPEND, APP], {
-                SIDEKICK_AGENT_SOCKET: path,
-                APP_TIMING_OUT: out,
-                APP_STRICT: strict,
-                REQUEST_URI: '/x',
-              });
-              assertClean(r);
-              const t = readTiming(out);
-              if (c.ok !== null) assert.equal(t.ok, c.ok);
-              if (c.ok === false) assert.equal(t.stats.dropped, 1);
-            }
-          } finally {
-            await teardown();
+    test('require (CLI: route is the script name), and prepend + require still sends one line', async () => {
+      listener.lines.length = 0;
+      const r1 = await php([APP_REQUIRE], { SIDEKICK_AGENT_SOCKET: listener.path });
+      assertClean(r1);
+      const r2 = await php([...PREPEND, APP_REQUIRE], { SIDEKICK_AGENT_SOCKET: listener.path });
+      assertClean(r2);
+      const lines = (await listener.settle()) as Record<string, unknown>[];
+      assert.equal(lines.length, 2, `one record per run, got ${JSON.stringify(lines)}`);
+      assert.deepEqual(lines.map((l) => l.pid).sort(), [r1.pid, r2.pid].sort());
+      for (const rec of lines) {
+        assert.equal(rec.route, '/custom/{id}', 'Agent::route() overrides the route');
+        assert.equal(rec.method, 'CLI');
+        assert.equal(rec.status, null, 'no status on the CLI when the script never set one');
+      }
+      listener.lines.length = 0;
+      const r3 = await php([join(FIXTURES, 'cli-route.php')], { SIDEKICK_AGENT_SOCKET: listener.path });
+      assertClean(r3);
+      const [rec] = (await listener.settle()) as Record<string, unknown>[];
+      assert.equal(rec?.route, join(FIXTURES, 'cli-route.php'), 'CLI route = script name');
+    });
+
+    test('socket path from a constant and from php.ini; env wins over both', async () => {
+      listener.lines.length = 0;
+      assertClean(await php([APP_REQUIRE], { APP_CONSTANT: listener.path }));
+      assertClean(await php(['-d', `sidekick.agent_socket=${listener.path}`, ...PREPEND, APP], {}));
+      assertClean(
+        await php(['-d', `sidekick.agent_socket=${dirs.path('nothing-here.sock')}`, ...PREPEND, APP], {
+          SIDEKICK_AGENT_SOCKET: listener.path,
+        }),
+      );
+      const lines = await listener.settle();
+      assert.equal(lines.length, 3);
+    });
+
+    test('Agent::disable() and SIDEKICK_AGENT_DISABLE=1 send nothing', async () => {
+      listener.lines.length = 0;
+      assertClean(await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, APP_DISABLE: '1' }));
+      assertClean(await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, SIDEKICK_AGENT_DISABLE: '1' }));
+      assert.deepEqual(await listener.settle(), []);
+    });
+
+    test('Agent::send() returns true and the record arrives', async () => {
+      listener.lines.length = 0;
+      const out = join(dirs.dir, 'timing-up.json');
+      const r = await php([...PREPEND, APP], { SIDEKICK_AGENT_SOCKET: listener.path, APP_TIMING_OUT: out });
+      assertClean(r);
+      const t = readTiming(out);
+      assert.equal(t.ok, true);
+      assert.equal(t.stats.sent, 1);
+      const lines = (await listener.settle()) as Record<string, unknown>[];
+      assert.deepEqual(
+        lines.map((l) => l.type),
+        ['probe', 'php_request'],
+      );
+    });
+  });
+
+  describe('agent down or hung: php exits 0, prints nothing, the send returns false or drops', () => {
+    const cases: Array<{ name: string; setup: (path: string) => Promise<() => Promise<void>>; ok: boolean | null }> = [
+      { name: 'no socket file', setup: async () => async () => {}, ok: false },
+      {
+        name: 'stale socket file (nobody listening)',
+        setup: async (path) => {
+          await makeStaleSocket(path);
+          assert.ok(existsSync(path), 'the stale file is there');
+          return async () => {};
+        },
+        ok: false,
+      },
+      {
+        name: 'hung: accepts but never reads, kernel buffer pre-filled by another connection',
+        setup: async (path) => (await startHungListener(path)).close,
+        ok: null, // a fresh connection has its own send buffer, so the kernel may still take the line
+      },
+      {
+        name: 'hung: never accepts, backlog full',
+        setup: async (path) => (await startNeverAccepting(path)).close,
+        ok: false,
+      },
+    ];
+    for (const c of cases) {
+      test(c.name, async () => {
+        const path = dirs.path(`case-${cases.indexOf(c)}.sock`);
+        const spill = dirs.path(`spill-${cases.indexOf(c)}`);
+        const teardown = await c.setup(path);
+        try {
+          for (const strict of ['0', '1']) {
+            const out = join(dirs.dir, `timing-${cases.indexOf(c)}-${strict}.json`);
+            const r = await php([...PREPEND, APP], {
+              SIDEKICK_AGENT_SOCKET: path,
+              SIDEKICK_AGENT_SPILL_DIR: spill,
+              APP_TIMING_OUT: out,
+              APP_STRICT: strict,
+              REQUEST_URI: '/x',
+            });
+            assertClean(r);
+            const t = readTiming(out);
+            if (c.ok !== null) assert.equal(t.ok, c.ok);
+            if (c.ok === false) assert.equal(t.stats.dropped, 1);
           }
-        });
+          // Each run dropped its probe and its request record: 2 runs x 2, all waiting in the drop ledger.
+          if (c.ok === false) assert.equal(ledgerSum(spill), 4, 'every drop is in the ledger');
+        } finally {
+          await teardown();
+        }
+      });
+    }
+  });
+
+  describe('drops reach the agent', () => {
+    test('drops while the agent is down are reported with the next fresh connection (control line first)', async () => {
+      const path = dirs.path('ledger.sock');
+      const spill = dirs.path('spill-ledger');
+      const base = { SIDEKICK_AGENT_SOCKET: path, SIDEKICK_AGENT_SPILL_DIR: spill, REQUEST_URI: '/down' };
+      assertClean(await php([...PREPEND, APP], { ...base, APP_TIMING_OUT: join(dirs.dir, 'ledger-1.json') }));
+      assertClean(await php([...PREPEND, APP], base));
+      assert.equal(ledgerSum(spill), 3, 'probe + request, then request: 3 drops in the ledger');
+      const listener = await Listener.start(path);
+      try {
+        assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/up' }));
+        const lines = (await listener.settle()) as Record<string, unknown>[];
+        assert.deepEqual(lines[0], { _sidekick: 'dropped', count: 3 }, 'the control line goes first');
+        assert.deepEqual(
+          lines.slice(1).map((l) => l.route),
+          ['/up'],
+        );
+        assert.equal(ledgerSum(spill), 0, 'the ledger was claimed');
+        assert.deepEqual(
+          readdirSync(spill).filter((f) => f.startsWith('dropped')),
+          [],
+          'no claim file is left behind',
+        );
+      } finally {
+        await listener.close();
+      }
+    });
+
+    test('a record over 1 MiB is dropped and reported at once on the working connection', async () => {
+      const listener = await Listener.start(dirs.path('huge.sock'));
+      try {
+        assertClean(
+          await php([...PREPEND, APP], {
+            SIDEKICK_AGENT_SOCKET: listener.path,
+            SIDEKICK_AGENT_SPILL_DIR: dirs.path('spill-huge'),
+            APP_HUGE: '1',
+            REQUEST_URI: '/huge',
+          }),
+        );
+        const lines = (await listener.settle()) as Record<string, unknown>[];
+        assert.deepEqual(lines[0], { _sidekick: 'dropped', count: 1 });
+        assert.deepEqual(
+          lines.slice(1).map((l) => l.route),
+          ['/huge'],
+        );
+        assert.equal(listener.accepted, 2, 'one connection for the whole request (+ the settle sentinel)');
+      } finally {
+        await listener.close();
       }
     });
   });
+});
+
+/** Sum of the counts in a drop ledger (0 when there is none). */
+function ledgerSum(spillDir: string): number {
+  const file = join(spillDir, 'dropped');
+  if (!existsSync(file)) return 0;
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .reduce((a, n) => a + Number(n), 0);
+}

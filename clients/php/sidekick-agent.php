@@ -3,10 +3,10 @@
  * Sidekick agent client for PHP — one request-scoped include, no extension, no Composer package.
  *
  * It measures the request it is loaded into and, at the very end of the request, sends one NDJSON line to the local
- * Sidekick agent over its Unix stream socket. The send is fire-and-forget and bounded: non-blocking connect, one
- * non-blocking write, close. When the agent is down (no socket file, stale file) or hung (backlog full, buffer full)
- * the record is dropped and counted; the request never waits for the agent, never sees an exception or a warning, and
- * its response (status, headers, body) is never changed.
+ * Sidekick agent over its Unix stream socket. The send is fire-and-forget and bounded: one non-blocking write on a
+ * connection that this PHP process keeps open across requests. When the agent is down or hung the record is dropped
+ * and counted; the request never waits for more than SIDEKICK_AGENT_MAX_WAIT_US (500 µs), never sees an exception or a
+ * warning, and its response (status, headers, body) is never changed.
  *
  * INSTALL (pick one)
  *   php.ini / conf.d:     auto_prepend_file = /opt/sidekick/clients/php/sidekick-agent.php
@@ -15,22 +15,26 @@
  *   in code:              require '/opt/sidekick/clients/php/sidekick-agent.php';   // as early as possible
  *   Loading it twice in one request (prepend + require) is harmless: one record per request.
  *
- * SOCKET PATH (first match wins)
- *   1. env SIDEKICK_AGENT_SOCKET (getenv(), or a FastCGI param of that name in $_SERVER)
- *   2. constant SIDEKICK_AGENT_SOCKET, defined before this file is loaded
- *   3. php.ini entry sidekick.agent_socket (read with get_cfg_var(); any php.ini/conf.d file, or -d on the CLI)
- *   4. the agent's documented default: /run/sidekick/agent.sock when running as root or when /run/sidekick exists
- *      (the systemd unit's RuntimeDirectory), else $XDG_RUNTIME_DIR/sidekick/agent.sock, else ./var/agent.sock
- *      relative to the working directory.
- *   Switches: SIDEKICK_AGENT_DISABLE=1 (env) or sidekick.agent_disable=1 (ini) turns the client off;
- *   SIDEKICK_AGENT_FINISH_REQUEST=1 / sidekick.agent_finish_request=1 calls fastcgi_finish_request() before the send.
+ * SETTINGS (each: env var, or a FastCGI param of that name, or the php.ini entry; first match wins)
+ *   SIDEKICK_AGENT_SOCKET      sidekick.agent_socket      the socket (also: constant SIDEKICK_AGENT_SOCKET). Default as
+ *       the agent's: /run/sidekick/agent.sock when running as root or when /run/sidekick exists (the systemd unit's
+ *       RuntimeDirectory), else $XDG_RUNTIME_DIR/sidekick/agent.sock, else ./var/agent.sock under the working dir.
+ *   SIDEKICK_AGENT_SPILL_DIR   sidekick.agent_spill_dir   where drop counts wait for the next connection (the drop
+ *       ledger, file "dropped"); default: the socket's directory + /spill. Must be writable by the pool's user.
+ *   SIDEKICK_AGENT_MAX_WAIT_US sidekick.agent_max_wait_us total time one send may wait for the socket (default 500).
+ *   SIDEKICK_AGENT_SNDBUF      sidekick.agent_sndbuf      socket send buffer asked for (default 1 MiB; the kernel caps
+ *       it at net.core.wmem_max; 0 keeps the system default). Needs ext-sockets; without it the default stays.
+ *   SIDEKICK_AGENT_DISABLE=1   sidekick.agent_disable=1   turns the client off.
+ *   SIDEKICK_AGENT_FINISH_REQUEST=1 / sidekick.agent_finish_request=1: fastcgi_finish_request() before the send.
  *
- * TRANSPORT. With ext-sockets loaded (it is in Debian's php-cli/php-fpm) the send uses socket_create +
- * socket_set_nonblock + socket_connect + socket_send(MSG_DONTWAIT|MSG_NOSIGNAL) + socket_close, which skips PHP's
- * stream layer (~40% cheaper); otherwise stream_socket_client(…, STREAM_CLIENT_CONNECT|STREAM_CLIENT_ASYNC_CONNECT)
- * + stream_set_blocking(false) + fwrite + fclose. Both never wait: a Unix connect either succeeds at once or fails
- * at once (ENOENT, ECONNREFUSED, EAGAIN when the accept backlog is full). SIDEKICK_AGENT_TRANSPORT=stream forces
- * the stream path.
+ * CONNECTION. One persistent stream per PHP process (stream_socket_client with STREAM_CLIENT_PERSISTENT), reused by
+ * every request that process serves, so a request costs one write(2) and no connect/accept/close. PHP checks a reused
+ * persistent socket for liveness (poll + peek) before handing it out: when the agent died and the connection is dead,
+ * it reconnects. A stopping agent writes {"_sidekick":"bye"} on every connection and keeps reading until the client
+ * closes: the client reads (one non-blocking read per request), closes and connects again, so nothing it wrote is
+ * lost at an agent restart. A write that fails on a connection that looked alive is retried on a new
+ * connection once per request. A fresh connection is made non-blocking and gets a larger send buffer (the agent can
+ * be off the CPU for tens of milliseconds on a busy host; the default buffer holds ~170 records).
  *
  * RECORD (one JSON object, one line):
  *   {"ts": Unix epoch ms at include, "type": "php_request", "route": REQUEST_URI path without the query (script name
@@ -51,12 +55,14 @@
  * unless the app already called fastcgi_finish_request() — Symfony's Response::send() (and so Laravel) does, and then
  * the send happens after the response was flushed to the web server and the user. With
  * SIDEKICK_AGENT_FINISH_REQUEST=1 this client calls fastcgi_finish_request() itself just before the send; it is off by
- * default because output or headers produced later (object destructors) would then be discarded. The send itself
- * costs tens of microseconds (see docs/benchmarks.md, B5), so either way the user does not wait for the agent.
+ * default because output or headers produced later (object destructors) would then be discarded.
  *
- * DROPS. A record is dropped (never retried, never blocking) when: the socket file is missing or stale, the agent's
- * accept backlog is full, the write would block or is short, the line exceeds 1 MiB, or encoding fails. Drops are
- * counted per process (Agent::stats()) and, when APCu is enabled, in the shared counter 'sidekick.agent.dropped'.
+ * DROPS. A record is dropped (never blocking beyond the wait budget) when: the agent cannot be reached (no socket
+ * file, stale file, backlog full), the socket does not take the whole line within the wait budget (then the
+ * connection is closed: the agent discards a cut line), the line exceeds 1 MiB, or encoding fails. Every drop is
+ * reported to the agent, which counts it as client_dropped: with the next line on a working connection, or, when the
+ * connection is what failed, through the drop ledger (a small file in the spill dir that the next fresh connection of
+ * any PHP process claims and reports). Per process: Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'.
  *
  * Requires PHP >= 8.1 (tested with Debian's PHP 8.2 CLI). Docs: docs/clients.md.
  */
@@ -73,6 +79,12 @@ if (!\class_exists(Agent::class, false)) {
         public const DEFAULT_ROOT_SOCKET = '/run/sidekick/agent.sock';
         /** Seconds PHP may poll for a connect that reports EAGAIN; unix connects never report EINPROGRESS. */
         public const CONNECT_TIMEOUT_S = 0.0005;
+        public const DEFAULT_MAX_WAIT_US = 500;
+        public const DEFAULT_SNDBUF = 1048576;
+        /** Connections one request may open: the first, and one more when a write finds it dead. */
+        public const MAX_CONNECTS_PER_REQUEST = 2;
+        /** The drop ledger's file name inside the spill dir. */
+        public const LEDGER = 'dropped';
 
         private static bool $booted = false;
         private static bool $disabled = false;
@@ -82,9 +94,14 @@ if (!\class_exists(Agent::class, false)) {
         /** @var array<string, mixed> */
         private static array $tags = [];
         private static ?string $socket = null;
-        private static ?string $transport = null;
+        private static ?string $spillDir = null;
         private static int $sent = 0;
         private static int $dropped = 0;
+        /** Drops not yet reported to the agent (this request's, plus any claimed from the ledger). */
+        private static int $unreported = 0;
+        /** @var resource|null this request's handle on the process's persistent connection */
+        private static $conn = null;
+        private static int $connects = 0;
 
         /** Called once per request by this file; later calls (second include) are no-ops. */
         public static function boot(): void
@@ -144,20 +161,21 @@ if (!\class_exists(Agent::class, false)) {
             if (self::$socket !== null) {
                 return self::$socket;
             }
-            $path = \getenv('SIDEKICK_AGENT_SOCKET');
-            if (!\is_string($path) || $path === '') {
-                $path = $_SERVER['SIDEKICK_AGENT_SOCKET'] ?? null;
-            }
-            if ((!\is_string($path) || $path === '') && \defined('SIDEKICK_AGENT_SOCKET')) {
+            $path = self::setting('SIDEKICK_AGENT_SOCKET', null);
+            if ($path === null && \defined('SIDEKICK_AGENT_SOCKET')) {
                 $path = (string) \constant('SIDEKICK_AGENT_SOCKET');
             }
-            if (!\is_string($path) || $path === '') {
-                $path = \get_cfg_var('sidekick.agent_socket');
-            }
-            if (!\is_string($path) || $path === '') {
-                $path = self::defaultSocket();
+            if ($path === null || $path === '') {
+                $path = self::setting(null, 'sidekick.agent_socket') ?? self::defaultSocket();
             }
             return self::$socket = $path;
+        }
+
+        /** Where the drop ledger (and, later, spilled records) live: setting, else <socket dir>/spill. */
+        public static function spillDir(): string
+        {
+            return self::$spillDir ??= self::setting('SIDEKICK_AGENT_SPILL_DIR', 'sidekick.agent_spill_dir')
+                ?? \dirname(self::socketPath()) . '/spill';
         }
 
         /** First of our shutdown functions: queue the real send behind every other shutdown function. */
@@ -208,13 +226,15 @@ if (!\class_exists(Agent::class, false)) {
         }
 
         /**
-         * Sends one record as one line: non-blocking connect, one non-blocking write, close. Returns true when the
-         * kernel accepted the whole line, false when the record was dropped (and counted). Never throws, never warns.
+         * Sends one record as one line on the persistent connection. Returns true when the kernel accepted the whole
+         * line, false when the record was dropped (counted, and reported to the agent). Never throws, never warns.
          *
          * @param array<string, mixed> $record
          */
         public static function send(array $record): bool
         {
+            // Silence everything in here, including user error handlers (the @ operator alone still calls them).
+            \set_error_handler(static fn (): bool => true);
             try {
                 $line = \json_encode(
                     $record,
@@ -222,85 +242,211 @@ if (!\class_exists(Agent::class, false)) {
                         | \JSON_PARTIAL_OUTPUT_ON_ERROR | \JSON_PRESERVE_ZERO_FRACTION,
                 );
                 if (!\is_string($line) || \strlen($line) >= self::MAX_RECORD_BYTES) {
-                    return self::drop();
+                    // Nothing wrong with the connection: report the drop on it now (a control line alone).
+                    self::countDrop();
+                    if (!self::write('')) {
+                        self::persistUnreported();
+                    }
+                    return false;
                 }
-                $line .= "\n";
-                // Silence everything in here, including user error handlers (the @ operator alone still calls them).
-                \set_error_handler(static fn (): bool => true);
-                try {
-                    $n = self::transport() === 'socket' ? self::writeSocket($line) : self::writeStream($line);
-                } finally {
-                    \restore_error_handler();
+                if (self::write($line . "\n")) {
+                    self::$sent++;
+                    return true;
                 }
-                if ($n !== \strlen($line)) {
-                    return self::drop(); // would block (0), short write, or error (false)
-                }
-                self::$sent++;
-                return true;
+                return self::drop();
             } catch (\Throwable) {
                 return self::drop();
+            } finally {
+                \restore_error_handler();
             }
         }
 
         /**
-         * 'socket' (ext-sockets: socket_create/socket_connect/socket_send, about 8 µs cheaper per send than the
-         * stream layer) when the extension is loaded, else 'stream' (stream_socket_client). Force one with env
-         * SIDEKICK_AGENT_TRANSPORT=stream|socket.
+         * Writes $line (prefixed with a control line for unreported drops) within the wait budget. On failure the
+         * connection is closed, so a cut line is discarded by the agent. True when everything was written.
          */
-        public static function transport(): string
+        private static function write(string $line): bool
         {
-            if (self::$transport !== null) {
-                return self::$transport;
-            }
-            $forced = \getenv('SIDEKICK_AGENT_TRANSPORT');
-            $sockets = \function_exists('socket_create') && \defined('MSG_NOSIGNAL') && \defined('AF_UNIX');
-            if ($forced === 'stream' || !$sockets) {
-                return self::$transport = 'stream';
-            }
-            return self::$transport = 'socket';
-        }
-
-        /** ext-sockets: non-blocking connect, one send(MSG_DONTWAIT|MSG_NOSIGNAL), close. Bytes sent or false. */
-        private static function writeSocket(string $line): int|false
-        {
-            $sock = @\socket_create(\AF_UNIX, \SOCK_STREAM, 0);
-            if ($sock === false) {
-                return false;
-            }
-            try {
-                @\socket_set_nonblock($sock);
-                // ENOENT (no agent), ECONNREFUSED (stale file), EAGAIN (backlog full): false at once.
-                if (!@\socket_connect($sock, self::socketPath())) {
-                    return false;
+            $deadline = \hrtime(true) + self::maxWaitUs() * 1000;
+            while (($conn = self::connection()) !== null) {
+                $control = self::$unreported > 0 ? '{"_sidekick":"dropped","count":' . self::$unreported . "}\n" : '';
+                $payload = $control . $line;
+                $written = self::writeAll($conn, $payload, $deadline);
+                if ($written >= \strlen($control)) {
+                    self::$unreported = 0; // the control line went out whole: the agent has the count
                 }
-                return @\socket_send($sock, $line, \strlen($line), \MSG_DONTWAIT | \MSG_NOSIGNAL);
-            } finally {
-                @\socket_close($sock);
+                if ($written === \strlen($payload)) {
+                    return true;
+                }
+                self::disconnect();
+                if ($written !== -1) {
+                    return false; // stalled, or cut mid-line: never wait for a second connection
+                }
+                // -1: the connection was dead before anything was written (agent restarted): reopen once.
             }
+            return false;
         }
 
-        /** Streams: non-blocking (async) connect, stream_set_blocking(false), one fwrite, close. */
-        private static function writeStream(string $line): int|false
+        /**
+         * Bytes written: all of them, fewer when the socket did not take the rest before the deadline, or -1 when
+         * the connection failed before the first byte.
+         *
+         * @param resource $conn
+         */
+        private static function writeAll($conn, string $payload, int $deadline): int
         {
-            $fp = @\stream_socket_client(
-                'unix://' . self::socketPath(),
-                $errno,
-                $errstr,
-                self::CONNECT_TIMEOUT_S,
-                \STREAM_CLIENT_CONNECT | \STREAM_CLIENT_ASYNC_CONNECT,
-            );
-            if ($fp === false) {
-                return false; // ENOENT (no agent), ECONNREFUSED (stale file), EAGAIN (backlog full)
+            $len = \strlen($payload);
+            if ($len === 0) {
+                return 0;
             }
-            @\stream_set_blocking($fp, false);
-            $n = @\fwrite($fp, $line);
-            @\fclose($fp);
-            return $n;
+            $off = 0;
+            for (;;) {
+                $n = @\fwrite($conn, $off === 0 ? $payload : \substr($payload, $off));
+                if ($n === false) {
+                    return $off === 0 ? -1 : $off; // EPIPE / ECONNRESET
+                }
+                $off += $n;
+                if ($off >= $len) {
+                    return $off;
+                }
+                // The send buffer is full (the agent is behind): wait for room, within the budget.
+                $left = $deadline - \hrtime(true);
+                if ($left <= 0) {
+                    return $off;
+                }
+                $r = null;
+                $w = [$conn];
+                $e = null;
+                if (@\stream_select($r, $w, $e, 0, \intdiv($left, 1000)) !== 1) {
+                    return $off;
+                }
+            }
         }
 
+        /** @return resource|null the persistent connection, opened (or reopened) if needed */
+        private static function connection()
+        {
+            if (self::$conn !== null) {
+                return self::$conn;
+            }
+            while (self::$connects < self::MAX_CONNECTS_PER_REQUEST) {
+                self::$connects++;
+                // Reuses this process's connection when PHP finds it alive (poll + peek), else connects: ENOENT (no
+                // agent), ECONNREFUSED (stale file) and EAGAIN (backlog full) fail at once.
+                $conn = @\stream_socket_client(
+                    'unix://' . self::socketPath(),
+                    $errno,
+                    $errstr,
+                    self::CONNECT_TIMEOUT_S,
+                    \STREAM_CLIENT_CONNECT | \STREAM_CLIENT_PERSISTENT,
+                );
+                if (!\is_resource($conn)) {
+                    return null;
+                }
+                if (@\ftell($conn) === 0) {
+                    // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
+                    @\stream_set_blocking($conn, false);
+                    self::tuneSendBuffer($conn);
+                    self::$unreported += self::claimLedger();
+                    return self::$conn = $conn;
+                }
+                if (!self::agentSaidBye($conn)) {
+                    return self::$conn = $conn;
+                }
+                @\fclose($conn); // that agent is stopping: what we wrote before is read; connect to the next one
+            }
+            return null;
+        }
+
+        /**
+         * One non-blocking read of what the agent wrote on this connection ('' in the usual case: one recv(2) that
+         * finds nothing). The agent writes only control lines; {"_sidekick":"bye"} means it is stopping and reads
+         * until we close.
+         *
+         * @param resource $conn
+         */
+        private static function agentSaidBye($conn): bool
+        {
+            $in = @\fread($conn, 8192);
+            return \is_string($in) && $in !== '' && \str_contains($in, '{"_sidekick":"bye"}');
+        }
+
+        private static function disconnect(): void
+        {
+            if (self::$conn !== null) {
+                @\fclose(self::$conn); // closes the persistent socket too: the next request connects anew
+                self::$conn = null;
+            }
+        }
+
+        /** @param resource $conn */
+        private static function tuneSendBuffer($conn): void
+        {
+            $bytes = (int) (self::setting('SIDEKICK_AGENT_SNDBUF', 'sidekick.agent_sndbuf') ?? self::DEFAULT_SNDBUF);
+            if ($bytes <= 0 || !\function_exists('socket_import_stream')) {
+                return;
+            }
+            $sock = @\socket_import_stream($conn);
+            if ($sock !== false && $sock !== null) {
+                @\socket_set_option($sock, \SOL_SOCKET, \SO_SNDBUF, $bytes);
+            }
+        }
+
+        /** Takes the ledger over (rename, read, delete) and returns the drop count it held. One syscall if empty. */
+        private static function claimLedger(): int
+        {
+            $dir = self::spillDir();
+            $claim = $dir . '/' . self::LEDGER . '.claim.' . \getmypid() . '.' . \hrtime(true);
+            if (!@\rename($dir . '/' . self::LEDGER, $claim)) {
+                return 0;
+            }
+            $text = @\file_get_contents($claim);
+            @\unlink($claim);
+            $sum = 0;
+            foreach (\explode("\n", \is_string($text) ? $text : '') as $n) {
+                $sum += \max(0, (int) $n);
+            }
+            return $sum;
+        }
+
+        /** Counts one drop whose line never reached the agent, and keeps the count for the next connection. */
         private static function drop(): bool
         {
+            self::countDrop();
+            self::persistUnreported();
+            return false;
+        }
+
+        private static function countDrop(): void
+        {
             self::$dropped++;
+            self::$unreported++;
+            self::countShared();
+        }
+
+        /**
+         * The connection failed, so the unreported count goes to the ledger, where the next fresh connection of any
+         * PHP process on this host claims it. Kept in this request (reported on a later send) if the ledger fails.
+         */
+        private static function persistUnreported(): void
+        {
+            if (self::$unreported <= 0) {
+                return;
+            }
+            $dir = self::spillDir();
+            $entry = self::$unreported . "\n";
+            // One O_APPEND write of a few bytes: whole, whatever other PHP processes append at the same time.
+            $ok = @\file_put_contents($dir . '/' . self::LEDGER, $entry, \FILE_APPEND) === \strlen($entry);
+            if (!$ok && !@\is_dir($dir) && @\mkdir($dir, 0770, true)) {
+                $ok = @\file_put_contents($dir . '/' . self::LEDGER, $entry, \FILE_APPEND) === \strlen($entry);
+            }
+            if ($ok) {
+                self::$unreported = 0;
+            }
+        }
+
+        private static function countShared(): void
+        {
             try {
                 if (\function_exists('apcu_enabled') && \apcu_enabled()) {
                     @\apcu_inc(self::APCU_DROPPED_KEY);
@@ -308,7 +454,12 @@ if (!\class_exists(Agent::class, false)) {
             } catch (\Throwable) {
                 // counting is best effort
             }
-            return false;
+        }
+
+        private static function maxWaitUs(): int
+        {
+            $v = self::setting('SIDEKICK_AGENT_MAX_WAIT_US', 'sidekick.agent_max_wait_us');
+            return $v === null ? self::DEFAULT_MAX_WAIT_US : \max(0, (int) $v);
         }
 
         private static function defaultRoute(): string
@@ -336,13 +487,32 @@ if (!\class_exists(Agent::class, false)) {
             return (\is_string($cwd) ? $cwd : '.') . '/var/agent.sock';
         }
 
+        /** A setting from env (getenv(), then a FastCGI param in $_SERVER), else php.ini; null when unset or empty. */
+        private static function setting(?string $env, ?string $ini): ?string
+        {
+            if ($env !== null) {
+                $v = \getenv($env);
+                if (\is_string($v) && $v !== '') {
+                    return $v;
+                }
+                $v = $_SERVER[$env] ?? null;
+                if (\is_string($v) && $v !== '') {
+                    return $v;
+                }
+            }
+            if ($ini !== null) {
+                $v = \get_cfg_var($ini);
+                if (\is_string($v) && $v !== '') {
+                    return $v;
+                }
+            }
+            return null;
+        }
+
         private static function flag(string $env, string $ini): bool
         {
-            $v = \getenv($env);
-            if (!\is_string($v) || $v === '') {
-                $v = \get_cfg_var($ini);
-            }
-            return \is_string($v) && \in_array(\strtolower($v), ['1', 'on', 'true', 'yes'], true);
+            $v = self::setting($env, $ini);
+            return $v !== null && \in_array(\strtolower($v), ['1', 'on', 'true', 'yes'], true);
         }
     }
 }

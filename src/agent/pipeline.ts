@@ -66,8 +66,12 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
 }
 
 const MIN_BATCH_BYTES = 64 * 1024;
-/** Accept backlog (capped by net.core.somaxconn): PHP workers connect once per request, bursts must queue, not fail. */
+/** Accept backlog (capped by net.core.somaxconn): bursts of (re)connecting clients must queue, not fail. */
 const LISTEN_BACKLOG = 4096;
+/** At a final stop, after the socket file is gone: time for the event loop to accept what the backlog holds. */
+const BACKLOG_SETTLE_MS = 20;
+/** At a final stop, a connection that sent nothing this long after `bye` is done (idle FPM children, say). */
+const DRAIN_IDLE_MS = 250;
 /** Retry-After is honoured up to max(retry.maxDelayMs, breaker.halfOpenAfterMs, this). */
 const RETRY_AFTER_CAP_FLOOR_MS = 60_000;
 
@@ -286,10 +290,16 @@ export class AgentPipeline extends EventEmitter {
     const closeMargin = Math.min(1000, timeoutMs / 10);
     const deadline = t0 + Math.max(0, timeoutMs - closeMargin);
     const receiver = this.receiver!;
-    receiver.stopAccepting();
     if (final) {
-      await receiver.drain(100, Math.min(2000, timeoutMs / 5));
+      // No connection may be left unaccepted in the backlog (its lines would be lost when the socket closes): the
+      // socket file goes first (the supervisor does this for a shared socket), so no new client can connect, then
+      // one more turn of the event loop accepts whatever is queued, then the listener closes.
+      this.socketFile?.unlinkIfOurs();
+      await new Promise((r) => setTimeout(r, BACKLOG_SETTLE_MS));
+      receiver.stopAccepting();
+      await receiver.drain(DRAIN_IDLE_MS, Math.min(2000, timeoutMs / 5));
     } else {
+      receiver.stopAccepting();
       onConnections?.(receiver.detachAll());
     }
     try {

@@ -252,6 +252,9 @@ export class AgentSupervisor {
     clearTimeout(this.restartTimer);
     const budget = this.cfg.stopTimeoutMs;
     if (this.recycling) await withTimeout(this.recycling, budget);
+    // The socket file goes first: from now on clients fail to connect (and count a drop) instead of queueing in a
+    // backlog that nobody will accept; the worker accepts what is already queued before it closes the listener.
+    this.listener?.file?.unlinkIfOurs();
     const live = [...this.workers].filter((w) => w.state !== 'exited');
     await Promise.all(
       live.map(async (w) => {

@@ -11,6 +11,10 @@
 // - Never keeps the process alive: timers are unref'ed and so is the connected socket. Only a connect attempt with
 //   records waiting is ref'ed, bounded by `connectTimeoutMs`, so a short script's records still go out. When the last
 //   records matter (agent slow or restarting), `await client.flush()` holds the process for at most its timeout.
+// - Drops are reported: the count of records dropped since the last report goes to the agent as a control line in
+//   front of the next batch (`{"_sidekick":"dropped","count":N}`), where it becomes `client_dropped`.
+// - A stopping agent writes `{"_sidekick":"bye"}`: the client finishes the line it is writing, leaves that connection
+//   and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
 import { stat, statSync, writeSync, type Stats } from 'node:fs';
@@ -19,6 +23,9 @@ import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
+import { BYE_LINE, droppedLine } from '../receivers/control.js';
+
+const BYE = BYE_LINE.trimEnd();
 
 export interface AgentClientOptions {
   /** Socket path. Default: env SIDEKICK_AGENT_SOCKET, else the agent's default (see `defaultAgentSocketPath`). */
@@ -131,6 +138,11 @@ class Client implements AgentClient {
   private outLens: number[] = [];
   private outLine = 0;
   private lineLeft = 0;
+  // A control line reporting drops may lead the batch: its bytes still to write, and the count it carries.
+  private ctlLeft = 0;
+  private reporting = 0;
+  // Drops not yet reported to the agent.
+  private unreported = 0;
   // Fallback path (no fd): records handed to socket.write() whose callbacks have not run yet.
   private inflight = 0;
 
@@ -259,6 +271,7 @@ class Client implements AgentClient {
 
   private drop(n: number): false {
     this.dropped += n;
+    this.unreported += n;
     return false;
   }
 
@@ -285,7 +298,11 @@ class Client implements AgentClient {
   /** Moves the queue into the `out` batch. */
   private takeQueue(): boolean {
     if (this.queue.length === 0) return false;
-    this.out = Buffer.from(this.queue.length === 1 ? this.queue[0]! : this.queue.join(''));
+    const lines = this.queue.length === 1 ? this.queue[0]! : this.queue.join('');
+    const ctl = this.unreported > 0 ? droppedLine(this.unreported) : '';
+    this.reporting = this.unreported;
+    this.ctlLeft = ctl.length; // ASCII
+    this.out = Buffer.from(ctl ? ctl + lines : lines);
     this.outOff = 0;
     this.outLens = this.queueLens;
     this.outLine = 0;
@@ -299,6 +316,12 @@ class Client implements AgentClient {
   /** `n` more bytes of `out` reached the kernel: count the lines they completed. */
   private advance(n: number): void {
     this.outOff += n;
+    if (this.ctlLeft > 0) {
+      const take = Math.min(n, this.ctlLeft);
+      n -= take;
+      this.ctlLeft -= take;
+      if (this.ctlLeft === 0) this.reported();
+    }
     while (n > 0) {
       const take = Math.min(n, this.lineLeft);
       n -= take;
@@ -312,10 +335,23 @@ class Client implements AgentClient {
     if (this.out && this.outOff >= this.out.length) this.out = null;
   }
 
+  /** The control line went out whole: the agent has the count. */
+  private reported(): void {
+    this.unreported -= this.reporting;
+    this.reporting = 0;
+  }
+
   /** The connection is gone: a line cut in the middle cannot be finished on another one, so it is dropped. */
   private abandonPartialLine(): void {
-    if (!this.out || this.lineLeft === this.outLens[this.outLine]) return;
-    this.dropped++;
+    if (this.out && this.ctlLeft > 0 && this.outOff > 0) {
+      // A cut control line: skip its rest; its count stays unreported and goes with the next batch.
+      this.outOff += this.ctlLeft;
+      this.ctlLeft = 0;
+      this.reporting = 0;
+      return;
+    }
+    if (!this.out || this.ctlLeft > 0 || this.lineLeft === this.outLens[this.outLine]) return;
+    this.drop(1);
     this.outOff += this.lineLeft;
     this.outLine++;
     this.lineLeft = this.outLens[this.outLine] ?? 0;
@@ -367,12 +403,18 @@ class Client implements AgentClient {
     if (!this.out && !this.takeQueue()) return;
     const n = this.outLens.length - this.outLine;
     const chunk = this.out!.subarray(this.outOff);
+    const reporting = this.ctlLeft > 0 ? this.reporting : 0;
     this.out = null;
+    this.ctlLeft = 0;
+    this.reporting = 0;
     this.inflight += n;
     sock.write(chunk, (err) => {
       this.inflight -= n;
-      if (err) this.dropped += n;
-      else this.sent += n;
+      if (err) this.drop(n);
+      else {
+        this.sent += n;
+        this.unreported -= reporting;
+      }
       this.settleWaiters();
     });
   }
@@ -415,7 +457,11 @@ class Client implements AgentClient {
         this.backoff.started();
         if (this.everConnected) this.reconnects++;
         this.everConnected = true;
-        sock.resume(); // the agent never replies; reading lets us see its FIN at once
+        // The agent writes only control lines (bye); reading also lets us see its FIN at once.
+        sock.setEncoding('latin1');
+        sock.on('data', (text: string) => {
+          if (text.includes(BYE)) this.leave(sock);
+        });
         this.pump();
         this.settleWaiters();
       });
@@ -446,6 +492,31 @@ class Client implements AgentClient {
     this.reconnectTimer.unref();
   }
 
+  /**
+   * Leaves `sock` for a new connection (agent stopping, or its socket file replaced): finishes the line being
+   * written if the kernel takes it now, else drops it; ends the old connection gracefully; connects again.
+   */
+  private leave(sock: Socket): void {
+    if (sock !== this.sock || !this.connected) return;
+    this.clearTimer('retryTimer');
+    const fd = fdOf(sock);
+    if (fd >= 0 && this.out && (this.ctlLeft > 0 || this.lineLeft !== this.outLens[this.outLine])) {
+      try {
+        const rest = this.ctlLeft > 0 ? this.ctlLeft : this.lineLeft;
+        if (this.outOff > 0) this.advance(writeSync(fd, this.out, this.outOff, rest));
+      } catch {
+        // EAGAIN or a dead socket: the cut line is dropped below
+      }
+    }
+    this.abandonPartialLine();
+    this.sock = null;
+    this.connected = false;
+    sock.end();
+    setTimeout(() => sock.destroy(), 1000).unref();
+    this.backoff.reset();
+    this.connectNow();
+  }
+
   private checkInode(): void {
     if (!this.connected || this.checkingInode || this.inode === null) return;
     this.checkingInode = true;
@@ -455,15 +526,7 @@ class Client implements AgentClient {
       if (err || !this.connected || !this.sock) return;
       if (identity(st) === this.inode) return;
       // The path now names another socket: leave the old connection (gracefully) and connect to the new one.
-      const old = this.sock;
-      this.clearTimer('retryTimer');
-      this.abandonPartialLine();
-      this.sock = null;
-      this.connected = false;
-      old.end();
-      setTimeout(() => old.destroy(), 1000).unref();
-      this.backoff.reset();
-      this.connectNow();
+      this.leave(this.sock);
     });
   }
 }

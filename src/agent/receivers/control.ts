@@ -3,6 +3,11 @@
 //   {"_sidekick":"dropped","count":N}     the client had to drop N records since its last successful send
 //                                         (agent unreachable, socket buffer full, record too large, encode error)
 //
+// Agent → client (the agent never writes anything else):
+//
+//   {"_sidekick":"bye"}                    this agent is stopping: close this connection at your next send (after
+//                                         reading this) and connect again; everything written before is read
+//
 // The agent adds N to `client_dropped`, so "records sent = delivered + dead-lettered + dropped (agent) + invalid +
 // client_dropped" holds end to end. Unknown or malformed control lines are counted as invalid (`bad_control`), so a
 // newer client talking to an older agent is visible rather than silent. Format: docs/clients.md "Drops".
@@ -34,3 +39,6 @@ export function parseControl(line: Buffer): ControlMessage | undefined {
 export function droppedLine(count: number): string {
   return `{"_sidekick":"dropped","count":${count}}\n`;
 }
+
+/** Written by the agent to every connection at a graceful stop. */
+export const BYE_LINE = '{"_sidekick":"bye"}\n';

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../processors/memory.js';
-import { parseControl } from './control.js';
+import { BYE_LINE, parseControl } from './control.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 
 export interface ReceiverSink {
@@ -79,6 +79,13 @@ class Connection {
       this.receiver.budget.add('receiver', now - this.held);
       this.held = now;
     }
+  }
+
+  /** Tells the client this agent is going away (a control line down the connection; clients read it). */
+  sayBye(): void {
+    if (this.detached || this.socket.destroyed || !this.socket.writable) return;
+    this.lastDataAt = Date.now(); // the client gets a full idle period to answer
+    this.socket.write(BYE_LINE);
   }
 
   pause(): void {
@@ -239,25 +246,30 @@ export class UnixSocketReceiver {
   }
 
   /**
-   * Keeps reading open connections until each has closed or been quiet for `idleMs`, for at most `maxMs`, then
-   * closes the rest. Lines clients wrote before the stop are read; clients writing after it see a closed socket.
+   * The graceful end of every connection (final stop; accepting must already have stopped). Each client gets a
+   * `bye` control line ({"_sidekick":"bye"}): our clients close their end at their next send and reconnect (to the
+   * next agent), so every line they wrote before is read here, up to their EOF. A connection also ends when it has
+   * been quiet for `idleMs` (idle clients, clients that do not read), and all remaining ones after `maxMs`.
+   * Nothing the kernel took from a bye-aware client is lost; a client that ignores bye can lose what it writes after
+   * the last read.
    */
   async drain(idleMs: number, maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
-    for (const c of this.conns) c.resume();
+    for (const c of this.conns) {
+      c.resume();
+      c.sayBye();
+    }
     while (this.conns.size > 0 && Date.now() < until) {
       const now = Date.now();
-      let busy = false;
       for (const c of this.conns) {
-        if (now - c.lastDataAt < idleMs && !c.paused) busy = true;
-        else {
+        if (now - c.lastDataAt >= idleMs || c.paused) {
           c.framer.end();
           c.socket.destroy();
           this.forget(c);
         }
       }
-      if (!busy) break;
-      await new Promise((r) => setTimeout(r, Math.min(idleMs, 50)));
+      if (this.conns.size === 0) break;
+      await new Promise((r) => setTimeout(r, Math.min(idleMs, 25)));
     }
     this.destroyAll();
   }
