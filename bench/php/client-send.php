@@ -4,13 +4,13 @@
 //   php bench/php/client-send.php SOCKET N [WARMUP] [PACE_US]
 //
 // Measures, against the same socket and interleaved in blocks so drift hits all alike:
-//   client        — \Sidekick\Agent::send($record): the code path of the include's shutdown send (JSON encode,
-//                   silenced error handler, non-blocking connect, one non-blocking write, close, drop counting) with
-//                   its default transport, ext-sockets (the setter below costs ~0.1 µs, included);
-//   client_stream — the same with the stream transport (stream_socket_client), the fallback without ext-sockets;
-//   raw           — the bare minimum with streams: stream_socket_client('unix://…') + fwrite + fclose of the same
-//                   pre-encoded line (the baseline the brief names);
-//   raw_socket    — the bare minimum with ext-sockets: socket_create + connect + send + close.
+//   client         — \Sidekick\Agent::send($record) as the first send of a new request: the request-scoped handle
+//                    is reset first (what a new FPM request starts with; the two setters cost ~0.1 µs, included), so
+//                    each send takes the persistent connection again (PHP's liveness check: poll + peek), reads
+//                    the agent's control lines (one non-blocking read), JSON-encodes and writes one line;
+//   raw_persistent — the bare minimum on a persistent connection: stream_socket_client(…, PERSISTENT) + fwrite of the
+//                    pre-encoded line (the baseline for the client);
+//   raw            — one connection per record, as the client did before: stream_socket_client + fwrite + fclose.
 // PACE_US (default 0) spins that long after each timed send, outside the timed region: requests arrive spaced out
 // in real life, and a listener needs time to accept (back to back, php connects far faster than a listener
 // accepts, the accept backlog fills, and the later sends measure the EAGAIN drop path instead). A busy wait, not
@@ -54,33 +54,34 @@ $raw = static function () use ($target, $line): bool {
     fclose($fp);
     return $w === strlen($line);
 };
-$rawSocket = static function () use ($socket, $line): bool {
-    $s = socket_create(AF_UNIX, SOCK_STREAM, 0);
-    socket_set_nonblock($s);
-    $w = false;
-    if (@socket_connect($s, $socket)) {
-        $w = @socket_send($s, $line, strlen($line), MSG_DONTWAIT | MSG_NOSIGNAL);
+// A persistent connection of its own: PHP keys persistent sockets by the address string, so another spelling of the
+// same path (dir/./name) gives a separate connection.
+$aliasTarget = 'unix://' . dirname($socket) . '/./' . basename($socket);
+$rawPersistent = static function () use ($aliasTarget, $line): bool {
+    $fp = @stream_socket_client($aliasTarget, $errno, $errstr, 0.0005, STREAM_CLIENT_CONNECT | STREAM_CLIENT_PERSISTENT);
+    if ($fp === false) {
+        return false;
     }
-    socket_close($s);
-    return $w === strlen($line);
+    if (ftell($fp) === 0) {
+        stream_set_blocking($fp, false);
+    }
+    $w = @fwrite($fp, $line);
+    if ($w !== strlen($line)) {
+        fclose($fp);
+        return false;
+    }
+    return true;
 };
-// The client picks its transport once per request; the bench switches it between blocks to time both paths.
-$transport = new ReflectionProperty(\Sidekick\Agent::class, 'transport');
-$clientSocket = static function () use ($record, $transport): bool {
-    $transport->setValue(null, 'socket');
-    return \Sidekick\Agent::send($record);
-};
-$clientStream = static function () use ($record, $transport): bool {
-    $transport->setValue(null, 'stream');
+// Each timed client send is the first of a new request: the request-scoped handle and connect count start empty.
+$conn = new ReflectionProperty(\Sidekick\Agent::class, 'conn');
+$connects = new ReflectionProperty(\Sidekick\Agent::class, 'connects');
+$client = static function () use ($record, $conn, $connects): bool {
+    $conn->setValue(null, null);
+    $connects->setValue(null, 0);
     return \Sidekick\Agent::send($record);
 };
 
-$variants = ['client' => $clientSocket, 'client_stream' => $clientStream, 'raw' => $raw];
-if (function_exists('socket_create')) {
-    $variants['raw_socket'] = $rawSocket;
-} else {
-    $variants = ['client' => $clientStream, 'raw' => $raw];
-}
+$variants = ['client' => $client, 'raw_persistent' => $rawPersistent, 'raw' => $raw];
 $times = array_map(static fn () => [], $variants);
 $ok = array_map(static fn () => 0, $variants);
 
