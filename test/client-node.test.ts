@@ -213,7 +213,7 @@ describe('Node agent client', () => {
     await first.waitForLines(500);
     // The agent says bye; the client must close its end (EOF) without waiting for the connection to die.
     const closed = once(first, 'closed');
-    for (const sock of first.sockets) sock.write('{"_sidekick":"bye"}\n');
+    for (const sock of first.sockets) sock.end(); // the agent's bye: a half-close, it keeps reading
     await within(closed, 5000, 'the client to close after bye');
     await first.close();
     const second = await Listener.start(path);

@@ -30,9 +30,9 @@
  * CONNECTION. One persistent stream per PHP process (stream_socket_client with STREAM_CLIENT_PERSISTENT), reused by
  * every request that process serves, so a request costs one write(2) and no connect/accept/close. PHP checks a reused
  * persistent socket for liveness (poll + peek) before handing it out: when the agent died and the connection is dead,
- * it reconnects. A stopping agent writes {"_sidekick":"bye"} on every connection and keeps reading until the client
- * closes: the client reads (one non-blocking read per request), closes and connects again, so nothing it wrote is
- * lost at an agent restart. A write that fails on a connection that looked alive is retried on a new
+ * it reconnects. A stopping agent half-closes every connection ("bye") and keeps reading: the same liveness check sees
+ * that FIN before the next write, PHP closes the connection and connects again, so nothing written is lost at an
+ * agent restart, at no extra cost per request. A write that fails on a connection that looked alive is retried on a new
  * connection once per request. A fresh connection is made non-blocking and gets a larger send buffer (the agent can
  * be off the CPU for tens of milliseconds on a busy host; the default buffer holds ~170 records).
  *
@@ -329,46 +329,30 @@ if (!\class_exists(Agent::class, false)) {
             if (self::$conn !== null) {
                 return self::$conn;
             }
-            while (self::$connects < self::MAX_CONNECTS_PER_REQUEST) {
-                self::$connects++;
-                // Reuses this process's connection when PHP finds it alive (poll + peek), else connects: ENOENT (no
-                // agent), ECONNREFUSED (stale file) and EAGAIN (backlog full) fail at once.
-                $conn = @\stream_socket_client(
-                    'unix://' . self::socketPath(),
-                    $errno,
-                    $errstr,
-                    self::CONNECT_TIMEOUT_S,
-                    \STREAM_CLIENT_CONNECT | \STREAM_CLIENT_PERSISTENT,
-                );
-                if (!\is_resource($conn)) {
-                    return null;
-                }
-                if (@\ftell($conn) === 0) {
-                    // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
-                    @\stream_set_blocking($conn, false);
-                    self::tuneSendBuffer($conn);
-                    self::$unreported += self::claimLedger();
-                    return self::$conn = $conn;
-                }
-                if (!self::agentSaidBye($conn)) {
-                    return self::$conn = $conn;
-                }
-                @\fclose($conn); // that agent is stopping: what we wrote before is read; connect to the next one
+            if (self::$connects >= self::MAX_CONNECTS_PER_REQUEST) {
+                return null;
             }
-            return null;
-        }
-
-        /**
-         * One non-blocking read of what the agent wrote on this connection ('' in the usual case: one recv(2) that
-         * finds nothing). The agent writes only control lines; {"_sidekick":"bye"} means it is stopping and reads
-         * until we close.
-         *
-         * @param resource $conn
-         */
-        private static function agentSaidBye($conn): bool
-        {
-            $in = @\fread($conn, 8192);
-            return \is_string($in) && $in !== '' && \str_contains($in, '{"_sidekick":"bye"}');
+            self::$connects++;
+            // Reuses this process's connection when PHP finds it alive (a peek: not closed, not half-closed by a
+            // stopping agent), else connects: ENOENT (no agent), ECONNREFUSED (stale file) and EAGAIN (backlog full)
+            // fail at once.
+            $conn = @\stream_socket_client(
+                'unix://' . self::socketPath(),
+                $errno,
+                $errstr,
+                self::CONNECT_TIMEOUT_S,
+                \STREAM_CLIENT_CONNECT | \STREAM_CLIENT_PERSISTENT,
+            );
+            if (!\is_resource($conn)) {
+                return null;
+            }
+            if (@\ftell($conn) === 0) {
+                // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
+                @\stream_set_blocking($conn, false);
+                self::tuneSendBuffer($conn);
+                self::$unreported += self::claimLedger();
+            }
+            return self::$conn = $conn;
         }
 
         private static function disconnect(): void

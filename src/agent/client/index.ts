@@ -13,8 +13,8 @@
 //   records matter (agent slow or restarting), `await client.flush()` holds the process for at most its timeout.
 // - Drops are reported: the count of records dropped since the last report goes to the agent as a control line in
 //   front of the next batch (`{"_sidekick":"dropped","count":N}`), where it becomes `client_dropped`.
-// - A stopping agent writes `{"_sidekick":"bye"}`: the client finishes the line it is writing, leaves that connection
-//   and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
+// - A stopping agent half-closes the connection ("bye"): the client finishes the line it is writing, leaves that
+//   connection and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
 import { stat, statSync, writeSync, type Stats } from 'node:fs';
@@ -23,9 +23,7 @@ import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
-import { BYE_LINE, droppedLine } from '../receivers/control.js';
-
-const BYE = BYE_LINE.trimEnd();
+import { droppedLine } from '../receivers/control.js';
 
 export interface AgentClientOptions {
   /** Socket path. Default: env SIDEKICK_AGENT_SOCKET, else the agent's default (see `defaultAgentSocketPath`). */
@@ -457,11 +455,9 @@ class Client implements AgentClient {
         this.backoff.started();
         if (this.everConnected) this.reconnects++;
         this.everConnected = true;
-        // The agent writes only control lines (bye); reading also lets us see its FIN at once.
-        sock.setEncoding('latin1');
-        sock.on('data', (text: string) => {
-          if (text.includes(BYE)) this.leave(sock);
-        });
+        // The agent never writes; its FIN is the "bye" of a graceful stop (it keeps reading until ours).
+        sock.on('end', () => this.leave(sock));
+        sock.resume();
         this.pump();
         this.settleWaiters();
       });

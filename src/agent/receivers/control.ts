@@ -3,10 +3,8 @@
 //   {"_sidekick":"dropped","count":N}     the client had to drop N records since its last successful send
 //                                         (agent unreachable, socket buffer full, record too large, encode error)
 //
-// Agent → client (the agent never writes anything else):
-//
-//   {"_sidekick":"bye"}                    this agent is stopping: close this connection at your next send (after
-//                                         reading this) and connect again; everything written before is read
+// Agent → client: nothing is written; a graceful stop half-closes each connection (the "bye", see
+// UnixSocketReceiver.drain): the client closes its end at its next send and connects again.
 //
 // The agent adds N to `client_dropped`, so "records sent = delivered + dead-lettered + dropped (agent) + invalid +
 // client_dropped" holds end to end. Unknown or malformed control lines are counted as invalid (`bad_control`), so a
@@ -39,6 +37,3 @@ export function parseControl(line: Buffer): ControlMessage | undefined {
 export function droppedLine(count: number): string {
   return `{"_sidekick":"dropped","count":${count}}\n`;
 }
-
-/** Written by the agent to every connection at a graceful stop. */
-export const BYE_LINE = '{"_sidekick":"bye"}\n';
