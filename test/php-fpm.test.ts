@@ -9,6 +9,7 @@
 // client, so it must end as exactly one delivered record (deduplicated by X-Sidekick-Batch-Id, as central does), or
 // be counted by the agent as `clientDropped` (a client reported it lost) or `invalid`. Nothing else.
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -135,6 +136,37 @@ class World {
     await this.central?.close().catch(() => undefined);
     this.tmp.cleanup();
   }
+}
+
+/**
+ * What the PHP client left in its spill dir (default: the socket's directory + /spill): the drop ledger `dropped`
+ * (counts not yet reported to an agent; the next fresh connection claims it) and anything else. For failure messages.
+ */
+function spillLeftovers(w: World): string {
+  const dir = join(w.tmp.dir, 'spill');
+  if (!existsSync(dir)) return 'no spill dir';
+  const files = readdirSync(dir);
+  if (files.length === 0) return 'spill dir empty';
+  return files
+    .map((f) => {
+      const text = readFileSync(join(dir, f), 'utf8');
+      const sum = text.split('\n').reduce((a, n) => a + Math.max(0, Number(n) || 0), 0);
+      return `${f} (${text.split('\n').filter(Boolean).length} lines, sum ${sum})`;
+    })
+    .join(', ');
+}
+
+/** `/b/3..7 /b/9` for a set of `/<prefix>/<n>` routes: where the missing requests sit in the load. */
+function ranges(routes: string[]): string {
+  const ns = routes.map((r) => Number(r.slice(r.lastIndexOf('/') + 1))).sort((a, b) => a - b);
+  const out: string[] = [];
+  for (let i = 0; i < ns.length;) {
+    let j = i;
+    while (j + 1 < ns.length && ns[j + 1] === ns[j]! + 1) j++;
+    out.push(i === j ? `${ns[i]}` : `${ns[i]}..${ns[j]}`);
+    i = j + 1;
+  }
+  return out.length > 12 ? `${out.slice(0, 12).join(' ')} … (${out.length} runs)` : out.join(' ');
 }
 
 interface Outcome {
@@ -327,7 +359,7 @@ describe('nginx + PHP-FPM + agent', { skip: SKIP }, () => {
         `; client_dropped ${clientDropped}, invalid ${invalid}, truncated ${truncated} (not added: already client drops); ` +
           `per agent received ${lifetimes.map((c) => c.received).join(' + ')}, ` +
           `client_dropped ${lifetimes.map((c) => c.clientDropped).join(' + ')}; ` +
-          `missing ${o.missing.length}: ${o.missing.slice(0, 12).join(' ')}`,
+          `missing ${o.missing.length}: ${ranges(o.missing)}; client spill dir: ${spillLeftovers(w)}`,
       );
 
       assert.equal(o.logged, load.completed, 'nginx logged every answered request');
@@ -337,7 +369,7 @@ describe('nginx + PHP-FPM + agent', { skip: SKIP }, () => {
         o.delivered + clientDropped + invalid,
         o.logged,
         `delivered ${o.delivered} + client_dropped ${clientDropped} + invalid ${invalid} = logged ${o.logged} ` +
-          `(first missing: ${o.missing.slice(0, 5).join(', ')})`,
+          `(missing: ${ranges(o.missing)}; client spill dir: ${spillLeftovers(w)})`,
       );
       assert.equal(w.stack.phpErrors(), '', 'PHP logged no warning, notice or error');
     });

@@ -100,6 +100,11 @@ export interface PhpStackOptions {
   page?: string;
   /** Default: one pool named 'app' with the client. */
   pools?: PoolOptions[];
+  /**
+   * Start nginx and php-fpm in their own process groups (default true: a test runner's signals do not reach them, and
+   * stop() kills each group). A benchmark passes false so they stay in its group, which bench/run.ts kills on timeout.
+   */
+  detached?: boolean;
 }
 
 export interface AccessLine {
@@ -130,12 +135,13 @@ export interface PhpStack {
 
 interface Proc {
   child: ChildProcess;
+  detached: boolean;
   exited: Promise<void>;
   output(): string;
 }
 
-function launch(bin: string, args: string[], cwd: string): Proc {
-  const child = spawn(bin, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: process.env });
+function launch(bin: string, args: string[], cwd: string, detached: boolean): Proc {
+  const child = spawn(bin, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], detached, env: process.env });
   let out = '';
   const keep = (c: Buffer): void => {
     if (out.length < 64 * 1024) out += c.toString('utf8');
@@ -147,7 +153,7 @@ function launch(bin: string, args: string[], cwd: string): Proc {
     else child.once('exit', () => r());
   });
   child.once('error', (err) => (out += `\nspawn error: ${err.message}`));
-  return { child, exited, output: () => out };
+  return { child, detached, exited, output: () => out };
 }
 
 function alive(p: Proc): boolean {
@@ -166,9 +172,11 @@ async function stopProc(p: Proc | undefined, timeoutMs: number): Promise<void> {
     await Promise.race([p.exited, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
     clearTimeout(timer);
   }
-  // Whatever is left in its process group (a master that did not exit, or a worker/child it left behind).
+  // Whatever is left in its process group (a master that did not exit, or a worker/child it left behind); without
+  // a group of its own, the master only (its children exit with it).
   try {
-    process.kill(-p.child.pid, 'SIGKILL');
+    if (p.detached) process.kill(-p.child.pid, 'SIGKILL');
+    else if (alive(p)) process.kill(p.child.pid, 'SIGKILL');
   } catch {
     // nothing left
   }
@@ -196,6 +204,7 @@ function iniQuote(v: string): string {
 /** Starts php-fpm (one master, one pool per entry of `pools`) and nginx in a fresh temp dir; resolves when both serve. */
 export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
   if (PHP_FPM_MISSING) throw new Error(PHP_FPM_MISSING);
+  const detached = opts.detached ?? true;
   const tmp = tmpDir('sk-php-');
   const dir = tmp.dir;
   const pools = (opts.pools ?? [{ name: 'app' }]).map((p) => ({
@@ -310,7 +319,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
     return stopping;
   };
   try {
-    fpm = launch(PHP_FPM_BIN!, [...(IS_ROOT ? ['-R'] : []), '-y', fpmConf, '-F'], dir);
+    fpm = launch(PHP_FPM_BIN!, [...(IS_ROOT ? ['-R'] : []), '-y', fpmConf, '-F'], dir, detached);
     await waitFor(
       () => {
         if (!alive(fpm!)) throw new Error('php-fpm exited');
@@ -319,7 +328,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
       'php-fpm to listen on its pool sockets',
       15_000,
     );
-    nginx = launch(NGINX_BIN!, ['-p', dir, '-c', nginxConf, '-e', join(dir, 'nginx-error.log')], dir);
+    nginx = launch(NGINX_BIN!, ['-p', dir, '-c', nginxConf, '-e', join(dir, 'nginx-error.log')], dir, detached);
     for (const p of pools)
       await waitFor(
         async () => {
