@@ -5,7 +5,7 @@ import { request, createServer } from 'node:http';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import {
   agentMiddleware,
   createAgentClient,
@@ -166,8 +166,8 @@ describe('Node agent client', () => {
     }
   });
 
-  test('buffer cap: past maxBufferBytes send() returns false and counts the drop (agent down)', async () => {
-    const c = client({ socket: sockPath(), maxBufferBytes: 10_000 });
+  test('buffer cap: past maxBufferBytes send() returns false and counts the drop (agent down, spill off)', async () => {
+    const c = client({ socket: sockPath(), maxBufferBytes: 10_000, spillMaxBytes: 0 });
     let accepted = 0;
     let refused = 0;
     for (let i = 0; i < 100; i++) {
@@ -182,9 +182,30 @@ describe('Node agent client', () => {
     assert.equal(s.sent, 0);
   });
 
+  test('spill: past maxBufferBytes whole lines go to the spill file, and what close() could not send too', async () => {
+    const path = sockPath();
+    const spillDir = dirs.path(`spill-${n}`);
+    const c = client({ socket: path, maxBufferBytes: 10_000, spillDir });
+    for (let i = 0; i < 100; i++) assert.equal(c.send({ i, pad: 'x'.repeat(980) }), true, 'taken (buffer or spill)');
+    await c.close(50); // the agent is down: the buffered lines go to the spill file as well
+    const s = c.stats();
+    assert.equal(s.spilled, 100);
+    assert.equal(s.dropped, 0);
+    const text = readFileSync(join(spillDir, 'spill.ndjson'), 'utf8');
+    const lines = text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { i: number });
+    assert.deepEqual(
+      lines.map((l) => l.i).sort((a, b) => a - b),
+      Array.from({ length: 100 }, (_, i) => i),
+      'every record once, as a whole line',
+    );
+  });
+
   test('drops are reported to the agent: a control line with the count leads the next batch', async () => {
     const path = sockPath();
-    const c = client({ socket: path, maxBufferBytes: 10_000 });
+    const c = client({ socket: path, maxBufferBytes: 10_000, spillMaxBytes: 0 });
     let refused = 0;
     for (let i = 0; i < 100; i++) if (!c.send({ i, pad: 'x'.repeat(980) })) refused++;
     assert.ok(refused > 0);
@@ -240,7 +261,7 @@ describe('Node agent client', () => {
     const path = sockPath();
     const hung = await startHungListener(path);
     try {
-      const c = client({ socket: path, maxBufferBytes: 64 * 1024 });
+      const c = client({ socket: path, maxBufferBytes: 64 * 1024, spillMaxBytes: 0 });
       c.send({ first: true });
       await c.flush(5000); // resolves once that record reached the kernel, i.e. connected
       assert.equal(c.stats().sent, 1);

@@ -2,7 +2,7 @@
 // down (no file, stale file) and hung (accepting but never reading; never accepting with a full backlog).
 // Timing is measured inside PHP for information only; tests assert outcomes, bounded by generous deadlines.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -19,6 +19,7 @@ import {
   startNeverAccepting,
   type RunResult,
 } from './fixtures/clients/helpers.ts';
+import { agentConfig, fileOutput, startAgent, tmpDir, waitFor, writeConfig } from './helpers/agent.ts';
 
 if (PHP_MISSING) console.log(PHP_MISSING);
 
@@ -51,7 +52,7 @@ function assertClean(r: RunResult): void {
 interface Timing {
   ok: boolean;
   ns: number;
-  stats: { sent: number; dropped: number };
+  stats: { sent: number; spilled: number; dropped: number };
 }
 function readTiming(file: string): Timing {
   assert.ok(existsSync(file), 'the page got past Agent::send() and wrote its measurement');
@@ -158,7 +159,7 @@ describe('PHP client', { skip: PHP_MISSING }, () => {
     });
   });
 
-  describe('agent down or hung: php exits 0, prints nothing, the send returns false or drops', () => {
+  describe('agent down or hung: php exits 0, prints nothing, the record is spilled (or, hung, may be taken)', () => {
     const cases: Array<{ name: string; setup: (path: string) => Promise<() => Promise<void>>; ok: boolean | null }> = [
       { name: 'no socket file', setup: async () => async () => {}, ok: false },
       {
@@ -198,11 +199,17 @@ describe('PHP client', { skip: PHP_MISSING }, () => {
             });
             assertClean(r);
             const t = readTiming(out);
-            if (c.ok !== null) assert.equal(t.ok, c.ok);
-            if (c.ok === false) assert.equal(t.stats.dropped, 1);
+            if (c.ok !== null) assert.equal(t.ok, true, 'the spill file took it');
+            if (c.ok === false) assert.deepEqual([t.stats.spilled, t.stats.dropped], [1, 0]);
           }
-          // Each run dropped its probe and its request record: 2 runs x 2, all waiting in the drop ledger.
-          if (c.ok === false) assert.equal(ledgerSum(spill), 4, 'every drop is in the ledger');
+          // Each run spilled its probe and its request record: 2 runs x 2, whole lines, nothing dropped.
+          if (c.ok === false) {
+            const lines = spilled(spill);
+            assert.deepEqual(
+              lines.map((l) => l.type),
+              ['probe', 'php_request', 'probe', 'php_request'],
+            );
+          }
         } finally {
           await teardown();
         }
@@ -210,32 +217,62 @@ describe('PHP client', { skip: PHP_MISSING }, () => {
     }
   });
 
-  describe('drops reach the agent', () => {
-    test('drops while the agent is down are reported with the next fresh connection (control line first)', async () => {
-      const path = dirs.path('ledger.sock');
-      const spill = dirs.path('spill-ledger');
-      const base = { SIDEKICK_AGENT_SOCKET: path, SIDEKICK_AGENT_SPILL_DIR: spill, REQUEST_URI: '/down' };
-      assertClean(await php([...PREPEND, APP], { ...base, APP_TIMING_OUT: join(dirs.dir, 'ledger-1.json') }));
-      assertClean(await php([...PREPEND, APP], base));
-      assert.equal(ledgerSum(spill), 3, 'probe + request, then request: 3 drops in the ledger');
-      const listener = await Listener.start(path);
+  describe('spill and drops reach the agent', () => {
+    test('records spilled while the agent is down are replayed by the agent once it runs, exactly once', async () => {
+      const { dir, cleanup } = tmpDir('sk-php-spill-');
       try {
-        assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/up' }));
-        const lines = (await listener.settle()) as Record<string, unknown>[];
-        assert.deepEqual(lines[0], { _sidekick: 'dropped', count: 3 }, 'the control line goes first');
+        const socket = join(dir, 'agent.sock');
+        const base = { SIDEKICK_AGENT_SOCKET: socket, REQUEST_URI: '/down/1' };
+        assertClean(await php([...PREPEND, APP], base));
+        assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/down/2' }));
         assert.deepEqual(
-          lines.slice(1).map((l) => l.route),
-          ['/up'],
+          spilled(join(dir, 'spill')).map((l) => l.route),
+          ['/down/1', '/down/2'],
+          'the default spill dir is spill/ beside the socket',
         );
-        assert.equal(ledgerSum(spill), 0, 'the ledger was claimed');
-        assert.deepEqual(
-          readdirSync(spill).filter((f) => f.startsWith('dropped')),
-          [],
-          'no claim file is left behind',
-        );
+        const agent = await startAgent(writeConfig(dir, agentConfig(dir)), { ready: true });
+        try {
+          assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/up' }));
+          const st = await waitFor(async () => {
+            const s = await agent.status();
+            return s.counters.exported === 3 && s;
+          }, 'three records exported');
+          assert.equal(st.counters.spillReplayed, 2);
+          assert.equal(st.counters.clientDropped, 0);
+          const routes = fileOutput(join(dir, 'out')).lines.map((l) => (JSON.parse(l) as { route: string }).route);
+          assert.deepEqual([...routes].sort(), ['/down/1', '/down/2', '/up']);
+          // Restarted on the same spool: the offsets say the spill was read, nothing comes twice.
+          assert.equal((await agent.stop()).code, 0);
+          const again = await startAgent(writeConfig(dir, agentConfig(dir)), { ready: true });
+          try {
+            assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/again' }));
+            await waitFor(async () => (await again.status()).counters.exported === 1, 'the new record exported');
+            assert.equal((await again.status()).counters.spillReplayed, 0, 'no spilled record replayed twice');
+          } finally {
+            await again.stop();
+          }
+        } finally {
+          if (agent.child.exitCode === null) await agent.stop();
+        }
       } finally {
-        await listener.close();
+        cleanup();
       }
+    });
+
+    test('past the spill cap records are dropped, and the drop count waits in the spill as a control line', async () => {
+      const spill = dirs.path('spill-cap');
+      const base = {
+        SIDEKICK_AGENT_SOCKET: dirs.path('nobody.sock'),
+        SIDEKICK_AGENT_SPILL_DIR: spill,
+        SIDEKICK_AGENT_SPILL_MAX_BYTES: '150', // the probe (~20 bytes) fits, the request record (~200) does not
+      };
+      const out = join(dirs.dir, 'cap.json');
+      assertClean(await php([...PREPEND, APP], { ...base, APP_TIMING_OUT: out, REQUEST_URI: '/cap' }));
+      const t = readTiming(out);
+      assert.equal(t.ok, true, 'the first record fits');
+      const lines = spilled(spill);
+      assert.deepEqual(lines[0]?.type, 'probe');
+      assert.deepEqual(lines.slice(1), [{ _sidekick: 'dropped', count: 1 }], 'the request record was dropped, counted');
     });
 
     test('a record over 1 MiB is dropped and reported at once on the working connection', async () => {
@@ -263,12 +300,14 @@ describe('PHP client', { skip: PHP_MISSING }, () => {
   });
 });
 
-/** Sum of the counts in a drop ledger (0 when there is none). */
-function ledgerSum(spillDir: string): number {
-  const file = join(spillDir, 'dropped');
-  if (!existsSync(file)) return 0;
-  return readFileSync(file, 'utf8')
+/** The records (and control lines) in a spill directory's spill file, in order. */
+function spilled(spillDir: string): Record<string, unknown>[] {
+  const file = join(spillDir, 'spill.ndjson');
+  if (!existsSync(file)) return [];
+  const text = readFileSync(file, 'utf8');
+  assert.ok(text.endsWith('\n'), 'only whole lines');
+  return text
     .split('\n')
     .filter(Boolean)
-    .reduce((a, n) => a + Number(n), 0);
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }

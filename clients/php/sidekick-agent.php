@@ -4,9 +4,10 @@
  *
  * It measures the request it is loaded into and, at the very end of the request, sends one NDJSON line to the local
  * Sidekick agent over its Unix stream socket. The send is fire-and-forget and bounded: one non-blocking write on a
- * connection that this PHP process keeps open across requests. When the agent is down or hung the record is dropped
- * and counted; the request never waits for more than SIDEKICK_AGENT_MAX_WAIT_US (500 µs), never sees an exception or a
- * warning, and its response (status, headers, body) is never changed.
+ * connection that this PHP process keeps open across requests. When the agent is down, restarting or stalled the
+ * record is appended to a spill file that the agent replays later; only past the spill's cap is it dropped (and the
+ * drop counted by the agent). The request never waits for more than SIDEKICK_AGENT_MAX_WAIT_US (500 µs), never sees an
+ * exception or a warning, and its response (status, headers, body) is never changed.
  *
  * INSTALL (pick one)
  *   php.ini / conf.d:     auto_prepend_file = /opt/sidekick/clients/php/sidekick-agent.php
@@ -19,8 +20,9 @@
  *   SIDEKICK_AGENT_SOCKET      sidekick.agent_socket      the socket (also: constant SIDEKICK_AGENT_SOCKET). Default as
  *       the agent's: /run/sidekick/agent.sock when running as root or when /run/sidekick exists (the systemd unit's
  *       RuntimeDirectory), else $XDG_RUNTIME_DIR/sidekick/agent.sock, else ./var/agent.sock under the working dir.
- *   SIDEKICK_AGENT_SPILL_DIR   sidekick.agent_spill_dir   where drop counts wait for the next connection (the drop
- *       ledger, file "dropped"); default: the socket's directory + /spill. Must be writable by the pool's user.
+ *   SIDEKICK_AGENT_SPILL_DIR   sidekick.agent_spill_dir   where records wait while the agent is unreachable (file
+ *       spill.ndjson); default: the socket's directory + /spill. Writable by the pool's group (the agent makes it 2770).
+ *   SIDEKICK_AGENT_SPILL_MAX_BYTES sidekick.agent_spill_max_bytes  cap on the spill file (default 64 MiB; 0 = no spill).
  *   SIDEKICK_AGENT_MAX_WAIT_US sidekick.agent_max_wait_us total time one send may wait for the socket (default 500).
  *   SIDEKICK_AGENT_SNDBUF      sidekick.agent_sndbuf      socket send buffer asked for (default 1 MiB; the kernel caps
  *       it at net.core.wmem_max; 0 keeps the system default). Needs ext-sockets; without it the default stays.
@@ -46,8 +48,8 @@
  *   Agent::tag('key', 'value')   add a field to this request's record (any JSON value; built-in fields win)
  *   Agent::route('/users/{id}')  replace the route (keep cardinality low: use your router's pattern, not the URL)
  *   Agent::disable()             send nothing for this request;  Agent::enable() undoes it
- *   Agent::send(array $record)   send one extra record now, same code path; returns true when the kernel took it
- *   Agent::stats()               ['sent' => n, 'dropped' => n, 'dropped_total' => APCu counter or null]
+ *   Agent::send(array $record)   send one extra record now, same code path; true when the socket or the spill took it
+ *   Agent::stats()               ['sent' => n, 'spilled' => n, 'dropped' => n, 'dropped_total' => APCu count or null]
  *
  * WHEN THE SEND HAPPENS. The shutdown function registered here re-registers itself so it runs after every other
  * shutdown function of the request (so it sees the final status code, e.g. a 500 set by a fatal-error handler).
@@ -57,12 +59,16 @@
  * SIDEKICK_AGENT_FINISH_REQUEST=1 this client calls fastcgi_finish_request() itself just before the send; it is off by
  * default because output or headers produced later (object destructors) would then be discarded.
  *
- * DROPS. A record is dropped (never blocking beyond the wait budget) when: the agent cannot be reached (no socket
- * file, stale file, backlog full), the socket does not take the whole line within the wait budget (then the
- * connection is closed: the agent discards a cut line), the line exceeds 1 MiB, or encoding fails. Every drop is
- * reported to the agent, which counts it as client_dropped: with the next line on a working connection, or, when the
- * connection is what failed, through the drop ledger (a small file in the spill dir that the next fresh connection of
- * any PHP process claims and reports). Per process: Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'.
+ * SPILL. When the line cannot go to the agent now (no socket file, stale file, backlog full, the socket does not take
+ * the whole line within the wait budget: then the connection is closed and the agent discards the cut line), it is
+ * appended to <spill dir>/spill.ndjson: one O_APPEND write of the whole line (lines over 64 KiB are not spilled), no
+ * lock, umask 0007, skipped when the file is past its cap. The agent replays the file at start and while running
+ * (docs/clients.md "Spill").
+ *
+ * DROPS. A record is dropped when: it cannot be sent nor spilled (spill full or not writable), the line exceeds 1 MiB,
+ * or encoding fails. Every drop is reported to the agent, which counts it as client_dropped: as a control line on the
+ * working connection, or, when the connection is what failed, as a control line in the spill file. Per process:
+ * Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'.
  *
  * Requires PHP >= 8.1 (tested with Debian's PHP 8.2 CLI). Docs: docs/clients.md.
  */
@@ -83,8 +89,11 @@ if (!\class_exists(Agent::class, false)) {
         public const DEFAULT_SNDBUF = 1048576;
         /** Connections one request may open: the first, and one more when a write finds it dead. */
         public const MAX_CONNECTS_PER_REQUEST = 2;
-        /** The drop ledger's file name inside the spill dir. */
-        public const LEDGER = 'dropped';
+        /** The spill file's name inside the spill dir (the agent reads it, then renames it aside). */
+        public const SPILL_FILE = 'spill.ndjson';
+        public const DEFAULT_SPILL_MAX_BYTES = 67108864;
+        /** Longer records are dropped rather than spilled: every append stays one small, whole write. */
+        public const SPILL_MAX_LINE_BYTES = 65536;
 
         private static bool $booted = false;
         private static bool $disabled = false;
@@ -97,7 +106,8 @@ if (!\class_exists(Agent::class, false)) {
         private static ?string $spillDir = null;
         private static int $sent = 0;
         private static int $dropped = 0;
-        /** Drops not yet reported to the agent (this request's, plus any claimed from the ledger). */
+        private static int $spilled = 0;
+        /** Drops not yet reported to the agent. */
         private static int $unreported = 0;
         /** @var resource|null this request's handle on the process's persistent connection */
         private static $conn = null;
@@ -140,7 +150,7 @@ if (!\class_exists(Agent::class, false)) {
             self::$disabled = false;
         }
 
-        /** @return array{sent: int, dropped: int, dropped_total: int|null} */
+        /** @return array{sent: int, spilled: int, dropped: int, dropped_total: int|null} */
         public static function stats(): array
         {
             $total = null;
@@ -152,7 +162,12 @@ if (!\class_exists(Agent::class, false)) {
             } catch (\Throwable) {
                 $total = null;
             }
-            return ['sent' => self::$sent, 'dropped' => self::$dropped, 'dropped_total' => $total];
+            return [
+                'sent' => self::$sent,
+                'spilled' => self::$spilled,
+                'dropped' => self::$dropped,
+                'dropped_total' => $total,
+            ];
         }
 
         /** The socket path this process sends to (resolved once per request). */
@@ -171,7 +186,7 @@ if (!\class_exists(Agent::class, false)) {
             return self::$socket = $path;
         }
 
-        /** Where the drop ledger (and, later, spilled records) live: setting, else <socket dir>/spill. */
+        /** Where spilled records and drop counts wait for the agent: setting, else <socket dir>/spill. */
         public static function spillDir(): string
         {
             return self::$spillDir ??= self::setting('SIDEKICK_AGENT_SPILL_DIR', 'sidekick.agent_spill_dir')
@@ -249,8 +264,13 @@ if (!\class_exists(Agent::class, false)) {
                     }
                     return false;
                 }
-                if (self::write($line . "\n")) {
+                $line .= "\n";
+                if (self::write($line)) {
                     self::$sent++;
+                    return true;
+                }
+                if (self::spill($line)) {
+                    self::$spilled++;
                     return true;
                 }
                 return self::drop();
@@ -350,7 +370,6 @@ if (!\class_exists(Agent::class, false)) {
                 // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
                 @\stream_set_blocking($conn, false);
                 self::tuneSendBuffer($conn);
-                self::$unreported += self::claimLedger();
             }
             return self::$conn = $conn;
         }
@@ -376,23 +395,6 @@ if (!\class_exists(Agent::class, false)) {
             }
         }
 
-        /** Takes the ledger over (rename, read, delete) and returns the drop count it held. One syscall if empty. */
-        private static function claimLedger(): int
-        {
-            $dir = self::spillDir();
-            $claim = $dir . '/' . self::LEDGER . '.claim.' . \getmypid() . '.' . \hrtime(true);
-            if (!@\rename($dir . '/' . self::LEDGER, $claim)) {
-                return 0;
-            }
-            $text = @\file_get_contents($claim);
-            @\unlink($claim);
-            $sum = 0;
-            foreach (\explode("\n", \is_string($text) ? $text : '') as $n) {
-                $sum += \max(0, (int) $n);
-            }
-            return $sum;
-        }
-
         /** Counts one drop whose line never reached the agent, and keeps the count for the next connection. */
         private static function drop(): bool
         {
@@ -409,22 +411,44 @@ if (!\class_exists(Agent::class, false)) {
         }
 
         /**
-         * The connection failed, so the unreported count goes to the ledger, where the next fresh connection of any
-         * PHP process on this host claims it. Kept in this request (reported on a later send) if the ledger fails.
+         * Appends $line to the spill file (the agent replays it when it can): one O_APPEND write of a whole line, no
+         * lock, within the size cap. False when the spill is off, full, not writable, or the line is too long.
+         */
+        private static function spill(string $line, bool $ignoreCap = false): bool
+        {
+            $max = (int) (self::setting('SIDEKICK_AGENT_SPILL_MAX_BYTES', 'sidekick.agent_spill_max_bytes')
+                ?? self::DEFAULT_SPILL_MAX_BYTES);
+            $len = \strlen($line);
+            if ($max <= 0 || $len > self::SPILL_MAX_LINE_BYTES) {
+                return false;
+            }
+            $dir = self::spillDir();
+            $file = $dir . '/' . self::SPILL_FILE;
+            \clearstatcache(false, $file);
+            $size = @\filesize($file);
+            if (\is_int($size) && $size + $len > $max && !($ignoreCap && $size < $max + self::SPILL_MAX_LINE_BYTES)) {
+                return false;
+            }
+            $mask = @\umask(0007); // the agent's group reads and deletes it; no world access
+            try {
+                $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
+                if (!$ok && !@\is_dir($dir) && @\mkdir($dir, 02770, true)) {
+                    $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
+                }
+            } finally {
+                @\umask($mask);
+            }
+            return $ok;
+        }
+
+        /**
+         * The connection failed, so the unreported drop count goes to the spill file as a control line (a few bytes,
+         * allowed slightly past the cap) for the agent to count. Kept in this request if even that fails.
          */
         private static function persistUnreported(): void
         {
-            if (self::$unreported <= 0) {
-                return;
-            }
-            $dir = self::spillDir();
-            $entry = self::$unreported . "\n";
-            // One O_APPEND write of a few bytes: whole, whatever other PHP processes append at the same time.
-            $ok = @\file_put_contents($dir . '/' . self::LEDGER, $entry, \FILE_APPEND) === \strlen($entry);
-            if (!$ok && !@\is_dir($dir) && @\mkdir($dir, 0770, true)) {
-                $ok = @\file_put_contents($dir . '/' . self::LEDGER, $entry, \FILE_APPEND) === \strlen($entry);
-            }
-            if ($ok) {
+            $line = '{"_sidekick":"dropped","count":' . self::$unreported . "}\n";
+            if (self::$unreported > 0 && self::spill($line, true)) {
                 self::$unreported = 0;
             }
         }

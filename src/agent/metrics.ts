@@ -34,6 +34,8 @@ export interface AgentCounterValues {
   clientDropped: number;
   /** Unterminated last lines discarded at end of a connection (the client counted each in clientDropped). */
   truncated: number;
+  /** Records read from client spill files (written while the agent was unreachable) into the spool. */
+  spillReplayed: number;
 }
 
 /** Point-in-time values (gauges). */
@@ -43,6 +45,8 @@ export interface AgentGaugeValues {
   spoolRecords: number;
   spoolSegments: number;
   openConnections: number;
+  spillPendingBytes: number;
+  spillOldestSeconds: number;
   memoryBufferedBytes: number;
   rssBytes: number;
 }
@@ -69,6 +73,7 @@ export function zeroCounters(): AgentCounterValues {
     connections: 0,
     clientDropped: 0,
     truncated: 0,
+    spillReplayed: 0,
   };
 }
 
@@ -79,6 +84,8 @@ export function zeroGauges(): AgentGaugeValues {
     spoolRecords: 0,
     spoolSegments: 0,
     openConnections: 0,
+    spillPendingBytes: 0,
+    spillOldestSeconds: 0,
     memoryBufferedBytes: 0,
     rssBytes: 0,
   };
@@ -203,6 +210,11 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
     (c) => c.clientDropped,
   );
   counter(
+    'spill_replayed_records_total',
+    'Records read from client spill files into the spool (clients wrote them to disk while the agent was unreachable).',
+    (c) => c.spillReplayed,
+  );
+  counter(
     'truncated_lines_total',
     'Unterminated last lines discarded at the end of a connection (already counted by the client as dropped).',
     (c) => c.truncated,
@@ -212,6 +224,16 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
   gauge('spool_records', 'Records pending in the spool (not yet delivered or dead-lettered).', (g) => g.spoolRecords);
   gauge('spool_segments', 'Spool segment files on disk.', (g) => g.spoolSegments);
   gauge('open_connections', 'Client connections open now.', (g) => g.openConnections);
+  gauge(
+    'spill_pending_bytes',
+    'Bytes clients spilled to disk that the agent has not replayed yet.',
+    (g) => g.spillPendingBytes,
+  );
+  gauge(
+    'spill_oldest_seconds',
+    'Age of the oldest spilled data not replayed yet (0 when none).',
+    (g) => g.spillOldestSeconds,
+  );
   gauge('memory_buffered_bytes', 'Bytes held in memory.maxBytes-bounded buffers.', (g) => g.memoryBufferedBytes);
   gauge('worker_rss_bytes', 'Resident set size of the agent worker process.', (g) => g.rssBytes);
   return registry;

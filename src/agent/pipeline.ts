@@ -14,6 +14,7 @@
 // within milliseconds, so stop/handOver only have to flush the spool's write buffer.
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentConfig } from '../config/schema.js';
 import { isSidekickError } from '../errors.js';
@@ -27,6 +28,7 @@ import { Batcher, type BatchPolicy } from './processors/batcher.js';
 import { MemoryBudget } from './processors/memory.js';
 import { Spool, type SpoolStats } from './queue/spool.js';
 import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
+import { SpillReceiver, type SpillStats } from './receivers/spill.js';
 import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
 
 export interface AgentPipelineOptions {
@@ -49,6 +51,7 @@ export interface AgentPipelineStatus {
   exporter: { type: string; target: string };
   breaker: ReturnType<ExporterBreaker['toJSON']> | undefined;
   spool: (SpoolStats & { dir: string }) | undefined;
+  spill: SpillStats | undefined;
   memory: ReturnType<MemoryBudget['usage']>;
   lastExportError: { message: string; at: number } | undefined;
   nextAttemptAt: number | undefined;
@@ -62,6 +65,8 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
   if (a.spool.maxBytes !== b.spool.maxBytes) out.push('spool.maxBytes');
   if (a.spool.segmentBytes !== b.spool.segmentBytes) out.push('spool.segmentBytes');
   if (a.spool.syncIntervalMs !== b.spool.syncIntervalMs) out.push('spool.syncIntervalMs');
+  if (a.spill.dir !== b.spill.dir) out.push('spill.dir');
+  if (a.spill.scanIntervalMs !== b.spill.scanIntervalMs) out.push('spill.scanIntervalMs');
   return out;
 }
 
@@ -85,6 +90,7 @@ export class AgentPipeline extends EventEmitter {
   private spool: Spool | undefined;
   private budget: MemoryBudget;
   private receiver: UnixSocketReceiver | undefined;
+  private spill: SpillReceiver | undefined;
   private server: net.Server | undefined;
   private socketFile: OwnedSocketFile | undefined;
   private batcher: Batcher | undefined;
@@ -223,6 +229,19 @@ export class AgentPipeline extends EventEmitter {
       }
       this.server = server;
       this.dispatcher.start();
+      this.spill = new SpillReceiver({
+        dir: cfg.spill.dir,
+        stateFile: join(cfg.spool.dir, 'spill-offsets.json'),
+        scanIntervalMs: cfg.spill.scanIntervalMs,
+        maxRecordBytes: cfg.maxRecordBytes,
+        group: cfg.socketGroup,
+        sink: this.receiver.lineSink,
+        flush: () => spool.flush(),
+        budget: this.budget,
+        log: this.log.child({ part: 'spill' }),
+        onReplayed: (n) => (this.counters.spillReplayed += n),
+      });
+      await this.spill.start();
       this.startedAtMs = Date.now();
       this.stateName = 'running';
       this.log.info(
@@ -290,6 +309,7 @@ export class AgentPipeline extends EventEmitter {
     const closeMargin = Math.min(1000, timeoutMs / 10);
     const deadline = t0 + Math.max(0, timeoutMs - closeMargin);
     const receiver = this.receiver!;
+    await this.spill?.stop(); // at a chunk boundary: what it fed is in the spool, its offset saved
     if (final) {
       // No connection may be left unaccepted in the backlog (its lines would be lost when the socket closes): the
       // socket file goes first (the supervisor does this for a shared socket), so no new client can connect, then
@@ -372,6 +392,7 @@ export class AgentPipeline extends EventEmitter {
 
   metrics(): AgentMetricsSnapshot {
     const st = this.spool?.stats();
+    const spill = this.spill?.snapshot();
     if (st) {
       this.counters.dropped.spool_full = st.droppedRecords;
       this.counters.dropped.spool_corrupt = st.corruptRecords;
@@ -386,6 +407,8 @@ export class AgentPipeline extends EventEmitter {
         spoolRecords: st?.pendingRecords ?? 0,
         spoolSegments: st?.segments ?? 0,
         openConnections: this.receiver?.connectionCount ?? 0,
+        spillPendingBytes: spill?.pendingBytes ?? 0,
+        spillOldestSeconds: Math.round((spill?.oldestPendingMs ?? 0) / 1000),
         memoryBufferedBytes: this.budget.used,
         rssBytes: process.memoryUsage.rss(),
       },
@@ -404,6 +427,7 @@ export class AgentPipeline extends EventEmitter {
       exporter: { type: exp.type, target: exp.type === 'http' ? exp.url : exp.dir },
       breaker: this.breaker?.toJSON(),
       spool: st ? { ...st, dir: this.cfg.spool.dir } : undefined,
+      spill: this.spill?.snapshot(),
       memory: this.budget.usage(),
       lastExportError: this.dispatcher?.lastError,
       nextAttemptAt: this.dispatcher?.lastError ? this.dispatcher.nextAttemptAt : undefined,

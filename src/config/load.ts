@@ -114,6 +114,8 @@ function resolvePaths(config: Config, dir: string): Config {
     const agent = config.agent;
     agent.socket = agent.socket ? abs(agent.socket) : defaultAgentSocket(dir);
     agent.spool.dir = abs(agent.spool.dir);
+    // Clients assume spill/ beside the socket unless told otherwise (SIDEKICK_AGENT_SPILL_DIR).
+    agent.spill.dir = agent.spill.dir ? abs(agent.spill.dir) : join(dirname(agent.socket), 'spill');
     if (agent.exporter.type === 'file') agent.exporter.dir = abs(agent.exporter.dir);
   }
   return config;

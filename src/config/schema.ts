@@ -137,6 +137,14 @@ export const agentSchema = z
       })
       .strict()
       .prefault({}),
+    // Client spill files (records written to disk while the agent was unreachable), replayed into the pipeline.
+    spill: z
+      .object({
+        dir: z.string().min(1).optional(),
+        scanIntervalMs: duration.default(1000),
+      })
+      .strict()
+      .prefault({}),
     exporter: z.discriminatedUnion('type', [exporterFile, exporterHttp]).prefault({ type: 'file' }),
     breaker: z
       .object({
@@ -206,5 +214,8 @@ export const configSchema = z
 export type Config = z.output<typeof configSchema>;
 export type AppConfig = Config['apps'][number];
 export type SidekicksConfig = AppConfig['sidekicks'];
-export type AgentConfig = z.output<typeof agentSchema> & { socket: string };
+export type AgentConfig = z.output<typeof agentSchema> & {
+  socket: string;
+  spill: z.output<typeof agentSchema>['spill'] & { dir: string };
+};
 export type ExporterConfig = AgentConfig['exporter'];

@@ -4,7 +4,11 @@
 // - `send()` never throws and never blocks: it serialises the record, appends it to a bounded in-memory buffer and
 //   returns. Lines are written in order, batched once per event-loop turn (setImmediate), on one persistent connection.
 // - Bounded: the bytes waiting in the client (not yet handed to the kernel) never exceed `maxBufferBytes` (1 MiB);
-//   past it `send()` drops the record, counts it and returns false. Lines over `maxRecordBytes` are dropped too.
+//   past it `send()` appends the line to the spill file (below) or, when that is off or full, drops the record,
+//   counts it and returns false. Lines over `maxRecordBytes` are dropped too.
+// - Spill: the second line of defence, shared with the PHP client: `<spillDir>/spill.ndjson`, one O_APPEND write of
+//   a whole line, capped by the file's size; the agent replays it. Lines that cannot be sent at close() and a line cut
+//   by a lost connection go there too.
 // - Reconnects with backoff (100 ms × n², capped at 1 s, reset after 10 s of stable connection) after an error or a
 //   close, and also when the socket file is replaced (its inode is checked every `inodeCheckMs`): a connection to an
 //   orphaned inode keeps "working" while the new agent never sees the data — DogStatsD's lesson.
@@ -17,13 +21,17 @@
 //   connection and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
-import { stat, statSync, writeSync, type Stats } from 'node:fs';
+import { appendFileSync, mkdirSync, stat, statSync, writeSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
 import { droppedLine } from '../receivers/control.js';
+
+const SPILL_FILE = 'spill.ndjson';
+const SPILL_MAX_LINE_BYTES = 65536;
+const CONTROL_PREFIX = '{"_sidekick":';
 
 export interface AgentClientOptions {
   /** Socket path. Default: env SIDEKICK_AGENT_SOCKET, else the agent's default (see `defaultAgentSocketPath`). */
@@ -39,11 +47,17 @@ export interface AgentClientOptions {
   /** Reconnect backoff: delay = min(maxMs, n² × baseMs) after n consecutive failures; defaults 100 / 1000 ms. */
   reconnectBaseMs?: number;
   reconnectMaxMs?: number;
+  /** Spill directory. Default: env SIDEKICK_AGENT_SPILL_DIR, else `spill/` beside the socket (as the agent assumes). */
+  spillDir?: string;
+  /** Cap on the spill file's size; default 64 MiB; 0 turns spilling off. */
+  spillMaxBytes?: number;
 }
 
 export interface AgentClientStats {
   /** Records handed to the kernel (the agent reads them from there). */
   sent: number;
+  /** Records appended to the spill file instead (the agent replays them). */
+  spilled: number;
   /** Records dropped: buffer cap, oversize or unserialisable record, lost with a failed connection, sent after close. */
   dropped: number;
   /** Connections established after the first one. */
@@ -153,7 +167,10 @@ class Client implements AgentClient {
   private waiters: Waiter[] = [];
 
   private sent = 0;
+  private spilled = 0;
   private dropped = 0;
+  private readonly spillFile: string;
+  private readonly spillMaxBytes: number;
   private reconnects = 0;
 
   constructor(opts: AgentClientOptions) {
@@ -161,6 +178,11 @@ class Client implements AgentClient {
     this.maxBufferBytes = positive(opts.maxBufferBytes, 1024 * 1024, 'maxBufferBytes');
     this.maxRecordBytes = positive(opts.maxRecordBytes, 1024 * 1024, 'maxRecordBytes');
     this.connectTimeoutMs = positive(opts.connectTimeoutMs, 1000, 'connectTimeoutMs');
+    this.spillMaxBytes = positive(opts.spillMaxBytes, 64 * 1024 * 1024, 'spillMaxBytes', true);
+    this.spillFile = join(
+      opts.spillDir ?? (process.env.SIDEKICK_AGENT_SPILL_DIR || join(dirname(this.socket), 'spill')),
+      SPILL_FILE,
+    );
     const inodeCheckMs = positive(opts.inodeCheckMs, 1000, 'inodeCheckMs', true);
     this.backoff = new RestartBackoff({
       baseMs: positive(opts.reconnectBaseMs, 100, 'reconnectBaseMs'),
@@ -185,7 +207,7 @@ class Client implements AgentClient {
     const line = json + '\n';
     const bytes = Buffer.byteLength(line);
     if (bytes > this.maxRecordBytes) return this.drop(1);
-    if (this.bufferedBytes() + bytes > this.maxBufferBytes) return this.drop(1);
+    if (this.bufferedBytes() + bytes > this.maxBufferBytes) return this.spill(line) || this.drop(1);
     this.queue.push(line);
     this.queueLens.push(bytes);
     this.queuedBytes += bytes;
@@ -228,8 +250,18 @@ class Client implements AgentClient {
     this.clearTimer('retryTimer');
     if (this.immediate) clearImmediate(this.immediate);
     this.immediate = null;
-    const left = this.queue.length + (this.out ? this.outLens.length - this.outLine : 0);
-    if (left > 0) this.drop(left);
+    // What could not be sent in time goes to the spill file (whole lines only), else it is dropped.
+    this.abandonPartialLine();
+    const rest = this.out ? this.out.subarray(this.outOff + this.ctlLeft).toString('utf8') : '';
+    for (const line of [
+      ...rest
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l + '\n'),
+      ...this.queue,
+    ])
+      if (!this.spill(line)) this.drop(1);
+    if (this.unreported > 0 && this.spill(droppedLine(this.unreported), true)) this.unreported = 0;
     this.queue = [];
     this.queueLens = [];
     this.queuedBytes = 0;
@@ -253,6 +285,7 @@ class Client implements AgentClient {
   stats(): AgentClientStats {
     return {
       sent: this.sent,
+      spilled: this.spilled,
       dropped: this.dropped,
       reconnects: this.reconnects,
       bufferedBytes: this.bufferedBytes(),
@@ -265,6 +298,27 @@ class Client implements AgentClient {
     if (this.out) n += this.out.length - this.outOff;
     if (this.inflight > 0 && this.sock) n += this.sock.writableLength;
     return n;
+  }
+
+  /** Appends one whole line to the spill file, within its cap. Synchronous: only on the fallback path. */
+  private spill(line: string, ignoreCap = false): boolean {
+    if (this.spillMaxBytes === 0 || line.length > SPILL_MAX_LINE_BYTES) return false;
+    const bytes = Buffer.byteLength(line);
+    try {
+      let size = 0;
+      try {
+        size = statSync(this.spillFile).size;
+      } catch {
+        mkdirSync(dirname(this.spillFile), { recursive: true, mode: 0o2770 });
+      }
+      const cap = this.spillMaxBytes + (ignoreCap ? SPILL_MAX_LINE_BYTES : 0);
+      if (size + bytes > cap) return false;
+      appendFileSync(this.spillFile, line, { mode: 0o660 });
+    } catch {
+      return false;
+    }
+    if (!line.startsWith(CONTROL_PREFIX)) this.spilled++;
+    return true;
   }
 
   private drop(n: number): false {
@@ -349,7 +403,10 @@ class Client implements AgentClient {
       return;
     }
     if (!this.out || this.ctlLeft > 0 || this.lineLeft === this.outLens[this.outLine]) return;
-    this.drop(1);
+    // The agent discards the cut part; the whole line goes to the spill file (or is dropped and counted).
+    const len = this.outLens[this.outLine]!;
+    const start = this.outOff - (len - this.lineLeft);
+    if (!this.spill(this.out.subarray(start, start + len).toString('utf8'))) this.drop(1);
     this.outOff += this.lineLeft;
     this.outLine++;
     this.lineLeft = this.outLens[this.outLine] ?? 0;
