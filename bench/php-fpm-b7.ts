@@ -12,7 +12,7 @@
 // records central received (deduplicated by X-Sidekick-Batch-Id; target 0), after the agent has drained. Also FPM CPU
 // per request of each pool (less noisy than req/s on a shared machine) and the load average per run.
 //
-//   node --import tsx bench/php-fpm-b7.ts [--rounds 5] [--seconds 8] [--threads 2] [--connections 16]
+//   node --import tsx bench/php-fpm-b7.ts [--rounds 5] [--seconds 8] [--threads 2] [--connections 16] [--diagnose]
 //   npm run bench -- --only b7
 //
 // Needs php-fpm, nginx and wrk (apt-get install php-fpm nginx-light wrk): without them it prints SKIP and exits 0.
@@ -36,6 +36,12 @@ const SECONDS = Math.max(1, Number(arg('seconds', '8')));
 const THREADS = Math.max(1, Number(arg('threads', '2')));
 const CONNECTIONS = Math.max(THREADS, Number(arg('connections', '16')));
 const CHILDREN = 4;
+/**
+ * --diagnose: two more pools in every round, to split the client's cost: "off" loads the client with
+ * SIDEKICK_AGENT_DISABLE=1 (the include and its boot, no send), "down" points it at a socket nobody listens on (connect
+ * fails, the drop goes to its own ledger). Not in the ratio or the records balance.
+ */
+const DIAGNOSE = process.argv.includes('--diagnose');
 
 function load(): string {
   return loadavg()
@@ -49,6 +55,8 @@ interface Central {
   url: string;
   /** Records in 2xx answers, first time per batch id. */
   records: number;
+  /** The same, per FPM child pid (the record's "pid" field), to tell the pools apart. */
+  byPid: Map<number, number>;
   /** Records in repeated batch ids (retries central drops). */
   repeated: number;
   posts: number;
@@ -57,13 +65,17 @@ interface Central {
 
 async function startCountingCentral(): Promise<Central> {
   const seen = new Set<string>();
-  const c: Central = { url: '', records: 0, repeated: 0, posts: 0, close: async () => undefined };
+  const c: Central = { url: '', records: 0, byPid: new Map(), repeated: 0, posts: 0, close: async () => undefined };
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (b: Buffer) => chunks.push(b));
     req.on('end', () => {
       let body = Buffer.concat(chunks);
       if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
+      const text = body.toString('latin1');
+      const pids: number[] = [];
+      for (let at = text.indexOf('"pid":'); at >= 0; at = text.indexOf('"pid":', at + 6))
+        pids.push(Number.parseInt(text.slice(at + 6, at + 16), 10));
       let n = 0;
       for (let i = body.indexOf(10); i >= 0; i = body.indexOf(10, i + 1)) n++;
       if (body.length > 0 && body[body.length - 1] !== 10) n++;
@@ -73,6 +85,7 @@ async function startCountingCentral(): Promise<Central> {
       else {
         seen.add(id);
         c.records += n;
+        for (const pid of pids) c.byPid.set(pid, (c.byPid.get(pid) ?? 0) + 1);
       }
       res.writeHead(200).end();
     });
@@ -147,6 +160,21 @@ async function startAgentProc(dir: string, centralUrl: string): Promise<Agent> {
 }
 
 // ------------------------------------------------------------------------------------------------ measurements
+
+/** Pids of the FPM children of one pool ("php-fpm: pool <name>"), from /proc. */
+function poolPids(pool: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').replace(/\0+$/, '').trim() === `php-fpm: pool ${pool}`)
+        out.push(Number(e));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
 
 /** CPU seconds (user + system) of the FPM children of one pool ("php-fpm: pool <name>"), from /proc. */
 function poolCpuSeconds(pool: string): number {
@@ -253,6 +281,20 @@ async function main(): Promise<void> {
       pools: [
         { name: 'client', client: true },
         { name: 'bare', client: false },
+        ...(DIAGNOSE
+          ? [
+              { name: 'off', client: true, env: { SIDEKICK_AGENT_DISABLE: '1' } },
+              {
+                name: 'down',
+                client: true,
+                // a dir of its own, away from the agent's spill dir (<socket dir>/spill): nothing of it is replayed
+                env: {
+                  SIDEKICK_AGENT_SOCKET: join(tmp.dir, 'down', 'nobody.sock'),
+                  SIDEKICK_AGENT_SPILL_DIR: join(tmp.dir, 'down', 'spill'),
+                },
+              },
+            ]
+          : []),
       ],
       detached: false,
     });
@@ -260,11 +302,18 @@ async function main(): Promise<void> {
     // warm-up (opcache, FPM children, the agent's connections): not reported, but counted in the records balance
     await wrk(stack, agent.child.pid!, 'client', 0, 2);
     await wrk(stack, agent.child.pid!, 'bare', 0, 2);
+    const pools = DIAGNOSE ? ['client', 'bare', 'off', 'down'] : ['client', 'bare'];
+    for (const pool of pools.slice(2)) await wrk(stack, agent.child.pid!, pool, 0, 2);
 
     const runs: WrkRun[] = [];
     const ratios: number[] = [];
     for (let r = 1; r <= ROUNDS; r++) {
-      const order = r % 2 === 1 ? ['client', 'bare'] : ['bare', 'client'];
+      // alternate which pool goes first (and, with --diagnose, rotate all four)
+      const order = DIAGNOSE
+        ? [...pools.slice((r - 1) % pools.length), ...pools.slice(0, (r - 1) % pools.length)]
+        : r % 2 === 1
+          ? ['client', 'bare']
+          : ['bare', 'client'];
       const got: Record<string, WrkRun> = {};
       for (const pool of order) {
         const w = await wrk(stack, agent.child.pid!, pool, r, SECONDS);
@@ -290,8 +339,10 @@ async function main(): Promise<void> {
     let lastReceived = -1;
     let quiet = 0;
     let st = await agent.status();
+    const clientPids = poolPids('client'); // pm = static, no max_requests: the same children all along
+    const delivered = (): number => clientPids.reduce((a, pid) => a + (central!.byPid.get(pid) ?? 0), 0);
     while (Date.now() < until) {
-      if (central.records >= logged()) break;
+      if (delivered() >= logged()) break;
       st = await agent.status();
       quiet = st.gauges.spoolRecords === 0 && st.counters.received === lastReceived ? quiet + 1 : 0;
       lastReceived = st.counters.received;
@@ -301,7 +352,8 @@ async function main(): Promise<void> {
     st = await agent.status();
     const nginxLogged = logged();
     const non200 = stack.accessLogLines('client').filter((l) => l.status !== 200).length;
-    const lost = nginxLogged - central.records;
+    const lost = nginxLogged - delivered();
+    const others = central.records - delivered();
     const c = st.counters;
     const invalid = Object.values(c.invalid).reduce((a, b) => a + b, 0);
 
@@ -315,8 +367,9 @@ async function main(): Promise<void> {
     const agentWithout = median(without.map((w) => w.agentUsPerReq));
     const centralWith = median(withC.map((w) => w.centralUsPerReq));
     console.log(
-      `\nclient pool: nginx logged ${nginxLogged} (of which ${non200} not 200); central received ${central.records} ` +
-        `(+${central.repeated} in repeated batch ids, ${central.posts} POSTs); agent received ${c.received}, ` +
+      `\nclient pool: nginx logged ${nginxLogged} (of which ${non200} not 200); central received ${delivered()} ` +
+        `from its ${clientPids.length} children (+${others} from other pools, +${central.repeated} in repeated ` +
+        `batch ids, ${central.posts} POSTs); agent received ${c.received}, ` +
         `exported ${c.exported}, client_dropped ${c.clientDropped}, truncated ${c.truncated}, invalid ${invalid}, ` +
         `spool ${st.gauges.spoolRecords}; bare pool logged ${stack.accessLogLines('bare').length}`,
     );
@@ -365,7 +418,7 @@ async function main(): Promise<void> {
       unit: 'records',
       target: { op: '<=', value: 0 },
       note:
-        `logged ${nginxLogged} (${non200} not 200), delivered ${central.records}, client_dropped ${c.clientDropped}` +
+        `logged ${nginxLogged} (${non200} not 200), delivered ${delivered()}, client_dropped ${c.clientDropped}` +
         (lost > 0 && lost <= non200 ? '; within the non-200 count: those may not have reached PHP' : ''),
     });
     report({
@@ -375,6 +428,14 @@ async function main(): Promise<void> {
       unit: 'records',
       target: { op: '<=', value: 0 },
     });
+    if (DIAGNOSE)
+      for (const pool of pools) {
+        const rs = runs.filter((w) => w.pool === pool);
+        console.log(
+          `diagnose ${pool.padEnd(6)}: ${median(rs.map((w) => w.rps)).toFixed(0)} req/s, ` +
+            `FPM CPU ${median(rs.map((w) => w.cpuUsPerReq)).toFixed(1)} µs/req (median of ${rs.length})`,
+        );
+      }
     console.log(`\nload avg at the end ${load()}`);
   } finally {
     await cleanup();

@@ -85,7 +85,7 @@ export interface PoolOptions {
   children?: number;
   /** The script every request runs (SCRIPT_FILENAME). Default: the stack's `page`. */
   page?: string;
-  /** Extra env[...] lines for this pool, on top of the stack's. */
+  /** Extra env[...] lines for this pool, on top of the stack's (SIDEKICK_AGENT_SOCKET here overrides agentSocket). */
   env?: Record<string, string>;
 }
 
@@ -212,7 +212,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
     client: p.client ?? true,
     children: p.children ?? opts.children ?? 4,
     page: resolve(p.page ?? opts.page ?? PHP_FPM_PAGE),
-    env: { ...opts.env, ...p.env, SIDEKICK_AGENT_SOCKET: opts.agentSocket },
+    env: { SIDEKICK_AGENT_SOCKET: opts.agentSocket, ...opts.env, ...p.env }, // a pool's own setting wins
     socket: join(dir, `fpm-${p.name}.sock`),
     accessLog: join(dir, `access-${p.name}.log`),
     port: 0,
