@@ -370,7 +370,8 @@ async function main(): Promise<void> {
       `\nclient pool: nginx logged ${nginxLogged} (of which ${non200} not 200); central received ${delivered()} ` +
         `from its ${clientPids.length} children (+${others} from other pools, +${central.repeated} in repeated ` +
         `batch ids, ${central.posts} POSTs); agent received ${c.received}, ` +
-        `exported ${c.exported}, client_dropped ${c.clientDropped}, truncated ${c.truncated}, invalid ${invalid}, ` +
+        `exported ${c.exported}, via the spill ${c.spillReplayed}, client_dropped ${c.clientDropped}, ` +
+        `truncated ${c.truncated}, invalid ${invalid}, ` +
         `spool ${st.gauges.spoolRecords}; bare pool logged ${stack.accessLogLines('bare').length}`,
     );
     console.log(
