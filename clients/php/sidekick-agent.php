@@ -87,6 +87,7 @@ if (!\class_exists(Agent::class, false)) {
         public const CONNECT_TIMEOUT_S = 0.0005;
         public const DEFAULT_MAX_WAIT_US = 500;
         public const DEFAULT_SNDBUF = 1048576;
+        public const HELLO = '{"_sidekick":"hello","state":true}' . "\n";
         /** Connections one request may open: the first, and one more when a write finds it dead. */
         public const MAX_CONNECTS_PER_REQUEST = 2;
         /** The spill file's name inside the spill dir (the agent reads it, then renames it aside). */
@@ -112,6 +113,10 @@ if (!\class_exists(Agent::class, false)) {
         /** @var resource|null this request's handle on the process's persistent connection */
         private static $conn = null;
         private static int $connects = 0;
+        /** @var array{profiling: bool, sampleRate: float}|null the agent's last state line, read this request */
+        private static ?array $state = null;
+        /** This request's profiling decision, once asked. */
+        private static ?bool $profiling = null;
 
         /** Called once per request by this file; later calls (second include) are no-ops. */
         public static function boot(): void
@@ -127,6 +132,37 @@ if (!\class_exists(Agent::class, false)) {
                 return;
             }
             \register_shutdown_function([self::class, 'onShutdown']);
+        }
+
+        /**
+         * Whether this request should run the profiler (XHProf, Tideways, SPX, …): false while the agent's breaker is
+         * open (central failing), when an operator turned profiling off (agent.profiling), when the agent cannot be
+         * reached, or when this request was not sampled (agent.profiling.sampleRate). Decided once per request; the
+         * record says it as "sampled". Costs one non-blocking peek on the persistent connection (nothing is consumed).
+         */
+        public static function profilingEnabled(): bool
+        {
+            if (self::$profiling !== null) {
+                return self::$profiling;
+            }
+            \set_error_handler(static fn (): bool => true);
+            try {
+                $conn = self::$disabled ? null : self::connection();
+                if ($conn === null) {
+                    return self::$profiling = false;
+                }
+                if (self::$state === null) {
+                    self::readState($conn); // a fresh connection: the agent's line may already be there
+                }
+                $state = self::$state ?? ['profiling' => true, 'sampleRate' => 1.0]; // connected, not told yet
+                $rate = $state['sampleRate'];
+                return self::$profiling = $state['profiling']
+                    && ($rate >= 1.0 || ($rate > 0.0 && \mt_rand() / \mt_getrandmax() < $rate));
+            } catch (\Throwable) {
+                return self::$profiling = false;
+            } finally {
+                \restore_error_handler();
+            }
         }
 
         /** Any JSON-encodable value (scalars, null, arrays); resources and the like encode as null. */
@@ -225,6 +261,9 @@ if (!\class_exists(Agent::class, false)) {
                 $record['host'] = (string) \gethostname();
                 $record['pid'] = \getmypid();
                 $record['sapi'] = \PHP_SAPI;
+                if (self::$profiling !== null) {
+                    $record['sampled'] = self::$profiling;
+                }
                 $err = \error_get_last();
                 if ($err !== null && ($err['type'] & (\E_ERROR | \E_PARSE | \E_CORE_ERROR | \E_COMPILE_ERROR)) !== 0) {
                     $record['error'] = \substr((string) $err['message'], 0, 512);
@@ -369,9 +408,55 @@ if (!\class_exists(Agent::class, false)) {
             if (@\ftell($conn) === 0) {
                 // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
                 @\stream_set_blocking($conn, false);
+                @\stream_set_read_buffer($conn, 0); // reads consume exactly what we ask: state lines stay in the kernel
                 self::tuneSendBuffer($conn);
+                // "I read control lines": the agent answers with its state line (profilingEnabled()), and says bye.
+                if (@\fwrite($conn, self::HELLO) !== \strlen(self::HELLO)) {
+                    @\fclose($conn);
+                    return null;
+                }
+            } elseif (!self::readState($conn)) {
+                // The agent said bye (a graceful stop): it reads what we wrote up to our close; connect to the next one.
+                @\fclose($conn);
+                return self::connection();
             }
             return self::$conn = $conn;
+        }
+
+        /**
+         * Peeks at what the agent wrote (control lines only; usually one state line, left in place so every later
+         * request of this process sees it too) and keeps the last line's state. Older lines are consumed. False when
+         * the last line is bye.
+         *
+         * @param resource $conn
+         */
+        private static function readState($conn): bool
+        {
+            $data = @\stream_socket_recvfrom($conn, 4096, \STREAM_PEEK);
+            if (!\is_string($data) || $data === '') {
+                return true; // the usual case when nothing changed: one recv(2) that finds the same line, or nothing
+            }
+            $end = \strrpos($data, "\n");
+            if ($end === false) {
+                return true; // a line still arriving
+            }
+            $start = $end === 0 ? false : \strrpos($data, "\n", $end - \strlen($data) - 1);
+            $start = $start === false ? 0 : $start + 1;
+            if ($start > 0) {
+                @\fread($conn, $start); // drop the older lines, keep the newest one for the next requests
+            }
+            $line = \substr($data, $start, $end - $start);
+            if ($line === '{"_sidekick":"bye"}') {
+                return false;
+            }
+            $msg = \json_decode($line, true);
+            if (\is_array($msg) && ($msg['_sidekick'] ?? null) === 'state') {
+                self::$state = [
+                    'profiling' => ($msg['profiling'] ?? true) === true,
+                    'sampleRate' => \is_numeric($msg['sampleRate'] ?? null) ? (float) $msg['sampleRate'] : 1.0,
+                ];
+            }
+            return true;
         }
 
         private static function disconnect(): void
@@ -432,7 +517,9 @@ if (!\class_exists(Agent::class, false)) {
             $mask = @\umask(0007); // the agent's group reads and deletes it; no world access
             try {
                 $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
-                if (!$ok && !@\is_dir($dir) && @\mkdir($dir, 02770, true)) {
+                if (!$ok) {
+                    // No directory yet? Create it (another process may win that race: fine) and try once more.
+                    @\mkdir($dir, 02770, true);
                     $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
                 }
             } finally {

@@ -29,6 +29,7 @@ import { MemoryBudget } from './processors/memory.js';
 import { Spool, type SpoolStats } from './queue/spool.js';
 import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
 import { SpillReceiver, type SpillStats } from './receivers/spill.js';
+import { stateLine, type ClientState } from './receivers/control.js';
 import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
 
 export interface AgentPipelineOptions {
@@ -52,6 +53,8 @@ export interface AgentPipelineStatus {
   breaker: ReturnType<ExporterBreaker['toJSON']> | undefined;
   spool: (SpoolStats & { dir: string }) | undefined;
   spill: SpillStats | undefined;
+  /** The state line clients are given (profiling on/off and why, sample rate). */
+  clients: ClientState;
   memory: ReturnType<MemoryBudget['usage']>;
   lastExportError: { message: string; at: number } | undefined;
   nextAttemptAt: number | undefined;
@@ -178,7 +181,10 @@ export class AgentPipeline extends EventEmitter {
         halfOpenAfterMs: cfg.breaker.halfOpenAfterMs,
         store: { read: () => spool.readState('breaker'), write: (v) => spool.writeState('breaker', v) },
         log: this.log.child({ part: 'breaker' }),
-        onState: (s: BreakerStateName) => this.emit('breaker', s),
+        onState: (s: BreakerStateName) => {
+          this.publishClientState();
+          this.emit('breaker', s);
+        },
       });
       this.exporter = createExporter(cfg.exporter);
       this.batcher = new Batcher(spool, this.batchPolicy(cfg), this.counters);
@@ -210,6 +216,7 @@ export class AgentPipeline extends EventEmitter {
           truncated: () => this.counters.truncated++,
         },
       });
+      this.publishClientState();
       const server = UnixSocketReceiver.createServer();
       this.receiver.attach(server);
       if (this.opts.listenFd !== undefined) {
@@ -269,9 +276,9 @@ export class AgentPipeline extends EventEmitter {
   }
 
   /** Adopts a client connection handed over by a previous worker. */
-  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
+  adopt(handle: unknown, partial: Buffer, discarding: boolean, hello = false): void {
     if (!this.receiver || this.stateName !== 'running') throw new Error('pipeline is not running');
-    this.receiver.adopt(handle, partial, discarding);
+    this.receiver.adopt(handle, partial, discarding, hello);
   }
 
   /**
@@ -379,6 +386,7 @@ export class AgentPipeline extends EventEmitter {
     this.dispatcher?.setRetryPolicy(this.retryPolicy(next));
     this.dispatcher?.setShape(this.sendShape(next));
     this.breaker?.reconfigure(next.breaker.failures, next.breaker.halfOpenAfterMs);
+    this.publishClientState();
     if (JSON.stringify(prev.exporter) !== JSON.stringify(next.exporter) && this.exporter) {
       const old = this.exporter;
       this.exporter = createExporter(next.exporter);
@@ -388,6 +396,21 @@ export class AgentPipeline extends EventEmitter {
     }
     this.log.info({ restartRequired }, 'agent config reloaded');
     return { restartRequired };
+  }
+
+  /**
+   * What clients should do about profiling: off while the breaker is not closed (central is failing: profiling would
+   * only cost the app) or when the operator turned it off; else the configured sample rate. Sent to every client.
+   */
+  clientState(): ClientState {
+    const p = this.cfg.profiling;
+    const breakerOk = (this.breaker?.state ?? 'closed') === 'closed';
+    const reason = !p.enabled ? 'disabled' : breakerOk ? 'ok' : 'breaker_open';
+    return { profiling: reason === 'ok', sampleRate: p.sampleRate, reason };
+  }
+
+  private publishClientState(): void {
+    this.receiver?.setClientState(stateLine(this.clientState()));
   }
 
   metrics(): AgentMetricsSnapshot {
@@ -428,6 +451,7 @@ export class AgentPipeline extends EventEmitter {
       breaker: this.breaker?.toJSON(),
       spool: st ? { ...st, dir: this.cfg.spool.dir } : undefined,
       spill: this.spill?.snapshot(),
+      clients: this.clientState(),
       memory: this.budget.usage(),
       lastExportError: this.dispatcher?.lastError,
       nextAttemptAt: this.dispatcher?.lastError ? this.dispatcher.nextAttemptAt : undefined,

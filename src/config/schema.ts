@@ -137,6 +137,14 @@ export const agentSchema = z
       })
       .strict()
       .prefault({}),
+    // What clients are told about profiling (state line on every connection): off by an operator, or sampled.
+    profiling: z
+      .object({
+        enabled: z.boolean().default(true),
+        sampleRate: z.number().min(0).max(1).default(1),
+      })
+      .strict()
+      .prefault({}),
     // Client spill files (records written to disk while the agent was unreachable), replayed into the pipeline.
     spill: z
       .object({

@@ -37,12 +37,20 @@ export class AgentVarsSource
 
   private async sample(): Promise<void> {
     const status = (await this.supervisor.status().catch(() => undefined)) as
-      { state?: string; gauges?: Record<string, unknown>; pipeline?: { breaker?: { state?: string } } } | undefined;
+      | {
+          state?: string;
+          gauges?: Record<string, unknown>;
+          pipeline?: { breaker?: { state?: string }; clients?: { profiling?: boolean; sampleRate?: number } };
+        }
+      | undefined;
     if (!status) return;
     const breaker = String(status.pipeline?.breaker?.state ?? 'unknown');
+    // The same decision the agent sends its socket clients (breaker not closed, or turned off by the operator).
+    const clients = status.pipeline?.clients;
     const next = makeSnapshot(
       {
-        PROFILING_ENABLED: breaker === 'open' ? '0' : '1',
+        PROFILING_ENABLED: clients ? (clients.profiling ? '1' : '0') : breaker === 'open' ? '0' : '1',
+        PROFILING_SAMPLE_RATE: String(clients?.sampleRate ?? 1),
         AGENT_STATE: String(status.state ?? 'unknown'),
         AGENT_BREAKER: breaker,
         AGENT_SOCKET: this.supervisor.config.socket,

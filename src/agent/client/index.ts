@@ -27,11 +27,12 @@ import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
-import { droppedLine } from '../receivers/control.js';
+import { HELLO_LINE, droppedLine } from '../receivers/control.js';
 
 const SPILL_FILE = 'spill.ndjson';
 const SPILL_MAX_LINE_BYTES = 65536;
 const CONTROL_PREFIX = '{"_sidekick":';
+const BYE = '{"_sidekick":"bye"}';
 
 export interface AgentClientOptions {
   /** Socket path. Default: env SIDEKICK_AGENT_SOCKET, else the agent's default (see `defaultAgentSocketPath`). */
@@ -72,6 +73,11 @@ export interface AgentClient {
   send(record: object): boolean;
   /** Resolves once every accepted record was handed to the kernel, or after `timeoutMs` (default 1000). */
   flush(timeoutMs?: number): Promise<void>;
+  /**
+   * Whether to run a profiler for this unit of work: false while the agent's breaker is open, when an operator turned
+   * profiling off, when the agent is not connected, or when this call was not sampled (agent.profiling.sampleRate).
+   */
+  profilingEnabled(): boolean;
   /** Flushes (bounded by `timeoutMs`, default 1000), then closes; later `send()` calls drop. */
   close(timeoutMs?: number): Promise<void>;
   stats(): AgentClientStats;
@@ -170,6 +176,8 @@ class Client implements AgentClient {
   private spilled = 0;
   private dropped = 0;
   private readonly spillFile: string;
+  /** The agent's last state line (until one arrives on a connection: profiling on, everything sampled). */
+  private agentState = { profiling: true, sampleRate: 1 };
   private readonly spillMaxBytes: number;
   private reconnects = 0;
 
@@ -512,9 +520,30 @@ class Client implements AgentClient {
         this.backoff.started();
         if (this.everConnected) this.reconnects++;
         this.everConnected = true;
-        // The agent never writes; its FIN is the "bye" of a graceful stop (it keeps reading until ours).
+        // The agent writes only control lines: its state (profiling on/off, sample rate) and bye before its FIN at a
+        // graceful stop (it keeps reading until ours).
+        let pending = '';
+        sock.setEncoding('utf8');
+        sock.on('data', (text: string) => {
+          pending += text;
+          let nl: number;
+          while ((nl = pending.indexOf('\n')) !== -1) {
+            const line = pending.slice(0, nl);
+            pending = pending.slice(nl + 1);
+            this.onControl(sock, line);
+          }
+          if (pending.length > 4096) pending = ''; // not a control line: ignore
+        });
         sock.on('end', () => this.leave(sock));
-        sock.resume();
+        // "I read control lines" (state, bye): first on the connection, before any record. A fresh socket's buffer
+        // always takes these few bytes; if not, the agent simply never sends us state.
+        const fd = fdOf(sock);
+        try {
+          if (fd >= 0) writeSync(fd, HELLO_LINE);
+          else sock.write(HELLO_LINE);
+        } catch {
+          // ignored: state lines are an optimisation for profilingEnabled()
+        }
         this.pump();
         this.settleWaiters();
       });
@@ -543,6 +572,26 @@ class Client implements AgentClient {
       this.connect();
     }, delayMs);
     this.reconnectTimer.unref();
+  }
+
+  private onControl(sock: Socket, line: string): void {
+    if (line === BYE) return this.leave(sock);
+    try {
+      const msg = JSON.parse(line) as { _sidekick?: unknown; profiling?: unknown; sampleRate?: unknown };
+      if (msg._sidekick !== 'state') return;
+      this.agentState = {
+        profiling: msg.profiling !== false,
+        sampleRate: typeof msg.sampleRate === 'number' ? Math.min(1, Math.max(0, msg.sampleRate)) : 1,
+      };
+    } catch {
+      // not ours to understand
+    }
+  }
+
+  profilingEnabled(): boolean {
+    if (!this.connected || this.closed) return false;
+    const { profiling, sampleRate } = this.agentState;
+    return profiling && (sampleRate >= 1 || Math.random() < sampleRate);
   }
 
   /**

@@ -1,7 +1,8 @@
 // The Unix stream socket receiver: many clients, many lines per connection, no reply.
 //
 // Each connection has its own LineFramer; good lines go straight to the sink (the spool append). The receiver never
-// writes to a client and never closes a connection because of bad input. Reading pauses while the memory budget is
+// closes a connection because of bad input, and writes nothing to a client but control lines (its state, and bye at a
+// graceful stop: see control.ts). Reading pauses while the memory budget is
 // exhausted. For a worker recycle, `detach()` stops reading every connection at once and hands out the raw handles
 // with their unfinished line, so the next worker continues each stream exactly where this one stopped.
 import net from 'node:net';
@@ -9,7 +10,7 @@ import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../processors/memory.js';
-import { parseControl } from './control.js';
+import { BYE_LINE, parseControl } from './control.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 
 export interface ReceiverSink {
@@ -34,6 +35,8 @@ export interface DetachedConnection {
   handle: unknown;
   partial: Buffer;
   discarding: boolean;
+  /** The client said hello: it reads control lines (state, bye). */
+  hello: boolean;
 }
 
 /** The libuv stream wrap behind a net.Socket (internal but stable: child_process's own handle passing uses it). */
@@ -49,12 +52,25 @@ class Connection {
   paused = false;
   lastDataAt = Date.now();
   detached = false;
+  /** The client said hello (it reads what we write): only such clients get state lines and the bye line. */
+  hello = false;
 
   constructor(
     readonly socket: net.Socket,
     private readonly receiver: UnixSocketReceiver,
   ) {
-    this.framer = new LineFramer(receiver.maxRecordBytes, receiver.lineSink);
+    const shared = receiver.lineSink;
+    this.framer = new LineFramer(receiver.maxRecordBytes, {
+      good: shared.good,
+      bad: shared.bad,
+      truncated: shared.truncated,
+      control: (line) => {
+        if (receiver.onControl(line) === 'hello' && !this.hello) {
+          this.hello = true;
+          receiver.greet(this);
+        }
+      },
+    });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => {
       this.framer.end();
@@ -81,6 +97,13 @@ class Connection {
     }
   }
 
+  /** Writes one control line to the client (a few dozen bytes; a client that never reads only fills its buffer). */
+  tell(line: string): void {
+    if (!this.hello || this.detached || this.socket.destroyed || !this.socket.writable) return;
+    if (this.socket.writableLength > 64 * 1024) return; // a client that never reads: do not queue for it
+    this.socket.write(line);
+  }
+
   /**
    * Tells the client this agent is going away: a half-close (FIN on our side; we keep reading). PHP's liveness check
    * of a persistent socket (a peek that reads 0) and the Node client's 'end' both see it before their next write, close
@@ -89,7 +112,8 @@ class Connection {
   sayBye(): void {
     if (this.detached || this.socket.destroyed || !this.socket.writable) return;
     this.lastDataAt = Date.now(); // the client gets a full idle period to answer
-    this.socket.end();
+    if (this.hello) this.socket.end(BYE_LINE);
+    else this.socket.end();
   }
 
   pause(): void {
@@ -132,7 +156,7 @@ class Connection {
     this.detached = true;
     const { partial, discarding } = this.framer.takePartial();
     this.account();
-    return { handle, partial, discarding };
+    return { handle, partial, discarding, hello: this.hello };
   }
 }
 
@@ -141,6 +165,7 @@ export class UnixSocketReceiver {
   readonly lineSink: LineSink;
   maxRecordBytes: number;
   private readonly conns = new Set<Connection>();
+  private stateLine: string | undefined;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
   private readonly log: Logger;
@@ -169,11 +194,7 @@ export class UnixSocketReceiver {
     this.lineSink = {
       good: (lines, records) => sink.append(lines, records),
       bad,
-      control: (line) => {
-        const msg = parseControl(line);
-        if (msg === undefined) bad('bad_control', line.subarray(0, 64));
-        else if (msg.count > 0) sink.clientDropped(msg.count);
-      },
+      control: (line) => void this.onControl(line),
       truncated: (sample) => {
         sink.truncated();
         this.badLog.warn(
@@ -212,9 +233,11 @@ export class UnixSocketReceiver {
   }
 
   /** Adopts a connection detached by a previous worker (raw handle + its unfinished line). */
-  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
+  adopt(handle: unknown, partial: Buffer, discarding: boolean, hello = false): void {
     const socket = new net.Socket({ handle: handle as never, readable: true, writable: true } as never);
     const conn = this.accept(socket);
+    conn.hello = hello;
+    this.greet(conn); // this worker's state may differ from the last one it was told
     conn.framer.restorePartial(partial, discarding);
     conn.account();
   }
@@ -222,6 +245,29 @@ export class UnixSocketReceiver {
   forget(conn: Connection): void {
     if (!this.conns.delete(conn)) return;
     conn.release();
+  }
+
+  /** Handles one control line from a client; returns its kind (the connection acts on hello). */
+  onControl(line: Buffer): 'hello' | 'dropped' | undefined {
+    const msg = parseControl(line);
+    if (msg === undefined) {
+      this.lineSink.bad('bad_control', line.subarray(0, 64));
+      return undefined;
+    }
+    if (msg.kind === 'dropped' && msg.count > 0) this.sink.clientDropped(msg.count);
+    return msg.kind;
+  }
+
+  /** A client said hello: it gets the current state line at once. */
+  greet(conn: Connection): void {
+    if (this.stateLine) conn.tell(this.stateLine);
+  }
+
+  /** The state line for clients (profiling on/off, sample rate): written to every connection now and at accept. */
+  setClientState(line: string): void {
+    if (line === this.stateLine) return;
+    this.stateLine = line;
+    for (const c of this.conns) c.tell(line);
   }
 
   setMaxRecordBytes(n: number): void {
