@@ -203,6 +203,7 @@ export class AgentPipeline extends EventEmitter {
       spool.on('drain', () => this.budget.release('spool'));
       this.receiver = new UnixSocketReceiver({
         maxRecordBytes: cfg.maxRecordBytes,
+        coalesceMs: cfg.ingest.coalesceMs,
         budget: this.budget,
         log: this.log.child({ part: 'receiver' }),
         sink: {
@@ -382,6 +383,7 @@ export class AgentPipeline extends EventEmitter {
     this.cfg = next;
     this.budget.setMaxBytes(next.memory.maxBytes);
     this.receiver?.setMaxRecordBytes(next.maxRecordBytes);
+    if (this.receiver) this.receiver.coalesceMs = next.ingest.coalesceMs;
     this.batcher?.setPolicy(this.batchPolicy(next));
     this.dispatcher?.setRetryPolicy(this.retryPolicy(next));
     this.dispatcher?.setShape(this.sendShape(next));

@@ -137,6 +137,12 @@ export const agentSchema = z
       })
       .strict()
       .prefault({}),
+    // Read coalescing: after a small read a connection is not read again for this long (0 = off), so a busy host's
+    // one-record writes reach the agent many per read (less CPU on both sides, at the cost of this much latency).
+    ingest: z
+      .object({ coalesceMs: duration.default(5) })
+      .strict()
+      .prefault({}),
     // What clients are told about profiling (state line on every connection): off by an operator, or sampled.
     profiling: z
       .object({

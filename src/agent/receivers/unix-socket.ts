@@ -25,6 +25,8 @@ export interface ReceiverSink {
 
 export interface ReceiverOptions {
   maxRecordBytes: number;
+  /** Read coalescing window in ms (see Connection.nap); default 0 = off. */
+  coalesceMs?: number;
   sink: ReceiverSink;
   budget: MemoryBudget;
   log: Logger;
@@ -46,6 +48,9 @@ interface StreamHandle {
   readStart(): number;
 }
 
+/** A read this large means more is waiting: keep reading rather than nap. */
+const NAP_BELOW_BYTES = 32 * 1024;
+
 class Connection {
   readonly framer: LineFramer;
   private held = 0;
@@ -54,6 +59,8 @@ class Connection {
   detached = false;
   /** The client said hello (it reads what we write): only such clients get state lines and the bye line. */
   hello = false;
+  /** Not reading for a moment (read coalescing), see nap(). */
+  private napping = false;
 
   constructor(
     readonly socket: net.Socket,
@@ -87,6 +94,44 @@ class Connection {
     this.framer.push(chunk);
     this.account();
     if (this.receiver.budget.exhausted) this.pause();
+    else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
+  }
+
+  /**
+   * Read coalescing: after a small read, stop reading this connection for `coalesceMs`, so the lines clients write
+   * meanwhile wait in the kernel (their send buffers hold ~1 MiB) and the next read takes them all at once. A busy PHP
+   * host sends each record as its own small write; read one by one, every record costs the agent an event-loop turn
+   * and the client a wake-up of the agent (expensive on a VM). The socket is really taken out of the poll set
+   * (readStop), not just paused in JS, so those writes wake nobody.
+   */
+  private nap(): void {
+    const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
+    if (!handle || this.napping || this.paused || this.detached || this.socket.destroyed) return;
+    this.napping = true;
+    this.socket.pause();
+    handle.reading = false;
+    handle.readStop();
+    this.receiver.napping(this);
+  }
+
+  wake(): void {
+    if (!this.napping) return;
+    this.napping = false;
+    if (this.paused || this.detached || this.socket.destroyed) return;
+    this.readAgain();
+  }
+
+  /**
+   * Resumes the stream and, if nap() stopped the handle, the handle too: the stream may still count its last read
+   * request as pending and would then never ask the handle again.
+   */
+  private readAgain(): void {
+    const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
+    if (handle && !handle.reading) {
+      handle.reading = true;
+      handle.readStart();
+    }
+    this.socket.resume();
   }
 
   account(): void {
@@ -125,7 +170,8 @@ class Connection {
   resume(): void {
     if (!this.paused || this.detached) return;
     this.paused = false;
-    this.socket.resume();
+    this.napping = false;
+    if (!this.socket.destroyed) this.readAgain();
   }
 
   release(): void {
@@ -165,6 +211,10 @@ export class UnixSocketReceiver {
   readonly lineSink: LineSink;
   maxRecordBytes: number;
   private readonly conns = new Set<Connection>();
+  /** Read coalescing window (agent.ingest.coalesceMs); 0 = read as soon as data arrives. */
+  coalesceMs: number;
+  private readonly nappers = new Set<Connection>();
+  private napTimer: NodeJS.Timeout | undefined;
   private stateLine: string | undefined;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
@@ -175,6 +225,7 @@ export class UnixSocketReceiver {
     this.sink = opts.sink;
     this.budget = opts.budget;
     this.maxRecordBytes = opts.maxRecordBytes;
+    this.coalesceMs = opts.coalesceMs ?? 0;
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
     const sink = opts.sink;
@@ -242,7 +293,22 @@ export class UnixSocketReceiver {
     conn.account();
   }
 
+  /** One timer for every napping connection: they all read again when it fires. */
+  napping(conn: Connection): void {
+    this.nappers.add(conn);
+    this.napTimer ??= setTimeout(() => this.wakeAll(), this.coalesceMs);
+  }
+
+  private wakeAll(): void {
+    clearTimeout(this.napTimer);
+    this.napTimer = undefined;
+    const all = [...this.nappers];
+    this.nappers.clear();
+    for (const c of all) c.wake();
+  }
+
   forget(conn: Connection): void {
+    this.nappers.delete(conn);
     if (!this.conns.delete(conn)) return;
     conn.release();
   }
@@ -305,6 +371,8 @@ export class UnixSocketReceiver {
    */
   async drain(idleMs: number, maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
+    this.coalesceMs = 0; // read eagerly to the end
+    this.wakeAll();
     for (const c of this.conns) {
       c.resume();
       c.sayBye();
@@ -337,6 +405,7 @@ export class UnixSocketReceiver {
   }
 
   destroyAll(): void {
+    this.wakeAll();
     for (const c of [...this.conns]) {
       c.socket.destroy();
       this.forget(c);
