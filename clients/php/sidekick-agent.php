@@ -113,8 +113,10 @@ if (!\class_exists(Agent::class, false)) {
         /** @var resource|null this request's handle on the process's persistent connection */
         private static $conn = null;
         private static int $connects = 0;
-        /** @var array{profiling: bool, sampleRate: float}|null the agent's last state line, read this request */
+        /** @var array{profiling: bool, sampleRate: float}|null the agent's last state, parsed when asked */
         private static ?array $state = null;
+        /** The agent's last state line as peeked this request (parsed only by profilingEnabled()). */
+        private static ?string $stateLine = null;
         /** This request's profiling decision, once asked. */
         private static ?bool $profiling = null;
 
@@ -151,9 +153,10 @@ if (!\class_exists(Agent::class, false)) {
                 if ($conn === null) {
                     return self::$profiling = false;
                 }
-                if (self::$state === null) {
+                if (self::$stateLine === null) {
                     self::readState($conn); // a fresh connection: the agent's line may already be there
                 }
+                self::parseState();
                 $state = self::$state ?? ['profiling' => true, 'sampleRate' => 1.0]; // connected, not told yet
                 $rate = $state['sampleRate'];
                 return self::$profiling = $state['profiling']
@@ -326,7 +329,7 @@ if (!\class_exists(Agent::class, false)) {
          */
         private static function write(string $line): bool
         {
-            $deadline = \hrtime(true) + self::maxWaitUs() * 1000;
+            $deadline = 0; // set at the first short write: the usual write never needs the clock or the setting
             while (($conn = self::connection()) !== null) {
                 $control = self::$unreported > 0 ? '{"_sidekick":"dropped","count":' . self::$unreported . "}\n" : '';
                 $payload = $control . $line;
@@ -352,7 +355,7 @@ if (!\class_exists(Agent::class, false)) {
          *
          * @param resource $conn
          */
-        private static function writeAll($conn, string $payload, int $deadline): int
+        private static function writeAll($conn, string $payload, int &$deadline): int
         {
             $len = \strlen($payload);
             if ($len === 0) {
@@ -369,6 +372,9 @@ if (!\class_exists(Agent::class, false)) {
                     return $off;
                 }
                 // The send buffer is full (the agent is behind): wait for room, within the budget.
+                if ($deadline === 0) {
+                    $deadline = \hrtime(true) + self::maxWaitUs() * 1000;
+                }
                 $left = $deadline - \hrtime(true);
                 if ($left <= 0) {
                     return $off;
@@ -449,14 +455,20 @@ if (!\class_exists(Agent::class, false)) {
             if ($line === '{"_sidekick":"bye"}') {
                 return false;
             }
-            $msg = \json_decode($line, true);
+            self::$stateLine = $line;
+            return true;
+        }
+
+        /** The state from the last line peeked (parsed once per request, and only when profilingEnabled() asks). */
+        private static function parseState(): void
+        {
+            $msg = self::$stateLine === null ? null : \json_decode(self::$stateLine, true);
             if (\is_array($msg) && ($msg['_sidekick'] ?? null) === 'state') {
                 self::$state = [
                     'profiling' => ($msg['profiling'] ?? true) === true,
                     'sampleRate' => \is_numeric($msg['sampleRate'] ?? null) ? (float) $msg['sampleRate'] : 1.0,
                 ];
             }
-            return true;
         }
 
         private static function disconnect(): void
