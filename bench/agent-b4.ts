@@ -390,7 +390,12 @@ async function runAgentOnce(
     }
     const cpu = pids.reduce<number>((a, p) => a + cpuMs(p), 0) - cpu0;
     const loadAvg = loadavg()[0]!;
-    const end = await agent.status();
+    // the sink counts a part before its answer reaches the agent: give the counter a moment to catch up
+    let end = await agent.status();
+    for (const until2 = Date.now() + 5000; end.counters.exported < total && Date.now() < until2;) {
+      await sleep(50);
+      end = await agent.status();
+    }
     if (end.worker?.pid !== pids[1]) throw new Error('the agent worker was replaced during the run');
     if (end.counters.exported !== total) throw new Error(`agent exported ${end.counters.exported}, expected ${total}`);
     if (sinkChild) await checkSinkExact(sinkChild, total, 'record');
