@@ -82,13 +82,17 @@ class World {
     return join(this.tmp.dir, 'agent.sock');
   }
 
-  async start(reply?: (req: CentralRequest, n: number) => CentralReply): Promise<void> {
+  async start(
+    reply?: (req: CentralRequest, n: number) => CentralReply,
+    overrides: Record<string, unknown> = {},
+  ): Promise<void> {
     this.central = await startCentral(reply);
     this.config = writeConfig(
       this.tmp.dir,
       agentConfig(this.tmp.dir, {
         // a loaded 2-core CI machine must not turn a slow answer into a retry the assertions do not expect
         exporter: { type: 'http', url: this.central.url, timeoutMs: 10_000 },
+        ...overrides,
       }),
     );
     await this.startAgent();
@@ -383,6 +387,44 @@ describe('nginx + PHP-FPM + agent', { skip: SKIP }, () => {
       // and the agent replays it, so nothing is dropped at all.
       assert.equal(clientDropped, 0, 'no record dropped: the client spilled what the restarting agent could not take');
       assert.equal(w.stack.phpErrors(), '', 'PHP logged no warning, notice or error');
+    });
+  });
+
+  describe('agent recycled and reloaded mid-load, PHP clients holding their connections', () => {
+    const w = new World();
+    before(() => w.start(undefined, { recycle: { maxRecords: 4000 } }));
+    after(() => w.close());
+
+    test('every request delivered exactly once across worker recycles and a SIGHUP; nothing spilled or dropped', async () => {
+      const load = runLoad({
+        url: w.stack.url,
+        prefix: 'd',
+        concurrency: CONCURRENCY,
+        maxRequests: 14_000,
+        maxMs: 20_000,
+      });
+      try {
+        await waitFor(() => load.completed >= 6000 || load.started >= 14_000, 'load to be under way', 15_000, 10);
+        w.agent.child.kill('SIGHUP'); // a reload with the same file: applied in the running worker
+      } finally {
+        await load.done;
+      }
+      assertAllOk(load);
+      await nginxLogged(w, load, 'd');
+      await settled(w, 'd');
+      const o = outcome(w, 'd');
+      const st = await w.agent.status();
+      const c = st.counters;
+      describeRun('recycle', load, o, `; recycles ${st.recycles}, agent ${JSON.stringify(c)}`);
+      assert.ok(st.recycles >= 1, `the worker was recycled while PHP clients held their connections (${st.recycles})`);
+      assert.equal(c.connections, 4, 'one connection per FPM child, handed from worker to worker, never re-made');
+      assert.equal(o.logged, load.completed, 'nginx logged every answered request');
+      assert.deepEqual(o.missing.slice(0, 10), [], `${o.missing.length} logged requests have no record`);
+      assert.equal(o.duplicates, 0, 'no record delivered twice');
+      assert.equal(o.delivered, o.logged);
+      assert.equal(c.clientDropped, 0);
+      assert.equal(c.spillReplayed, 0, 'no client had to spill: the hand-over kept every connection');
+      assert.equal(c.truncated, 0, 'no line cut by a hand-over');
     });
   });
 
