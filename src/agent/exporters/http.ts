@@ -7,6 +7,11 @@
 //
 // Status matrix: 2xx delivered · 408, 429, 5xx, 3xx, network error, timeout → RetryableExportError (Retry-After kept)
 // · 413 → too_large (split) · other 4xx → rejected (dead-letter). The whole exchange is bounded by `timeoutMs`.
+//
+// Per request cost: at the default batch size this runs for every 100 records, so what node:http does per call adds
+// up. The request options (host, port, path, agent) are worked out once, not from the URL object on every call; the
+// headers go as a raw list validated once (setHeader validates and lowercases each header on each call); one abort
+// listener per stop signal serves every request in flight; a 2xx body is drained, not collected.
 import http from 'node:http';
 import https from 'node:https';
 import { promisify } from 'node:util';
@@ -33,16 +38,61 @@ export function parseRetryAfter(value: string | string[] | undefined, now = Date
   return Math.max(0, at - now);
 }
 
+/** Headers the exporter sets itself; a configured header of the same name is dropped, as setHeader used to replace it. */
+const OWN_HEADERS = new Set([
+  'content-type',
+  'content-encoding',
+  'content-length',
+  'x-sidekick-batch-id',
+  'x-sidekick-records',
+]);
+
 export class HttpExporter implements Exporter {
   private readonly url: URL;
   private readonly agent: http.Agent;
   private readonly lib: typeof http | typeof https;
+  /** Request options without headers, computed once. */
+  private readonly base: http.RequestOptions;
+  /** Raw header list (name, value, …) every request starts with: Host, configured headers, content type/encoding. */
+  private readonly fixedHeaders: string[];
+  /** A configured header Node would refuse (bad name or value). */
+  private headerError: NodeJS.ErrnoException | undefined;
+  /** Requests in flight per stop signal, so one listener per signal aborts them all. */
+  private readonly inFlight = new WeakMap<AbortSignal, Set<http.ClientRequest>>();
 
   constructor(readonly config: HttpConfig) {
-    this.url = new URL(config.url);
-    this.lib = this.url.protocol === 'https:' ? https : http;
+    const u = new URL(config.url);
+    this.url = u;
+    this.lib = u.protocol === 'https:' ? https : http;
     // The dispatcher bounds concurrency (batch.maxInFlight); the agent just keeps that many connections warm.
     this.agent = new this.lib.Agent({ keepAlive: true, maxSockets: 64, keepAliveMsecs: 1000, noDelay: true });
+    this.base = {
+      protocol: u.protocol,
+      hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
+      port: u.port || undefined,
+      path: `${u.pathname}${u.search}`,
+      method: 'POST',
+      agent: this.agent,
+      ...(u.username || u.password
+        ? { auth: `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}` }
+        : {}),
+    };
+    // With a raw list Node neither validates nor adds a Host header: both happen here, once.
+    const configured = Object.entries(config.headers ?? {}).filter(([k]) => !OWN_HEADERS.has(k.toLowerCase()));
+    const h: string[] = [];
+    if (!configured.some(([k]) => k.toLowerCase() === 'host')) h.push('host', u.host);
+    for (const [k, v] of configured) {
+      try {
+        http.validateHeaderName(k);
+        http.validateHeaderValue(k, v);
+      } catch (err) {
+        this.headerError ??= err as NodeJS.ErrnoException; // every export fails with it, as setHeader made it before
+      }
+      h.push(k, String(v));
+    }
+    h.push('content-type', 'application/x-ndjson');
+    if (config.gzip) h.push('content-encoding', 'gzip');
+    this.fixedHeaders = h;
   }
 
   overheadBytes(part: ExportPart): number {
@@ -57,27 +107,41 @@ export class HttpExporter implements Exporter {
         ? gzipSync(part.payload, { level: 1 })
         : await gzip(part.payload, { level: 1 });
     if (stop.aborted) throw stop.reason;
-    const headers: Record<string, string | number> = {
-      ...this.config.headers,
-      'content-type': 'application/x-ndjson',
-      'content-length': body.length,
-      'x-sidekick-batch-id': part.id,
-      'x-sidekick-records': part.records,
-    };
-    if (this.config.gzip) headers['content-encoding'] = 'gzip';
+    if (this.headerError) {
+      const e = this.headerError;
+      throw new RetryableExportError(`POST ${this.url.href} failed: ${e.code ?? e.message}`, 'network');
+    }
+    const headers = this.fixedHeaders.concat(
+      'content-length',
+      String(body.length),
+      'x-sidekick-batch-id',
+      part.id,
+      'x-sidekick-records',
+      String(part.records),
+    );
+    const active = this.watch(stop);
     let status: number;
     let retryAfter: string | string[] | undefined;
     let excerpt: string;
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
-    let onStop: (() => void) | undefined;
+    let req: http.ClientRequest | undefined;
     try {
       ({ status, retryAfter, excerpt } = await new Promise<{
         status: number;
         retryAfter: string | string[] | undefined;
         excerpt: string;
       }>((resolve, reject) => {
-        const req = this.lib.request(this.url, { method: 'POST', agent: this.agent, headers }, (res) => {
+        const options = { ...this.base, headers: headers as unknown as http.OutgoingHttpHeaders };
+        const r = this.lib.request(options, (res) => {
+          const code = res.statusCode ?? 0;
+          res.on('error', reject);
+          if (code >= 200 && code < 300) {
+            // delivered: the body is not needed (only an excerpt of a refusal is kept for the dead-letter sidecar)
+            res.on('end', () => resolve({ status: code, retryAfter: undefined, excerpt: '' }));
+            res.resume();
+            return;
+          }
           const chunks: Buffer[] = [];
           let kept = 0;
           res.on('data', (c: Buffer) => {
@@ -88,22 +152,21 @@ export class HttpExporter implements Exporter {
           });
           res.on('end', () =>
             resolve({
-              status: res.statusCode ?? 0,
+              status: code,
               retryAfter: res.headers['retry-after'],
               excerpt: Buffer.concat(chunks).subarray(0, BODY_EXCERPT_BYTES).toString('utf8'),
             }),
           );
-          res.on('error', reject);
         });
+        req = r;
         // The whole exchange (connect, send, answer) is bounded by timeoutMs; a stop aborts it at once.
         timer = setTimeout(() => {
           timedOut = true;
-          req.destroy(new Error('timeout'));
+          r.destroy(new Error('timeout'));
         }, this.config.timeoutMs);
-        onStop = () => req.destroy(new Error('stopped'));
-        stop.addEventListener('abort', onStop, { once: true });
-        req.on('error', reject);
-        req.end(body);
+        active.add(r);
+        r.on('error', reject);
+        r.end(body);
       }));
     } catch (err) {
       if (stop.aborted) throw err; // stopping: not central's fault, not a breaker failure
@@ -113,7 +176,7 @@ export class HttpExporter implements Exporter {
       throw new RetryableExportError(`POST ${this.url.href} failed: ${e.code ?? e.message}`, 'network');
     } finally {
       clearTimeout(timer);
-      if (onStop) stop.removeEventListener('abort', onStop);
+      if (req) active.delete(req);
     }
     if (status >= 200 && status < 300) return { kind: 'delivered', status };
     if (status === 413) return { kind: 'too_large', status, body: excerpt };
@@ -124,6 +187,24 @@ export class HttpExporter implements Exporter {
     if (status >= 500) throw new RetryableExportError(msg, 'http_5xx', status, after);
     if (status >= 400) return { kind: 'rejected', status, body: excerpt };
     throw new RetryableExportError(msg, 'http_other', status, after);
+  }
+
+  /** The set of requests in flight under `stop`; the first call for a signal adds its one abort listener. */
+  private watch(stop: AbortSignal): Set<http.ClientRequest> {
+    let set = this.inFlight.get(stop);
+    if (!set) {
+      const s = new Set<http.ClientRequest>();
+      set = s;
+      this.inFlight.set(stop, s);
+      stop.addEventListener(
+        'abort',
+        () => {
+          for (const r of s) r.destroy(new Error('stopped'));
+        },
+        { once: true },
+      );
+    }
+    return set;
   }
 
   async close(): Promise<void> {
