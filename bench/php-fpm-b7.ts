@@ -13,6 +13,7 @@
 // per request of each pool (less noisy than req/s on a shared machine) and the load average per run.
 //
 //   node --import tsx bench/php-fpm-b7.ts [--rounds 5] [--seconds 8] [--threads 2] [--connections 16] [--diagnose]
+//                                         [--coalesce-ms N]   (agent.ingest.coalesceMs; default: the agent's)
 //   npm run bench -- --only b7
 //
 // Needs php-fpm, nginx and wrk (apt-get install php-fpm nginx-light wrk): without them it prints SKIP and exits 0.
@@ -35,6 +36,8 @@ const ROUNDS = Math.max(1, Number(arg('rounds', '5')));
 const SECONDS = Math.max(1, Number(arg('seconds', '8')));
 const THREADS = Math.max(1, Number(arg('threads', '2')));
 const CONNECTIONS = Math.max(THREADS, Number(arg('connections', '16')));
+/** agent.ingest.coalesceMs for this run (default: the agent's default). */
+const COALESCE_MS = arg('coalesce-ms', '');
 const CHILDREN = 4;
 /**
  * --diagnose: two more pools in every round, to split the client's cost: "off" loads the client with
@@ -119,6 +122,7 @@ async function startAgentProc(dir: string, centralUrl: string): Promise<Agent> {
     exporter: { type: 'http', url: centralUrl, gzip: true, timeoutMs: 10_000 },
     // defaults otherwise; a short batch delay so the last partial batch does not wait 5 s after the last round
     batch: { maxRecords: 100, maxDelayMs: 200 },
+    ...(COALESCE_MS !== '' ? { ingest: { coalesceMs: Number(COALESCE_MS) } } : {}),
   };
   writeFileSync(cfg, JSON.stringify({ agent, admin: { socket: admin } }, null, 2));
   const child = spawn(process.execPath, [SIDEKICK_BIN, 'agent', '-c', cfg], {
