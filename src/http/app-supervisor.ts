@@ -32,7 +32,13 @@ interface WorkerInfo {
   state: WorkerState;
   startedAt: number;
   listenError?: string;
+  /** Latest-wins per sidekick: names whose last snapshot is still being written to this worker's IPC channel … */
+  varsInFlight: Set<string>;
+  /** … and the newest snapshot waiting behind it (a newer one replaces it). */
+  varsWaiting: Map<string, VarsMessage>;
 }
+
+type VarsMessage = Extract<PrimaryToWorker, { sk: 'vars' }>;
 
 export class AppSupervisor {
   readonly registry: SidekickRegistry;
@@ -54,7 +60,9 @@ export class AppSupervisor {
     this.log = childLogger({ component: 'app', app: config.name });
     this.registry = new SidekickRegistry(config.name, config.sidekicks);
     for (const source of [this.registry as VarsSource, ...shared]) {
-      source.on('vars', (name, vars, generation) => this.broadcast({ sk: 'vars', name, vars, generation }));
+      source.on('vars', (name, vars, generation) => {
+        for (const info of this.workers.values()) this.sendVars(info, { sk: 'vars', name, vars, generation });
+      });
       source.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
     }
   }
@@ -86,7 +94,13 @@ export class AppSupervisor {
       SIDEKICK_SERVE_SETTINGS: JSON.stringify(settings),
       SIDEKICK_TASK_QUEUE: String(this.config.sidekicks.taskQueue),
     });
-    const info: WorkerInfo = { worker, state: 'starting', startedAt: Date.now() };
+    const info: WorkerInfo = {
+      worker,
+      state: 'starting',
+      startedAt: Date.now(),
+      varsInFlight: new Set(),
+      varsWaiting: new Map(),
+    };
     this.workers.set(worker.id, info);
     worker.on('message', (msg: unknown) => {
       if (isSidekickMessage(msg))
@@ -188,6 +202,36 @@ export class AppSupervisor {
       worker.send(msg);
     } catch (err) {
       this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+    }
+  }
+
+  /**
+   * Snapshots are latest-wins between the supervisor and each HTTP worker: while one snapshot of a sidekick is being
+   * written to a worker (a slow or busy worker does not read its IPC channel), newer ones replace each other in one
+   * slot instead of queueing in this process. Memory stays bounded however fast a sidekick publishes; the worker may
+   * skip intermediate snapshots, never the latest.
+   */
+  private sendVars(info: WorkerInfo, msg: VarsMessage): void {
+    const { worker, varsInFlight, varsWaiting } = info;
+    if (!worker.isConnected()) return;
+    if (varsInFlight.has(msg.name)) {
+      varsWaiting.set(msg.name, msg);
+      return;
+    }
+    varsInFlight.add(msg.name);
+    const done = (): void => {
+      varsInFlight.delete(msg.name);
+      const next = varsWaiting.get(msg.name);
+      if (next) {
+        varsWaiting.delete(msg.name);
+        this.sendVars(info, next);
+      }
+    };
+    try {
+      worker.send(msg, undefined, undefined, done);
+    } catch (err) {
+      this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+      varsInFlight.delete(msg.name);
     }
   }
 

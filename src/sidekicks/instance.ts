@@ -3,7 +3,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { SidekickError, describeError } from '../errors.js';
-import type { Logger } from '../log/logger.js';
+import { RateLimitedLog, type Logger } from '../log/logger.js';
 import { RestartBackoff } from '../supervisor/backoff.js';
 import { adoptSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { SidekicksConfig } from '../config/schema.js';
@@ -57,6 +57,9 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private readonly tasks = new Map<number, PendingTask>();
   private readonly queued: { id: number; payload: unknown; reply: boolean }[] = [];
   private exited: Promise<void> = Promise.resolve();
+  /** Snapshots the thread replaced before they could be delivered (latest-wins); logged at most 1 line / 10 s. */
+  private skippedSnapshots = 0;
+  private readonly fastLog: RateLimitedLog;
 
   constructor(
     readonly app: string,
@@ -67,6 +70,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     private readonly unref: boolean,
   ) {
     super();
+    this.fastLog = new RateLimitedLog(log, 1, 10_000);
   }
 
   get current(): { vars: Vars; generation: number } | undefined {
@@ -132,6 +136,14 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   private onMessage(msg: FromThread): void {
     if (msg.t === 'vars') {
+      this.post({ t: 'vars-ack' }); // the thread may send its next snapshot (latest-wins, see thread-main)
+      if (msg.skipped > 0) {
+        this.skippedSnapshots += msg.skipped;
+        this.fastLog.warn(
+          { sidekick: this.name, skipped: this.skippedSnapshots },
+          `sidekick "${this.name}" publishes faster than its snapshots can be delivered: intermediate snapshots were skipped, the latest is always delivered`,
+        );
+      }
       const first = !this.publishedThisRun;
       this.publishedThisRun = true;
       if (first) {

@@ -28,6 +28,36 @@ const earlyTasks: Extract<ToThread, { t: 'task' }>[] = [];
 
 const post = (msg: FromThread): void => port.postMessage(msg);
 
+// Latest-wins toward the supervisor: at most one `vars` message on its way (until the supervisor acknowledges it)
+// and at most one waiting behind it, replaced by every newer publish. A sidekick publishing in a loop costs memory
+// for two snapshots, not a queue; intermediate snapshots are skipped (counted), the latest always goes.
+let varsInFlight = false;
+let varsWaiting: Record<string, string> | undefined;
+let varsSkipped = 0;
+
+function postVars(snapshot: Record<string, string>): void {
+  if (varsInFlight) {
+    if (varsWaiting) varsSkipped++;
+    varsWaiting = snapshot;
+    return;
+  }
+  varsInFlight = true;
+  post({ t: 'vars', vars: snapshot, skipped: varsSkipped });
+  varsSkipped = 0;
+}
+
+function varsAcked(): void {
+  varsInFlight = false;
+  const next = varsWaiting;
+  varsWaiting = undefined;
+  if (next) postVars(next);
+}
+
+// A thread that ends (returns, throws, exits) with a snapshot still waiting posts it now: the latest is never lost.
+process.on('exit', () => {
+  if (varsWaiting) post({ t: 'vars', vars: varsWaiting, skipped: varsSkipped });
+});
+
 async function runTask(task: Extract<ToThread, { t: 'task' }>, fn: TaskHandler): Promise<void> {
   try {
     const value = await fn(task.payload);
@@ -50,7 +80,9 @@ function exitIfDone(): void {
 }
 
 port.on('message', (msg: ToThread) => {
-  if (msg.t === 'stop') {
+  if (msg.t === 'vars-ack') {
+    varsAcked();
+  } else if (msg.t === 'stop') {
     if (stopping) return;
     stopping = true;
     controller.abort(new SidekickError('SK_ERR_STOPPED', `${who} is stopping`));
@@ -95,7 +127,7 @@ const ctx: SidekickContext = {
     if (sameVars(lastPublished, snapshot)) return;
     if (lastPublished === undefined) settleEarlyTasks();
     lastPublished = snapshot;
-    post({ t: 'vars', vars: snapshot });
+    postVars(snapshot);
   },
   shouldStop: () => stopping,
   handleTasks(fn) {
