@@ -77,6 +77,9 @@ export const sidekicksSchema = z
     maxBootFailures: z.number().int().min(1).max(1000).default(6),
     maxVarsBytes: size.default(1024 * 1024),
     taskQueue: z.number().int().min(1).max(1_000_000).default(1000),
+    // V8 heap cap of each sidekick thread (its old generation), so a leaking sidekick dies alone
+    // (ERR_WORKER_OUT_OF_MEMORY → a crash, restarted with backoff) instead of taking the supervisor's memory.
+    maxHeapMb: z.number().int().min(16).max(65_536).default(512),
   })
   .strict();
 

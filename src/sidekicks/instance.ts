@@ -114,6 +114,9 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       argv: [this.name],
       env: { ...process.env, SIDEKICK_NAME: this.name, SIDEKICK_APP: this.app },
       name: `sidekick:${this.app}/${this.name}`,
+      // A runaway sidekick (a leak, an allocation loop) hits its own limit and is restarted; the supervisor and the
+      // other sidekicks go on.
+      resourceLimits: { maxOldGenerationSizeMb: this.config.maxHeapMb },
     });
     if (this.unref) worker.unref();
     this.worker = worker;
