@@ -126,3 +126,24 @@ test('state lines go only to clients that said hello; bye precedes their half-cl
     await r.close();
   }
 });
+
+test('a state line to a client that already closed loses none of the lines it wrote before closing', async () => {
+  const r = await start(300); // a long nap: the client's last lines wait unread in the kernel
+  try {
+    const c = net.connect(r.path);
+    await once(c, 'connect');
+    c.on('data', () => undefined);
+    c.write(HELLO_LINE);
+    await new Promise((res) => setTimeout(res, 50)); // the agent read the hello and naps
+    // A short-lived client (a PHP process exiting): its last records, then its fd is closed for good.
+    c.write('{"last":1}\n{"last":2}\n', () => c.destroy());
+    await once(c, 'close');
+    // A state change while those lines are unread: writing to the closed client fails (EPIPE) …
+    r.receiver.setClientState('{"_sidekick":"state","profiling":false,"sampleRate":1,"reason":"breaker_open"}\n');
+    // … and must not cost the lines still in the kernel.
+    await waitFor(() => r.got.length === 2, 'the closed client’s last two lines');
+    assert.deepEqual(r.got, ['{"last":1}', '{"last":2}']);
+  } finally {
+    await r.close();
+  }
+});

@@ -5,6 +5,7 @@
 // graceful stop: see control.ts). Reading pauses while the memory budget is
 // exhausted. For a worker recycle, `detach()` stops reading every connection at once and hands out the raw handles
 // with their unfinished line, so the next worker continues each stream exactly where this one stopped.
+import { writeSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
@@ -142,23 +143,35 @@ class Connection {
     }
   }
 
-  /** Writes one control line to the client (a few dozen bytes; a client that never reads only fills its buffer). */
+  /**
+   * Writes one control line to the client with one non-blocking write(2) on the socket's fd. Never through the
+   * stream: a stream write that fails (EPIPE: a short-lived client already closed after writing its last lines)
+   * destroys the socket, and the lines still unread in the kernel would be lost. Here a failure only stops telling
+   * this client; a full buffer (a client that does not read) skips the line. Reading goes on to EOF either way.
+   */
   tell(line: string): void {
-    if (!this.hello || this.detached || this.socket.destroyed || !this.socket.writable) return;
-    if (this.socket.writableLength > 64 * 1024) return; // a client that never reads: do not queue for it
-    this.socket.write(line);
+    if (!this.hello || this.detached || this.socket.destroyed) return;
+    const fd = (this.socket as net.Socket & { _handle: (StreamHandle & { fd?: number }) | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return;
+    try {
+      writeSync(fd, line);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') this.hello = false; // gone: stop writing, keep reading
+    }
   }
 
   /**
-   * Tells the client this agent is going away: a half-close (FIN on our side; we keep reading). PHP's liveness check
-   * of a persistent socket (a peek that reads 0) and the Node client's 'end' both see it before their next write, close
-   * their end and connect again, so we read everything they wrote up to their EOF — at no cost per request.
+   * Tells the client this agent is going away: the bye line (clients that said hello and peek, like PHP, look for
+   * it), then a half-close (FIN on our side; we keep reading). PHP's liveness check of a persistent socket (a peek
+   * that reads 0) and the Node client's 'end' both see it before their next write, close their end and connect
+   * again, so we read everything they wrote up to their EOF — at no cost per request.
    */
   sayBye(): void {
     if (this.detached || this.socket.destroyed || !this.socket.writable) return;
     this.lastDataAt = Date.now(); // the client gets a full idle period to answer
-    if (this.hello) this.socket.end(BYE_LINE);
-    else this.socket.end();
+    this.tell(BYE_LINE);
+    this.socket.end();
   }
 
   pause(): void {
