@@ -6,7 +6,12 @@
 // exactly every record (no loss, no duplicate; the tcp and http sinks also that each line is a bare record).
 //
 //   npm run build && node --import tsx bench/agent-b4.ts [--records-per-conn 50000] [--runs 3] [--conns 8]
-//                                                        [--only sng,sng-untuned,file-100,file-1000,http-100,http-1000]
+//                     [--warmup 25000] [--only sng,sng-untuned,file-100,file-1000,http-100,http-1000]
+//
+// Warm-up: before the timed load, every daemon (agent or syslog-ng alike) first takes --warmup records per
+// connection, untimed, and delivers them: B4 measures the steady state of a long-running daemon, not its first
+// seconds (the agent's JIT compiles its hot paths then; syslog-ng has no such phase, it loses nothing by it).
+// --warmup 0 measures from a cold start.
 //
 // Variants: sink = file exporter (the embedded default) and http (a fake central on loopback, gzip on); batch size =
 // the default 100 and 1000. `sng-untuned` (the first baseline configuration) runs only when named in --only. Every
@@ -308,7 +313,7 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-function parseFlags(): { perConn: number; runs: number; conns: number; only: string[] } {
+function parseFlags(): { perConn: number; runs: number; conns: number; warmup: number; only: string[] } {
   const argv = process.argv.slice(2);
   const get = (name: string, dflt: number): number => {
     const i = argv.indexOf(`--${name}`);
@@ -318,7 +323,13 @@ function parseFlags(): { perConn: number; runs: number; conns: number; only: str
   argv.forEach((a, i) => {
     if (a === '--only' && argv[i + 1]) only.push(...argv[i + 1]!.split(','));
   });
-  return { perConn: get('records-per-conn', 50_000), runs: get('runs', 3), conns: get('conns', 8), only };
+  return {
+    perConn: get('records-per-conn', 50_000),
+    runs: get('runs', 3),
+    conns: get('conns', 8),
+    warmup: get('warmup', 25_000),
+    only,
+  };
 }
 
 /** CPU time (user + system, ms) a process has used so far, from /proc; 0 where there is no /proc. */
@@ -345,12 +356,61 @@ export interface RunResult {
 
 // ------------------------------------------------------------------------------------------------ B4
 
-async function runAgentOnce(
-  sink: 'file' | 'http',
-  maxRecords: number,
-  conns: number,
-  perConn: number,
-): Promise<RunResult> {
+/** The load of one run: `conns` connections; `warmup` records each first (untimed), then `perConn` records each. */
+export interface LoadShape {
+  conns: number;
+  perConn: number;
+  warmup: number;
+}
+
+/**
+ * One timed load against a running daemon. With a warm-up, the same generator first sends `warmup` records per
+ * connection and waits until they all arrived, untimed: what is then measured is the daemon in its steady state
+ * (a long-running daemon's one-time costs, such as the JIT compiling its hot paths, are not per-record costs).
+ * `delivered()` counts records at the far end (the sink, or the agent's exported counter); `cpu()` is the daemon's
+ * CPU time so far. Returns the measured run and the count the warm-up left behind.
+ */
+async function timedLoad(
+  sock: string,
+  load: LoadShape,
+  delivered: () => Promise<number>,
+  cpu: () => number,
+): Promise<{ result: RunResult; warm: number }> {
+  const { conns, perConn, warmup } = load;
+  let warm = 0;
+  if (warmup > 0) {
+    const w = spawnRole('load', [sock, String(conns), String(warmup), 'warm']);
+    await w.next((l) => 'done' in l, 300_000, 'warm-up load done');
+    const until = Date.now() + 300_000;
+    while ((warm = await delivered()) < conns * warmup) {
+      if (Date.now() > until) throw new Error(`warm-up: only ${warm}/${conns * warmup} delivered`);
+      await sleep(25);
+    }
+  }
+  const total = conns * perConn;
+  const cpu0 = cpu();
+  const gen = spawnRole('load', [sock, String(conns), String(perConn), 'b4']);
+  const start = Number((await gen.next((l) => 'start' in l, 15_000, 'load start')).start);
+  const done = await gen.next((l) => 'done' in l, 300_000, 'load done');
+  const until = Date.now() + 300_000;
+  let got: number;
+  while ((got = (await delivered()) - warm) < total) {
+    if (Date.now() > until) throw new Error(`delivered only ${got}/${total}`);
+    await sleep(25);
+  }
+  const t1 = Date.now();
+  return {
+    warm,
+    result: {
+      rate: total / ((t1 - start) / 1000),
+      ingestRate: total / (Number(done.ms) / 1000),
+      cpuUsPerRecord: ((cpu() - cpu0) * 1000) / total,
+      load: loadavg()[0]!,
+    },
+  };
+}
+
+async function runAgentOnce(sink: 'file' | 'http', maxRecords: number, load: LoadShape): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), 'sk-b4-'));
   let sinkChild: RoleChild | undefined;
   let agent: AgentRun | undefined;
@@ -361,51 +421,37 @@ async function runAgentOnce(
       const { port } = await sinkChild.next((l) => 'port' in l, 10_000, 'sink port');
       exporter = { type: 'http', url: `http://127.0.0.1:${port}/ingest`, gzip: true };
     }
-    agent = await startAgentRun(dir, {
+    const a = await startAgentRun(dir, {
       socket: join(dir, 'agent.sock'),
       spool: { dir: join(dir, 'spool') },
       exporter,
       batch: { maxRecords, maxDelayMs: 100 },
     });
-    const total = conns * perConn;
-    const st0 = await agent.status();
-    const pids = [agent.child.pid, st0.worker?.pid];
-    const cpu0 = pids.reduce<number>((a, p) => a + cpuMs(p), 0);
-    const load = spawnRole('load', [join(dir, 'agent.sock'), String(conns), String(perConn), 'b4']);
-    const start = Number((await load.next((l) => 'start' in l, 15_000, 'load start')).start);
-    const done = await load.next((l) => 'done' in l, 300_000, 'load done');
-    const until = Date.now() + 300_000;
-    let t1 = 0;
+    agent = a;
+    const st0 = await a.status();
+    const pids = [a.child.pid, st0.worker?.pid];
     // The end: the http sink has every record (polled like the syslog-ng baseline's sink, so the agent does not pay
     // for being watched: an admin /status costs the supervisor and the worker a snapshot round trip); for the file
     // exporter, the agent's `exported` counter (every file is renamed into place before it counts).
-    for (;;) {
-      const got = sinkChild ? await sinkCount(sinkChild) : (await agent.status()).counters.exported;
-      if (got >= total) {
-        t1 = Date.now();
-        break;
-      }
-      if (Date.now() > until) throw new Error(`agent delivered only ${got}/${total}`);
-      await sleep(25);
-    }
-    const cpu = pids.reduce<number>((a, p) => a + cpuMs(p), 0) - cpu0;
-    const loadAvg = loadavg()[0]!;
+    const s = sinkChild;
+    const { result, warm } = await timedLoad(
+      join(dir, 'agent.sock'),
+      load,
+      async () => (s ? await sinkCount(s) : (await a.status()).counters.exported),
+      () => pids.reduce<number>((sum, p) => sum + cpuMs(p), 0),
+    );
+    const total = warm + load.conns * load.perConn;
     // the sink counts a part before its answer reaches the agent: give the counter a moment to catch up
-    let end = await agent.status();
-    for (const until2 = Date.now() + 5000; end.counters.exported < total && Date.now() < until2;) {
+    let end = await a.status();
+    for (const until = Date.now() + 5000; end.counters.exported < total && Date.now() < until;) {
       await sleep(50);
-      end = await agent.status();
+      end = await a.status();
     }
     if (end.worker?.pid !== pids[1]) throw new Error('the agent worker was replaced during the run');
     if (end.counters.exported !== total) throw new Error(`agent exported ${end.counters.exported}, expected ${total}`);
-    if (sinkChild) await checkSinkExact(sinkChild, total, 'record');
+    if (s) await checkSinkExact(s, total, 'record');
     else checkFilesExact(join(dir, 'out'), total);
-    return {
-      rate: total / ((t1 - start) / 1000),
-      ingestRate: total / (Number(done.ms) / 1000),
-      cpuUsPerRecord: (cpu * 1000) / total,
-      load: loadAvg,
-    };
+    return result;
   } finally {
     await agent?.stop();
     sinkChild?.child.stdin!.end();
@@ -483,7 +529,8 @@ log { source(s_in); destination(d_out); flags(flow-control); };
 `;
 }
 
-export async function runSyslogNgOnce(conns: number, perConn: number, tuned = true): Promise<RunResult> {
+export async function runSyslogNgOnce(load: LoadShape, tuned = true): Promise<RunResult> {
+  const { conns } = load;
   const dir = mkdtempSync(join(tmpdir(), 'sk-b4-sng-'));
   const sinkChild = spawnRole('sink', ['tcp']);
   let sng: ChildProcess | undefined;
@@ -511,31 +558,15 @@ export async function runSyslogNgOnce(conns: number, perConn: number, tuned = tr
       if (Date.now() > until0 || sng.exitCode !== null) throw new Error('syslog-ng did not start');
       await sleep(50);
     }
-    const total = conns * perConn;
-    const cpu0 = cpuMs(sng.pid);
-    const load = spawnRole('load', [sock, String(conns), String(perConn), 'sng']);
-    const start = Number((await load.next((l) => 'start' in l, 15_000, 'load start')).start);
-    const done = await load.next((l) => 'done' in l, 300_000, 'load done');
-    const until = Date.now() + 300_000;
-    let t1 = 0;
-    for (;;) {
-      const c = await sinkCount(sinkChild);
-      if (c >= total) {
-        t1 = Date.now();
-        break;
-      }
-      if (Date.now() > until) throw new Error(`syslog-ng delivered only ${c}/${total}`);
-      await sleep(25);
-    }
-    const cpu = cpuMs(sng.pid) - cpu0;
-    const loadAvg = loadavg()[0]!;
-    await checkSinkExact(sinkChild, total, tuned ? 'record' : 'any');
-    return {
-      rate: total / ((t1 - start) / 1000),
-      ingestRate: total / (Number(done.ms) / 1000),
-      cpuUsPerRecord: (cpu * 1000) / total,
-      load: loadAvg,
-    };
+    const pid = sng.pid;
+    const { result, warm } = await timedLoad(
+      sock,
+      load,
+      () => sinkCount(sinkChild),
+      () => cpuMs(pid),
+    );
+    await checkSinkExact(sinkChild, warm + conns * load.perConn, tuned ? 'record' : 'any');
+    return result;
   } finally {
     if (sng && sng.exitCode === null) {
       sng.kill('SIGTERM');
@@ -550,42 +581,43 @@ export async function runSyslogNgOnce(conns: number, perConn: number, tuned = tr
 type Once = () => Promise<RunResult>;
 
 async function main(): Promise<void> {
-  const { perConn, runs, conns, only } = parseFlags();
+  const { perConn, runs, conns, warmup, only } = parseFlags();
+  const load: LoadShape = { conns, perConn, warmup };
   console.log(
-    `B4 agent ingest: ${conns} connections × ${perConn} records of 200 B, ${runs} runs each (interleaved); ` +
-      `${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Node ${process.version}`,
+    `B4 agent ingest: ${conns} connections × ${perConn} records of 200 B (after ${warmup} each to warm up), ` +
+      `${runs} runs each (interleaved); ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Node ${process.version}`,
   );
   const all: { key: string; what: string; once: Once; baseline?: boolean }[] = [
     {
       key: 'sng-untuned',
       what: 'syslog-ng reliable disk-buffer → tcp, untuned (first version of this benchmark)',
-      once: () => runSyslogNgOnce(conns, perConn, false),
+      once: () => runSyslogNgOnce(load, false),
     },
     {
       key: 'sng',
       what: 'syslog-ng reliable disk-buffer → tcp, tuned (baseline)',
-      once: () => runSyslogNgOnce(conns, perConn, true),
+      once: () => runSyslogNgOnce(load, true),
       baseline: true,
     },
     {
       key: 'file-100',
       what: 'agent → file exporter, batch 100 (default size)',
-      once: () => runAgentOnce('file', 100, conns, perConn),
+      once: () => runAgentOnce('file', 100, load),
     },
     {
       key: 'file-1000',
       what: 'agent → file exporter, batch 1000',
-      once: () => runAgentOnce('file', 1000, conns, perConn),
+      once: () => runAgentOnce('file', 1000, load),
     },
     {
       key: 'http-100',
       what: 'agent → http central (gzip), batch 100 (default size)',
-      once: () => runAgentOnce('http', 100, conns, perConn),
+      once: () => runAgentOnce('http', 100, load),
     },
     {
       key: 'http-1000',
       what: 'agent → http central (gzip), batch 1000',
-      once: () => runAgentOnce('http', 1000, conns, perConn),
+      once: () => runAgentOnce('http', 1000, load),
     },
   ];
   const haveSng = which('syslog-ng') !== undefined;
