@@ -5,9 +5,9 @@
 //
 // Measures, against the same socket and interleaved in blocks so drift hits all alike:
 //   client         — \Sidekick\Agent::send($record) as the first send of a new request: the request-scoped handle
-//                    is reset first (what a new FPM request starts with; the three setters cost ~0.15 µs, included), so
-//                    each send takes the persistent connection again (PHP's liveness check: poll + peek), reads
-//                    the agent's control lines (one non-blocking read), JSON-encodes and writes one line;
+//                    is reset first (what a new FPM request starts with; the two setters cost ~0.1 µs, included), so
+//                    each send takes the persistent connection again (PHP's liveness check: one peek),
+//                    JSON-encodes and writes one line;
 //   raw_persistent — the bare minimum on a persistent connection: stream_socket_client(…, PERSISTENT) + fwrite of the
 //                    pre-encoded line (the baseline for the client);
 //   raw            — one connection per record, as the client did before: stream_socket_client + fwrite + fclose.
@@ -75,11 +75,9 @@ $rawPersistent = static function () use ($aliasTarget, $line): bool {
 // Each timed client send is the first of a new request: the request-scoped handle and connect count start empty.
 $conn = new ReflectionProperty(\Sidekick\Agent::class, 'conn');
 $connects = new ReflectionProperty(\Sidekick\Agent::class, 'connects');
-$stateLine = new ReflectionProperty(\Sidekick\Agent::class, 'stateLine');
-$client = static function () use ($record, $conn, $connects, $stateLine): bool {
+$client = static function () use ($record, $conn, $connects): bool {
     $conn->setValue(null, null);
     $connects->setValue(null, 0);
-    $stateLine->setValue(null, null);
     return \Sidekick\Agent::send($record);
 };
 

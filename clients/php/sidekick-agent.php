@@ -87,7 +87,6 @@ if (!\class_exists(Agent::class, false)) {
         public const CONNECT_TIMEOUT_S = 0.0005;
         public const DEFAULT_MAX_WAIT_US = 500;
         public const DEFAULT_SNDBUF = 1048576;
-        public const HELLO = '{"_sidekick":"hello","state":true}' . "\n";
         /** Connections one request may open: the first, and one more when a write finds it dead. */
         public const MAX_CONNECTS_PER_REQUEST = 2;
         /** The spill file's name inside the spill dir (the agent reads it, then renames it aside). */
@@ -115,8 +114,6 @@ if (!\class_exists(Agent::class, false)) {
         private static int $connects = 0;
         /** @var array{profiling: bool, sampleRate: float}|null the agent's last state, parsed when asked */
         private static ?array $state = null;
-        /** The agent's last state line as peeked this request (parsed only by profilingEnabled()). */
-        private static ?string $stateLine = null;
         /** This request's profiling decision, once asked. */
         private static ?bool $profiling = null;
 
@@ -140,7 +137,7 @@ if (!\class_exists(Agent::class, false)) {
          * Whether this request should run the profiler (XHProf, Tideways, SPX, …): false while the agent's breaker is
          * open (central failing), when an operator turned profiling off (agent.profiling), when the agent cannot be
          * reached, or when this request was not sampled (agent.profiling.sampleRate). Decided once per request; the
-         * record says it as "sampled". Costs one non-blocking peek on the persistent connection (nothing is consumed).
+         * record says it as "sampled". Costs the connection lookup and one read of the agent's state file.
          */
         public static function profilingEnabled(): bool
         {
@@ -153,10 +150,7 @@ if (!\class_exists(Agent::class, false)) {
                 if ($conn === null) {
                     return self::$profiling = false;
                 }
-                if (self::$stateLine === null) {
-                    self::readState($conn); // a fresh connection: the agent's line may already be there
-                }
-                self::parseState();
+                self::readState();
                 $state = self::$state ?? ['profiling' => true, 'sampleRate' => 1.0]; // connected, not told yet
                 $rate = $state['sampleRate'];
                 return self::$profiling = $state['profiling']
@@ -414,55 +408,19 @@ if (!\class_exists(Agent::class, false)) {
             if (@\ftell($conn) === 0) {
                 // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
                 @\stream_set_blocking($conn, false);
-                @\stream_set_read_buffer($conn, 0); // reads consume exactly what we ask: state lines stay in the kernel
                 self::tuneSendBuffer($conn);
-                // "I read control lines": the agent answers with its state line (profilingEnabled()), and says bye.
-                if (@\fwrite($conn, self::HELLO) !== \strlen(self::HELLO)) {
-                    @\fclose($conn);
-                    return null;
-                }
-            } elseif (!self::readState($conn)) {
-                // The agent said bye (a graceful stop): it reads what we wrote up to our close; connect to the next one.
-                @\fclose($conn);
-                return self::connection();
             }
             return self::$conn = $conn;
         }
 
         /**
-         * Peeks at what the agent wrote (control lines only; usually one state line, left in place so every later
-         * request of this process sees it too) and keeps the last line's state. Older lines are consumed. False when
-         * the last line is bye.
-         *
-         * @param resource $conn
+         * The agent's state file (`agent.state` beside the socket: one JSON line, replaced atomically when the
+         * breaker or the config changes), read once per request and only when profilingEnabled() asks.
          */
-        private static function readState($conn): bool
+        private static function readState(): void
         {
-            $data = @\stream_socket_recvfrom($conn, 4096, \STREAM_PEEK);
-            if (!\is_string($data) || $data === '') {
-                return true; // the usual case when nothing changed: one recv(2) that finds the same line, or nothing
-            }
-            $end = \strrpos($data, "\n");
-            if ($end === false) {
-                return true; // a line still arriving
-            }
-            $start = $end === 0 ? false : \strrpos($data, "\n", $end - \strlen($data) - 1);
-            $start = $start === false ? 0 : $start + 1;
-            if ($start > 0) {
-                @\fread($conn, $start); // drop the older lines, keep the newest one for the next requests
-            }
-            $line = \substr($data, $start, $end - $start);
-            if ($line === '{"_sidekick":"bye"}') {
-                return false;
-            }
-            self::$stateLine = $line;
-            return true;
-        }
-
-        /** The state from the last line peeked (parsed once per request, and only when profilingEnabled() asks). */
-        private static function parseState(): void
-        {
-            $msg = self::$stateLine === null ? null : \json_decode(self::$stateLine, true);
+            $text = @\file_get_contents(\dirname(self::socketPath()) . '/agent.state');
+            $msg = \is_string($text) ? \json_decode($text, true) : null;
             if (\is_array($msg) && ($msg['_sidekick'] ?? null) === 'state') {
                 self::$state = [
                     'profiling' => ($msg['profiling'] ?? true) === true,

@@ -14,10 +14,11 @@
 // within milliseconds, so stop/handOver only have to flush the spool's write buffer.
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { join } from 'node:path';
+import { chownSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentConfig } from '../config/schema.js';
-import { isSidekickError } from '../errors.js';
+import { describeError, isSidekickError } from '../errors.js';
 import { childLogger, type Logger } from '../log/logger.js';
 import { ExporterBreaker, type BreakerStateName } from './breaker/breaker.js';
 import { DeadLetterStore } from './exporters/dead-letter.js';
@@ -27,7 +28,7 @@ import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './m
 import { Batcher, type BatchPolicy } from './processors/batcher.js';
 import { MemoryBudget } from './processors/memory.js';
 import { Spool, type SpoolStats } from './queue/spool.js';
-import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
+import { listenOnSocketFile, resolveGroup, type OwnedSocketFile } from './receivers/socket-file.js';
 import { SpillReceiver, type SpillStats } from './receivers/spill.js';
 import { stateLine, type ClientState } from './receivers/control.js';
 import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
@@ -76,6 +77,8 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
 const MIN_BATCH_BYTES = 64 * 1024;
 /** Accept backlog (capped by net.core.somaxconn): bursts of (re)connecting clients must queue, not fail. */
 const LISTEN_BACKLOG = 4096;
+/** The clients' state file (profiling on/off, sample rate), beside the socket. */
+const STATE_FILE = 'agent.state';
 /** At a final stop, after the socket file is gone: time for the event loop to accept what the backlog holds. */
 const BACKLOG_SETTLE_MS = 20;
 /** At a final stop, a connection that sent nothing this long after `bye` is done (idle FPM children, say). */
@@ -94,6 +97,7 @@ export class AgentPipeline extends EventEmitter {
   private budget: MemoryBudget;
   private receiver: UnixSocketReceiver | undefined;
   private spill: SpillReceiver | undefined;
+  private lastStateLine: string | undefined;
   private server: net.Server | undefined;
   private socketFile: OwnedSocketFile | undefined;
   private batcher: Batcher | undefined;
@@ -326,6 +330,8 @@ export class AgentPipeline extends EventEmitter {
       await new Promise((r) => setTimeout(r, BACKLOG_SETTLE_MS));
       receiver.stopAccepting();
       await receiver.drain(DRAIN_IDLE_MS, Math.min(2000, timeoutMs / 5));
+      // The agent is going away (not a recycle): clients stop profiling until the next one says otherwise.
+      this.publishClientState({ profiling: false, sampleRate: this.cfg.profiling.sampleRate, reason: 'stopped' });
     } else {
       receiver.stopAccepting();
       onConnections?.(receiver.detachAll());
@@ -402,7 +408,8 @@ export class AgentPipeline extends EventEmitter {
 
   /**
    * What clients should do about profiling: off while the breaker is not closed (central is failing: profiling would
-   * only cost the app) or when the operator turned it off; else the configured sample rate. Sent to every client.
+   * only cost the app) or when the operator turned it off; else the configured sample rate. Published to clients as
+   * the state file beside the socket (`agent.state`, see publishClientState).
    */
   clientState(): ClientState {
     const p = this.cfg.profiling;
@@ -411,8 +418,25 @@ export class AgentPipeline extends EventEmitter {
     return { profiling: reason === 'ok', sampleRate: p.sampleRate, reason };
   }
 
-  private publishClientState(): void {
-    this.receiver?.setClientState(stateLine(this.clientState()));
+  /**
+   * Writes the state line to `<socket dir>/agent.state` (tmp + rename: readers see the old or the new line, never a
+   * part), group-readable with the socket's group, when it changes. Clients read it when the app asks
+   * (`profilingEnabled()`); nothing is ever written down the clients' connections (see UnixSocketReceiver.sayBye).
+   */
+  private publishClientState(state: ClientState = this.clientState()): void {
+    const line = stateLine(state);
+    if (line === this.lastStateLine) return;
+    this.lastStateLine = line;
+    const file = join(dirname(this.cfg.socket), STATE_FILE);
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      writeFileSync(tmp, line, { mode: 0o640 });
+      if (this.cfg.socketGroup !== undefined) chownSync(tmp, -1, resolveGroup(this.cfg.socketGroup));
+      renameSync(tmp, file);
+    } catch (err) {
+      this.lastStateLine = undefined; // try again at the next change
+      this.log.warn({ err: describeError(err), file }, 'could not write the client state file');
+    }
   }
 
   metrics(): AgentMetricsSnapshot {

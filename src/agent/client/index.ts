@@ -19,20 +19,20 @@
 //   front of the next batch (`{"_sidekick":"dropped","count":N}`), where it becomes `client_dropped`.
 // - A stopping agent half-closes the connection ("bye"): the client finishes the line it is writing, leaves that
 //   connection and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
+// - profilingEnabled(): the agent's state file beside the socket (re-read when it changes).
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
-import { appendFileSync, mkdirSync, stat, statSync, writeSync, type Stats } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, stat, statSync, writeSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
-import { HELLO_LINE, droppedLine } from '../receivers/control.js';
+import { droppedLine } from '../receivers/control.js';
 
 const SPILL_FILE = 'spill.ndjson';
 const SPILL_MAX_LINE_BYTES = 65536;
 const CONTROL_PREFIX = '{"_sidekick":';
-const BYE = '{"_sidekick":"bye"}';
 
 export interface AgentClientOptions {
   /** Socket path. Default: env SIDEKICK_AGENT_SOCKET, else the agent's default (see `defaultAgentSocketPath`). */
@@ -176,7 +176,9 @@ class Client implements AgentClient {
   private spilled = 0;
   private dropped = 0;
   private readonly spillFile: string;
-  /** The agent's last state line (until one arrives on a connection: profiling on, everything sampled). */
+  /** The agent's state file and what it said (until one is read: profiling on, everything sampled). */
+  private readonly stateFile: string;
+  private stateMtime = -1;
   private agentState = { profiling: true, sampleRate: 1 };
   private readonly spillMaxBytes: number;
   private reconnects = 0;
@@ -187,6 +189,7 @@ class Client implements AgentClient {
     this.maxRecordBytes = positive(opts.maxRecordBytes, 1024 * 1024, 'maxRecordBytes');
     this.connectTimeoutMs = positive(opts.connectTimeoutMs, 1000, 'connectTimeoutMs');
     this.spillMaxBytes = positive(opts.spillMaxBytes, 64 * 1024 * 1024, 'spillMaxBytes', true);
+    this.stateFile = join(dirname(this.socket), 'agent.state');
     this.spillFile = join(
       opts.spillDir ?? (process.env.SIDEKICK_AGENT_SPILL_DIR || join(dirname(this.socket), 'spill')),
       SPILL_FILE,
@@ -520,30 +523,9 @@ class Client implements AgentClient {
         this.backoff.started();
         if (this.everConnected) this.reconnects++;
         this.everConnected = true;
-        // The agent writes only control lines: its state (profiling on/off, sample rate) and bye before its FIN at a
-        // graceful stop (it keeps reading until ours).
-        let pending = '';
-        sock.setEncoding('utf8');
-        sock.on('data', (text: string) => {
-          pending += text;
-          let nl: number;
-          while ((nl = pending.indexOf('\n')) !== -1) {
-            const line = pending.slice(0, nl);
-            pending = pending.slice(nl + 1);
-            this.onControl(sock, line);
-          }
-          if (pending.length > 4096) pending = ''; // not a control line: ignore
-        });
+        // The agent never writes; its FIN is the "bye" of a graceful stop (it keeps reading until ours).
         sock.on('end', () => this.leave(sock));
-        // "I read control lines" (state, bye): first on the connection, before any record. A fresh socket's buffer
-        // always takes these few bytes; if not, the agent simply never sends us state.
-        const fd = fdOf(sock);
-        try {
-          if (fd >= 0) writeSync(fd, HELLO_LINE);
-          else sock.write(HELLO_LINE);
-        } catch {
-          // ignored: state lines are an optimisation for profilingEnabled()
-        }
+        sock.resume();
         this.pump();
         this.settleWaiters();
       });
@@ -574,24 +556,28 @@ class Client implements AgentClient {
     this.reconnectTimer.unref();
   }
 
-  private onControl(sock: Socket, line: string): void {
-    if (line === BYE) return this.leave(sock);
-    try {
-      const msg = JSON.parse(line) as { _sidekick?: unknown; profiling?: unknown; sampleRate?: unknown };
-      if (msg._sidekick !== 'state') return;
-      this.agentState = {
-        profiling: msg.profiling !== false,
-        sampleRate: typeof msg.sampleRate === 'number' ? Math.min(1, Math.max(0, msg.sampleRate)) : 1,
-      };
-    } catch {
-      // not ours to understand
-    }
-  }
-
   profilingEnabled(): boolean {
     if (!this.connected || this.closed) return false;
-    const { profiling, sampleRate } = this.agentState;
+    const { profiling, sampleRate } = this.readState();
     return profiling && (sampleRate >= 1 || Math.random() < sampleRate);
+  }
+
+  /** The agent's state file (`agent.state` beside the socket), re-read when its mtime changes. */
+  private readState(): { profiling: boolean; sampleRate: number } {
+    try {
+      const st = statSync(this.stateFile);
+      if (st.mtimeMs !== this.stateMtime) {
+        this.stateMtime = st.mtimeMs;
+        const msg = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { profiling?: unknown; sampleRate?: unknown };
+        this.agentState = {
+          profiling: msg.profiling !== false,
+          sampleRate: typeof msg.sampleRate === 'number' ? Math.min(1, Math.max(0, msg.sampleRate)) : 1,
+        };
+      }
+    } catch {
+      // no state file (an older agent, or not written yet): profiling on
+    }
+    return this.agentState;
   }
 
   /**

@@ -3,20 +3,10 @@
 //   {"_sidekick":"dropped","count":N}     the client had to drop N records since its last successful send
 //                                         (agent unreachable, socket buffer full, record too large, encode error)
 //
-// Client → agent, once at the start of a connection:
-//
-//   {"_sidekick":"hello","state":true}      "I read control lines": the agent then writes the lines below on this
-//                                         connection. A client that never says hello is never written to (a client
-//                                         that does not read would otherwise never see its own EOF).
-//
-// Agent → client (only to clients that said hello; a client keeps the last line it has read):
-//
-//   {"_sidekick":"state","profiling":true,"sampleRate":1,"reason":"ok"}   written at accept and on every change:
-//       whether clients should run their profiler (false while the exporter's breaker is open or an operator turned
-//       it off: `reason` says which), and the share of requests to profile. Clients peek it without consuming it, so
-//       every request of a long-lived PHP process sees the latest line.
-//   {"_sidekick":"bye"}                    written at a graceful stop, just before the agent half-closes the
-//       connection: close it at the next send and connect again (the agent reads everything up to that EOF).
+// The agent never writes to a client: a client that exits with unread data makes the kernel reset the agent's end,
+// and lines it wrote just before would be lost. A graceful stop only half-closes (FIN). What clients need from the
+// agent (profiling on or off, sample rate) is the state file `agent.state` beside the socket, one `stateLine()`.
+// `{"_sidekick":"hello",…}` from older clients is accepted and ignored.
 //
 // The agent adds N to `client_dropped`, so "records sent = delivered + dead-lettered + dropped (agent) + invalid +
 // client_dropped" holds end to end. Unknown or malformed control lines are counted as invalid (`bad_control`), so a
@@ -51,19 +41,16 @@ export function droppedLine(count: number): string {
   return `{"_sidekick":"dropped","count":${count}}\n`;
 }
 
-/** What clients are told to do about profiling (the agent's state line). */
+/** What clients are told to do about profiling (the line in the state file). */
 export interface ClientState {
   profiling: boolean;
   sampleRate: number;
-  reason: 'ok' | 'breaker_open' | 'disabled';
+  reason: 'ok' | 'breaker_open' | 'disabled' | 'stopped';
 }
 
 export function stateLine(state: ClientState): string {
   return `{"_sidekick":"state","profiling":${state.profiling},"sampleRate":${state.sampleRate},"reason":"${state.reason}"}\n`;
 }
 
-/** What clients that read control lines write first on a new connection. */
+/** What an older client wrote first on a new connection (accepted, ignored). */
 export const HELLO_LINE = '{"_sidekick":"hello","state":true}\n';
-
-/** Written just before the half-close of a graceful stop (clients that peek for state lines see it there). */
-export const BYE_LINE = '{"_sidekick":"bye"}\n';

@@ -1,17 +1,15 @@
 // The Unix stream socket receiver: many clients, many lines per connection, no reply.
 //
 // Each connection has its own LineFramer; good lines go straight to the sink (the spool append). The receiver never
-// closes a connection because of bad input, and writes nothing to a client but control lines (its state, and bye at a
-// graceful stop: see control.ts). Reading pauses while the memory budget is
+// closes a connection because of bad input, and never writes to a client (a graceful stop half-closes: see sayBye). Reading pauses while the memory budget is
 // exhausted. For a worker recycle, `detach()` stops reading every connection at once and hands out the raw handles
 // with their unfinished line, so the next worker continues each stream exactly where this one stopped.
-import { writeSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../processors/memory.js';
-import { BYE_LINE, parseControl } from './control.js';
+import { parseControl } from './control.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 
 export interface ReceiverSink {
@@ -58,7 +56,7 @@ class Connection {
   paused = false;
   lastDataAt = Date.now();
   detached = false;
-  /** The client said hello (it reads what we write): only such clients get state lines and the bye line. */
+  /** The client said hello (an older client protocol; kept so a hand-over carries it). Nothing is written back. */
   hello = false;
   /** Not reading for a moment (read coalescing), see nap(). */
   private napping = false;
@@ -73,10 +71,7 @@ class Connection {
       bad: shared.bad,
       truncated: shared.truncated,
       control: (line) => {
-        if (receiver.onControl(line) === 'hello' && !this.hello) {
-          this.hello = true;
-          receiver.greet(this);
-        }
+        if (receiver.onControl(line) === 'hello') this.hello = true;
       },
     });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -108,11 +103,18 @@ class Connection {
   private nap(): void {
     const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
     if (!handle || this.napping || this.paused || this.detached || this.socket.destroyed) return;
+    if (this.readEnded()) return; // EOF already read: the rest is in the stream's buffer, nothing to wait for
     this.napping = true;
     this.socket.pause();
     handle.reading = false;
     handle.readStop();
     this.receiver.napping(this);
+  }
+
+  /** The stream has seen EOF (lines may still wait in its buffer). */
+  private readEnded(): boolean {
+    const state = (this.socket as net.Socket & { _readableState?: { ended?: boolean } })._readableState;
+    return this.socket.readableEnded || state?.ended === true;
   }
 
   wake(): void {
@@ -128,7 +130,9 @@ class Connection {
    */
   private readAgain(): void {
     const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
-    if (handle && !handle.reading) {
+    // Never restart a handle that already read EOF: a second EOF would be a push after end, an error that destroys
+    // the socket with the lines still in its buffer.
+    if (handle && !handle.reading && !this.readEnded()) {
       handle.reading = true;
       handle.readStart();
     }
@@ -144,33 +148,15 @@ class Connection {
   }
 
   /**
-   * Writes one control line to the client with one non-blocking write(2) on the socket's fd. Never through the
-   * stream: a stream write that fails (EPIPE: a short-lived client already closed after writing its last lines)
-   * destroys the socket, and the lines still unread in the kernel would be lost. Here a failure only stops telling
-   * this client; a full buffer (a client that does not read) skips the line. Reading goes on to EOF either way.
-   */
-  tell(line: string): void {
-    if (!this.hello || this.detached || this.socket.destroyed) return;
-    const fd = (this.socket as net.Socket & { _handle: (StreamHandle & { fd?: number }) | null })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return;
-    try {
-      writeSync(fd, line);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') this.hello = false; // gone: stop writing, keep reading
-    }
-  }
-
-  /**
-   * Tells the client this agent is going away: the bye line (clients that said hello and peek, like PHP, look for
-   * it), then a half-close (FIN on our side; we keep reading). PHP's liveness check of a persistent socket (a peek
-   * that reads 0) and the Node client's 'end' both see it before their next write, close their end and connect
-   * again, so we read everything they wrote up to their EOF — at no cost per request.
+   * Tells the client this agent is going away: a half-close (FIN on our side; we keep reading). PHP's liveness check
+   * of a persistent socket (a peek that reads 0) and the Node client's 'end' both see it before their next write,
+   * close their end and connect again, so we read everything they wrote up to their EOF — at no cost per request.
+   * The agent never writes data to a client: a client that exits with unread data in its socket makes the kernel
+   * report ECONNRESET here, and the lines it wrote just before would be lost (seen with PHP CLI clients).
    */
   sayBye(): void {
     if (this.detached || this.socket.destroyed || !this.socket.writable) return;
     this.lastDataAt = Date.now(); // the client gets a full idle period to answer
-    this.tell(BYE_LINE);
     this.socket.end();
   }
 
@@ -228,7 +214,6 @@ export class UnixSocketReceiver {
   coalesceMs: number;
   private readonly nappers = new Set<Connection>();
   private napTimer: NodeJS.Timeout | undefined;
-  private stateLine: string | undefined;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
   private readonly log: Logger;
@@ -301,7 +286,6 @@ export class UnixSocketReceiver {
     const socket = new net.Socket({ handle: handle as never, readable: true, writable: true } as never);
     const conn = this.accept(socket);
     conn.hello = hello;
-    this.greet(conn); // this worker's state may differ from the last one it was told
     conn.framer.restorePartial(partial, discarding);
     conn.account();
   }
@@ -335,18 +319,6 @@ export class UnixSocketReceiver {
     }
     if (msg.kind === 'dropped' && msg.count > 0) this.sink.clientDropped(msg.count);
     return msg.kind;
-  }
-
-  /** A client said hello: it gets the current state line at once. */
-  greet(conn: Connection): void {
-    if (this.stateLine) conn.tell(this.stateLine);
-  }
-
-  /** The state line for clients (profiling on/off, sample rate): written to every connection now and at accept. */
-  setClientState(line: string): void {
-    if (line === this.stateLine) return;
-    this.stateLine = line;
-    for (const c of this.conns) c.tell(line);
   }
 
   setMaxRecordBytes(n: number): void {
