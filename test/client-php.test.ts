@@ -233,10 +233,14 @@ describe('PHP client', { skip: PHP_MISSING }, () => {
         const agent = await startAgent(writeConfig(dir, agentConfig(dir)), { ready: true });
         try {
           assertClean(await php([...PREPEND, APP], { ...base, REQUEST_URI: '/up' }));
+          let last: unknown;
           const st = await waitFor(async () => {
             const s = await agent.status();
+            last = { counters: s.counters, gauges: s.gauges, spill: (s.pipeline as { spill?: unknown })?.spill };
             return s.counters.exported === 3 && s;
-          }, 'three records exported');
+          }, 'three records exported').catch((err: unknown) => {
+            throw new Error(`${String(err)}; agent: ${JSON.stringify(last)}; stderr: ${agent.stderr().slice(-2000)}`);
+          });
           assert.equal(st.counters.spillReplayed, 2);
           assert.equal(st.counters.clientDropped, 0);
           const routes = fileOutput(join(dir, 'out')).lines.map((l) => (JSON.parse(l) as { route: string }).route);
