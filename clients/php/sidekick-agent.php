@@ -137,7 +137,7 @@ if (!\class_exists(Agent::class, false)) {
          * Whether this request should run the profiler (XHProf, Tideways, SPX, …): false while the agent's breaker is
          * open (central failing), when an operator turned profiling off (agent.profiling), when the agent cannot be
          * reached, or when this request was not sampled (agent.profiling.sampleRate). Decided once per request; the
-         * record says it as "sampled". Costs the connection lookup and one read of the agent's state file.
+         * record says it as "sampled". Costs the connection lookup and one readlink of the agent's state link.
          */
         public static function profilingEnabled(): bool
         {
@@ -414,18 +414,19 @@ if (!\class_exists(Agent::class, false)) {
         }
 
         /**
-         * The agent's state file (`agent.state` beside the socket: one JSON line, replaced atomically when the
-         * breaker or the config changes), read once per request and only when profilingEnabled() asks.
+         * The agent's state: `agent.state` beside the socket is a symbolic link whose target is the state
+         * ("sidekick-state:<0|1>:<sampleRate>:<reason>"), replaced atomically by the agent when the breaker or the
+         * config changes. One readlink(2) per request, and only when profilingEnabled() asks.
          */
         private static function readState(): void
         {
-            $text = @\file_get_contents(\dirname(self::socketPath()) . '/agent.state');
-            $msg = \is_string($text) ? \json_decode($text, true) : null;
-            if (\is_array($msg) && ($msg['_sidekick'] ?? null) === 'state') {
-                self::$state = [
-                    'profiling' => ($msg['profiling'] ?? true) === true,
-                    'sampleRate' => \is_numeric($msg['sampleRate'] ?? null) ? (float) $msg['sampleRate'] : 1.0,
-                ];
+            $target = @\readlink(\dirname(self::socketPath()) . '/agent.state');
+            if (!\is_string($target)) {
+                return; // no state yet (an older agent): profiling stays on
+            }
+            $part = \explode(':', $target);
+            if (\count($part) >= 3 && $part[0] === 'sidekick-state' && \is_numeric($part[2])) {
+                self::$state = ['profiling' => $part[1] === '1', 'sampleRate' => (float) $part[2]];
             }
         }
 

@@ -19,16 +19,18 @@
 //   front of the next batch (`{"_sidekick":"dropped","count":N}`), where it becomes `client_dropped`.
 // - A stopping agent half-closes the connection ("bye"): the client finishes the line it is writing, leaves that
 //   connection and connects again (to the next agent), so the stopping agent reads everything up to our EOF.
-// - profilingEnabled(): the agent's state file beside the socket (re-read when it changes).
+// - profilingEnabled(): the agent's state link beside the socket (one readlink).
 // - Quiet: no logging, no dependencies beyond Node's standard library.
 
-import { appendFileSync, mkdirSync, readFileSync, stat, statSync, writeSync, type Stats } from 'node:fs';
+import { appendFileSync, mkdirSync, readlinkSync, stat, statSync, writeSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { RestartBackoff } from '../../supervisor/backoff.js';
-import { droppedLine } from '../receivers/control.js';
+import { droppedLine, parseStateTarget } from '../receivers/control.js';
+
+const DEFAULT_STATE = { profiling: true, sampleRate: 1 };
 
 const SPILL_FILE = 'spill.ndjson';
 const SPILL_MAX_LINE_BYTES = 65536;
@@ -176,10 +178,8 @@ class Client implements AgentClient {
   private spilled = 0;
   private dropped = 0;
   private readonly spillFile: string;
-  /** The agent's state file and what it said (until one is read: profiling on, everything sampled). */
+  /** The agent's state link (profiling on/off, sample rate). */
   private readonly stateFile: string;
-  private stateMtime = -1;
-  private agentState = { profiling: true, sampleRate: 1 };
   private readonly spillMaxBytes: number;
   private reconnects = 0;
 
@@ -562,22 +562,13 @@ class Client implements AgentClient {
     return profiling && (sampleRate >= 1 || Math.random() < sampleRate);
   }
 
-  /** The agent's state file (`agent.state` beside the socket), re-read when its mtime changes. */
+  /** The agent's state (`agent.state` beside the socket: a symlink whose target is the state), one readlink. */
   private readState(): { profiling: boolean; sampleRate: number } {
     try {
-      const st = statSync(this.stateFile);
-      if (st.mtimeMs !== this.stateMtime) {
-        this.stateMtime = st.mtimeMs;
-        const msg = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { profiling?: unknown; sampleRate?: unknown };
-        this.agentState = {
-          profiling: msg.profiling !== false,
-          sampleRate: typeof msg.sampleRate === 'number' ? Math.min(1, Math.max(0, msg.sampleRate)) : 1,
-        };
-      }
+      return parseStateTarget(readlinkSync(this.stateFile)) ?? DEFAULT_STATE;
     } catch {
-      // no state file (an older agent, or not written yet): profiling on
+      return DEFAULT_STATE; // no state yet (an older agent): profiling on
     }
-    return this.agentState;
   }
 
   /**

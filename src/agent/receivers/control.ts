@@ -5,7 +5,8 @@
 //
 // The agent never writes to a client: a client that exits with unread data makes the kernel reset the agent's end,
 // and lines it wrote just before would be lost. A graceful stop only half-closes (FIN). What clients need from the
-// agent (profiling on or off, sample rate) is the state file `agent.state` beside the socket, one `stateLine()`.
+// agent (profiling on or off, sample rate) is `agent.state` beside the socket: a symbolic link whose target is the
+// state (`stateTarget()`), so a client reads it with one readlink(2) and the agent replaces it atomically (rename).
 // `{"_sidekick":"hello",…}` from older clients is accepted and ignored.
 //
 // The agent adds N to `client_dropped`, so "records sent = delivered + dead-lettered + dropped (agent) + invalid +
@@ -48,9 +49,18 @@ export interface ClientState {
   reason: 'ok' | 'breaker_open' | 'disabled' | 'stopped';
 }
 
-export function stateLine(state: ClientState): string {
-  return `{"_sidekick":"state","profiling":${state.profiling},"sampleRate":${state.sampleRate},"reason":"${state.reason}"}\n`;
-}
-
 /** What an older client wrote first on a new connection (accepted, ignored). */
 export const HELLO_LINE = '{"_sidekick":"hello","state":true}\n';
+
+/** The state as a symlink target: `sidekick-state:<profiling 0|1>:<sampleRate>:<reason>`. */
+export function stateTarget(state: ClientState): string {
+  return `sidekick-state:${state.profiling ? 1 : 0}:${state.sampleRate}:${state.reason}`;
+}
+
+/** Parses a symlink target written by stateTarget(); undefined when it is not one. */
+export function parseStateTarget(target: string): { profiling: boolean; sampleRate: number } | undefined {
+  const [tag, p, rate] = target.split(':');
+  const sampleRate = Number(rate);
+  if (tag !== 'sidekick-state' || (p !== '0' && p !== '1') || !Number.isFinite(sampleRate)) return undefined;
+  return { profiling: p === '1', sampleRate: Math.min(1, Math.max(0, sampleRate)) };
+}
