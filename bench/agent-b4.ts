@@ -6,7 +6,8 @@
 // exactly every record (no loss, no duplicate; the tcp and http sinks also that each line is a bare record).
 //
 //   npm run build && node --import tsx bench/agent-b4.ts [--records-per-conn 50000] [--runs 3] [--conns 8]
-//                     [--warmup 25000] [--only sng,sng-untuned,file-100,file-1000,http-100,http-1000]
+//                     [--warmup 25000] [--only sng,sng-untuned,file-100,file-1000,http-100,http-1000,
+//                                            http-100-oldspace64]
 //
 // Warm-up: before the timed load, every daemon (agent or syslog-ng alike) first takes --warmup records per
 // connection, untimed, and delivers them: B4 measures the steady state of a long-running daemon, not its first
@@ -14,9 +15,10 @@
 // --warmup 0 measures from a cold start.
 //
 // Variants: sink = file exporter (the embedded default) and http (a fake central on loopback, gzip on); batch size =
-// the default 100 and 1000. `sng-untuned` (the first baseline configuration) runs only when named in --only. Every
-// load is bounded in records and every wait in time. Besides the rate, each run reports the daemon's CPU time per
-// record (agent: supervisor + worker; syslog-ng: its process; from /proc) and the load average.
+// the default 100 and 1000. `sng-untuned` (the first baseline configuration) and `http-100-oldspace64` (the agent
+// started with node --initial-old-space-size=64) run only when named in --only. Every load is bounded in records and
+// every wait in time. Besides the rate, each run reports the daemon's CPU time per record (agent: supervisor +
+// worker; syslog-ng: its process; from /proc) and the load average.
 //
 // This file also holds the child-process roles the agent benchmarks use (so `npm run bench` sees one module):
 //   --role load SOCKET CONNS COUNT PREFIX [RATE]  the load generator (prints {"start"}, {"progress"}, {"done"} JSON
@@ -259,11 +261,16 @@ export interface AgentRun {
   kill9(): Promise<void>;
 }
 
-export async function startAgentRun(dir: string, agent: Record<string, unknown>): Promise<AgentRun> {
+export async function startAgentRun(
+  dir: string,
+  agent: Record<string, unknown>,
+  nodeArgs: string[] = [],
+): Promise<AgentRun> {
   const admin = join(dir, 'admin.sock');
   const cfg = join(dir, 'sidekick.config.json');
   writeFileSync(cfg, JSON.stringify({ agent, admin: { socket: admin } }));
-  const child = spawn(process.execPath, [BIN, 'agent', '-c', cfg], {
+  // node options given here reach the worker too (it is forked with the supervisor's execArgv)
+  const child = spawn(process.execPath, [...nodeArgs, BIN, 'agent', '-c', cfg], {
     stdio: ['ignore', 'ignore', 'pipe'],
     detached: true,
     env: { ...process.env, SIDEKICK_LOG_LEVEL: 'warn' },
@@ -410,7 +417,12 @@ async function timedLoad(
   };
 }
 
-async function runAgentOnce(sink: 'file' | 'http', maxRecords: number, load: LoadShape): Promise<RunResult> {
+async function runAgentOnce(
+  sink: 'file' | 'http',
+  maxRecords: number,
+  load: LoadShape,
+  nodeArgs: string[] = [],
+): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), 'sk-b4-'));
   let sinkChild: RoleChild | undefined;
   let agent: AgentRun | undefined;
@@ -421,12 +433,16 @@ async function runAgentOnce(sink: 'file' | 'http', maxRecords: number, load: Loa
       const { port } = await sinkChild.next((l) => 'port' in l, 10_000, 'sink port');
       exporter = { type: 'http', url: `http://127.0.0.1:${port}/ingest`, gzip: true };
     }
-    const a = await startAgentRun(dir, {
-      socket: join(dir, 'agent.sock'),
-      spool: { dir: join(dir, 'spool') },
-      exporter,
-      batch: { maxRecords, maxDelayMs: 100 },
-    });
+    const a = await startAgentRun(
+      dir,
+      {
+        socket: join(dir, 'agent.sock'),
+        spool: { dir: join(dir, 'spool') },
+        exporter,
+        batch: { maxRecords, maxDelayMs: 100 },
+      },
+      nodeArgs,
+    );
     agent = a;
     const st0 = await a.status();
     const pids = [a.child.pid, st0.worker?.pid];
@@ -579,6 +595,8 @@ export async function runSyslogNgOnce(load: LoadShape, tuned = true): Promise<Ru
 }
 
 type Once = () => Promise<RunResult>;
+/** Variants that run only when named in --only. */
+const OPT_IN = new Set(['sng-untuned', 'http-100-oldspace64']);
 
 async function main(): Promise<void> {
   const { perConn, runs, conns, warmup, only } = parseFlags();
@@ -619,11 +637,18 @@ async function main(): Promise<void> {
       what: 'agent → http central (gzip), batch 1000',
       once: () => runAgentOnce('http', 1000, load),
     },
+    {
+      // Not a default setting: shows what the worker's GC regime costs (docs/benchmarks.md, Agent). V8 starts with a
+      // small old generation; on some runs it then marks and compacts back to back (~20 full GCs per 400k records).
+      key: 'http-100-oldspace64',
+      what: 'agent → http central (gzip), batch 100, node --initial-old-space-size=64',
+      once: () => runAgentOnce('http', 100, load, ['--initial-old-space-size=64']),
+    },
   ];
   const haveSng = which('syslog-ng') !== undefined;
   if (!haveSng) skip('B4', 'syslog-ng baseline', 'syslog-ng not found on PATH (apt-get install -y syslog-ng-core)');
   const chosen = all.filter(
-    (v) => (only.length ? only.includes(v.key) : v.key !== 'sng-untuned') && (haveSng || !v.key.startsWith('sng')),
+    (v) => (only.length ? only.includes(v.key) : !OPT_IN.has(v.key)) && (haveSng || !v.key.startsWith('sng')),
   );
   const results = new Map<string, RunResult[]>(chosen.map((v) => [v.key, []]));
   // Interleaved (run 1 of every variant, then run 2, …): on a shared machine a burst of someone else's load then hits
