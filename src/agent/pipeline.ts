@@ -281,9 +281,9 @@ export class AgentPipeline extends EventEmitter {
   }
 
   /** Adopts a client connection handed over by a previous worker. */
-  adopt(handle: unknown, partial: Buffer, discarding: boolean, hello = false): void {
+  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
     if (!this.receiver || this.stateName !== 'running') throw new Error('pipeline is not running');
-    this.receiver.adopt(handle, partial, discarding, hello);
+    this.receiver.adopt(handle, partial, discarding);
   }
 
   /**

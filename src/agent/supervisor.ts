@@ -377,15 +377,10 @@ export class AgentSupervisor {
     const target = this.current;
     if (!target || target.state !== 'ready' || this.held.length === 0) return;
     for (const { handle, msg } of this.held.splice(0)) {
-      this.sendTo(
-        target,
-        { t: 'conn', partial: msg.partial, discarding: msg.discarding, hello: msg.hello },
-        handle,
-        (err) => {
-          if (err) this.log.warn({ err: describeError(err) }, 'could not pass a connection to the new worker');
-          closeHandle(handle); // the worker has its own copy now
-        },
-      );
+      this.sendTo(target, { t: 'conn', partial: msg.partial, discarding: msg.discarding }, handle, (err) => {
+        if (err) this.log.warn({ err: describeError(err) }, 'could not pass a connection to the new worker');
+        closeHandle(handle); // the worker has its own copy now
+      });
     }
   }
 

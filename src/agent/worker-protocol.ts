@@ -11,7 +11,7 @@ export type ToWorker =
   | { t: 'init'; config: AgentConfig; start: boolean; lockWaitMs: number }
   | { t: 'start' }
   /** A client connection from the previous worker; the raw handle travels with the message. */
-  | { t: 'conn'; partial: string; discarding: boolean; hello?: boolean }
+  | { t: 'conn'; partial: string; discarding: boolean }
   | { t: 'reload'; config: AgentConfig }
   | { t: 'handover' }
   | { t: 'stop'; timeoutMs: number }
@@ -22,7 +22,7 @@ export type FromWorker =
   | { t: 'ready' }
   | { t: 'stats'; metrics: AgentMetricsSnapshot; status: AgentPipelineStatus }
   | { t: 'snapshot'; id: number; metrics: AgentMetricsSnapshot; status: AgentPipelineStatus }
-  | { t: 'conn'; partial: string; discarding: boolean; hello?: boolean }
+  | { t: 'conn'; partial: string; discarding: boolean }
   /** Hand-over done: spool closed, lock released. Carries the final counters. */
   | { t: 'released'; metrics: AgentMetricsSnapshot }
   | { t: 'stopped'; metrics: AgentMetricsSnapshot }

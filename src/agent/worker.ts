@@ -64,7 +64,7 @@ export function runWorker(): void {
       return;
     }
     try {
-      pipeline.adopt(handle, Buffer.from(msg.partial, 'base64'), msg.discarding, msg.hello === true);
+      pipeline.adopt(handle, Buffer.from(msg.partial, 'base64'), msg.discarding);
     } catch (err) {
       log.error({ err }, 'could not adopt a handed-over connection');
     }
@@ -86,10 +86,9 @@ export function runWorker(): void {
       .handOver((conns) => {
         for (const c of conns)
           sends.push(
-            send(
-              { t: 'conn', partial: c.partial.toString('base64'), discarding: c.discarding, hello: c.hello },
-              c.handle,
-            ).then(() => (c.handle as { close(): void }).close()),
+            send({ t: 'conn', partial: c.partial.toString('base64'), discarding: c.discarding }, c.handle).then(() =>
+              (c.handle as { close(): void }).close(),
+            ),
           );
       })
       .catch((err: unknown) => log.error({ err }, 'hand-over failed'));

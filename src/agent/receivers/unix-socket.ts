@@ -36,8 +36,6 @@ export interface DetachedConnection {
   handle: unknown;
   partial: Buffer;
   discarding: boolean;
-  /** The client said hello: it reads control lines (state, bye). */
-  hello: boolean;
 }
 
 /** The libuv stream wrap behind a net.Socket (internal but stable: child_process's own handle passing uses it). */
@@ -56,8 +54,6 @@ class Connection {
   paused = false;
   lastDataAt = Date.now();
   detached = false;
-  /** The client said hello (an older client protocol; kept so a hand-over carries it). Nothing is written back. */
-  hello = false;
   /** Not reading for a moment (read coalescing), see nap(). */
   private napping = false;
 
@@ -65,15 +61,7 @@ class Connection {
     readonly socket: net.Socket,
     private readonly receiver: UnixSocketReceiver,
   ) {
-    const shared = receiver.lineSink;
-    this.framer = new LineFramer(receiver.maxRecordBytes, {
-      good: shared.good,
-      bad: shared.bad,
-      truncated: shared.truncated,
-      control: (line) => {
-        if (receiver.onControl(line) === 'hello') this.hello = true;
-      },
-    });
+    this.framer = new LineFramer(receiver.maxRecordBytes, receiver.lineSink);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => {
       this.framer.end();
@@ -201,7 +189,7 @@ class Connection {
     this.detached = true;
     const { partial, discarding } = this.framer.takePartial();
     this.account();
-    return { handle, partial, discarding, hello: this.hello };
+    return { handle, partial, discarding };
   }
 }
 
@@ -282,10 +270,9 @@ export class UnixSocketReceiver {
   }
 
   /** Adopts a connection detached by a previous worker (raw handle + its unfinished line). */
-  adopt(handle: unknown, partial: Buffer, discarding: boolean, hello = false): void {
+  adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
     const socket = new net.Socket({ handle: handle as never, readable: true, writable: true } as never);
     const conn = this.accept(socket);
-    conn.hello = hello;
     conn.framer.restorePartial(partial, discarding);
     conn.account();
   }
@@ -310,15 +297,14 @@ export class UnixSocketReceiver {
     conn.release();
   }
 
-  /** Handles one control line from a client; returns its kind (the connection acts on hello). */
-  onControl(line: Buffer): 'hello' | 'dropped' | undefined {
+  /** Handles one control line from a client (a hello from an older client is accepted and ignored). */
+  onControl(line: Buffer): void {
     const msg = parseControl(line);
     if (msg === undefined) {
       this.lineSink.bad('bad_control', line.subarray(0, 64));
-      return undefined;
+      return;
     }
     if (msg.kind === 'dropped' && msg.count > 0) this.sink.clientDropped(msg.count);
-    return msg.kind;
   }
 
   setMaxRecordBytes(n: number): void {
