@@ -107,6 +107,9 @@ export class AppSupervisor {
         this.onWorkerMessage(info, msg as WorkerToPrimary | { sk: 'listen-error'; message: string });
     });
     worker.on('exit', (code, signal) => this.onWorkerExit(info, code, signal));
+    // A worker that dies between our isConnected() check and the write makes the IPC write fail with EPIPE,
+    // reported asynchronously as 'error' on the Worker; unhandled, it would crash the supervisor.
+    worker.on('error', (err) => this.log.debug({ err: describeError(err) }, 'HTTP worker IPC error'));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(
@@ -199,7 +202,9 @@ export class AppSupervisor {
   private send(worker: Worker, msg: PrimaryToWorker): void {
     if (!worker.isConnected()) return;
     try {
-      worker.send(msg);
+      worker.send(msg, undefined, undefined, (err: Error | null) => {
+        if (err) this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+      });
     } catch (err) {
       this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
     }
