@@ -23,7 +23,7 @@ import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js'
 import { parseListen, type AgentConfig } from '../config/schema.js';
 import { ERROR_CODES, SidekickError, describeError, isSidekickError, type ErrorCode } from '../errors.js';
 import { childLogger } from '../log/logger.js';
-import { RestartBackoff } from '../supervisor/backoff.js';
+import { RestartBackoff } from '../common/backoff.js';
 import {
   MetricsServer,
   addCounters,

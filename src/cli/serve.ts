@@ -1,6 +1,6 @@
 // `sidekick serve`: run the apps of a config until SIGTERM/SIGINT (graceful stop, exit 0); SIGHUP reloads.
 import { loadConfig } from '../config/load.js';
-import { ServeRuntime } from '../http/serve-runtime.js';
+import { ServeRuntime } from '../serve/serve-runtime.js';
 import { childLogger } from '../log/logger.js';
 import { describeError } from '../errors.js';
 import { reportStartupError } from './check.js';

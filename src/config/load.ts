@@ -7,6 +7,7 @@ import { pathToFileURL } from 'node:url';
 import type { z } from 'zod';
 import { SidekickError, describeError } from '../errors.js';
 import { configSchema, type AgentConfig, type Config } from './schema.js';
+import { defaultAgentSocketPath } from '../agent/socket-path.js';
 
 export const DEFAULT_CONFIG_NAMES = ['sidekick.config.mjs', 'sidekick.config.js', 'sidekick.config.json'];
 
@@ -112,20 +113,13 @@ function resolvePaths(config: Config, dir: string): Config {
   else config.admin.socket = join(dir, 'var', 'admin.sock');
   if (config.agent) {
     const agent = config.agent;
-    agent.socket = agent.socket ? abs(agent.socket) : defaultAgentSocket(dir);
+    agent.socket = agent.socket ? abs(agent.socket) : defaultAgentSocketPath(process.env, dir);
     agent.spool.dir = abs(agent.spool.dir);
     // Clients assume spill/ beside the socket unless told otherwise (SIDEKICK_AGENT_SPILL_DIR).
     agent.spill.dir = agent.spill.dir ? abs(agent.spill.dir) : join(dirname(agent.socket), 'spill');
     if (agent.exporter.type === 'file') agent.exporter.dir = abs(agent.exporter.dir);
   }
   return config;
-}
-
-/** /run/sidekick as root; $XDG_RUNTIME_DIR/sidekick otherwise; ./var as the last resort. */
-export function defaultAgentSocket(dir: string): string {
-  if (process.getuid?.() === 0) return '/run/sidekick/agent.sock';
-  if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'sidekick', 'agent.sock');
-  return join(dir, 'var', 'agent.sock');
 }
 
 /** The agent section with its socket resolved (callers check `config.agent` exists first). */

@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { SidekickError, describeError } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log/logger.js';
-import { RestartBackoff } from '../supervisor/backoff.js';
+import { RestartBackoff } from '../common/backoff.js';
 import { adoptSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { ErrorData, FromThread, ThreadData, ToThread } from './protocol.js';

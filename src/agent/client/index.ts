@@ -27,8 +27,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createConnection, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
-import { RestartBackoff } from '../../supervisor/backoff.js';
+import { RestartBackoff } from '../../common/backoff.js';
 import { droppedLine, parseStateTarget } from '../receivers/control.js';
+import { defaultAgentSocketPath } from '../socket-path.js';
+
+export { defaultAgentSocketPath };
 
 const DEFAULT_STATE = { profiling: true, sampleRate: 1 };
 
@@ -85,28 +88,6 @@ export interface AgentClient {
   stats(): AgentClientStats;
   /** The socket path in use. */
   readonly socket: string;
-}
-
-const ROOT_SOCKET = '/run/sidekick/agent.sock';
-
-/**
- * The path clients use when none is given: env SIDEKICK_AGENT_SOCKET; else /run/sidekick/agent.sock as root or when
- * /run/sidekick exists (the systemd unit's RuntimeDirectory); else $XDG_RUNTIME_DIR/sidekick/agent.sock; else
- * ./var/agent.sock under the working directory. Same rule as the PHP client.
- */
-export function defaultAgentSocketPath(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.SIDEKICK_AGENT_SOCKET) return env.SIDEKICK_AGENT_SOCKET;
-  if (process.getuid?.() === 0 || isDir('/run/sidekick')) return ROOT_SOCKET;
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'sidekick', 'agent.sock');
-  return join(process.cwd(), 'var', 'agent.sock');
-}
-
-function isDir(p: string): boolean {
-  try {
-    return statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 function identity(st: Stats): string {

@@ -5,7 +5,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import type { AppConfig } from '../config/schema.js';
-import { RestartBackoff } from '../supervisor/backoff.js';
+import { RestartBackoff } from '../common/backoff.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import { errorToData } from '../sidekicks/errors-data.js';
 import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/ipc-protocol.js';
