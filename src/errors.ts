@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   // runtime / admin
   SK_ERR_ADMIN_UNREACHABLE: 'no running instance answered on the admin socket',
   SK_ERR_LISTEN: 'an app could not listen on its address',
+  SK_ERR_NODE_UNSUPPORTED: 'this Node version lacks an internal Sidekick relies on',
   // agent
   SK_ERR_SOCKET_IN_USE: 'the agent socket is held by a live process',
   SK_ERR_RECORD_TOO_LARGE: 'an ingested line is larger than maxRecordBytes',
