@@ -12,6 +12,7 @@ import { Server as NetServer, type Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { installServeTransport } from '../sidekicks/api.js';
 import { childLogger } from '../log/logger.js';
+import { responseOfSocket } from '../common/node-internals.js';
 import { describeError } from '../errors.js';
 import type { ListenAddress } from '../config/schema.js';
 import { isSidekickMessage } from '../sidekicks/ipc-protocol.js';
@@ -85,7 +86,7 @@ function drain(): void {
     if (!socket.destroyed) socket.setTimeout(1000, () => socket.destroy());
   };
   for (const socket of connections) {
-    const res = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
+    const res = responseOfSocket(socket);
     if (!res) lastChance(socket);
     else if (!res.headersSent) res.setHeader('connection', 'close');
     else res.once('finish', () => lastChance(socket));

@@ -7,10 +7,11 @@
 // inode it created.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import { dirname } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { probeUnixSocket } from '../../admin/probe.js';
+import { sleep } from '../../common/async.js';
+import { createServerHandle, type BoundHandle } from '../../common/node-internals.js';
 import { SidekickError } from '../../errors.js';
 
 export interface SocketFileOptions {
@@ -135,13 +136,7 @@ export async function listenOnSocketFile(opts: SocketFileOptions, server: net.Se
   }
 }
 
-/** The native handle type behind a bound-but-not-accepting Unix socket (what node:cluster's primary holds). */
-export interface BoundHandle {
-  readonly fd: number;
-  close(cb?: () => void): void;
-}
-
-type CreateServerHandle = (address: string, port: number, addressType: number) => BoundHandle | number;
+export type { BoundHandle };
 
 /** A socket bound under a temporary name; `publish()` renames it to the real path once a worker is listening. */
 export interface SharedSocket {
@@ -155,8 +150,9 @@ export interface SharedSocket {
 /**
  * Binds `opts.path` in *this* process without accepting connections here: the supervisor keeps this handle so the
  * socket (and its kernel backlog) outlives every worker, and passes the fd to each worker, which calls listen() and
- * accepts. This is exactly what node:cluster's primary does for shared handles (net._createServerHandle); we use the
- * same primitive directly because cluster's own primary closes the handle when its last worker exits.
+ * accepts. This is exactly what node:cluster's primary does for shared handles (net._createServerHandle, see
+ * createServerHandle); we use the same primitive directly because cluster's own primary closes the handle when its
+ * last worker exits.
  *
  * The socket is bound under a temporary name with its mode and group already set; the caller publishes it under
  * the real path after the first worker listens, so a client never meets a bound-but-not-listening socket
@@ -166,8 +162,7 @@ export interface SharedSocket {
 export async function bindSharedSocket(opts: SocketFileOptions): Promise<SharedSocket> {
   await claimSocketPath(opts.path);
   const tmp = tmpPathFor(opts.path);
-  const create = (net as unknown as { _createServerHandle: CreateServerHandle })._createServerHandle;
-  const handle = create(tmp, -1, -1);
+  const handle = createServerHandle(tmp);
   if (typeof handle === 'number') {
     const err = new Error(`bind ${opts.path}: errno ${handle}`) as NodeJS.ErrnoException;
     err.errno = handle;

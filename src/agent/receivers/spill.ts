@@ -20,6 +20,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { chmod, chown, mkdir, open, readFile, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { onceWithin } from '../../common/async.js';
 import type { MemoryBudget } from '../processors/memory.js';
 import { writeFileAtomic, unlinkIfExists } from '../queue/fsutil.js';
 import { LineFramer, type LineSink } from './ndjson.js';
@@ -281,16 +282,10 @@ export class SpillReceiver {
     await unlinkIfExists(path);
   }
 
+  /** Waits while the memory budget is exhausted; wakes at least every 100 ms, so a stop is not held up. */
   private async budgetRelief(): Promise<void> {
     const budget = this.opts.budget;
-    while (budget.exhausted && !this.stopped)
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 100);
-        budget.once('relief', () => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+    while (budget.exhausted && !this.stopped) await onceWithin(budget, 'relief', 100);
   }
 
   private async loadState(): Promise<Map<string, FileState>> {

@@ -6,6 +6,15 @@
 // with their unfinished line, so the next worker continues each stream exactly where this one stopped.
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { sleep } from '../../common/async.js';
+import {
+  readEndSeen,
+  socketOverHandle,
+  startHandleReading,
+  stopHandleReading,
+  streamHandleOf,
+  takeStreamHandle,
+} from '../../common/node-internals.js';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../processors/memory.js';
@@ -36,13 +45,6 @@ export interface DetachedConnection {
   handle: unknown;
   partial: Buffer;
   discarding: boolean;
-}
-
-/** The libuv stream wrap behind a net.Socket (internal but stable: child_process's own handle passing uses it). */
-interface StreamHandle {
-  reading: boolean;
-  readStop(): number;
-  readStart(): number;
 }
 
 /** A read this large means more is waiting: keep reading rather than nap. */
@@ -89,20 +91,13 @@ class Connection {
    * (readStop), not just paused in JS, so those writes wake nobody.
    */
   private nap(): void {
-    const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
+    const handle = streamHandleOf(this.socket);
     if (!handle || this.napping || this.paused || this.detached || this.socket.destroyed) return;
-    if (this.readEnded()) return; // EOF already read: the rest is in the stream's buffer, nothing to wait for
+    if (readEndSeen(this.socket)) return; // EOF already read: the rest is in the stream's buffer, nothing to wait for
     this.napping = true;
     this.socket.pause();
-    handle.reading = false;
-    handle.readStop();
+    stopHandleReading(handle);
     this.receiver.napping(this);
-  }
-
-  /** The stream has seen EOF (lines may still wait in its buffer). */
-  private readEnded(): boolean {
-    const state = (this.socket as net.Socket & { _readableState?: { ended?: boolean } })._readableState;
-    return this.socket.readableEnded || state?.ended === true;
   }
 
   wake(): void {
@@ -117,13 +112,10 @@ class Connection {
    * request as pending and would then never ask the handle again.
    */
   private readAgain(): void {
-    const handle = (this.socket as net.Socket & { _handle: StreamHandle | null })._handle;
+    const handle = streamHandleOf(this.socket);
     // Never restart a handle that already read EOF: a second EOF would be a push after end, an error that destroys
     // the socket with the lines still in its buffer.
-    if (handle && !handle.reading && !this.readEnded()) {
-      handle.reading = true;
-      handle.readStart();
-    }
+    if (handle && !handle.reading && !readEndSeen(this.socket)) startHandleReading(handle);
     this.socket.resume();
   }
 
@@ -173,17 +165,15 @@ class Connection {
    * connection was paused), then detach the handle as child_process does when it sends a socket.
    */
   detach(): DetachedConnection | undefined {
-    const socket = this.socket as net.Socket & { _handle: StreamHandle | null };
-    const handle = socket._handle;
+    const socket = this.socket;
+    const handle = streamHandleOf(socket);
     if (!handle || socket.destroyed) return undefined;
-    handle.reading = false;
-    handle.readStop();
+    stopHandleReading(handle);
     socket.removeAllListeners('data');
     let chunk: Buffer | null;
     while ((chunk = socket.read() as Buffer | null) !== null) this.framer.push(chunk);
-    handle.reading = false;
-    handle.readStop(); // read() may have restarted it; no data is delivered before we return
-    socket._handle = null;
+    stopHandleReading(handle); // read() may have restarted it; no data is delivered before we return
+    takeStreamHandle(socket);
     socket.removeAllListeners();
     socket.on('error', () => undefined);
     this.detached = true;
@@ -271,8 +261,7 @@ export class UnixSocketReceiver {
 
   /** Adopts a connection detached by a previous worker (raw handle + its unfinished line). */
   adopt(handle: unknown, partial: Buffer, discarding: boolean): void {
-    const socket = new net.Socket({ handle: handle as never, readable: true, writable: true } as never);
-    const conn = this.accept(socket);
+    const conn = this.accept(socketOverHandle(handle));
     conn.framer.restorePartial(partial, discarding);
     conn.account();
   }
@@ -358,7 +347,7 @@ export class UnixSocketReceiver {
         }
       }
       if (this.conns.size === 0) break;
-      await new Promise((r) => setTimeout(r, Math.min(idleMs, 25)));
+      await sleep(Math.max(1, Math.min(idleMs, 25))); // at least 1 ms, as setTimeout would
     }
     this.destroyAll();
   }
