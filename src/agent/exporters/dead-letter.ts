@@ -1,10 +1,11 @@
 // Dead letters: batches (or 413 halves) central rejected for good. Nothing vanishes: each is kept under
-// `<spool.dir>/dead-letter/` as the original NDJSON plus a small JSON sidecar saying why, written tmp + rename so a
-// reader never sees half of one, counted (dead_lettered), and logged as SK_ERR_DEAD_LETTER.
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+// `<spool.dir>/dead-letter/` as the original NDJSON plus a small JSON sidecar saying why, both written atomically and
+// durably (tmp + fsync + rename + directory fsync, src/common/atomic-file.ts) so a reader never sees half of one,
+// counted (dead_lettered), and logged as SK_ERR_DEAD_LETTER.
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExportPart } from './types.js';
-import { publishFile } from './publish-file.js';
+import { writeFileAtomic } from '../../common/atomic-file.js';
 
 export interface DeadLetterReason {
   status: number;
@@ -26,8 +27,7 @@ export class DeadLetterStore {
     const stamp = new Date().toISOString().replace(/[-:]/g, '');
     const base = `${stamp}-${String(++this.seq).padStart(4, '0')}-${part.id.replace(/[^A-Za-z0-9._-]/g, '_')}`;
     const file = join(this.dir, `${base}.ndjson`);
-    const tmp = join(this.dir, `.${base}.ndjson.tmp`);
-    await publishFile(tmp, file, part.payload);
+    await writeFileAtomic(file, part.payload, { tmp: join(this.dir, `.${base}.ndjson.tmp`), mode: 0o640 });
     const sidecar = {
       batchId: part.id,
       records: part.records,
@@ -37,8 +37,10 @@ export class DeadLetterStore {
       target: why.target,
       time: new Date().toISOString(),
     };
-    await writeFile(join(this.dir, `.${base}.json.tmp`), `${JSON.stringify(sidecar, null, 2)}\n`);
-    await rename(join(this.dir, `.${base}.json.tmp`), join(this.dir, `${base}.json`));
+    await writeFileAtomic(join(this.dir, `${base}.json`), `${JSON.stringify(sidecar, null, 2)}\n`, {
+      tmp: join(this.dir, `.${base}.json.tmp`),
+      mode: 0o640,
+    });
     return file;
   }
 }

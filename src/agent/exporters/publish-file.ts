@@ -1,13 +1,7 @@
-// Writes `data` to `tmp`, syncs it, then renames it to `path`: a reader of the directory sees a whole batch or none.
-import { open, rename } from 'node:fs/promises';
+// Publish a whole file under `path` via `tmp` (a reader of the directory sees a whole batch or none), durably: see
+// src/common/atomic-file.ts. Kept as a name for the file exporter.
+import { writeFileAtomic } from '../../common/atomic-file.js';
 
-export async function publishFile(tmp: string, path: string, data: Buffer): Promise<void> {
-  const fh = await open(tmp, 'w', 0o640);
-  try {
-    await fh.writeFile(data);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
+export function publishFile(tmp: string, path: string, data: Buffer): Promise<void> {
+  return writeFileAtomic(path, data, { tmp, mode: 0o640 });
 }

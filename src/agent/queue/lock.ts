@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SidekickError } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
-import { fsyncDir, unlinkIfExists } from './fsutil.js';
+import { fsyncDir, unlinkIfExists } from '../../common/atomic-file.js';
 
 interface LockOwner {
   pid: number;

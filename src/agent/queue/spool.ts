@@ -44,7 +44,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SidekickError, describeError } from '../../errors.js';
 import { childLogger, RateLimitedLog, type Logger } from '../../log/logger.js';
-import { fsyncDir, unlinkIfExists } from './fsutil.js';
+import { fsyncDir, unlinkIfExists } from '../../common/atomic-file.js';
 import { Ledger, type LedgerState, type Pos } from './ledger.js';
 import { SpoolLock } from './lock.js';
 import {

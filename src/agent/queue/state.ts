@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../log/logger.js';
-import { writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic } from '../../common/atomic-file.js';
 
 const STATE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
@@ -53,7 +53,7 @@ export class StateFiles {
     }
     if (text === undefined) return Promise.reject(new TypeError('state value is not JSON-serializable'));
     const prev = this.chains.get(name) ?? Promise.resolve();
-    const next = prev.then(() => writeFileAtomic(this.dir, path, `${text}\n`));
+    const next = prev.then(() => writeFileAtomic(path, `${text}\n`));
     const settled = next.catch(() => {});
     this.chains.set(name, settled);
     void settled.then(() => {
