@@ -25,6 +25,8 @@ export const ERROR_CODES = {
   SK_ERR_ADMIN_UNREACHABLE: 'no running instance answered on the admin socket',
   SK_ERR_LISTEN: 'an app could not listen on its address',
   SK_ERR_NODE_UNSUPPORTED: 'this Node version lacks an internal Sidekick relies on',
+  SK_ERR_ADMIN_ROUTE: 'the admin socket has no such route',
+  SK_ERR_INTERNAL: 'an unexpected failure inside Sidekick (a bug: please report it)',
   // agent
   SK_ERR_SOCKET_IN_USE: 'the agent socket is held by a live process',
   SK_ERR_RECORD_TOO_LARGE: 'an ingested line is larger than maxRecordBytes',
@@ -33,6 +35,7 @@ export const ERROR_CODES = {
   SK_ERR_SPOOL_FULL: 'the spool reached maxBytes and dropped its oldest data',
   SK_ERR_SPOOL_LOCKED: 'the spool directory is locked by another live process',
   SK_ERR_SPOOL_BUSY: 'nextBatch was called while the previous batch is neither acked nor released',
+  SK_ERR_SPOOL_WRITE: 'the spool could not write to disk',
   SK_ERR_EXPORT_FAILED: 'an export attempt failed and will be retried',
   SK_ERR_DEAD_LETTER: 'central rejected a batch for good; it was kept on disk',
   SK_ERR_BREAKER_OPEN: 'the exporter circuit breaker is open',
@@ -62,6 +65,26 @@ export class SidekickError extends Error {
     const text = data.message.startsWith(prefix) ? data.message.slice(prefix.length) : data.message;
     return new SidekickError(data.code, text, data.details ?? {});
   }
+}
+
+/** Any thrown value as plain data, so it can cross a thread or process boundary (structured clone or JSON). */
+export type ErrorData = { code?: string; message: string; stack?: string; details?: Record<string, unknown> };
+
+/** `err` as ErrorData: a SidekickError keeps its code and details (its toJSON), anything else its message and stack. */
+export function errorToData(err: unknown): ErrorData {
+  if (err instanceof SidekickError) return err.toJSON();
+  if (err instanceof Error) return { message: err.message, stack: err.stack };
+  return { message: describeError(err) };
+}
+
+/** The inverse of errorToData: a catalogued code comes back as the same SidekickError, anything else as an Error. */
+export function errorFromData(data: ErrorData): Error {
+  if (data.code && data.code in ERROR_CODES) {
+    return SidekickError.fromJSON({ code: data.code as ErrorCode, message: data.message, details: data.details });
+  }
+  const err = new Error(data.message);
+  if (data.stack) err.stack = data.stack;
+  return err;
 }
 
 export function isSidekickError(err: unknown, code?: ErrorCode): err is SidekickError {

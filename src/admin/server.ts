@@ -5,7 +5,10 @@ import { mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { childLogger } from '../log/logger.js';
 import { probeUnixSocket } from './probe.js';
-import { SidekickError } from '../errors.js';
+import { SidekickError, errorToData, type ErrorCode } from '../errors.js';
+
+/** HTTP status for the errors a handler is expected to throw; any other error is a 500. */
+const STATUS_OF: Partial<Record<ErrorCode, number>> = { SK_ERR_NOT_READY: 404, SK_ERR_INVALID_NAME: 400 };
 
 export type AdminHandler = (params: string[]) => unknown | Promise<unknown>;
 
@@ -38,19 +41,33 @@ export class AdminServer {
       // absent: nothing to clean
     }
     const server = createServer((req, res) => {
+      const reply = (status: number, body: unknown): void => {
+        res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+      };
       const parts = (req.url ?? '/').split('?')[0]!.split('/').filter(Boolean).map(decodeURIComponent);
       const handler = this.routes.get(parts[0] ?? '');
       if (!handler) {
-        res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'unknown route' }));
+        const err = new SidekickError('SK_ERR_ADMIN_ROUTE', `no admin route ${JSON.stringify(req.url ?? '/')}`, {
+          routes: [...this.routes.keys()],
+        });
+        reply(404, { error: err.toJSON() });
         return;
       }
       Promise.resolve()
         .then(() => handler(parts.slice(1)))
         .then(
-          (body) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body)),
+          (body) => reply(200, body),
           (err: unknown) => {
-            const e = err instanceof SidekickError ? err.toJSON() : { code: 'SK_ERR', message: String(err) };
-            res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e }));
+            if (!(err instanceof SidekickError)) {
+              this.log.error({ err: errorToData(err), url: req.url }, 'admin handler failed');
+              const internal = new SidekickError(
+                'SK_ERR_INTERNAL',
+                `admin ${req.url ?? '/'} failed: ${errorToData(err).message}`,
+              );
+              reply(500, { error: internal.toJSON() });
+              return;
+            }
+            reply(STATUS_OF[err.code] ?? 500, { error: err.toJSON() });
           },
         );
     });

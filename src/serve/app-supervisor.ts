@@ -2,14 +2,18 @@
 // Relays snapshots to every worker, answers their ensure/task requests, restarts crashed workers with backoff,
 // and rolls workers one at a time on reload (the new one listens before the old one drains).
 import cluster, { type Worker } from 'node:cluster';
-import { SidekickError, describeError } from '../errors.js';
+import { SidekickError, describeError, errorToData } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import type { AppConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
+import { settleWithin, withDeadline } from '../common/async.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
-import { errorToData } from '../sidekicks/errors-data.js';
-import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/ipc-protocol.js';
-import type { WorkerSettings } from './worker-main.js';
+import {
+  isSidekickMessage,
+  type PrimaryToWorker,
+  type WorkerSettings,
+  type WorkerToPrimary,
+} from '../sidekicks/messages.js';
 import type { Vars } from '../vars/snapshot.js';
 
 /** Vars published by something other than this app's registry (the built-in agent), relayed to every app. */
@@ -28,6 +32,8 @@ const LISTEN_TIMEOUT_MS = 30_000;
 type WorkerState = 'starting' | 'listening' | 'draining';
 
 interface WorkerInfo {
+  /** Taken at fork: a reload that changes the config meanwhile does not change what this worker was started with. */
+  settings: WorkerSettings;
   worker: Worker;
   state: WorkerState;
   startedAt: number;
@@ -87,15 +93,14 @@ export class AppSupervisor {
       handler: this.config.handler,
       listen: this.config.listen,
       drainTimeoutMs: this.config.drainTimeoutMs,
+      taskQueue: this.config.sidekicks.taskQueue,
     };
     cluster.setupPrimary({ exec: WORKER_MAIN.pathname, serialization: 'advanced', args: [] });
-    const worker = cluster.fork({
-      SIDEKICK_SERVE_APP: this.config.name,
-      SIDEKICK_SERVE_SETTINGS: JSON.stringify(settings),
-      SIDEKICK_TASK_QUEUE: String(this.config.sidekicks.taskQueue),
-    });
+    // The env var only marks the process as a serve worker (api.ts); everything else comes with `init`.
+    const worker = cluster.fork({ SIDEKICK_SERVE_APP: this.config.name });
     const info: WorkerInfo = {
       worker,
+      settings,
       state: 'starting',
       startedAt: Date.now(),
       varsInFlight: new Set(),
@@ -103,53 +108,55 @@ export class AppSupervisor {
     };
     this.workers.set(worker.id, info);
     worker.on('message', (msg: unknown) => {
-      if (isSidekickMessage(msg))
-        this.onWorkerMessage(info, msg as WorkerToPrimary | { sk: 'listen-error'; message: string });
+      if (isSidekickMessage(msg)) this.onWorkerMessage(info, msg as WorkerToPrimary);
     });
     worker.on('exit', (code, signal) => this.onWorkerExit(info, code, signal));
     // A worker that dies between our isConnected() check and the write makes the IPC write fail with EPIPE,
     // reported asynchronously as 'error' on the Worker; unhandled, it would crash the supervisor.
     worker.on('error', (err) => this.log.debug({ err: describeError(err) }, 'HTTP worker IPC error'));
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(
-          new SidekickError(
-            'SK_ERR_TIMEOUT',
-            `HTTP worker of app "${this.config.name}" did not listen within ${LISTEN_TIMEOUT_MS} ms`,
-          ),
-        );
-        worker.kill();
-      }, LISTEN_TIMEOUT_MS);
+    const listening = new Promise<WorkerInfo>((resolve, reject) => {
       worker.once('listening', () => {
-        clearTimeout(timer);
         info.state = 'listening';
         this.backoff.started();
         resolve(info);
       });
       worker.once('exit', (code) => {
-        clearTimeout(timer);
-        if (info.state === 'starting') {
-          const where =
-            this.config.listen.kind === 'unix'
-              ? this.config.listen.path
-              : `${this.config.listen.host}:${this.config.listen.port}`;
-          reject(
-            new SidekickError(
-              'SK_ERR_LISTEN',
-              `HTTP worker of app "${this.config.name}" exited (code ${code}) before listening on ${where}${info.listenError ? `: ${info.listenError}` : ''}`,
-              { app: this.config.name },
-            ),
-          );
-        }
+        if (info.state !== 'starting') return;
+        const where =
+          this.config.listen.kind === 'unix'
+            ? this.config.listen.path
+            : `${this.config.listen.host}:${this.config.listen.port}`;
+        reject(
+          new SidekickError(
+            'SK_ERR_LISTEN',
+            `HTTP worker of app "${this.config.name}" exited (code ${code}) before listening on ${where}${info.listenError ? `: ${info.listenError}` : ''}`,
+            { app: this.config.name },
+          ),
+        );
       });
+    });
+    return withDeadline(listening, LISTEN_TIMEOUT_MS, `HTTP worker of app "${this.config.name}" listening`, {
+      timeoutError: () =>
+        new SidekickError(
+          'SK_ERR_TIMEOUT',
+          `HTTP worker of app "${this.config.name}" did not listen within ${LISTEN_TIMEOUT_MS} ms`,
+          { app: this.config.name, timeoutMs: LISTEN_TIMEOUT_MS },
+        ),
+    }).catch((err: unknown) => {
+      if (info.state === 'starting') worker.kill();
+      throw err;
     });
   }
 
-  private onWorkerMessage(info: WorkerInfo, msg: WorkerToPrimary | { sk: 'listen-error'; message: string }): void {
+  private onWorkerMessage(info: WorkerInfo, msg: WorkerToPrimary): void {
     const worker = info.worker;
     switch (msg.sk) {
       case 'hello':
-        this.send(worker, { sk: 'init', snapshots: [this.registry, ...this.shared].flatMap((r) => r.snapshots()) });
+        this.send(worker, {
+          sk: 'init',
+          settings: info.settings,
+          snapshots: [this.registry, ...this.shared].flatMap((r) => r.snapshots()),
+        });
         break;
       case 'ensure':
         try {
@@ -278,7 +285,7 @@ export class AppSupervisor {
     this.log.info({ workers: target }, 'reload complete');
   }
 
-  private drainWorker(info: WorkerInfo): Promise<void> {
+  private async drainWorker(info: WorkerInfo): Promise<void> {
     info.state = 'draining';
     const exited = new Promise<void>((resolve) => {
       if (info.worker.isDead()) return resolve();
@@ -286,8 +293,17 @@ export class AppSupervisor {
     });
     this.send(info.worker, { sk: 'drain' });
     // Bounded: the worker enforces drainTimeoutMs itself; this is the backstop if it is wedged.
-    const backstop = setTimeout(() => info.worker.process.kill('SIGKILL'), this.config.drainTimeoutMs + 5000);
-    return exited.finally(() => clearTimeout(backstop));
+    const backstopMs = this.config.drainTimeoutMs + 5000;
+    if (
+      (await settleWithin(
+        exited.then(() => true),
+        backstopMs,
+      )) === undefined
+    ) {
+      this.log.warn({ pid: info.worker.process.pid, backstopMs }, 'HTTP worker did not drain in time; killing it');
+      info.worker.process.kill('SIGKILL');
+      await exited;
+    }
   }
 
   /** Graceful stop: drain every HTTP worker (in-flight requests finish, bounded), then stop the sidekicks. */

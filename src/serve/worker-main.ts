@@ -14,21 +14,11 @@ import { installServeTransport } from '../sidekicks/api.js';
 import { childLogger } from '../log/logger.js';
 import { responseOfSocket } from '../common/node-internals.js';
 import { describeError } from '../errors.js';
-import type { ListenAddress } from '../config/schema.js';
-import { isSidekickMessage } from '../sidekicks/ipc-protocol.js';
+import { isSidekickMessage, type WorkerToPrimary } from '../sidekicks/messages.js';
 
-export interface WorkerSettings {
-  app: string;
-  handler: string;
-  listen: ListenAddress;
-  drainTimeoutMs: number;
-}
-
-const settings = JSON.parse(process.env.SIDEKICK_SERVE_SETTINGS ?? '{}') as WorkerSettings;
+// The supervisor answers the transport's hello with this worker's settings and every existing snapshot.
+const settings = await installServeTransport().ready;
 const log = childLogger({ component: 'http', app: settings.app });
-
-const transport = installServeTransport();
-await transport.ready;
 
 const mod = (await import(pathToFileURL(settings.handler).href)) as { default?: unknown };
 const listener = (mod.default ?? undefined) as ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
@@ -55,7 +45,7 @@ const server = createServer((req, res) => {
 
 server.on('error', (err) => {
   log.error({ err: describeError(err) }, 'HTTP worker could not listen');
-  process.send?.({ sk: 'listen-error', message: describeError(err) });
+  process.send?.({ sk: 'listen-error', message: describeError(err) } satisfies WorkerToPrimary);
   process.exit(1);
 });
 

@@ -8,6 +8,7 @@ import { formatPath } from '../config/load.js';
 import { childLogger, RateLimitedLog } from '../log/logger.js';
 import { VarsStore, type VarsListener } from '../vars/store.js';
 import type { Vars } from '../vars/snapshot.js';
+import { withDeadline } from '../common/async.js';
 import { assertName } from './names.js';
 import { SidekickRegistry } from './registry.js';
 import { IpcTransport, LocalTransport, type Transport } from './transport.js';
@@ -60,7 +61,7 @@ export function isServeWorker(): boolean {
 function transport(): Transport {
   if (state.transport) return state.transport;
   if (isServeWorker()) {
-    state.transport = new IpcTransport(process.env.SIDEKICK_SERVE_APP!, store);
+    state.transport = new IpcTransport(store);
   } else {
     const opts = state.library;
     const entrypoint = opts.entrypoint ?? process.env.SIDEKICK_ENTRYPOINT;
@@ -88,11 +89,6 @@ function transport(): Transport {
 /** Internal: the serve worker installs its transport before loading the app, to receive the initial snapshots. */
 export function installServeTransport(): IpcTransport {
   return transport() as IpcTransport;
-}
-
-/** Internal: the library-mode registry (for status), if started. */
-export function localRegistry(): SidekickRegistry | undefined {
-  return state.transport instanceof LocalTransport ? state.transport.registryForStatus : undefined;
 }
 
 /** Library mode: set the entrypoint and limits before the first getVars. */
@@ -138,28 +134,23 @@ export async function getVars(
     }
     return { name, ...w };
   });
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    if (timeoutMs === Infinity) return;
-    timer = setTimeout(() => {
-      const missing = names.filter((n) => !store.peek(n));
-      reject(
-        new SidekickError(
+  const all = Promise.all(waits.map((w) => w.promise));
+  try {
+    const values = await withDeadline(all, timeoutMs, 'getVars', {
+      timeoutError: () => {
+        const missing = names.filter((n) => !store.peek(n));
+        return new SidekickError(
           'SK_ERR_TIMEOUT',
           `getVars(${missing.map((n) => JSON.stringify(n)).join(', ')}) timed out after ${timeoutMs} ms waiting for the first publish (app "${transport().app}")`,
           { names: missing, timeoutMs },
-        ),
-      );
-    }, timeoutMs);
-  });
-  try {
-    const values = await Promise.race([Promise.all(waits.map((w) => w.promise)), deadline]);
+        );
+      },
+    });
     if (typeof nameOrNames === 'string') return values[0]!;
     const out: Record<string, Vars> = {};
     names.forEach((n, i) => (out[n] = values[i]!));
     return out;
   } finally {
-    clearTimeout(timer);
     for (const w of waits) w.cancel();
   }
 }
@@ -175,14 +166,9 @@ export function onVars(name: string, listener: VarsListener): () => void {
   return store.on(name, listener);
 }
 
-function taskQueueLimit(): number {
-  const fromEnv = Number(process.env.SIDEKICK_TASK_QUEUE);
-  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : (state.library.taskQueue ?? 1000);
-}
-
 /** Takes a slot in the bounded per-sidekick task queue, or throws SK_ERR_TASK_QUEUE_FULL; returns the release. */
 function reserveTask(name: string): () => void {
-  const limit = taskQueueLimit();
+  const limit = transport().taskQueue;
   const n = state.inFlight.get(name) ?? 0;
   if (n >= limit) {
     throw new SidekickError(
@@ -223,29 +209,15 @@ export async function requestTask(name: string, payload: unknown, options?: Requ
   const signal = options?.signal;
   if (signal?.aborted) throw new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") aborted before it was sent`);
   const result = submitTask(name, payload, true);
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort: (() => void) | undefined;
-  const guard = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
-            name,
-            timeoutMs,
-          }),
-        ),
-      timeoutMs,
-    );
-    onAbort = () => reject(new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name }));
-    signal?.addEventListener('abort', onAbort, { once: true });
+  return withDeadline(result, timeoutMs, `requestTask("${name}")`, {
+    signal,
+    timeoutError: () =>
+      new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
+        name,
+        timeoutMs,
+      }),
+    abortError: () => new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name }),
   });
-  result.catch(() => undefined); // a late failure after timeout/abort is not an unhandled rejection
-  try {
-    return await Promise.race([result, guard]);
-  } finally {
-    clearTimeout(timer);
-    if (onAbort) signal?.removeEventListener('abort', onAbort);
-  }
 }
 
 /** Library mode: stop every sidekick of this process (grace period applies). No-op under `sidekick serve`. */

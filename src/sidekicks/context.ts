@@ -34,10 +34,6 @@ function runtime(call: string): SidekickRuntime {
   return rt;
 }
 
-export function isInSidekick(): boolean {
-  return (globalThis as Holder)[KEY] !== undefined;
-}
-
 /** Publish a whole snapshot atomically: string keys to string values. Identical content is a no-op. */
 export function setVars(vars: Record<string, string>): void {
   runtime('setVars').setVars(vars);

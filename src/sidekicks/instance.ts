@@ -2,12 +2,13 @@
 // failures vs crashes, graceful stop with a grace period then forced termination, and its task queue.
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { SidekickError, describeError } from '../errors.js';
+import { SidekickError, describeError, errorFromData } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log/logger.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { adoptSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { SidekicksConfig } from '../config/schema.js';
-import type { ErrorData, FromThread, ThreadData, ToThread } from './protocol.js';
+import { settleWithin } from '../common/async.js';
+import type { FromThread, ThreadData, ToThread } from './messages.js';
 
 const THREAD_MAIN = new URL('./thread-main.js', import.meta.url);
 
@@ -134,12 +135,12 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     });
     this.log.debug({ generation: this.generation }, 'sidekick thread started');
     // Tasks queued while no thread was up go to the new one.
-    for (const task of this.queued.splice(0)) this.post({ t: 'task', ...task });
+    for (const task of this.queued.splice(0)) this.post({ sk: 'task', ...task });
   }
 
   private onMessage(msg: FromThread): void {
-    if (msg.t === 'vars') {
-      this.post({ t: 'vars-ack' }); // the thread may send its next snapshot (latest-wins, see thread-main)
+    if (msg.sk === 'vars') {
+      this.post({ sk: 'vars-ack' }); // the thread may send its next snapshot (latest-wins, see thread-main)
       if (msg.skipped > 0) {
         this.skippedSnapshots += msg.skipped;
         this.fastLog.warn(
@@ -158,12 +159,12 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       this.vars = snapshot;
       this.publishedAt = Date.now();
       this.emit('vars', snapshot, this.generation);
-    } else if (msg.t === 'task-done') {
+    } else if (msg.sk === 'task-done') {
       const pending = this.tasks.get(msg.id);
       if (!pending) return;
       this.tasks.delete(msg.id);
       if (msg.ok) pending.resolve(msg.value);
-      else pending.reject(rebuildError(msg.error));
+      else pending.reject(errorFromData(msg.error));
     }
   }
 
@@ -226,13 +227,13 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       this.state = 'stopped';
       return;
     }
-    this.post({ t: 'stop' });
+    this.post({ sk: 'stop' });
     const exited = this.exited;
-    let timer: NodeJS.Timeout | undefined;
-    const graceOver = new Promise<'grace'>((resolve) => (timer = setTimeout(() => resolve('grace'), graceMs)));
-    const outcome = await Promise.race([exited.then(() => 'exited' as const), graceOver]);
-    clearTimeout(timer);
-    if (outcome === 'grace') {
+    const outcome = await settleWithin(
+      exited.then(() => 'exited' as const),
+      graceMs,
+    );
+    if (outcome === undefined) {
       this.log.warn({ graceMs }, 'sidekick did not stop within its grace period; terminating its thread');
       await worker.terminate();
       await exited;
@@ -248,22 +249,19 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     this.spawn();
   }
 
-  /** Queue a task; `reply` false = fire-and-forget (resolves when the handler finished). */
+  /**
+   * Queue a task; `reply` false = fire-and-forget (resolves when the handler finished). Bounded where tasks are sent:
+   * each sending process holds at most `taskQueue` per sidekick in flight (api.ts), so this queue holds at most
+   * taskQueue × senders.
+   */
   task(payload: unknown, reply: boolean): Promise<unknown> {
     if (this.state === 'stopping' || this.state === 'stopped') {
       return Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
     }
-    if (this.tasks.size >= this.config.taskQueue) {
-      throw new SidekickError(
-        'SK_ERR_TASK_QUEUE_FULL',
-        `task queue of sidekick "${this.name}" is full (${this.config.taskQueue} tasks in flight)`,
-        { name: this.name, limit: this.config.taskQueue },
-      );
-    }
     const id = this.nextTaskId++;
     return new Promise((resolve, reject) => {
       this.tasks.set(id, { resolve, reject, reply });
-      if (this.worker) this.post({ t: 'task', id, payload, reply });
+      if (this.worker) this.post({ sk: 'task', id, payload, reply });
       else this.queued.push({ id, payload, reply });
     });
   }
@@ -305,17 +303,4 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       tasksInFlight: this.tasks.size,
     };
   }
-}
-
-export function rebuildError(data: ErrorData): Error {
-  if (data.code && data.code.startsWith('SK_ERR_')) {
-    return SidekickError.fromJSON({
-      code: data.code as SidekickError['code'],
-      message: data.message,
-      details: data.details,
-    });
-  }
-  const err = new Error(data.message);
-  if (data.stack) err.stack = data.stack;
-  return err;
 }

@@ -22,7 +22,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
 
   constructor(
     readonly app: string,
-    private readonly config: SidekicksConfig,
+    readonly config: SidekicksConfig,
     /** Library mode: threads must not keep the host process alive. */
     private readonly unrefThreads = false,
   ) {

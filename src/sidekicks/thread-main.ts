@@ -8,11 +8,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
-import { SidekickError } from '../errors.js';
+import { SidekickError, errorToData } from '../errors.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import { bindSidekickRuntime, type SidekickContext, type TaskHandler } from './context.js';
-import type { FromThread, ThreadData, ToThread } from './protocol.js';
-import { errorToData } from './errors-data.js';
+import type { FromThread, ThreadData, ToThread } from './messages.js';
 
 const data = workerData as ThreadData & { previousVars?: Record<string, string> };
 const port = parentPort!;
@@ -24,7 +23,7 @@ let lastPublished: Vars | undefined;
 let taskHandler: TaskHandler | undefined;
 /** Set once the sidekick published without having called handleTasks: tasks then fail at once instead of waiting. */
 let noHandler = false;
-const earlyTasks: Extract<ToThread, { t: 'task' }>[] = [];
+const earlyTasks: Extract<ToThread, { sk: 'task' }>[] = [];
 
 const post = (msg: FromThread): void => port.postMessage(msg);
 
@@ -42,7 +41,7 @@ function postVars(snapshot: Record<string, string>): void {
     return;
   }
   varsInFlight = true;
-  post({ t: 'vars', vars: snapshot, skipped: varsSkipped });
+  post({ sk: 'vars', vars: snapshot, skipped: varsSkipped });
   varsSkipped = 0;
 }
 
@@ -55,16 +54,16 @@ function varsAcked(): void {
 
 // A thread that ends (returns, throws, exits) with a snapshot still waiting posts it now: the latest is never lost.
 process.on('exit', () => {
-  if (varsWaiting) post({ t: 'vars', vars: varsWaiting, skipped: varsSkipped });
+  if (varsWaiting) post({ sk: 'vars', vars: varsWaiting, skipped: varsSkipped });
 });
 
-async function runTask(task: Extract<ToThread, { t: 'task' }>, fn: TaskHandler): Promise<void> {
+async function runTask(task: Extract<ToThread, { sk: 'task' }>, fn: TaskHandler): Promise<void> {
   try {
     const value = await fn(task.payload);
-    post({ t: 'task-done', id: task.id, ok: true, value: task.reply ? value : undefined });
+    post({ sk: 'task-done', id: task.id, ok: true, value: task.reply ? value : undefined });
   } catch (err) {
     post({
-      t: 'task-done',
+      sk: 'task-done',
       id: task.id,
       ok: false,
       error: errorToData(
@@ -80,23 +79,23 @@ function exitIfDone(): void {
 }
 
 port.on('message', (msg: ToThread) => {
-  if (msg.t === 'vars-ack') {
+  if (msg.sk === 'vars-ack') {
     varsAcked();
-  } else if (msg.t === 'stop') {
+  } else if (msg.sk === 'stop') {
     if (stopping) return;
     stopping = true;
     controller.abort(new SidekickError('SK_ERR_STOPPED', `${who} is stopping`));
     exitIfDone();
-  } else if (msg.t === 'task') {
+  } else if (msg.sk === 'task') {
     if (taskHandler) void runTask(msg, taskHandler);
     else if (!noHandler && earlyTasks.length < data.taskQueue) earlyTasks.push(msg);
     else rejectNoHandler(msg);
   }
 });
 
-function rejectNoHandler(task: Extract<ToThread, { t: 'task' }>): void {
+function rejectNoHandler(task: Extract<ToThread, { sk: 'task' }>): void {
   post({
-    t: 'task-done',
+    sk: 'task-done',
     id: task.id,
     ok: false,
     error: errorToData(new SidekickError('SK_ERR_NO_TASK_HANDLER', `${who} has not called handleTasks`)),

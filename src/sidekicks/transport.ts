@@ -3,13 +3,14 @@
 import type { SidekickError } from '../errors.js';
 import type { VarsStore } from '../vars/store.js';
 import type { SidekickRegistry } from './registry.js';
-import { rebuildError } from './instance.js';
-import type { PrimaryToWorker, WorkerToPrimary } from './ipc-protocol.js';
-import { isSidekickMessage } from './ipc-protocol.js';
+import { errorFromData } from '../errors.js';
+import { isSidekickMessage, type PrimaryToWorker, type WorkerSettings, type WorkerToPrimary } from './messages.js';
 import { adoptSnapshot } from '../vars/snapshot.js';
 
 export interface Transport {
   readonly app: string;
+  /** Tasks in flight per sidekick from this process before SK_ERR_TASK_QUEUE_FULL (`sidekicks.taskQueue`). */
+  readonly taskQueue: number;
   /** Start `name` if needed. Problems are reported by throwing (local) or by failing the store's waiters (IPC). */
   ensure(name: string): void;
   task(name: string, payload: unknown, reply: boolean): Promise<unknown>;
@@ -21,12 +22,16 @@ export class LocalTransport implements Transport {
     private readonly store: VarsStore,
     private readonly registry: SidekickRegistry,
   ) {
-    registry.on('vars', (name, vars, generation) => store.publish(name, vars, generation));
+    registry.on('vars', (name, vars) => store.publish(name, vars));
     registry.on('failed', (name, error: SidekickError) => store.fail(name, error));
   }
 
   get app(): string {
     return this.registry.app;
+  }
+
+  get taskQueue(): number {
+    return this.registry.config.taskQueue;
   }
 
   ensure(name: string): void {
@@ -40,49 +45,53 @@ export class LocalTransport implements Transport {
   stop(): Promise<void> {
     return this.registry.stop();
   }
-
-  get registryForStatus(): SidekickRegistry {
-    return this.registry;
-  }
 }
 
-/** HTTP worker side of `sidekick serve`. */
+/** HTTP worker side of `sidekick serve`: the supervisor answers `hello` with this worker's settings and every snapshot. */
 export class IpcTransport implements Transport {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private initialised!: () => void;
-  /** Resolves once the supervisor sent every existing snapshot: the worker listens only after that. */
-  readonly ready = new Promise<void>((resolve) => (this.initialised = resolve));
+  private initialised!: (settings: WorkerSettings) => void;
+  /** Resolves with the worker's settings once the supervisor sent them and every existing snapshot. */
+  readonly ready = new Promise<WorkerSettings>((resolve) => (this.initialised = resolve));
+  private settings: WorkerSettings | undefined;
 
-  constructor(
-    readonly app: string,
-    private readonly store: VarsStore,
-  ) {
+  constructor(private readonly store: VarsStore) {
     process.on('message', (msg: unknown) => {
       if (isSidekickMessage(msg)) this.onMessage(msg as PrimaryToWorker);
     });
-    // Messages sent before this listener existed would be lost, so ask for the snapshots only now.
+    // Messages sent before this listener existed would be lost, so ask for the settings and snapshots only now.
     this.send({ sk: 'hello' });
+  }
+
+  get app(): string {
+    return this.settings?.app ?? process.env.SIDEKICK_SERVE_APP ?? '';
+  }
+
+  get taskQueue(): number {
+    // The app's module is loaded only after `ready`, so no task can be sent before the settings are here.
+    return this.settings?.taskQueue ?? 0;
   }
 
   private onMessage(msg: PrimaryToWorker): void {
     switch (msg.sk) {
       case 'init':
-        for (const s of msg.snapshots) this.store.publish(s.name, adoptSnapshot(s.vars), s.generation);
-        this.initialised();
+        for (const s of msg.snapshots) this.store.publish(s.name, adoptSnapshot(s.vars));
+        this.settings = msg.settings;
+        this.initialised(msg.settings);
         break;
       case 'vars':
-        this.store.publish(msg.name, adoptSnapshot(msg.vars), msg.generation);
+        this.store.publish(msg.name, adoptSnapshot(msg.vars));
         break;
       case 'failed':
-        this.store.fail(msg.name, rebuildError(msg.error));
+        this.store.fail(msg.name, errorFromData(msg.error));
         break;
       case 'task-done': {
         const p = this.pending.get(msg.id);
         if (!p) return;
         this.pending.delete(msg.id);
         if (msg.ok) p.resolve(msg.value);
-        else p.reject(rebuildError(msg.error));
+        else p.reject(errorFromData(msg.error));
         break;
       }
       default:

@@ -8,7 +8,6 @@ export type VarsListener = (vars: Vars, name: string) => void;
 
 export class VarsStore {
   private readonly snapshots = new Map<string, Vars>();
-  private readonly generations = new Map<string, number>();
   private readonly waiters = new Map<string, Set<Waiter>>();
   private readonly listeners = new Map<string, Set<VarsListener>>();
 
@@ -27,17 +26,8 @@ export class VarsStore {
     return this.snapshots.get(name);
   }
 
-  generation(name: string): number | undefined {
-    return this.generations.get(name);
-  }
-
-  names(): string[] {
-    return [...this.snapshots.keys()];
-  }
-
-  publish(name: string, vars: Vars, generation: number): void {
+  publish(name: string, vars: Vars): void {
     this.snapshots.set(name, vars);
-    this.generations.set(name, generation);
     const waiting = this.waiters.get(name);
     if (waiting) {
       this.waiters.delete(name);
@@ -69,7 +59,6 @@ export class VarsStore {
   /** Forgets every snapshot (listeners stay): after a library-mode shutdown nothing stale is served. */
   clear(): void {
     this.snapshots.clear();
-    this.generations.clear();
   }
 
   failAll(error: Error): void {

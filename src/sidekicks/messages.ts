@@ -1,0 +1,63 @@
+// Every message of the sidekick runtime, tagged the same way (`sk`): between the supervisor side (registry, main
+// thread) and a sidekick's worker thread, and between an HTTP worker process and the `sidekick serve` supervisor over
+// cluster IPC (advanced serialization, so snapshots are structured-cloned, not JSON-encoded).
+import type { ErrorData } from '../errors.js';
+import type { ListenAddress } from '../config/schema.js';
+
+type Snapshot = Record<string, string>;
+
+/** A sidekick thread's workerData. */
+export interface ThreadData {
+  app: string;
+  name: string;
+  entrypoint: string;
+  generation: number;
+  everyMs: number | undefined;
+  maxVarsBytes: number;
+  taskQueue: number;
+}
+
+/** main thread → sidekick thread */
+export type ToThread =
+  | { sk: 'stop' }
+  | { sk: 'task'; id: number; payload: unknown; reply: boolean }
+  /** The last `vars` message was taken: the thread may post the next one (latest-wins flow control). */
+  | { sk: 'vars-ack' };
+
+/** sidekick thread → main thread */
+export type FromThread =
+  /** `skipped`: snapshots published since the last post that were replaced by a newer one before they could go. */
+  | { sk: 'vars'; vars: Snapshot; skipped: number }
+  | { sk: 'task-done'; id: number; ok: true; value: unknown }
+  | { sk: 'task-done'; id: number; ok: false; error: ErrorData };
+
+/** What an HTTP worker needs to run its app; sent in the `init` answer to its `hello`. */
+export interface WorkerSettings {
+  app: string;
+  handler: string;
+  listen: ListenAddress;
+  drainTimeoutMs: number;
+  /** Tasks in flight per sidekick from this worker before SK_ERR_TASK_QUEUE_FULL. */
+  taskQueue: number;
+}
+
+/** HTTP worker → supervisor */
+export type WorkerToPrimary =
+  | { sk: 'hello' }
+  | { sk: 'ensure'; name: string }
+  | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
+  | { sk: 'listen-error'; message: string };
+
+/** supervisor → HTTP worker */
+export type PrimaryToWorker =
+  | { sk: 'init'; settings: WorkerSettings; snapshots: { name: string; vars: Snapshot; generation: number }[] }
+  | { sk: 'vars'; name: string; vars: Snapshot; generation: number }
+  | { sk: 'failed'; name: string; error: ErrorData }
+  | { sk: 'task-done'; id: number; ok: true; value: unknown }
+  | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
+  | { sk: 'drain' };
+
+/** Ours, as opposed to node:cluster's internal messages or the app's own on the same channel. */
+export function isSidekickMessage(msg: unknown): msg is { sk: string } {
+  return typeof msg === 'object' && msg !== null && typeof (msg as { sk?: unknown }).sk === 'string';
+}
