@@ -16,7 +16,7 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { renameSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { sleep } from '../common/async.js';
 import type { AgentConfig } from '../config/schema.js';
 import { describeError, isSidekickError } from '../errors.js';
 import { childLogger, type Logger } from '../log/logger.js';
@@ -327,7 +327,7 @@ export class AgentPipeline extends EventEmitter {
       // socket file goes first (the supervisor does this for a shared socket), so no new client can connect, then
       // one more turn of the event loop accepts whatever is queued, then the listener closes.
       this.socketFile?.unlinkIfOurs();
-      await new Promise((r) => setTimeout(r, BACKLOG_SETTLE_MS));
+      await sleep(BACKLOG_SETTLE_MS);
       receiver.stopAccepting();
       await receiver.drain(DRAIN_IDLE_MS, Math.min(2000, timeoutMs / 5));
       // The agent is going away (not a recycle): clients stop profiling until the next one says otherwise.

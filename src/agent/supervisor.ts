@@ -23,6 +23,7 @@ import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js'
 import { parseListen, type AgentConfig } from '../config/schema.js';
 import { ERROR_CODES, SidekickError, describeError, isSidekickError, type ErrorCode } from '../errors.js';
 import { childLogger } from '../log/logger.js';
+import { settleWithin } from '../common/async.js';
 import { RestartBackoff } from '../common/backoff.js';
 import {
   MetricsServer,
@@ -102,16 +103,6 @@ const SNAPSHOT_TIMEOUT_MS = 1000;
 /** RSS recycling waits until a worker has run this long, so a limit set below the baseline cannot loop. */
 const MIN_RSS_RECYCLE_UPTIME_MS = 10_000;
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<undefined>((r) => {
-      timer = setTimeout(() => r(undefined), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
 export class AgentSupervisor {
   private cfg: AgentConfig;
   private loaded: LoadedConfig;
@@ -168,7 +159,7 @@ export class AgentSupervisor {
       await this.startMetrics();
       const w = this.spawn(true);
       this.current = w;
-      const ok = await withTimeout(
+      const ok = await settleWithin(
         Promise.race([w.ready.promise, w.exited.promise.then(() => false)]),
         30_000 + this.lockWaitMs(),
       );
@@ -176,7 +167,7 @@ export class AgentSupervisor {
         w.expectedExit = true;
         const exited = w.state === 'exited';
         w.child.kill('SIGKILL');
-        const how = await withTimeout(w.exited.promise, 2000);
+        const how = await settleWithin(w.exited.promise, 2000);
         const fatal = w.fatal;
         if (fatal?.code && fatal.code in ERROR_CODES)
           throw new SidekickError(fatal.code as ErrorCode, fatal.message.replace(/^SK_ERR_[A-Z_]+: /, ''));
@@ -251,7 +242,7 @@ export class AgentSupervisor {
   private async doStop(): Promise<void> {
     clearTimeout(this.restartTimer);
     const budget = this.cfg.stopTimeoutMs;
-    if (this.recycling) await withTimeout(this.recycling, budget);
+    if (this.recycling) await settleWithin(this.recycling, budget);
     // The socket file goes first: from now on clients fail to connect (and count a drop) instead of queueing in a
     // backlog that nobody will accept; the worker accepts what is already queued before it closes the listener.
     this.listener?.file?.unlinkIfOurs();
@@ -261,11 +252,11 @@ export class AgentSupervisor {
         w.expectedExit = true;
         if (w.state === 'ready' || w.state === 'starting') {
           this.sendTo(w, { t: 'stop', timeoutMs: budget });
-          if (await withTimeout(w.exited.promise, budget + 3000)) return;
+          if (await settleWithin(w.exited.promise, budget + 3000)) return;
           this.log.error({ pid: w.pid, timeoutMs: budget }, 'agent worker did not stop in time; killing it');
         }
         w.child.kill('SIGKILL');
-        await withTimeout(w.exited.promise, 5000);
+        await settleWithin(w.exited.promise, 5000);
       }),
     );
     await this.closeResources();
@@ -450,7 +441,7 @@ export class AgentSupervisor {
     const t0 = Date.now();
     this.log.info({ reason, pid: old.pid }, `recycling the agent worker: ${reason}`);
     const next = this.spawn(false, listener ?? this.listener!);
-    if (!(await withTimeout(next.standby.promise, STANDBY_TIMEOUT_MS))) {
+    if (!(await settleWithin(next.standby.promise, STANDBY_TIMEOUT_MS))) {
       this.log.error({ reason }, 'recycle aborted: the replacement worker did not load');
       next.expectedExit = true;
       next.child.kill('SIGKILL');
@@ -462,10 +453,10 @@ export class AgentSupervisor {
     this.current = next;
     this.sendTo(old, { t: 'handover' });
     const budget = this.cfg.stopTimeoutMs;
-    if (!(await withTimeout(old.exited.promise, budget + 3000))) {
+    if (!(await settleWithin(old.exited.promise, budget + 3000))) {
       this.log.error({ pid: old.pid }, 'the old agent worker did not hand over in time; killing it');
       old.child.kill('SIGKILL');
-      await withTimeout(old.exited.promise, 5000);
+      await settleWithin(old.exited.promise, 5000);
     }
     if (listener) this.swapListener(listener);
     if (next.state === 'exited') {
@@ -474,7 +465,7 @@ export class AgentSupervisor {
     }
     next.state = 'starting';
     this.sendTo(next, { t: 'start' });
-    const ok = await withTimeout(next.ready.promise, 30_000 + this.lockWaitMs());
+    const ok = await settleWithin(next.ready.promise, 30_000 + this.lockWaitMs());
     if (listener) publishListener(listener);
     this.recycles++;
     this.lastRecycle = { reason, at: Date.now() };
@@ -572,7 +563,7 @@ export class AgentSupervisor {
         this.snapshotWaiters.set(id, resolve),
       );
       this.sendTo(w, { t: 'snapshot', id });
-      live = await withTimeout(got, SNAPSHOT_TIMEOUT_MS);
+      live = await settleWithin(got, SNAPSHOT_TIMEOUT_MS);
       this.snapshotWaiters.delete(id);
     }
     live ??= w?.last;

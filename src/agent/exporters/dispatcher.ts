@@ -13,6 +13,7 @@
 // not sent again (after a crash they are, with the same ids: central dedupes).
 import { ExponentialBackoff, decorrelatedJitterGenerator, type IBackoff } from 'cockatiel';
 import type { Logger } from 'pino';
+import { settleWithin, sleep } from '../../common/async.js';
 import { RateLimitedLog } from '../../log/logger.js';
 import { BreakerOpenError, RetryableExportError, type ExporterBreaker } from '../breaker/breaker.js';
 import type { AgentCounterValues } from '../metrics.js';
@@ -108,11 +109,15 @@ export class Dispatcher {
     this.finalDeadline = final ? deadline : 0;
     this.loopAbort.abort();
     this.deps.batcher.wake();
-    const timer = setTimeout(() => this.exportAbort.abort(), Math.max(0, deadline - Date.now()));
-    try {
-      await (this.running ?? this.finalRound());
-    } finally {
-      clearTimeout(timer);
+    const ended = this.running ?? this.finalRound();
+    if (
+      (await settleWithin(
+        ended.then(() => true),
+        deadline - Date.now(),
+      )) === undefined
+    ) {
+      this.exportAbort.abort(); // the deadline: abort the export in flight (its batch is released)
+      await ended;
     }
   }
 
@@ -324,17 +329,4 @@ export class Dispatcher {
     if (retryAfterMs !== undefined) delay = Math.max(delay, Math.min(retryAfterMs, this.retry.retryAfterCapMs));
     return Math.max(delay, this.deps.breaker.retryInMs());
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted || ms <= 0) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -16,7 +16,9 @@ import http from 'node:http';
 import https from 'node:https';
 import { promisify } from 'node:util';
 import { gzip as gzipCb, gzipSync } from 'node:zlib';
+import { withDeadline } from '../../common/async.js';
 import type { ExporterConfig } from '../../config/schema.js';
+import { isSidekickError } from '../../errors.js';
 import { RetryableExportError } from '../breaker/breaker.js';
 import type { ExportOutcome, ExportPart, Exporter } from './types.js';
 
@@ -123,11 +125,10 @@ export class HttpExporter implements Exporter {
     let status: number;
     let retryAfter: string | string[] | undefined;
     let excerpt: string;
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
     let req: http.ClientRequest | undefined;
     try {
-      ({ status, retryAfter, excerpt } = await new Promise<{
+      // The whole exchange (connect, send, answer) is bounded by timeoutMs; a stop aborts it at once.
+      const exchange = new Promise<{
         status: number;
         retryAfter: string | string[] | undefined;
         excerpt: string;
@@ -159,23 +160,20 @@ export class HttpExporter implements Exporter {
           );
         });
         req = r;
-        // The whole exchange (connect, send, answer) is bounded by timeoutMs; a stop aborts it at once.
-        timer = setTimeout(() => {
-          timedOut = true;
-          r.destroy(new Error('timeout'));
-        }, this.config.timeoutMs);
         active.add(r);
         r.on('error', reject);
         r.end(body);
-      }));
+      });
+      ({ status, retryAfter, excerpt } = await withDeadline(exchange, this.config.timeoutMs, `POST ${this.url.href}`));
     } catch (err) {
+      const timedOut = isSidekickError(err, 'SK_ERR_TIMEOUT');
+      if (timedOut) req?.destroy(new Error('timeout'));
       if (stop.aborted) throw err; // stopping: not central's fault, not a breaker failure
       if (timedOut)
         throw new RetryableExportError(`POST ${this.url.href} timed out after ${this.config.timeoutMs} ms`, 'timeout');
       const e = err as NodeJS.ErrnoException;
       throw new RetryableExportError(`POST ${this.url.href} failed: ${e.code ?? e.message}`, 'network');
     } finally {
-      clearTimeout(timer);
       if (req) active.delete(req);
     }
     if (status >= 200 && status < 300) return { kind: 'delivered', status };

@@ -10,6 +10,7 @@
 // once. A batch is cut with up to `cutRecords` (= maxRecords × batch.maxInFlight × 4) records: the dispatcher sends it
 // as parts of ≤ maxRecords in parallel.
 import type { EventEmitter } from 'node:events';
+import { sleep } from '../../common/async.js';
 import type { AgentCounterValues } from '../metrics.js';
 
 export interface SpoolBatchLike {
@@ -45,7 +46,8 @@ export class Batcher {
   private consumed = 0;
   private readonly droppedAtOpen: number;
   private lastId: string | undefined;
-  private wakeUp: (() => void) | undefined;
+  /** The pending sleep of next(), aborted to wake it. */
+  private wakeUp: AbortController | undefined;
 
   constructor(
     private readonly source: BatchSource,
@@ -78,7 +80,7 @@ export class Batcher {
   wake(): void {
     const w = this.wakeUp;
     this.wakeUp = undefined;
-    w?.();
+    w?.abort();
   }
 
   /** Time the oldest pending record was appended (0 = from before this process), or undefined if none pending. */
@@ -93,47 +95,45 @@ export class Batcher {
    * The next batch when it is due; undefined when `signal` aborts, or — with `flush` — as soon as nothing is pending.
    */
   async next(signal: AbortSignal, flush: () => boolean): Promise<SpoolBatchLike | undefined> {
-    while (!signal.aborted) {
-      const pending = this.source.stats().pendingRecords;
-      const flushing = flush();
-      if (pending === 0 && flushing) return undefined;
-      let waitMs = IDLE_RECHECK_MS;
-      if (pending > 0) {
-        const oldest = this.oldestPendingAt() ?? 0;
-        const due = oldest + this.policy.maxDelayMs;
-        const now = Date.now();
-        if (pending >= this.policy.maxRecords || flushing || now >= due) {
-          const batch = await this.source.nextBatch(this.policy.cutRecords, this.policy.maxBytes);
-          if (batch) {
-            if (batch.id !== this.lastId) {
-              this.lastId = batch.id;
-              this.consumed += batch.records;
-              this.counters.batched += batch.records;
-              this.counters.batchedBatches++;
+    // `signal` wakes the sleep through wake(): one listener per call, one plain signal per sleep (a long-lived signal
+    // combined per sleep with AbortSignal.any grows the heap on Node 20).
+    const onAbort = (): void => this.wake();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      while (!signal.aborted) {
+        const pending = this.source.stats().pendingRecords;
+        const flushing = flush();
+        if (pending === 0 && flushing) return undefined;
+        let waitMs = IDLE_RECHECK_MS;
+        if (pending > 0) {
+          const oldest = this.oldestPendingAt() ?? 0;
+          const due = oldest + this.policy.maxDelayMs;
+          const now = Date.now();
+          if (pending >= this.policy.maxRecords || flushing || now >= due) {
+            const batch = await this.source.nextBatch(this.policy.cutRecords, this.policy.maxBytes);
+            if (batch) {
+              if (batch.id !== this.lastId) {
+                this.lastId = batch.id;
+                this.consumed += batch.records;
+                this.counters.batched += batch.records;
+                this.counters.batchedBatches++;
+              }
+              return batch;
             }
-            return batch;
+            waitMs = 50; // pending but not readable yet (still in the write buffer): look again shortly
+          } else {
+            waitMs = Math.min(IDLE_RECHECK_MS, due - now);
           }
-          waitMs = 50; // pending but not readable yet (still in the write buffer): look again shortly
-        } else {
-          waitMs = Math.min(IDLE_RECHECK_MS, due - now);
         }
+        if (signal.aborted) break;
+        const wake = new AbortController();
+        this.wakeUp = wake;
+        await sleep(Math.max(1, waitMs), wake.signal);
+        if (this.wakeUp === wake) this.wakeUp = undefined;
       }
-      await this.sleep(waitMs, signal);
+      return undefined;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
     }
-    return undefined;
-  }
-
-  private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        if (this.wakeUp === done) this.wakeUp = undefined;
-        resolve();
-      };
-      const timer = setTimeout(done, Math.max(1, ms));
-      signal.addEventListener('abort', done, { once: true });
-      this.wakeUp = done;
-    });
   }
 }
