@@ -711,7 +711,7 @@ export class Spool extends EventEmitter {
   /** Write everything appended so far to the OS and fsync it (segment data, directory, ledger). */
   async flush(): Promise<void> {
     if (!(await this.drainWrites())) {
-      throw new SidekickError('SK_ERR_EXPORT_FAILED', `spool write failed: ${describeError(this.writeError)}`, {
+      throw new SidekickError('SK_ERR_SPOOL_WRITE', `spool write failed: ${describeError(this.writeError)}`, {
         dir: this.dir,
       });
     }
