@@ -3,11 +3,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import { ExporterBreaker, RetryableExportError, BreakerOpenError } from '../src/agent/breaker/breaker.ts';
+import { ExporterBreaker, BreakerOpenError } from '../src/agent/breaker/breaker.ts';
 import { parseRetryAfter } from '../src/agent/exporters/http.ts';
-import { countLines, splitPart } from '../src/agent/exporters/types.ts';
+import { RetryableExportError, countLines, splitPart } from '../src/agent/exporters/types.ts';
 import { addCounters, createAgentRegistry, zeroCounters, zeroGauges } from '../src/agent/metrics.ts';
-import { MemoryBudget } from '../src/agent/processors/memory.ts';
+import { MemoryBudget } from '../src/agent/memory-budget.ts';
 import { droppedLine, parseControl } from '../src/agent/receivers/control.ts';
 import { LineFramer, checkLine, isControlLine } from '../src/agent/receivers/ndjson.ts';
 

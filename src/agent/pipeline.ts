@@ -26,7 +26,7 @@ import { Dispatcher, type SendShape } from './exporters/dispatcher.js';
 import { createExporter, type Exporter } from './exporters/index.js';
 import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
 import { Batcher, type BatchPolicy } from './processors/batcher.js';
-import { MemoryBudget } from './processors/memory.js';
+import { MemoryBudget } from './memory-budget.js';
 import { Spool, type SpoolStats } from './queue/spool.js';
 import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
 import { SpillReceiver, type SpillStats } from './receivers/spill.js';

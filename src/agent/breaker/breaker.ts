@@ -17,20 +17,7 @@ import {
   type CircuitBreakerPolicy,
 } from 'cockatiel';
 import type { Logger } from 'pino';
-import type { RetryReason } from '../metrics.js';
-
-/** Thrown by an export attempt that should count as a failure and be retried later. */
-export class RetryableExportError extends Error {
-  constructor(
-    message: string,
-    readonly reason: RetryReason,
-    readonly status?: number,
-    readonly retryAfterMs?: number,
-  ) {
-    super(message);
-    this.name = 'RetryableExportError';
-  }
-}
+import { RetryableExportError } from '../exporters/types.js';
 
 /** The breaker refused the call; `retryInMs` is the time left until it half-opens. */
 export class BreakerOpenError extends Error {

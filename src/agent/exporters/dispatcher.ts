@@ -15,12 +15,19 @@ import { ExponentialBackoff, decorrelatedJitterGenerator, type IBackoff } from '
 import type { Logger } from 'pino';
 import { settleWithin, sleep } from '../../common/async.js';
 import { RateLimitedLog } from '../../log/logger.js';
-import { BreakerOpenError, RetryableExportError, type ExporterBreaker } from '../breaker/breaker.js';
+import { BreakerOpenError, type ExporterBreaker } from '../breaker/breaker.js';
 import type { AgentCounterValues } from '../metrics.js';
 import type { Batcher, SpoolBatchLike } from '../processors/batcher.js';
-import type { MemoryBudget } from '../processors/memory.js';
+import type { MemoryBudget } from '../memory-budget.js';
 import type { DeadLetterStore } from './dead-letter.js';
-import { chunkParts, splitPart, type ExportOutcome, type ExportPart, type Exporter } from './types.js';
+import {
+  RetryableExportError,
+  chunkParts,
+  splitPart,
+  type ExportOutcome,
+  type ExportPart,
+  type Exporter,
+} from './types.js';
 
 export interface RetryPolicy {
   initialDelayMs: number;

@@ -8,8 +8,7 @@
 import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExporterConfig } from '../../config/schema.js';
-import { RetryableExportError } from '../breaker/breaker.js';
-import type { ExportOutcome, ExportPart, Exporter } from './types.js';
+import { RetryableExportError, type ExportOutcome, type ExportPart, type Exporter } from './types.js';
 import { publishFile } from './publish-file.js';
 
 type FileConfig = Extract<ExporterConfig, { type: 'file' }>;

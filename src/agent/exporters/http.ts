@@ -19,8 +19,7 @@ import { gzip as gzipCb, gzipSync } from 'node:zlib';
 import { withDeadline } from '../../common/async.js';
 import type { ExporterConfig } from '../../config/schema.js';
 import { isSidekickError } from '../../errors.js';
-import { RetryableExportError } from '../breaker/breaker.js';
-import type { ExportOutcome, ExportPart, Exporter } from './types.js';
+import { RetryableExportError, type ExportOutcome, type ExportPart, type Exporter } from './types.js';
 
 const gzip = promisify(gzipCb);
 type HttpConfig = Extract<ExporterConfig, { type: 'http' }>;

@@ -8,4 +8,4 @@ export function createExporter(config: ExporterConfig): Exporter {
   return config.type === 'http' ? new HttpExporter(config) : new FileExporter(config);
 }
 
-export type { Exporter, ExportOutcome, ExportPart } from './types.js';
+export { RetryableExportError, type Exporter, type ExportOutcome, type ExportPart } from './types.js';

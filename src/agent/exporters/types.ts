@@ -1,6 +1,20 @@
 // What every exporter implements. An exporter sends one *part* (a spool batch, or a half of one after a 413) and
 // answers with a definitive outcome, or throws RetryableExportError (the breaker counts it; the batch is retried).
 import type { ExporterConfig } from '../../config/schema.js';
+import type { RetryReason } from '../metrics.js';
+
+/** Thrown by an export attempt that should count as a failure and be retried later (the breaker counts these). */
+export class RetryableExportError extends Error {
+  constructor(
+    message: string,
+    readonly reason: RetryReason,
+    readonly status?: number,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+    this.name = 'RetryableExportError';
+  }
+}
 
 export interface ExportPart {
   /** Spool batch id, with a suffix per split ('.0', '.1', '.1.0', …): stable across retries and restarts. */
