@@ -17,7 +17,7 @@ import {
 } from '../../common/node-internals.js';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
-import type { MemoryBudget } from '../processors/memory.js';
+import type { MemoryBudget } from '../memory-budget.js';
 import { parseControl } from './control.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 
