@@ -1,9 +1,10 @@
 // The Unix stream socket receiver: many clients, many lines per connection, no reply.
 //
 // Each connection has its own LineFramer; good lines go straight to the sink (the spool append). The receiver never
-// closes a connection because of bad input, and never writes to a client (a graceful stop half-closes: see sayBye). Reading pauses while the memory budget is
-// exhausted. For a worker recycle, `detach()` stops reading every connection at once and hands out the raw handles
-// with their unfinished line, so the next worker continues each stream exactly where this one stopped.
+// closes a connection because of bad input, and never writes to a client (a graceful stop half-closes: see sayBye).
+// Reading pauses while the memory budget is exhausted. For a worker recycle, `detach()` stops reading every
+// connection at once and hands out the raw handles with their unfinished line, so the next worker continues each
+// stream exactly where this one stopped. The Node internals this takes (stream handles) are in common/node-internals.
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { sleep } from '../../common/async.js';
