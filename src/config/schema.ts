@@ -95,6 +95,23 @@ const app = z
       .max(1024)
       .default(() => availableParallelism()),
     drainTimeoutMs: duration.default(10_000),
+    // A request whose handler has not started its response after this long is answered 503 (and counted), so a
+    // handler that forgets a code path does not hold a client forever. Responses already started are left alone
+    // (streams, long polls). 0 = off.
+    handlerTimeoutMs: duration.default(60_000),
+    // An HTTP worker whose event loop does not answer the supervisor's once-a-second ping for this long (a handler in
+    // a busy loop) is killed and replaced, so the connections node:cluster would keep handing it go elsewhere. 0 = off.
+    unresponsiveMs: duration.default(10_000),
+    recycle: z
+      .object({
+        // Replace a worker gracefully (a new one listens first, the old one drains) once its RSS passes this: a
+        // leaking handler is recycled before V8 kills it mid-request. 0 = off.
+        maxRssBytes: size.default(1024 * 1024 * 1024),
+        // Replace each worker after this long. 0 = off.
+        maxUptimeMs: duration.default(0),
+      })
+      .strict()
+      .prefault({}),
     sidekicks: sidekicksSchema.prefault({}),
   })
   .strict();

@@ -7,6 +7,7 @@ import { childLogger } from '../log/logger.js';
 import type { AppConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { settleWithin, withDeadline } from '../common/async.js';
+import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import {
   isSidekickMessage,
@@ -37,6 +38,9 @@ interface WorkerInfo {
   worker: Worker;
   state: WorkerState;
   startedAt: number;
+  health: WorkerHealth;
+  /** Set when the supervisor decided this worker's end (unresponsive kill, recycle): the exit is not a crash. */
+  ending?: 'unresponsive' | 'recycle';
   listenError?: string;
   /** Latest-wins per sidekick: names whose last snapshot is still being written to this worker's IPC channel … */
   varsInFlight: Set<string>;
@@ -54,6 +58,11 @@ export class AppSupervisor {
   private rolling: Promise<void> | undefined;
   private readonly log;
   private restarts = 0;
+  private unresponsiveKills = 0;
+  private recycles = 0;
+  /** Handler counters of workers that are gone (live workers report theirs in each pong). */
+  private retired = { handlerErrors: 0, handlerTimeouts: 0 };
+  private healthTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param shared registries whose sidekicks every app sees as its own (the built-in agent sidekick): their snapshots
@@ -85,6 +94,53 @@ export class AppSupervisor {
   async start(): Promise<void> {
     this.registry.startDeclared();
     await Promise.all(Array.from({ length: this.config.workers }, () => this.fork()));
+    this.healthTimer = setInterval(() => this.checkHealth(), PING_INTERVAL_MS);
+    this.healthTimer.unref();
+  }
+
+  /** Acts on last round's answers, then pings every listening worker for the next round. */
+  private checkHealth(): void {
+    if (this.stopping) return;
+    const now = Date.now();
+    for (const info of this.workers.values()) {
+      if (info.state !== 'listening' || info.ending) continue;
+      const verdict = info.health.verdict(this.config, now);
+      if (verdict.action === 'kill') {
+        info.ending = 'unresponsive';
+        this.unresponsiveKills++;
+        this.log.error(
+          { pid: info.worker.process.pid, silentMs: verdict.silentMs, unresponsiveMs: this.config.unresponsiveMs },
+          'HTTP worker unresponsive (its event loop did not answer); killing and replacing it',
+        );
+        info.worker.process.kill('SIGKILL');
+        continue;
+      }
+      if (verdict.action === 'recycle' && !this.rolling) {
+        info.ending = 'recycle';
+        this.recycles++;
+        this.log.warn(
+          { pid: info.worker.process.pid, reason: verdict.reason, rss: verdict.rss, uptimeMs: verdict.uptimeMs },
+          'recycling HTTP worker: a replacement listens first, then it drains',
+        );
+        void this.recycle(info);
+        continue;
+      }
+      this.send(info.worker, { sk: 'ping', id: info.health.ping(now) });
+    }
+  }
+
+  private async recycle(info: WorkerInfo): Promise<void> {
+    try {
+      await this.fork();
+    } catch (err) {
+      this.log.error(
+        { err: describeError(err) },
+        'recycle: the replacement failed to start; the old worker keeps serving',
+      );
+      info.ending = undefined;
+      return;
+    }
+    await this.drainWorker(info);
   }
 
   private fork(): Promise<WorkerInfo> {
@@ -93,6 +149,7 @@ export class AppSupervisor {
       handler: this.config.handler,
       listen: this.config.listen,
       drainTimeoutMs: this.config.drainTimeoutMs,
+      handlerTimeoutMs: this.config.handlerTimeoutMs,
       taskQueue: this.config.sidekicks.taskQueue,
     };
     cluster.setupPrimary({ exec: WORKER_MAIN.pathname, serialization: 'advanced', args: [] });
@@ -103,6 +160,7 @@ export class AppSupervisor {
       settings,
       state: 'starting',
       startedAt: Date.now(),
+      health: new WorkerHealth(Date.now()),
       varsInFlight: new Set(),
       varsWaiting: new Map(),
     };
@@ -181,6 +239,9 @@ export class AppSupervisor {
       case 'listen-error':
         info.listenError = msg.message;
         break;
+      case 'pong':
+        info.health.pong(msg.id, msg);
+        break;
       default:
         break;
     }
@@ -188,10 +249,16 @@ export class AppSupervisor {
 
   private onWorkerExit(info: WorkerInfo, code: number | null, signal: string | null): void {
     this.workers.delete(info.worker.id);
+    const last = info.health.latest;
+    if (last) {
+      this.retired.handlerErrors += last.handlerErrors;
+      this.retired.handlerTimeouts += last.handlerTimeouts;
+    }
     if (this.stopping || info.state === 'draining' || info.state === 'starting') return;
-    // An unplanned exit: the others keep serving; replace this one after a backoff.
+    // An unplanned exit (or an unresponsive one we killed): the others keep serving; replace it after a backoff.
     this.restarts++;
-    this.log.warn({ pid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
+    if (info.ending !== 'unresponsive')
+      this.log.warn({ pid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
     this.replaceLater();
   }
 
@@ -309,12 +376,18 @@ export class AppSupervisor {
   /** Graceful stop: drain every HTTP worker (in-flight requests finish, bounded), then stop the sidekicks. */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.healthTimer);
     await this.rolling?.catch(() => undefined);
     await Promise.all([...this.workers.values()].map((w) => this.drainWorker(w)));
     await this.registry.stop();
   }
 
   status(): unknown {
+    const live = { ...this.retired };
+    for (const w of this.workers.values()) {
+      live.handlerErrors += w.health.latest?.handlerErrors ?? 0;
+      live.handlerTimeouts += w.health.latest?.handlerTimeouts ?? 0;
+    }
     return {
       name: this.config.name,
       listen: this.config.listen,
@@ -322,8 +395,13 @@ export class AppSupervisor {
         pid: w.worker.process.pid,
         state: w.state,
         startedAt: new Date(w.startedAt).toISOString(),
+        rss: w.health.latest?.rss,
       })),
       workerRestarts: this.restarts,
+      unresponsiveKills: this.unresponsiveKills,
+      recycles: this.recycles,
+      handlerErrors: live.handlerErrors,
+      handlerTimeouts: live.handlerTimeouts,
       sidekicks: this.registry.status(),
     };
   }

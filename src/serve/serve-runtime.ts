@@ -4,7 +4,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
-import { loadConfig, type LoadedConfig } from '../config/load.js';
+import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin/server.js';
 import { AppSupervisor } from './app-supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
@@ -39,7 +39,7 @@ export class ServeRuntime {
     try {
       if (config.agent) {
         // The agent first, so the apps' first requests already have somewhere to send their records.
-        this.agent = new AgentVarsSource(this.loaded);
+        this.agent = new AgentVarsSource(agentConfigOf(config), this.loaded.file);
         await this.agent.start();
       }
       const shared = this.agent ? [this.agent] : [];
@@ -83,7 +83,9 @@ export class ServeRuntime {
         if (!this.apps.has(a.name)) this.log.warn({ app: a.name }, 'reload: new app in config; restart to apply');
       this.loaded = next;
     }
-    if (this.agent) tasks.push(this.agent.supervisor.reload().then(() => undefined));
+    // The agent takes the config read here (one view of the file); an invalid file left it untouched above.
+    if (this.agent && next?.config.agent) tasks.push(this.agent.reload(agentConfigOf(next.config)));
+    else if (this.agent && next) this.log.warn('reload: agent section removed from config; restart to apply');
     await Promise.all(tasks);
   }
 

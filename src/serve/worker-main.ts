@@ -14,19 +14,52 @@ import { installServeTransport } from '../sidekicks/api.js';
 import { childLogger } from '../log/logger.js';
 import { responseOfSocket } from '../common/node-internals.js';
 import { describeError } from '../errors.js';
-import { isSidekickMessage, type WorkerToPrimary } from '../sidekicks/messages.js';
+import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/messages.js';
 
 // The supervisor answers the transport's hello with this worker's settings and every existing snapshot.
 const settings = await installServeTransport().ready;
 const log = childLogger({ component: 'http', app: settings.app });
 
 const mod = (await import(pathToFileURL(settings.handler).href)) as { default?: unknown };
-const listener = (mod.default ?? undefined) as ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+const listener = (mod.default ?? undefined) as ((req: IncomingMessage, res: ServerResponse) => unknown) | undefined;
 if (typeof listener !== 'function') {
   throw new Error(`handler ${settings.handler} has no default export request listener (got ${typeof mod.default})`);
 }
 
 let draining = false;
+let handlerErrors = 0;
+let handlerTimeouts = 0;
+
+function handlerFailed(req: IncomingMessage, res: ServerResponse, err: unknown): void {
+  handlerErrors++;
+  log.error({ err: describeError(err), url: req.url }, 'request handler threw');
+  if (res.headersSent) {
+    res.destroy(); // half a response cannot be completed honestly; the client sees the connection end
+    return;
+  }
+  res.writeHead(500, { 'content-type': 'text/plain', connection: 'close' });
+  res.end('internal error\n');
+}
+
+// Responses whose handler has not sent headers yet, with their start time. A sweep once a second answers the ones
+// past handlerTimeoutMs: one Map entry per request instead of a timer per request on the hot path.
+const pending = new Map<ServerResponse, { started: number; url: string | undefined }>();
+if (settings.handlerTimeoutMs > 0) {
+  setInterval(() => {
+    const cutoff = Date.now() - settings.handlerTimeoutMs;
+    for (const [res, { started, url }] of pending) {
+      if (res.headersSent || res.writableEnded) pending.delete(res);
+      else if (started <= cutoff) {
+        pending.delete(res);
+        handlerTimeouts++;
+        log.warn({ url, handlerTimeoutMs: settings.handlerTimeoutMs }, 'request handler did not answer in time; 503');
+        res.writeHead(503, { 'content-type': 'text/plain', connection: 'close' });
+        res.end('handler timeout\n');
+      }
+    }
+  }, 1000).unref();
+}
+
 const server = createServer((req, res) => {
   // While draining, each response closes its connection, so keep-alive clients move to a live worker cleanly;
   // the request also lifts the idle deadline drain() put on its socket.
@@ -35,11 +68,17 @@ const server = createServer((req, res) => {
     req.socket.setTimeout(0);
   }
   try {
-    listener(req, res);
+    const result = listener(req, res) as unknown;
+    // An async handler's rejection is that request's failure, not an unhandled rejection that ends the worker.
+    if (typeof (result as Promise<unknown> | undefined)?.then === 'function') {
+      (result as Promise<unknown>).then(undefined, (err: unknown) => handlerFailed(req, res, err));
+    }
   } catch (err) {
-    log.error({ err: describeError(err), url: req.url }, 'request handler threw');
-    if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
-    res.end('internal error\n');
+    handlerFailed(req, res, err);
+  }
+  if (settings.handlerTimeoutMs > 0 && !res.headersSent && !res.writableEnded) {
+    pending.set(res, { started: Date.now(), url: req.url });
+    res.once('close', () => pending.delete(res));
   }
 });
 
@@ -91,7 +130,19 @@ server.on('connection', (socket: Socket) => {
 });
 
 process.on('message', (msg: unknown) => {
-  if (isSidekickMessage(msg) && msg.sk === 'drain') drain();
+  if (!isSidekickMessage(msg)) return;
+  const m = msg as PrimaryToWorker;
+  if (m.sk === 'drain') drain();
+  else if (m.sk === 'ping') {
+    const pong: WorkerToPrimary = {
+      sk: 'pong',
+      id: m.id,
+      rss: process.memoryUsage.rss(),
+      handlerErrors,
+      handlerTimeouts,
+    };
+    process.send?.(pong);
+  }
 });
 // The supervisor coordinates shutdown; a terminal's Ctrl-C reaches the whole process group, so ignore SIGINT here.
 process.on('SIGINT', () => {});

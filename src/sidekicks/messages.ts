@@ -37,6 +37,8 @@ export interface WorkerSettings {
   handler: string;
   listen: ListenAddress;
   drainTimeoutMs: number;
+  /** A request not answered (no headers sent) within this is answered 503; 0 = off. */
+  handlerTimeoutMs: number;
   /** Tasks in flight per sidekick from this worker before SK_ERR_TASK_QUEUE_FULL. */
   taskQueue: number;
 }
@@ -46,7 +48,9 @@ export type WorkerToPrimary =
   | { sk: 'hello' }
   | { sk: 'ensure'; name: string }
   | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
-  | { sk: 'listen-error'; message: string };
+  | { sk: 'listen-error'; message: string }
+  /** The answer to `ping`: the event loop is turning. Counters are totals since the worker started. */
+  | { sk: 'pong'; id: number; rss: number; handlerErrors: number; handlerTimeouts: number };
 
 /** supervisor → HTTP worker */
 export type PrimaryToWorker =
@@ -55,7 +59,8 @@ export type PrimaryToWorker =
   | { sk: 'failed'; name: string; error: ErrorData }
   | { sk: 'task-done'; id: number; ok: true; value: unknown }
   | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
-  | { sk: 'drain' };
+  | { sk: 'drain' }
+  | { sk: 'ping'; id: number };
 
 /** Ours, as opposed to node:cluster's internal messages or the app's own on the same channel. */
 export function isSidekickMessage(msg: unknown): msg is { sk: string } {

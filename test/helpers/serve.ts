@@ -353,8 +353,12 @@ export interface SidekickStatusJson {
 
 export interface AppStatusJson {
   name: string;
-  workers: { pid: number; state: string }[];
+  workers: { pid: number; state: string; rss?: number }[];
   workerRestarts: number;
+  unresponsiveKills: number;
+  recycles: number;
+  handlerErrors: number;
+  handlerTimeouts: number;
   sidekicks: SidekickStatusJson[];
 }
 
@@ -374,6 +378,8 @@ export interface AppSpec {
   handler?: string;
   drainTimeoutMs?: number;
   sidekicks?: Record<string, unknown>;
+  /** Further app fields, as in the config file (handlerTimeoutMs, unresponsiveMs, recycle, …). */
+  extra?: Record<string, unknown>;
 }
 
 /** Writes `<dir>/sidekick.config.json` for `apps` (ports picked if missing); returns its path and the ports. */
@@ -396,6 +402,7 @@ export async function writeServeConfig(
       workers: app.workers,
       ...(app.drainTimeoutMs !== undefined ? { drainTimeoutMs: app.drainTimeoutMs } : {}),
       sidekicks: { entrypoint: ENTRYPOINT, ...app.sidekicks },
+      ...app.extra,
     });
   }
   const file = join(dir, 'sidekick.config.json');
