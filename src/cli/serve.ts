@@ -3,12 +3,14 @@ import { loadConfig } from '../config/load.js';
 import { ServeRuntime } from '../serve/serve-runtime.js';
 import { childLogger } from '../log/logger.js';
 import { describeError } from '../errors.js';
+import { checkNodeInternals } from '../common/node-internals.js';
 import { reportStartupError } from './check.js';
 
 export async function serveCommand(opts: { config?: string }): Promise<number> {
   const log = childLogger({ component: 'serve' });
   let runtime: ServeRuntime;
   try {
+    checkNodeInternals(); // HTTP workers and the agent run on this same Node binary
     const loaded = await loadConfig(opts.config);
     runtime = new ServeRuntime(loaded);
     await runtime.start();

@@ -76,7 +76,11 @@ export async function sleep(ms: number, ...signals: (AbortSignal | undefined)[])
   }
 }
 
-/** Waits for `event` on `emitter` at most `ms`; resolves with the event's arguments or `undefined` on timeout. */
+/**
+ * Waits for `event` on `emitter` at most `ms`; resolves with the event's arguments or `undefined` on timeout.
+ * Its timer (AbortSignal.timeout) does not keep the process alive, unlike withDeadline and settleWithin: use it in
+ * daemons, not for a wait a library user's process must finish.
+ */
 export async function onceWithin(emitter: EventEmitter, event: string, ms: number): Promise<unknown[] | undefined> {
   const signal = AbortSignal.timeout(Math.max(0, ms));
   try {
