@@ -108,11 +108,6 @@ export function addCounters(a: AgentCounterValues, b: AgentCounterValues): Agent
   return out;
 }
 
-/** Sum of the records that reached a final outcome (delivered, dead-lettered or dropped). */
-export function settledRecords(c: AgentCounterValues): number {
-  return c.exported + c.deadLettered + c.dropped.spool_full + c.dropped.spool_corrupt;
-}
-
 const PREFIX = 'sidekick_agent_';
 
 /**

@@ -38,11 +38,14 @@ export interface AgentPipelineOptions {
   log?: Logger;
   /** Accept on this inherited, already-bound socket fd (the supervisor's) instead of binding `config.socket`. */
   listenFd?: number;
-  /** How long start() waits for a spool lock still held by a previous owner that is shutting down. Default 5 s. */
-  lockWaitMs?: number;
 }
 
 export type PipelineState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+/** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
+export interface PipelineStateEvent extends ClientState {
+  breaker: BreakerStateName;
+}
 
 export interface AgentPipelineStatus {
   state: PipelineState;
@@ -74,6 +77,8 @@ export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
   return out;
 }
 
+/** How long start() waits for a spool lock still held by a previous owner that is shutting down. */
+export const SPOOL_LOCK_WAIT_MS = 5000;
 const MIN_BATCH_BYTES = 64 * 1024;
 /** Accept backlog (capped by net.core.somaxconn): bursts of (re)connecting clients must queue, not fail. */
 const LISTEN_BACKLOG = 4096;
@@ -86,7 +91,7 @@ const DRAIN_IDLE_MS = 250;
 /** Retry-After is honoured up to max(retry.maxDelayMs, breaker.halfOpenAfterMs, this). */
 const RETRY_AFTER_CAP_FLOOR_MS = 60_000;
 
-export class AgentPipeline extends EventEmitter {
+export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }> {
   readonly counters = zeroCounters();
   private cfg: AgentConfig;
   private readonly log: Logger;
@@ -98,6 +103,7 @@ export class AgentPipeline extends EventEmitter {
   private receiver: UnixSocketReceiver | undefined;
   private spill: SpillReceiver | undefined;
   private lastStateLine: string | undefined;
+  private lastStateEvent: string | undefined;
   private server: net.Server | undefined;
   private socketFile: OwnedSocketFile | undefined;
   private batcher: Batcher | undefined;
@@ -154,7 +160,7 @@ export class AgentPipeline extends EventEmitter {
 
   private async openSpool(): Promise<Spool> {
     const cfg = this.cfg;
-    const until = Date.now() + (this.opts.lockWaitMs ?? 5000);
+    const until = Date.now() + SPOOL_LOCK_WAIT_MS;
     for (;;) {
       try {
         return await Spool.open({
@@ -185,10 +191,7 @@ export class AgentPipeline extends EventEmitter {
         halfOpenAfterMs: cfg.breaker.halfOpenAfterMs,
         store: { read: () => spool.readState('breaker'), write: (v) => spool.writeState('breaker', v) },
         log: this.log.child({ part: 'breaker' }),
-        onState: (s: BreakerStateName) => {
-          this.publishClientState();
-          this.emit('breaker', s);
-        },
+        onState: () => this.publishClientState(),
       });
       this.exporter = createExporter(cfg.exporter);
       this.batcher = new Batcher(spool, this.batchPolicy(cfg), this.counters);
@@ -204,6 +207,8 @@ export class AgentPipeline extends EventEmitter {
         retry: this.retryPolicy(cfg),
         shape: this.sendShape(cfg),
       });
+      // The spool's write buffer counts against the memory bound; it shrinks as writes land ('data').
+      spool.on('data', () => this.budget.set('spool', spool.stats().bufferedBytes));
       spool.on('drain', () => this.budget.release('spool'));
       this.receiver = new UnixSocketReceiver({
         maxRecordBytes: cfg.maxRecordBytes,
@@ -425,6 +430,12 @@ export class AgentPipeline extends EventEmitter {
    * ever written down the clients' connections (see UnixSocketReceiver.sayBye).
    */
   private publishClientState(state: ClientState = this.clientState()): void {
+    const event: PipelineStateEvent = { ...state, breaker: this.breaker?.state ?? 'closed' };
+    const key = JSON.stringify(event);
+    if (key !== this.lastStateEvent) {
+      this.lastStateEvent = key;
+      this.emit('state', event);
+    }
     const line = stateTarget(state);
     if (line === this.lastStateLine) return;
     this.lastStateLine = line;
@@ -440,17 +451,19 @@ export class AgentPipeline extends EventEmitter {
     }
   }
 
+  /** Counters and gauges now (reads only: what it returns does not depend on how often it is called). */
   metrics(): AgentMetricsSnapshot {
     const st = this.spool?.stats();
     const spill = this.spill?.snapshot();
+    const counters = structuredClone(this.counters);
     if (st) {
-      this.counters.dropped.spool_full = st.droppedRecords;
-      this.counters.dropped.spool_corrupt = st.corruptRecords;
-      this.counters.spoolCorruptFrames = st.corruptFrames;
-      this.budget.set('spool', st.bufferedBytes);
+      // The spool counts its own drops and corrupt frames.
+      counters.dropped.spool_full = st.droppedRecords;
+      counters.dropped.spool_corrupt = st.corruptRecords;
+      counters.spoolCorruptFrames = st.corruptFrames;
     }
     return {
-      counters: structuredClone(this.counters),
+      counters,
       gauges: {
         breakerState: this.breaker?.stateCode ?? 0,
         spoolBytes: st?.pendingBytes ?? 0,

@@ -16,12 +16,12 @@
 //   socket), it cannot move established connections between workers, and its settings are process-global, which
 //   would collide with `sidekick serve`'s own cluster of HTTP workers.
 import { fork, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { AdminServer } from '../admin/server.js';
-import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import { parseListen, type AgentConfig } from '../config/schema.js';
-import { ERROR_CODES, SidekickError, describeError, isSidekickError, type ErrorCode } from '../errors.js';
+import { ERROR_CODES, SidekickError, describeError, type ErrorCode } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import { settleWithin } from '../common/async.js';
 import { RestartBackoff } from '../common/backoff.js';
@@ -34,7 +34,12 @@ import {
   type AgentCounterValues,
   type AgentMetricsSnapshot,
 } from './metrics.js';
-import { restartOnlyChanges, type AgentPipelineStatus } from './pipeline.js';
+import {
+  SPOOL_LOCK_WAIT_MS,
+  restartOnlyChanges,
+  type AgentPipelineStatus,
+  type PipelineStateEvent,
+} from './pipeline.js';
 import {
   bindSharedSocket,
   type BoundHandle,
@@ -44,10 +49,30 @@ import {
 import type { FromWorker, ToWorker } from './worker-protocol.js';
 
 export interface AgentSupervisorOptions {
-  loaded: LoadedConfig;
+  /** The validated `agent` section (the caller loads the file; reload(config) passes the next one). */
+  config: AgentConfig;
+  /** Serve `sidekick status` on this admin socket (standalone `sidekick agent`); inside `sidekick serve`, omit it. */
+  adminSocket?: string | undefined;
+  /** The config file, for status only. */
+  configFile?: string | undefined;
   log?: Logger;
   /** Worker entry module (default: worker.js next to this file, or worker.ts under tsx). */
   workerPath?: string;
+}
+
+/**
+ * What the agent tells its host when it changes (event 'state'): `sidekick serve` turns it into the `agent` vars.
+ * `state`: 'running' while a worker accepts, 'starting' while none does (first start, a crash restart, the moment of
+ * a recycle), 'stopping' from stop() on. `breaker`, `profiling`, `sampleRate`, `reason`: the last the pipeline
+ * reported (the breaker is 'unknown' until then; profiling and sample rate then follow the config).
+ */
+export interface AgentState {
+  state: 'starting' | 'running' | 'stopping';
+  breaker: PipelineStateEvent['breaker'] | 'unknown';
+  profiling: boolean;
+  sampleRate: number;
+  reason: PipelineStateEvent['reason'];
+  socket: string;
 }
 
 type WorkerState = 'booting' | 'standby' | 'starting' | 'ready' | 'leaving' | 'exited';
@@ -103,9 +128,10 @@ const SNAPSHOT_TIMEOUT_MS = 1000;
 /** RSS recycling waits until a worker has run this long, so a limit set below the baseline cannot loop. */
 const MIN_RSS_RECYCLE_UPTIME_MS = 10_000;
 
-export class AgentSupervisor {
+export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
   private cfg: AgentConfig;
-  private loaded: LoadedConfig;
+  private readonly configFile: string | undefined;
+  private readonly adminSocket: string | undefined;
   private readonly log: Logger;
   private readonly workerPath: string;
   private listener: Listener | undefined;
@@ -125,6 +151,8 @@ export class AgentSupervisor {
   private restarts = 0;
   private lastRecycle: { reason: string; at: number } | undefined;
   private lastCrash: { at: number; code: number | null; signal: string | null; message?: string } | undefined;
+  private pipelineState: PipelineStateEvent | undefined;
+  private lastState: string | undefined;
   private snapshotSeq = 0;
   private readonly snapshotWaiters = new Map<
     number,
@@ -136,8 +164,10 @@ export class AgentSupervisor {
   readonly done = this.stopped.promise;
 
   constructor(opts: AgentSupervisorOptions) {
-    this.loaded = opts.loaded;
-    this.cfg = agentConfigOf(opts.loaded.config);
+    super();
+    this.cfg = opts.config;
+    this.configFile = opts.configFile;
+    this.adminSocket = opts.adminSocket;
     this.log = opts.log ?? childLogger({ component: 'agent' });
     const here = fileURLToPath(import.meta.url);
     this.workerPath = opts.workerPath ?? here.replace(/supervisor\.(ts|js)$/, 'worker.$1');
@@ -161,7 +191,7 @@ export class AgentSupervisor {
       this.current = w;
       const ok = await settleWithin(
         Promise.race([w.ready.promise, w.exited.promise.then(() => false)]),
-        30_000 + this.lockWaitMs(),
+        30_000 + SPOOL_LOCK_WAIT_MS,
       );
       if (!ok) {
         w.expectedExit = true;
@@ -193,12 +223,8 @@ export class AgentSupervisor {
     );
   }
 
-  private lockWaitMs(): number {
-    return 5000;
-  }
-
   private async startAdmin(): Promise<void> {
-    const socket = this.loaded.config.admin.socket;
+    const socket = this.adminSocket;
     if (!socket) return;
     const admin = new AdminServer(socket);
     admin.route('status', async () => ({ agent: await this.status() }));
@@ -241,6 +267,7 @@ export class AgentSupervisor {
 
   private async doStop(): Promise<void> {
     clearTimeout(this.restartTimer);
+    this.publishState();
     const budget = this.cfg.stopTimeoutMs;
     if (this.recycling) await settleWithin(this.recycling, budget);
     // The socket file goes first: from now on clients fail to connect (and count a drop) instead of queueing in a
@@ -302,7 +329,7 @@ export class AgentSupervisor {
     child.on('message', (msg: FromWorker, handle: unknown) => this.onMessage(w, msg, handle));
     child.on('exit', (code, signal) => this.onExit(w, code, signal));
     child.on('error', (err) => this.log.error({ err, pid: w.pid }, 'agent worker process error'));
-    this.sendTo(w, { t: 'init', config: this.cfg, start, lockWaitMs: this.lockWaitMs() });
+    this.sendTo(w, { t: 'init', config: this.cfg, start });
     if (start) w.state = 'starting';
     return w;
   }
@@ -331,6 +358,7 @@ export class AgentSupervisor {
         if (w === this.current) this.backoff.started();
         w.ready.resolve(true);
         this.forwardHeld();
+        this.publishState();
         break;
       case 'stats':
         w.last = { metrics: msg.metrics, status: msg.status };
@@ -357,8 +385,9 @@ export class AgentSupervisor {
       case 'reloaded':
         if (msg.restartRequired.length) this.log.info({ fields: msg.restartRequired }, 'worker asks for a recycle');
         break;
-      case 'breaker':
-        this.log.debug({ state: msg.state }, 'breaker state');
+      case 'state':
+        this.pipelineState = msg.state;
+        this.publishState();
         break;
     }
   }
@@ -390,6 +419,7 @@ export class AgentSupervisor {
       return;
     }
     this.current = undefined;
+    this.publishState();
     const { delayMs, consecutive } = this.backoff.failed();
     this.restarts++;
     this.log.error(
@@ -399,6 +429,7 @@ export class AgentSupervisor {
     this.restartTimer = setTimeout(() => {
       if (this.stopping || this.current) return;
       this.current = this.spawn(true);
+      this.publishState();
     }, delayMs);
   }
 
@@ -451,6 +482,7 @@ export class AgentSupervisor {
     old.expectedExit = true;
     old.state = 'leaving';
     this.current = next;
+    this.publishState();
     this.sendTo(old, { t: 'handover' });
     const budget = this.cfg.stopTimeoutMs;
     if (!(await settleWithin(old.exited.promise, budget + 3000))) {
@@ -465,7 +497,7 @@ export class AgentSupervisor {
     }
     next.state = 'starting';
     this.sendTo(next, { t: 'start' });
-    const ok = await settleWithin(next.ready.promise, 30_000 + this.lockWaitMs());
+    const ok = await settleWithin(next.ready.promise, 30_000 + SPOOL_LOCK_WAIT_MS);
     if (listener) publishListener(listener);
     this.recycles++;
     this.lastRecycle = { reason, at: Date.now() };
@@ -484,25 +516,13 @@ export class AgentSupervisor {
   // ------------------------------------------------------------------------------------------------ reload
 
   /**
-   * SIGHUP: load and validate the config file first; if it is invalid, log why and keep running on the old config
-   * (the backlog is untouched). Otherwise apply it: live settings go to the worker; socket and spool layout changes
-   * are applied by a recycle (the socket is re-bound first; if the new path is in use, the old one is kept).
+   * Applies a new, validated config (the caller loaded it; an invalid file never gets here, so the backlog is
+   * untouched). Live settings go to the worker; socket and spool layout changes are applied by a recycle (the socket
+   * is re-bound first; if the new path is in use, the old one is kept). spool.dir cannot change on a running agent.
    */
-  async reload(): Promise<{ ok: boolean; error?: string }> {
-    if (this.stopping) return { ok: false, error: 'stopping' };
-    let loaded: LoadedConfig;
-    let next: AgentConfig;
-    try {
-      loaded = await loadConfig(this.loaded.file);
-      next = agentConfigOf(loaded.config);
-    } catch (err) {
-      const message = describeError(err);
-      this.log.error(
-        { code: isSidekickError(err) ? err.code : undefined },
-        `reload rejected, still running on the previous config: ${message}`,
-      );
-      return { ok: false, error: message };
-    }
+  async reload(config: AgentConfig): Promise<void> {
+    if (this.stopping) return;
+    let next = config;
     if (this.recycling) await this.recycling;
     const prev = this.cfg;
     if (next.spool.dir !== prev.spool.dir) {
@@ -510,7 +530,7 @@ export class AgentSupervisor {
         { old: prev.spool.dir, new: next.spool.dir },
         'agent.spool.dir cannot change on reload (the backlog lives there); keeping the old one until a restart',
       );
-      next.spool.dir = prev.spool.dir;
+      next = { ...next, spool: { ...next.spool, dir: prev.spool.dir } };
     }
     let newListener: Listener | undefined;
     if (next.socket !== prev.socket) {
@@ -522,7 +542,7 @@ export class AgentSupervisor {
           { err: describeError(err) },
           `cannot move to agent.socket ${next.socket}; keeping ${prev.socket}`,
         );
-        next.socket = prev.socket;
+        next = { ...next, socket: prev.socket };
       }
     }
     if (!newListener && (next.socketMode !== prev.socketMode || next.socketGroup !== prev.socketGroup)) {
@@ -532,8 +552,8 @@ export class AgentSupervisor {
         this.log.error({ err: describeError(err) }, 'could not apply socketMode/socketGroup');
       }
     }
-    this.loaded = loaded;
     this.cfg = next;
+    this.publishState();
     if (next.metrics.listen !== prev.metrics.listen) {
       await this.metricsServer?.stop();
       this.metricsServer = undefined;
@@ -547,11 +567,33 @@ export class AgentSupervisor {
     } else if (this.current?.state === 'ready') {
       this.sendTo(this.current, { t: 'reload', config: next });
     }
-    this.log.info({ file: loaded.file }, 'agent config reloaded');
-    return { ok: true };
+    this.log.info({ file: this.configFile }, 'agent config reloaded');
   }
 
   // ------------------------------------------------------------------------------------------------ status
+
+  /** The state as the host sees it (also emitted as 'state' whenever it changes). */
+  state(): AgentState {
+    const w = this.current;
+    const p = this.pipelineState;
+    const profiling = this.cfg.profiling;
+    return {
+      state: this.stopping ? 'stopping' : w?.state === 'ready' ? 'running' : 'starting',
+      breaker: p?.breaker ?? 'unknown',
+      profiling: p ? p.profiling : profiling.enabled,
+      sampleRate: p ? p.sampleRate : profiling.sampleRate,
+      reason: p ? p.reason : profiling.enabled ? 'ok' : 'disabled',
+      socket: this.cfg.socket,
+    };
+  }
+
+  private publishState(): void {
+    const state = this.state();
+    const key = JSON.stringify(state);
+    if (key === this.lastState) return;
+    this.lastState = key;
+    this.emit('state', state);
+  }
 
   /** Fresh counters and status from the current worker (≤ 1 s old if it does not answer), plus retired totals. */
   async snapshot(): Promise<{ metrics: AgentMetricsSnapshot; status: AgentPipelineStatus | undefined }> {
@@ -579,10 +621,10 @@ export class AgentSupervisor {
     const snap = await this.snapshot();
     const w = this.current;
     return {
-      state: this.stopping ? 'stopping' : w?.state === 'ready' ? 'running' : 'starting',
+      state: this.state().state,
       pid: process.pid,
       startedAt: this.startedAt,
-      config: this.loaded.file,
+      config: this.configFile,
       socket: this.cfg.socket,
       metrics: this.metricsServer ? { listen: this.cfg.metrics.listen, port: this.metricsServer.port() } : undefined,
       worker: w

@@ -1,14 +1,14 @@
 // Messages between AgentSupervisor (parent) and an agent worker (child), over the fork IPC channel (JSON).
 import type { AgentConfig } from '../config/schema.js';
 import type { AgentMetricsSnapshot } from './metrics.js';
-import type { AgentPipelineStatus } from './pipeline.js';
+import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
 
 /** The inherited listening socket is fd 4 in the worker (stdio: ignore, inherit, inherit, ipc, <socket>). */
 export const WORKER_LISTEN_FD = 4;
 
 export type ToWorker =
   /** Load modules and wait (`start: false`, a pre-forked replacement) or start right away. */
-  | { t: 'init'; config: AgentConfig; start: boolean; lockWaitMs: number }
+  | { t: 'init'; config: AgentConfig; start: boolean }
   | { t: 'start' }
   /** A client connection from the previous worker; the raw handle travels with the message. */
   | { t: 'conn'; partial: string; discarding: boolean }
@@ -27,5 +27,6 @@ export type FromWorker =
   | { t: 'released'; metrics: AgentMetricsSnapshot }
   | { t: 'stopped'; metrics: AgentMetricsSnapshot }
   | { t: 'reloaded'; restartRequired: string[] }
-  | { t: 'breaker'; state: string }
+  /** The breaker or the clients' profiling state changed (first sent during start, before 'ready'). */
+  | { t: 'state'; state: PipelineStateEvent }
   | { t: 'fatal'; code: string | undefined; message: string };

@@ -47,7 +47,6 @@ export function runWorker(): void {
       finish(1);
       return;
     }
-    pipeline!.on('breaker', (state: string) => void send({ t: 'breaker', state }));
     for (const { handle, msg } of early.splice(0)) adopt(handle, msg);
     statsTimer = setInterval(() => {
       if (pipeline?.state === 'running')
@@ -100,12 +99,8 @@ export function runWorker(): void {
   process.on('message', (msg: ToWorker, handle: unknown) => {
     switch (msg.t) {
       case 'init':
-        pipeline = new AgentPipeline({
-          config: msg.config,
-          listenFd: WORKER_LISTEN_FD,
-          lockWaitMs: msg.lockWaitMs,
-          log,
-        });
+        pipeline = new AgentPipeline({ config: msg.config, listenFd: WORKER_LISTEN_FD, log });
+        pipeline.on('state', (state) => void send({ t: 'state', state }));
         if (msg.start) void start();
         else void send({ t: 'standby' });
         break;

@@ -4,7 +4,8 @@
 // 1 when the agent cannot start (socket in use by a live process, spool locked, …). SIGHUP reloads the config; an
 // invalid file is logged and the agent keeps running on the previous one.
 import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
-import { describeError } from '../errors.js';
+import type { AgentConfig } from '../config/schema.js';
+import { describeError, isSidekickError } from '../errors.js';
 import { AgentSupervisor } from '../agent/supervisor.js';
 import { childLogger } from '../log/logger.js';
 import { reportStartupError } from './check.js';
@@ -18,7 +19,13 @@ export async function agentCommand(opts: { config?: string }): Promise<number> {
     return reportStartupError(err);
   }
   const log = childLogger({ component: 'agent' });
-  const supervisor = new AgentSupervisor({ loaded, log });
+  // Standalone, the agent serves `sidekick status` on the config's admin socket itself.
+  const supervisor = new AgentSupervisor({
+    config: agentConfigOf(loaded.config),
+    adminSocket: loaded.config.admin.socket,
+    configFile: loaded.file,
+    log,
+  });
   // Signals that arrive while starting are honoured once the start settles.
   let stopRequested = false;
   let started = false;
@@ -27,10 +34,24 @@ export async function agentCommand(opts: { config?: string }): Promise<number> {
     stopRequested = true;
     if (started) void supervisor.stop();
   };
+  /** SIGHUP: load and validate the file first; an invalid one is logged and the agent keeps its config. */
+  const reload = async (): Promise<void> => {
+    let next: AgentConfig;
+    try {
+      next = agentConfigOf((await loadConfig(loaded.file)).config);
+    } catch (err) {
+      log.error(
+        { code: isSidekickError(err) ? err.code : undefined },
+        `reload rejected, still running on the previous config: ${describeError(err)}`,
+      );
+      return;
+    }
+    await supervisor.reload(next);
+  };
   const onHup = (): void => {
     if (!started) return;
     log.info({ signal: 'SIGHUP' }, 'reloading config');
-    void supervisor.reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed'));
+    void reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed'));
   };
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);
