@@ -1,0 +1,85 @@
+// Group commit: fsync requests are coalesced. After a write the writer asks for an fsync within syncIntervalMs (one
+// timer, however many writes land meanwhile), or right away when the interval is 0; flush() and close() ask for one
+// now and wait. One sync runs at a time; requests that arrive while it runs are served by the next one, so a waiter
+// only resolves once a sync that started after its request has finished (and is rejected if that sync failed).
+// What is synced, in which order, is the segment table's business (SegmentTable.syncDirty).
+//
+// Durability this gives: a SIGKILL loses only what the writer had not yet written (writer.ts); power loss at most
+// syncIntervalMs more, and ledger positions only ever point into synced data (the table's sync order).
+import { describeError } from '../../errors.js';
+import type { Logger } from '../../log/logger.js';
+
+export class GroupCommit {
+  private timer: NodeJS.Timeout | undefined;
+  private requested = 0;
+  private done = 0;
+  private running = false;
+  private waiters: Array<{ gen: number; resolve: () => void; reject: (err: unknown) => void }> = [];
+  private stopped = false;
+
+  constructor(
+    private readonly dir: string,
+    /** 0 = fsync after every write. */
+    readonly intervalMs: number,
+    private readonly syncDirty: () => Promise<void>,
+    private readonly log: Logger,
+  ) {}
+
+  /** fsync within intervalMs (no-op if one is already scheduled, or after stop()). */
+  schedule(): void {
+    if (this.timer || this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.sync().catch(() => {});
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  /** fsync everything written so far; resolves when a sync started after this call has finished. Coalesced. */
+  sync(): Promise<void> {
+    const gen = ++this.requested;
+    const p = new Promise<void>((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+    if (!this.running) {
+      this.running = true;
+      void this.loop();
+    }
+    return p;
+  }
+
+  /** A sync is running (close() waits them out before the final one). */
+  get busy(): boolean {
+    return this.running;
+  }
+
+  /** No more timers (close). sync() still works. */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.done < this.requested) {
+        const target = this.requested;
+        let error: unknown;
+        try {
+          await this.syncDirty();
+        } catch (err) {
+          error = err;
+          this.log.error({ dir: this.dir, err: describeError(err) }, 'spool fsync failed');
+        }
+        this.done = target;
+        const keep: typeof this.waiters = [];
+        for (const w of this.waiters) {
+          if (w.gen > target) keep.push(w);
+          else if (error === undefined) w.resolve();
+          else w.reject(error);
+        }
+        this.waiters = keep;
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+}

@@ -1,0 +1,118 @@
+// Shapes shared by the spool's parts. spool.ts is the facade (its header maps the parts); the public types are
+// re-exported from there.
+import type { Logger, RateLimitedLog } from '../../log/logger.js';
+import type { Pos } from './ledger.js';
+
+export interface SpoolOptions {
+  /** Created if missing (recursive). Must be on a local filesystem (the lock is pid based). */
+  dir: string;
+  /** Cap on the on-disk backlog; past it the OLDEST unacked segments are deleted, counted as dropped. */
+  maxBytes: number;
+  /** Roll to a new segment file past this (clamped to maxBytes / 4 so the cap can drop in useful steps). */
+  segmentBytes: number;
+  /** fsync at most this long after a write (group commit); 0 = fsync after every write. */
+  syncIntervalMs: number;
+  log?: Logger;
+  /** Cap on appended data not yet written to the OS (only reached when the disk is slow or failing); past it the
+   *  oldest unwritten frames are dropped, counted. Default 64 MiB. */
+  maxBufferedBytes?: number;
+}
+
+export interface SpoolBatch {
+  /** Stable for this exact record range: the same after release() and after a restart. */
+  id: string;
+  records: number;
+  bytes: number;
+  /** Complete '\n'-terminated NDJSON lines. */
+  payload: Buffer;
+  /** Date.now() when the first record of the batch's first frame was appended (±2 ms). */
+  firstAppendedAt: number;
+}
+
+export interface SpoolStats {
+  /** Records not yet acked: on disk, in the write buffer, or in flight. */
+  pendingRecords: number;
+  /** Bytes not yet acked, frame headers included (on disk from the ack position, plus unwritten). */
+  pendingBytes: number;
+  segments: number;
+  appendedRecords: number;
+  ackedRecords: number;
+  /** Dropped by the size cap (or the unwritten-buffer cap), never silently. */
+  droppedRecords: number;
+  /** Drop events: a segment deleted by the cap, a released batch whose segment had been dropped, an unwritten frame. */
+  droppedBatches: number;
+  corruptFrames: number;
+  corruptBytes: number;
+  // additions to the agreed shape:
+  /** Records found pending on disk at open (this process's counters start at 0). */
+  recoveredRecords: number;
+  /** Records lost inside frames whose payload failed its checksum (records of torn tails are unknowable: 0). */
+  corruptRecords: number;
+  /** Bytes of segment files on disk (what maxBytes caps). */
+  diskBytes: number;
+  /** Appended bytes not yet written to the OS. */
+  bufferedBytes: number;
+}
+// Balance, per process: recoveredRecords + appendedRecords = ackedRecords + pendingRecords + droppedRecords
+// + corruptRecords.
+
+/** The counters of SpoolStats that are events (the rest is state). One object, bumped by the part that saw the event. */
+export interface SpoolCounters {
+  appendedRecords: number;
+  ackedRecords: number;
+  droppedRecords: number;
+  droppedBatches: number;
+  corruptFrames: number;
+  corruptBytes: number;
+  corruptRecords: number;
+  recoveredRecords: number;
+}
+
+export function newCounters(): SpoolCounters {
+  return {
+    appendedRecords: 0,
+    ackedRecords: 0,
+    droppedRecords: 0,
+    droppedBatches: 0,
+    corruptFrames: 0,
+    corruptBytes: 0,
+    corruptRecords: 0,
+    recoveredRecords: 0,
+  };
+}
+
+/** The spool's loggers. The rate-limited ones are shared by the parts, so one limit holds per kind of message. */
+export interface SpoolLogs {
+  log: Logger;
+  /** SK_ERR_SPOOL_FULL: drops by the size cap or the unwritten-buffer cap. */
+  full: RateLimitedLog;
+  /** SK_ERR_SPOOL_CORRUPT: skipped regions, an unreadable ledger. */
+  corrupt: RateLimitedLog;
+  /** Failed ledger writes. */
+  ledger: RateLimitedLog;
+}
+
+export interface Segment {
+  seq: number;
+  /** Bytes written (for the write segment: completed writes only; the reader never looks past this). */
+  size: number;
+  /** Records after the ack position (whole segment unless it is the head). */
+  records: number;
+}
+
+/** The batch in flight: cut, and persisted in the ledger (its boundary) before it is handed out. */
+export interface Inflight {
+  id: string;
+  seq: number;
+  start: Pos;
+  end: Pos;
+  records: number;
+  bytes: number;
+  firstAppendedAt: number;
+  /** Undefined for a boundary recovered from the ledger until it is read back. */
+  payload: Buffer | undefined;
+  handedOut: boolean;
+}
+
+/** Segment reads (recovery scan and batch cutting) go through a chunk buffer of this size. */
+export const READ_CHUNK_BYTES = 1024 * 1024;
