@@ -9,35 +9,35 @@
 //                                                file | http exporter ──▶ central
 //                                                          │ 4xx ▶ DeadLetterStore (spool.dir/dead-letter)
 //
-// No process-global state: no signal handlers, no process.exit, no module singletons. `sidekick agent` runs one in a
-// worker process under AgentSupervisor; `sidekick serve` can run one in-process. Everything accepted is in the spool
-// within milliseconds, so stop/handOver only have to flush the spool's write buffer.
+// No process-global state: no signal handlers, no process.exit, no module singletons. It runs in an agent worker
+// process (worker.ts) under AgentSupervisor, accepting on the socket the supervisor bound. Everything accepted is in
+// the spool within milliseconds, so stop/handOver only have to flush the spool's write buffer.
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { renameSync, rmSync, symlinkSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { sleep } from '../common/async.js';
 import type { AgentConfig } from '../config/schema.js';
-import { describeError, isSidekickError } from '../errors.js';
+import { isSidekickError } from '../errors.js';
 import { childLogger, type Logger } from '../log/logger.js';
 import { ExporterBreaker, type BreakerStateName } from './breaker/breaker.js';
 import { DeadLetterStore } from './exporters/dead-letter.js';
-import { Dispatcher, type SendShape } from './exporters/dispatcher.js';
+import { Dispatcher } from './exporters/dispatcher.js';
 import { createExporter, type Exporter } from './exporters/index.js';
 import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
-import { Batcher, type BatchPolicy } from './processors/batcher.js';
+import { ClientStateFile, clientStateOf } from './client-state.js';
+import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from './pipeline-config.js';
+import { Batcher } from './processors/batcher.js';
 import { MemoryBudget } from './memory-budget.js';
 import { Spool, type SpoolStats } from './queue/spool.js';
-import { listenOnSocketFile, type OwnedSocketFile } from './receivers/socket-file.js';
 import { SpillReceiver, type SpillStats } from './receivers/spill.js';
-import { stateTarget, type ClientState } from './receivers/control.js';
+import type { ClientState } from './receivers/control.js';
 import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
 
 export interface AgentPipelineOptions {
   config: AgentConfig;
   log?: Logger;
-  /** Accept on this inherited, already-bound socket fd (the supervisor's) instead of binding `config.socket`. */
-  listenFd?: number;
+  /** Accept on this inherited, already-bound socket fd (the supervisor's). */
+  listenFd: number;
 }
 
 export type PipelineState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -64,35 +64,17 @@ export interface AgentPipelineStatus {
   nextAttemptAt: number | undefined;
 }
 
-/** Settings that cannot change on a running pipeline (a new worker, or a restart, applies them). */
-export function restartOnlyChanges(a: AgentConfig, b: AgentConfig): string[] {
-  const out: string[] = [];
-  if (a.socket !== b.socket) out.push('socket');
-  if (a.spool.dir !== b.spool.dir) out.push('spool.dir');
-  if (a.spool.maxBytes !== b.spool.maxBytes) out.push('spool.maxBytes');
-  if (a.spool.segmentBytes !== b.spool.segmentBytes) out.push('spool.segmentBytes');
-  if (a.spool.syncIntervalMs !== b.spool.syncIntervalMs) out.push('spool.syncIntervalMs');
-  if (a.spill.dir !== b.spill.dir) out.push('spill.dir');
-  if (a.spill.scanIntervalMs !== b.spill.scanIntervalMs) out.push('spill.scanIntervalMs');
-  return out;
-}
-
 /** How long start() waits for a spool lock still held by a previous owner that is shutting down. */
 export const SPOOL_LOCK_WAIT_MS = 5000;
-const MIN_BATCH_BYTES = 64 * 1024;
 /** Accept backlog (capped by net.core.somaxconn): bursts of (re)connecting clients must queue, not fail. */
 const LISTEN_BACKLOG = 4096;
-/** The clients' state file (profiling on/off, sample rate), beside the socket. */
-const STATE_FILE = 'agent.state';
 /** At a final stop, after the socket file is gone: time for the event loop to accept what the backlog holds. */
 const BACKLOG_SETTLE_MS = 20;
 /** At a final stop, a connection that sent nothing this long after `bye` is done (idle FPM children, say). */
 const DRAIN_IDLE_MS = 250;
-/** Retry-After is honoured up to max(retry.maxDelayMs, breaker.halfOpenAfterMs, this). */
-const RETRY_AFTER_CAP_FLOOR_MS = 60_000;
 
 export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }> {
-  readonly counters = zeroCounters();
+  private readonly counters = zeroCounters();
   private cfg: AgentConfig;
   private readonly log: Logger;
   private readonly opts: AgentPipelineOptions;
@@ -102,10 +84,9 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
   private budget: MemoryBudget;
   private receiver: UnixSocketReceiver | undefined;
   private spill: SpillReceiver | undefined;
-  private lastStateLine: string | undefined;
+  private readonly stateFile: ClientStateFile;
   private lastStateEvent: string | undefined;
   private server: net.Server | undefined;
-  private socketFile: OwnedSocketFile | undefined;
   private batcher: Batcher | undefined;
   private dispatcher: Dispatcher | undefined;
   private breaker: ExporterBreaker | undefined;
@@ -118,6 +99,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     this.cfg = opts.config;
     this.log = opts.log ?? childLogger({ component: 'agent' });
     this.budget = new MemoryBudget(opts.config.memory.maxBytes);
+    this.stateFile = new ClientStateFile(this.log);
   }
 
   get state(): PipelineState {
@@ -128,50 +110,12 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     return this.cfg;
   }
 
-  private batchPolicy(cfg: AgentConfig): BatchPolicy {
-    return {
-      maxRecords: cfg.batch.maxRecords,
-      // A spool batch feeds 4 windows' worth of parts, so the window stays full between spool reads.
-      cutRecords: cfg.batch.maxRecords * cfg.batch.maxInFlight * 4,
-      maxDelayMs: cfg.batch.maxDelayMs,
-      maxBytes: Math.max(MIN_BATCH_BYTES, cfg.maxRecordBytes, Math.floor(cfg.memory.maxBytes / 4)),
-    };
-  }
-
-  private sendShape(cfg: AgentConfig): SendShape {
-    return {
-      maxRecords: cfg.batch.maxRecords,
-      maxInFlight: cfg.batch.maxInFlight,
-      partsPerSecond: cfg.spool.replayBatchesPerSecond,
-    };
-  }
-
-  private retryPolicy(cfg: AgentConfig): {
-    initialDelayMs: number;
-    maxDelayMs: number;
-    retryAfterCapMs: number;
-  } {
-    return {
-      initialDelayMs: cfg.retry.initialDelayMs,
-      maxDelayMs: Math.max(cfg.retry.initialDelayMs, cfg.retry.maxDelayMs),
-      retryAfterCapMs: Math.max(cfg.retry.maxDelayMs, cfg.breaker.halfOpenAfterMs, RETRY_AFTER_CAP_FLOOR_MS),
-    };
-  }
-
   private async openSpool(): Promise<Spool> {
     const cfg = this.cfg;
     const until = Date.now() + SPOOL_LOCK_WAIT_MS;
     for (;;) {
       try {
-        return await Spool.open({
-          dir: cfg.spool.dir,
-          maxBytes: cfg.spool.maxBytes,
-          segmentBytes: cfg.spool.segmentBytes,
-          syncIntervalMs: cfg.spool.syncIntervalMs,
-          // The spool's unwritten-data cap is half the memory bound; its back-pressure (1/8 of that) pauses reading.
-          maxBufferedBytes: Math.max(1024 * 1024, Math.floor(cfg.memory.maxBytes / 2)),
-          log: this.log.child({ part: 'spool' }),
-        });
+        return await Spool.open(spoolOptions(cfg, this.log.child({ part: 'spool' })));
       } catch (err) {
         if (!isSidekickError(err, 'SK_ERR_SPOOL_LOCKED') || Date.now() >= until) throw err;
         await sleep(100);
@@ -194,7 +138,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         onState: () => this.publishClientState(),
       });
       this.exporter = createExporter(cfg.exporter);
-      this.batcher = new Batcher(spool, this.batchPolicy(cfg), this.counters);
+      this.batcher = new Batcher(spool, batchPolicy(cfg), this.counters);
       this.dispatcher = new Dispatcher({
         spool,
         batcher: this.batcher,
@@ -204,8 +148,8 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         counters: this.counters,
         budget: this.budget,
         log: this.log.child({ part: 'exporter' }),
-        retry: this.retryPolicy(cfg),
-        shape: this.sendShape(cfg),
+        retry: retryPolicy(cfg),
+        shape: sendShape(cfg),
       });
       // The spool's write buffer counts against the memory bound; it shrinks as writes land ('data').
       spool.on('data', () => this.budget.set('spool', spool.stats().bufferedBytes));
@@ -229,21 +173,14 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       this.publishClientState();
       const server = UnixSocketReceiver.createServer();
       this.receiver.attach(server);
-      if (this.opts.listenFd !== undefined) {
-        const fd = this.opts.listenFd;
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen({ fd, backlog: LISTEN_BACKLOG }, () => {
-            server.off('error', reject);
-            resolve();
-          });
+      const fd = this.opts.listenFd;
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ fd, backlog: LISTEN_BACKLOG }, () => {
+          server.off('error', reject);
+          resolve();
         });
-      } else {
-        this.socketFile = await listenOnSocketFile(
-          { path: cfg.socket, mode: cfg.socketMode, group: cfg.socketGroup },
-          server,
-        );
-      }
+      });
       this.server = server;
       this.dispatcher.start();
       this.spill = new SpillReceiver({
@@ -329,9 +266,8 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     await this.spill?.stop(); // at a chunk boundary: what it fed is in the spool, its offset saved
     if (final) {
       // No connection may be left unaccepted in the backlog (its lines would be lost when the socket closes): the
-      // socket file goes first (the supervisor does this for a shared socket), so no new client can connect, then
-      // one more turn of the event loop accepts whatever is queued, then the listener closes.
-      this.socketFile?.unlinkIfOurs();
+      // supervisor removed the socket file first, so no new client can connect; one more turn of the event loop
+      // accepts whatever is queued, then the listener closes.
       await sleep(BACKLOG_SETTLE_MS);
       receiver.stopAccepting();
       await receiver.drain(DRAIN_IDLE_MS, Math.min(2000, timeoutMs / 5));
@@ -363,41 +299,25 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
   private async teardown(): Promise<void> {
     this.receiver?.destroyAll();
     this.server?.close();
-    this.socketFile?.unlinkIfOurs();
     await this.breaker?.settle();
     await this.spool?.close().catch((err: unknown) => this.log.error({ err }, 'spool close failed'));
     await this.exporter?.close().catch(() => undefined);
   }
 
   /**
-   * Applies a new config to the running pipeline: batch, exporter, breaker, retry, limits, replay rate; in-process
-   * (no inherited fd) also a new socket path. Returns the fields that need a new worker (the spool layout; the socket
-   * under the supervisor) — the supervisor recycles for those.
+   * Applies a new config to the running pipeline: batch, exporter, breaker, retry, limits, replay rate. Returns the
+   * fields that need a new worker (the socket, the spool layout): the supervisor recycles for those.
    */
-  async reload(next: AgentConfig): Promise<{ restartRequired: string[] }> {
+  reload(next: AgentConfig): { restartRequired: string[] } {
     const prev = this.cfg;
-    let restartRequired = restartOnlyChanges(prev, next);
-    if (restartRequired.includes('socket') && this.opts.listenFd === undefined && this.receiver && this.server) {
-      // In-process (no supervisor): move to the new socket ourselves; open connections stay.
-      const server = UnixSocketReceiver.createServer();
-      this.receiver.attach(server);
-      const file = await listenOnSocketFile(
-        { path: next.socket, mode: next.socketMode, group: next.socketGroup },
-        server,
-      );
-      this.receiver.detachServer(this.server);
-      this.socketFile?.unlinkIfOurs();
-      this.server = server;
-      this.socketFile = file;
-      restartRequired = restartRequired.filter((f) => f !== 'socket');
-    }
+    const restartRequired = restartOnlyChanges(prev, next);
     this.cfg = next;
     this.budget.setMaxBytes(next.memory.maxBytes);
     this.receiver?.setMaxRecordBytes(next.maxRecordBytes);
     if (this.receiver) this.receiver.coalesceMs = next.ingest.coalesceMs;
-    this.batcher?.setPolicy(this.batchPolicy(next));
-    this.dispatcher?.setRetryPolicy(this.retryPolicy(next));
-    this.dispatcher?.setShape(this.sendShape(next));
+    this.batcher?.setPolicy(batchPolicy(next));
+    this.dispatcher?.setRetryPolicy(retryPolicy(next));
+    this.dispatcher?.setShape(sendShape(next));
     this.breaker?.reconfigure(next.breaker.failures, next.breaker.halfOpenAfterMs);
     this.publishClientState();
     if (JSON.stringify(prev.exporter) !== JSON.stringify(next.exporter) && this.exporter) {
@@ -411,24 +331,12 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     return { restartRequired };
   }
 
-  /**
-   * What clients should do about profiling: off while the breaker is not closed (central is failing: profiling would
-   * only cost the app) or when the operator turned it off; else the configured sample rate. Published to clients as
-   * the state file beside the socket (`agent.state`, see publishClientState).
-   */
+  /** What clients should do about profiling now (see client-state.ts). */
   clientState(): ClientState {
-    const p = this.cfg.profiling;
-    const breakerOk = (this.breaker?.state ?? 'closed') === 'closed';
-    const reason = !p.enabled ? 'disabled' : breakerOk ? 'ok' : 'breaker_open';
-    return { profiling: reason === 'ok', sampleRate: p.sampleRate, reason };
+    return clientStateOf(this.cfg.profiling, this.breaker?.state ?? 'closed');
   }
 
-  /**
-   * Publishes the state as `<socket dir>/agent.state`, a symbolic link whose target is the state (stateTarget): a
-   * client reads it with one readlink(2) (~1 µs in PHP, where reading a file costs open/read/close) and the agent
-   * replaces it atomically (new link, rename). Clients read it when the app asks (`profilingEnabled()`); nothing is
-   * ever written down the clients' connections (see UnixSocketReceiver.sayBye).
-   */
+  /** Publishes the clients' state file and, when anything changed, the 'state' event. */
   private publishClientState(state: ClientState = this.clientState()): void {
     const event: PipelineStateEvent = { ...state, breaker: this.breaker?.state ?? 'closed' };
     const key = JSON.stringify(event);
@@ -436,19 +344,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       this.lastStateEvent = key;
       this.emit('state', event);
     }
-    const line = stateTarget(state);
-    if (line === this.lastStateLine) return;
-    this.lastStateLine = line;
-    const file = join(dirname(this.cfg.socket), STATE_FILE);
-    const tmp = `${file}.${process.pid}.tmp`;
-    try {
-      rmSync(tmp, { force: true });
-      symlinkSync(line, tmp);
-      renameSync(tmp, file);
-    } catch (err) {
-      this.lastStateLine = undefined; // try again at the next change
-      this.log.warn({ err: describeError(err), file }, 'could not write the client state file');
-    }
+    this.stateFile.publish(this.cfg.socket, state);
   }
 
   /** Counters and gauges now (reads only: what it returns does not depend on how often it is called). */

@@ -112,10 +112,11 @@ export function runWorker(): void {
         break;
       case 'reload':
         if (pipeline?.state === 'running')
-          void pipeline
-            .reload(msg.config)
-            .then((r) => send({ t: 'reloaded', restartRequired: r.restartRequired }))
-            .catch((err: unknown) => log.error({ err }, 'reload failed'));
+          try {
+            void send({ t: 'reloaded', restartRequired: pipeline.reload(msg.config).restartRequired });
+          } catch (err) {
+            log.error({ err }, 'reload failed');
+          }
         break;
       case 'handover':
         void handOver();

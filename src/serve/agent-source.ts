@@ -5,7 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { SidekickError } from '../errors.js';
 import type { AgentConfig } from '../config/schema.js';
-import { AgentSupervisor, type AgentState } from '../agent/supervisor.js';
+import { AgentSupervisor, type AgentState, type AgentStatus } from '../agent/supervisor.js';
 import { childLogger } from '../log/logger.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { VarsSource } from './app-supervisor.js';
@@ -74,7 +74,7 @@ export class AgentVarsSource
     await this.supervisor.stop();
   }
 
-  status(): Promise<Record<string, unknown>> {
+  status(): Promise<AgentStatus> {
     return this.supervisor.status();
   }
 }
