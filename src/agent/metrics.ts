@@ -4,8 +4,8 @@
 // JSON-safe object that crosses the worker → supervisor IPC boundary, and `createAgentRegistry` turns snapshots into a
 // prom-client registry. The supervisor adds the totals of retired workers to the live worker's, so the counters stay
 // monotonic across recycles and crash restarts of the worker (they reset only when the whole agent restarts).
-import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
+import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import type { ListenAddress } from '../config/schema.js';
 
 export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control'] as const;
@@ -236,7 +236,7 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
 
 /** A tiny HTTP server: GET /metrics → Prometheus text. Loopback (or a Unix socket) only, by configuration. */
 export class MetricsServer {
-  private server: Server | undefined;
+  private listener: HttpListener | undefined;
 
   constructor(
     private readonly address: ListenAddress,
@@ -244,7 +244,7 @@ export class MetricsServer {
   ) {}
 
   async start(): Promise<void> {
-    const server = createServer((req, res) => {
+    this.listener = await listenHttp(this.address, (req, res) => {
       if ((req.url ?? '/').split('?')[0] !== '/metrics') {
         res.writeHead(404).end('not found\n');
         return;
@@ -254,29 +254,16 @@ export class MetricsServer {
         (err: unknown) => res.writeHead(500).end(`${String(err)}\n`),
       );
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      const onListening = (): void => {
-        server.off('error', reject);
-        resolve();
-      };
-      if (this.address.kind === 'unix') server.listen(this.address.path, onListening);
-      else server.listen(this.address.port, this.address.host, onListening);
-    });
-    this.server = server;
   }
 
   /** The bound port (useful when the config said port 0). */
   port(): number | undefined {
-    const a = this.server?.address();
-    return a && typeof a === 'object' ? a.port : undefined;
+    return this.listener?.port();
   }
 
   async stop(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    if (!server) return;
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    const listener = this.listener;
+    this.listener = undefined;
+    await listener?.close();
   }
 }
