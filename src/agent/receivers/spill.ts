@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { onceWithin } from '../../common/async.js';
 import type { MemoryBudget } from '../memory-budget.js';
-import { writeFileAtomic, unlinkIfExists } from '../queue/fsutil.js';
+import { writeFileAtomic, unlinkIfExists } from '../../common/atomic-file.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 import { resolveGroup } from './socket-file.js';
 
@@ -302,7 +302,7 @@ export class SpillReceiver {
     const offsets: Record<string, number> = {};
     for (const [id, s] of this.offsets) offsets[id] = s.offset;
     const file = this.opts.stateFile;
-    await writeFileAtomic(join(file, '..'), file, JSON.stringify({ offsets }));
+    await writeFileAtomic(file, JSON.stringify({ offsets }));
   }
 }
 
