@@ -13,6 +13,8 @@
 //   Other open errors (EMFILE, EIO) may be transient: they are thrown, the exporter retries, the data stays.
 // - A position past a segment's end (data tail lost to power loss) reads as "segment consumed".
 // - Records a segment's headers promised but the reader could not find are counted as corrupt at the segment's end.
+// Disk full (writer.ts has the rule): every deletion tells the writer space was freed, and under space pressure an
+// ack that consumes the whole write segment asks the writer to roll it, so that it can be deleted too.
 import { SidekickError, describeError } from '../../errors.js';
 import type { GroupCommit } from './group-commit.js';
 import type { Pos } from './ledger.js';
@@ -28,11 +30,17 @@ import {
   type SpoolLogs,
 } from './types.js';
 
-/** What the reader needs from the writer when it catches up with it. */
+/** What the reader needs from the writer: catching up with it, and freeing space while the disk is full. */
 export interface CatchUp {
   hasUnwritten(): boolean;
-  /** Write the buffered data now: true if that write succeeded. */
+  /** Write the buffered data now: true if that write succeeded (false at once while writes are failing). */
   writeNow(): Promise<boolean>;
+  /** A write failed for lack of space since the write segment was last reclaimed. */
+  readonly underSpacePressure: boolean;
+  /** Roll the (fully acked) write segment so it can be deleted. */
+  reclaim(): void;
+  /** A segment file was deleted: retry a write that failed for lack of space now. */
+  spaceFreed(): void;
 }
 
 export class SpoolReader {
@@ -121,7 +129,13 @@ export class SpoolReader {
       this.counters.ackedRecords += f.records;
       t.ackPos = { ...f.end };
       if (seg !== t.writeSeg && t.ackPos.frame >= seg.size) await this.advanceHead();
-      else t.writeLedger();
+      else {
+        t.writeLedger();
+        // Disk full: a write segment is only deleted once rolled; roll it now rather than at segmentBytes.
+        if (seg === t.writeSeg && seg.size > 0 && t.ackPos.frame >= seg.size && this.writer.underSpacePressure) {
+          this.writer.reclaim();
+        }
+      }
     });
   }
 
@@ -276,6 +290,7 @@ export class SpoolReader {
     if (this.reader?.seq === head.seq) await this.closeReader();
     await this.table.deleteSegment(head.seq);
     this.commit.schedule();
+    this.writer.spaceFreed();
     return head;
   }
 

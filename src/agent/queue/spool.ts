@@ -20,6 +20,15 @@
 // write path). A SIGKILL loses only what was not yet written (a few ms), power loss at most syncIntervalMs more. The
 // reader cuts batches from the ack position onwards, never across a segment end; one batch is in flight at a time
 // and its boundary is in the ledger before nextBatch() returns.
+//
+// Disk full (ENOSPC/EDQUOT): the spool keeps working toward delivery and never wedges (writer.ts has the details).
+// Acked space is reclaimed while running (the write segment is rolled early so it can be deleted; every deletion
+// retries the write at once). THE RULE for records it cannot write: they stay in the bounded write buffer and are
+// written as soon as space is freed; past maxBufferedBytes the oldest unwritten are dropped, and at close whatever is
+// still unwritten is dropped; both counted in diskFullDroppedRecords (part of droppedRecords; the agent's
+// dropped{reason="disk_full"}) and logged (SK_ERR_SPOOL_FULL, SK_ERR_SPOOL_WRITE). The ledger is written in place (two slots in its first
+// 640 bytes, allocated by its first write), so it needs no new blocks on a full disk; side files (state.ts) are
+// written tmp + rename, so a failed write leaves the old file.
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -107,6 +116,7 @@ export class Spool extends EventEmitter {
       full: new RateLimitedLog(log),
       corrupt: new RateLimitedLog(log),
       ledger: new RateLimitedLog(log),
+      write: new RateLimitedLog(log),
     };
     let found: Recovered;
     let recoveredSegments: number;
@@ -210,6 +220,9 @@ export class Spool extends EventEmitter {
       corruptRecords: c.corruptRecords,
       diskBytes: this.table.diskBytes,
       bufferedBytes: this.writer.bufferedBytes,
+      diskFullDroppedRecords: c.diskFullDroppedRecords,
+      diskFull: this.writer.diskFull,
+      writeErrors: c.writeErrors,
     };
   }
 
@@ -223,7 +236,10 @@ export class Spool extends EventEmitter {
     return this.states.write(name, value);
   }
 
-  /** Flush and fsync everything, release the lock. Idempotent. Data that cannot be written is logged, not thrown. */
+  /**
+   * Flush and fsync everything, release the lock. Idempotent. Never throws for data it cannot write: that is dropped,
+   * counted in diskFullDroppedRecords (and droppedRecords), and logged.
+   */
   close(): Promise<void> {
     this.closePromise ??= this.doClose();
     return this.closePromise;
@@ -231,17 +247,39 @@ export class Spool extends EventEmitter {
 
   private async doClose(): Promise<void> {
     this.closing = true;
-    try {
-      await this.flush();
-    } catch (err) {
-      this.log.error(
-        { dir: this.dir, err: describeError(err), lostRecords: this.writer.bufferedRecords },
-        'spool close could not write everything',
-      );
+    let failure: unknown;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await this.flush();
+        failure = undefined;
+        break;
+      } catch (err) {
+        failure = err;
+        // Disk full: the failed write closed its segment off; once the reader's queued work (an ack's delete) has
+        // run, one more try may find space.
+        if (!this.writer.diskFull) break;
+        await this.reader.exclusive(async () => {});
+      }
     }
     await this.reader.exclusive(async () => {
       // reader calls queued before this ran still counted; from here on everything is stopped
-      this.writer.stop();
+      await this.writer.stop();
+      const lost = this.writer.dropUnwritten();
+      if (lost > 0) {
+        this.log.error(
+          {
+            code: 'SK_ERR_SPOOL_WRITE',
+            reason: 'disk_full',
+            dir: this.dir,
+            err: describeError(failure ?? this.writer.lastError),
+            droppedRecords: lost,
+            diskFullDroppedRecords: this.counters.diskFullDroppedRecords,
+          },
+          `SK_ERR_SPOOL_WRITE: spool close could not write everything; ${lost} accepted records dropped (counted disk_full)`,
+        );
+      } else if (failure !== undefined) {
+        this.log.error({ dir: this.dir, err: describeError(failure) }, 'spool close: the last flush failed');
+      }
       this.commit.stop();
       await this.reader.stop();
       this.table.writeLedger();

@@ -13,8 +13,8 @@ export interface SpoolOptions {
   /** fsync at most this long after a write (group commit); 0 = fsync after every write. */
   syncIntervalMs: number;
   log?: Logger;
-  /** Cap on appended data not yet written to the OS (only reached when the disk is slow or failing); past it the
-   *  oldest unwritten frames are dropped, counted. Default 64 MiB. */
+  /** Cap on appended data not yet written to the OS (only reached when the disk is full, failing or slow); past it
+   *  the oldest unwritten frames are dropped, counted as diskFullDroppedRecords. Default 64 MiB. */
   maxBufferedBytes?: number;
 }
 
@@ -37,9 +37,11 @@ export interface SpoolStats {
   segments: number;
   appendedRecords: number;
   ackedRecords: number;
-  /** Dropped by the size cap (or the unwritten-buffer cap), never silently. */
+  /** Dropped, never silently: by the size cap (maxBytes), or because they could not be written (diskFullDroppedRecords,
+   *  a part of this number). */
   droppedRecords: number;
-  /** Drop events: a segment deleted by the cap, a released batch whose segment had been dropped, an unwritten frame. */
+  /** Drop events: a segment deleted by the cap, a released batch whose segment had been dropped, an unwritten frame,
+   *  the unwritten rest at close. */
   droppedBatches: number;
   corruptFrames: number;
   corruptBytes: number;
@@ -52,6 +54,13 @@ export interface SpoolStats {
   diskBytes: number;
   /** Appended bytes not yet written to the OS. */
   bufferedBytes: number;
+  /** Of droppedRecords: accepted records the spool could not write (the disk full or failing): dropped past
+   *  maxBufferedBytes, or still unwritten at close. Metrics: dropped{reason="disk_full"} (the rest is spool_full). */
+  diskFullDroppedRecords: number;
+  /** The last write failed with ENOSPC/EDQUOT and none has succeeded since (the spool is reclaiming and retrying). */
+  diskFull: boolean;
+  /** Failed write attempts (each is retried; data is only lost past maxBufferedBytes or at close). */
+  writeErrors: number;
 }
 // Balance, per process: recoveredRecords + appendedRecords = ackedRecords + pendingRecords + droppedRecords
 // + corruptRecords.
@@ -66,6 +75,9 @@ export interface SpoolCounters {
   corruptBytes: number;
   corruptRecords: number;
   recoveredRecords: number;
+  /** Part of droppedRecords (see SpoolStats). */
+  diskFullDroppedRecords: number;
+  writeErrors: number;
 }
 
 export function newCounters(): SpoolCounters {
@@ -78,6 +90,8 @@ export function newCounters(): SpoolCounters {
     corruptBytes: 0,
     corruptRecords: 0,
     recoveredRecords: 0,
+    diskFullDroppedRecords: 0,
+    writeErrors: 0,
   };
 }
 
@@ -90,6 +104,8 @@ export interface SpoolLogs {
   corrupt: RateLimitedLog;
   /** Failed ledger writes. */
   ledger: RateLimitedLog;
+  /** SK_ERR_SPOOL_WRITE: failed segment writes and rolls while the disk is full (retried, so possibly many). */
+  write: RateLimitedLog;
 }
 
 export interface Segment {

@@ -4,10 +4,26 @@
 // and after each write asks group commit for an fsync. A SIGKILL loses only what was not yet written (a few ms).
 //
 // A failed write keeps its frames queued, in order, and is retried with backoff (100 ms doubling to 5 s); a retry
-// writes at the same position, so a partial write is overwritten, never left in the middle of the data. Memory stays
-// bounded however long the disk fails: past maxBufferedBytes of unwritten frames the oldest are dropped, counted and
-// logged as SK_ERR_SPOOL_FULL. Back-pressure: append() returns false past the high-water mark (an eighth of that
-// cap); hooks.drained() follows once unwritten data is below half of it.
+// writes at the same position, so a partial write is overwritten, never left in the middle of the data. Back-pressure:
+// append() returns false past the high-water mark (an eighth of maxBufferedBytes); hooks.drained() follows once
+// unwritten data is below half of it, so only after writes succeed again. The pipeline holds its receivers on that
+// (MemoryBudget): while the disk fails, sockets stop being read and memory stays near the high-water mark.
+//
+// DISK FULL (ENOSPC/EDQUOT) never wedges the spool, and the rule for records it cannot write is:
+//   accepted records stay in the bounded write buffer and are written as soon as space is freed; past
+//   maxBufferedBytes the oldest unwritten are dropped, and what is still unwritten at close is dropped too (spool.ts),
+//   both counted diskFullDroppedRecords (dropped{reason="disk_full"}) and logged (SK_ERR_SPOOL_FULL: the buffer's cap;
+//   SK_ERR_SPOOL_WRITE: at close), never only logged.
+// Meanwhile the writer works to free space:
+//   - a failed write's partial bytes are truncated away and the write segment is closed off (rolled, below
+//     segmentBytes, if it holds anything), since a write segment is never deleted: once acked it goes through the
+//     ledger-first delete (reader.ts, segment-table.ts rule (2));
+//   - every segment deletion retries the write at once (spaceFreed) rather than after the backoff, one frame per write
+//     until one succeeds (a 4 MiB write would wait for 4 MiB of free space);
+//   - under space pressure (a write failed for lack of space, no reclaim since), an ack that consumes the whole write
+//     segment has it rolled (reclaim()), so acknowledged data does not sit on a full disk waiting for segmentBytes;
+//   - a failed roll (no inode, no directory block) changes no state: logged, retried with the next attempt.
+// Failed fsyncs are group-commit's: logged, the dirty state kept, retried with the next sync (group-commit.ts).
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
 import { FRAME_HEADER_BYTES, sealFrame, writeAllV } from './segment.js';
@@ -20,6 +36,12 @@ const FLUSH_DELAY_MS = 2;
 const MAX_WRITE_BYTES = 4 * 1024 * 1024;
 const MAX_IOV = 512;
 const BUFFER_POOL_MAX = 8;
+
+/** The write failed for lack of space (disk full, or the user's quota). */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
 
 export interface WriterOptions {
   segmentBytes: number;
@@ -68,8 +90,19 @@ export class SpoolWriter {
   private retryTimer: NodeJS.Timeout | undefined;
   private needDrain = false;
   private stopped = false;
+  /** The write loop in progress (stop() waits for it). */
+  private loop: Promise<void> | undefined;
+  /** Roll the write segment at the loop's next turn (reclaim()). */
+  private rollWanted = false;
+  /** retryNow() came while the loop was running: retry when it ends, if it ended in a failure. */
+  private retryAfterLoop = false;
+  /** A write failed for lack of space and the write segment has not been reclaimed since. */
+  private spaceShort = false;
+  private diskFullSince = 0;
   /** The last write error, until a write succeeds. */
   lastError: Error | undefined;
+  /** The last write failed with ENOSPC/EDQUOT and none has succeeded since. */
+  diskFull = false;
 
   constructor(
     private readonly table: SegmentTable,
@@ -158,36 +191,66 @@ export class SpoolWriter {
     this.unwrittenBytes += frame.length;
     this.unwrittenRecords += records;
     this.bytesSealed += frame.length;
-    // Bounded memory when the disk cannot keep up or fails: drop the oldest unwritten frames, counted.
+    // Bounded memory when the disk is full, fails or cannot keep up: drop the oldest unwritten frames, counted.
     while (this.unwrittenBytes > this.maxBufferedBytes && this.queue.length > 1) {
       const old = this.queue.shift()!;
       this.unwrittenBytes -= old.frame.length;
       this.unwrittenRecords -= old.records;
       this.bytesSettled += old.frame.length;
-      this.counters.droppedRecords += old.records;
-      this.counters.droppedBatches++;
+      this.countUnwrittenDrop(old.records);
       this.logs.full.warn(
         {
           code: 'SK_ERR_SPOOL_FULL',
+          reason: 'disk_full',
           dir: this.table.dir,
           droppedRecords: old.records,
           maxBufferedBytes: this.maxBufferedBytes,
+          err: this.lastError ? describeError(this.lastError) : undefined,
         },
-        'SK_ERR_SPOOL_FULL: spool write backlog over its memory cap (disk slow or failing); dropped the oldest unwritten records',
+        'SK_ERR_SPOOL_FULL: spool write backlog over its memory cap (disk full, failing or slow); dropped the oldest unwritten records (counted disk_full)',
       );
     }
     this.kick();
   }
 
+  private countUnwrittenDrop(records: number): void {
+    this.counters.droppedRecords += records;
+    this.counters.diskFullDroppedRecords += records;
+    this.counters.droppedBatches++;
+  }
+
   private kick(): void {
-    if (this.writing || this.retryTimer || this.queue.length === 0 || this.stopped) return;
+    if (this.writing || this.retryTimer || this.stopped) return;
+    if (this.queue.length === 0 && !this.rollWanted) return;
     this.writing = true;
-    void this.writeLoop();
+    this.loop = this.writeLoop();
+  }
+
+  /** Retry now rather than after the backoff (drain, reclaim, space freed); after the write in progress if any. */
+  private retryNow(): void {
+    if (this.writing) {
+      this.retryAfterLoop = true;
+      return;
+    }
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.kick();
   }
 
   private async writeLoop(): Promise<void> {
     try {
-      while (this.queue.length > 0 && !this.stopped) {
+      while (!this.stopped) {
+        if (this.rollWanted) {
+          this.rollWanted = false;
+          const failed = await this.closeOff();
+          if (failed) {
+            this.onWriteError(failed);
+            break;
+          }
+          this.spaceShort = false;
+          continue;
+        }
+        if (this.queue.length === 0 || this.retryTimer) break;
         const seg = this.table.writeSeg;
         const first = this.queue[0]!;
         if (seg.size > 0 && seg.size + first.frame.length > this.segmentBytes) {
@@ -197,7 +260,9 @@ export class SpoolWriter {
         let k = 0;
         let bytes = 0;
         let records = 0;
-        while (k < this.queue.length && k < MAX_IOV) {
+        // After a disk-full error, one frame at a time: whatever space was freed is used as soon as a frame fits.
+        const maxFrames = this.diskFull ? 1 : MAX_IOV;
+        while (k < this.queue.length && k < maxFrames) {
           const f = this.queue[k]!;
           const fits =
             seg.size + bytes + f.frame.length <= this.segmentBytes && bytes + f.frame.length <= MAX_WRITE_BYTES;
@@ -215,8 +280,21 @@ export class SpoolWriter {
           );
         } catch (err) {
           this.queue.unshift(...taken);
+          if (isDiskFull(err)) {
+            this.spaceShort = true;
+            // Free what the partial write took, and close the segment off so it can go once acked.
+            await this.table.writeHandle.truncate(seg.size).catch(() => {});
+            await this.closeOff();
+          }
           this.onWriteError(err);
           return;
+        }
+        if (this.diskFull) {
+          this.logs.log.info(
+            { dir: this.table.dir, ms: Date.now() - this.diskFullSince, unwrittenBytes: this.unwrittenBytes },
+            'spool writes resumed after the disk was full',
+          );
+          this.diskFull = false;
         }
         this.writeFailures = 0;
         this.lastError = undefined;
@@ -239,6 +317,10 @@ export class SpoolWriter {
       this.onWriteError(err);
     } finally {
       this.writing = false;
+      if (this.retryAfterLoop) {
+        this.retryAfterLoop = false;
+        if (this.retryTimer) this.retryNow();
+      }
     }
   }
 
@@ -248,15 +330,51 @@ export class SpoolWriter {
     return old;
   }
 
+  /**
+   * Roll the write segment now, below segmentBytes, if it holds anything: the closed segment is deleted once acked
+   * (hooks.rolled). Returns the error if the new segment could not be opened (nothing changed; tried again first
+   * thing at the next attempt).
+   */
+  private async closeOff(): Promise<unknown> {
+    if (this.table.writeSeg.size === 0) return undefined;
+    try {
+      this.hooks.rolled(await this.roll());
+      return undefined;
+    } catch (err) {
+      this.rollWanted = true;
+      this.logs.write.warn(
+        { code: 'SK_ERR_SPOOL_WRITE', dir: this.table.dir, err: describeError(err) },
+        'SK_ERR_SPOOL_WRITE: could not start a new spool segment to free space; tried again with the next write',
+      );
+      return err;
+    }
+  }
+
   private onWriteError(err: unknown): void {
     this.lastError = err instanceof Error ? err : new Error(describeError(err));
+    this.counters.writeErrors++;
     this.writeFailures++;
     const delay = Math.min(5000, 50 * 2 ** Math.min(this.writeFailures, 7));
-    this.logs.log.error(
-      { dir: this.table.dir, err: describeError(err), retryInMs: delay, unwrittenBytes: this.unwrittenBytes },
-      'spool write failed; data stays buffered and the write is retried',
-    );
+    const fields = {
+      dir: this.table.dir,
+      err: describeError(err),
+      retryInMs: delay,
+      unwrittenBytes: this.unwrittenBytes,
+    };
+    if (isDiskFull(err)) {
+      if (!this.diskFull) this.diskFullSince = Date.now();
+      this.diskFull = true;
+      this.logs.write.warn(
+        { code: 'SK_ERR_SPOOL_WRITE', ...fields, unwrittenRecords: this.bufferedRecords },
+        'SK_ERR_SPOOL_WRITE: spool write failed, disk full; freeing acknowledged segments, data stays buffered (bounded) and the write is retried',
+      );
+    } else {
+      this.diskFull = false;
+      this.logs.log.error(fields, 'spool write failed; data stays buffered and the write is retried');
+    }
     this.wakeWaiters(false);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     if (!this.stopped) {
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
@@ -281,11 +399,32 @@ export class SpoolWriter {
     return this.bufUsed > 0 || this.unwrittenBytes > 0;
   }
 
-  /** Seal the write buffer and start writing now (the reader caught up): true if the next write succeeded. */
+  /**
+   * Seal the write buffer and start writing now (the reader caught up): true if the next write succeeded. False at
+   * once while writes are failing (a retry is scheduled): the reader must not wait on it, its acks may free the space.
+   */
   writeNow(): Promise<boolean> {
     this.seal();
+    if (this.retryTimer || this.stopped) return Promise.resolve(false);
     this.kick();
     return this.nextWrite();
+  }
+
+  /** A write failed for lack of space and no reclaim since: a fully acked write segment should be rolled. */
+  get underSpacePressure(): boolean {
+    return this.spaceShort;
+  }
+
+  /** Roll the write segment (below segmentBytes) at the writer's next turn, so it can be deleted: it is acked. */
+  reclaim(): void {
+    if (this.stopped) return;
+    this.rollWanted = true;
+    this.retryNow();
+  }
+
+  /** A segment file was deleted: a write waiting out its backoff after a disk-full error is retried now. */
+  spaceFreed(): void {
+    if (this.diskFull && (this.retryTimer || this.writing) && !this.stopped) this.retryNow();
   }
 
   /** Write everything sealed so far, retrying at once rather than after the backoff; false if a write failed. */
@@ -293,20 +432,33 @@ export class SpoolWriter {
     this.seal();
     const target = this.bytesSealed;
     while (this.bytesSettled < target) {
-      if (this.retryTimer) {
-        clearTimeout(this.retryTimer);
-        this.retryTimer = undefined;
-      }
-      this.kick();
-      if (!(await this.nextWrite())) return false;
+      const next = this.nextWrite();
+      this.retryNow();
+      if (!(await next)) return false;
     }
     return true;
   }
 
-  /** No more writes or timers (close, after a last drain()). */
-  stop(): void {
+  /** No more writes or timers (close, after a last drain()); resolves once a write in progress has ended. */
+  async stop(): Promise<void> {
     this.stopped = true;
     for (const t of [this.flushTimer, this.retryTimer]) if (t) clearTimeout(t);
     this.flushTimer = this.retryTimer = undefined;
+    await this.loop;
+  }
+
+  /**
+   * After stop(): give up what is still unwritten (the last drain failed), counted as diskFullDroppedRecords.
+   * Returns the records dropped.
+   */
+  dropUnwritten(): number {
+    this.seal();
+    const records = this.bufferedRecords;
+    for (const f of this.queue) this.bytesSettled += f.frame.length;
+    this.queue = [];
+    this.unwrittenBytes = 0;
+    this.unwrittenRecords = 0;
+    if (records > 0) this.countUnwrittenDrop(records);
+    return records;
   }
 }
