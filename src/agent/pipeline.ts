@@ -353,8 +353,10 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     const spill = this.spill?.snapshot();
     const counters = structuredClone(this.counters);
     if (st) {
-      // The spool counts its own drops and corrupt frames.
-      counters.dropped.spool_full = st.droppedRecords;
+      // The spool counts its own drops and corrupt frames. disk_full: accepted records it could not write (its
+      // buffer cap while the disk was full, or unwritten at close); the rest of its drops are the size cap.
+      counters.dropped.spool_full = st.droppedRecords - st.diskFullDroppedRecords;
+      counters.dropped.disk_full = st.diskFullDroppedRecords;
       counters.dropped.spool_corrupt = st.corruptRecords;
       counters.spoolCorruptFrames = st.corruptFrames;
     }
