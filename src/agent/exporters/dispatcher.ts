@@ -132,7 +132,7 @@ export class Dispatcher {
     while (!this.loopAbort.signal.aborted) {
       let batch: SpoolBatchLike | undefined;
       try {
-        batch = await this.deps.batcher.next(this.loopAbort.signal, () => false);
+        batch = await this.deps.batcher.next(this.loopAbort.signal, false);
         if (!batch) break;
         const r = await this.deliver(batch);
         if (r.kind === 'retry') {
@@ -160,7 +160,7 @@ export class Dispatcher {
       }
       let batch: SpoolBatchLike | undefined;
       try {
-        batch = await this.deps.batcher.next(signal, () => true);
+        batch = await this.deps.batcher.next(signal, true);
       } catch (err) {
         this.deps.log.error({ err }, 'could not read the spool at stop');
         return;

@@ -68,7 +68,8 @@ export class Batcher {
   }
 
   /** Called for every append (the hot path: O(1)). */
-  noteAppended(records: number, now = Date.now()): void {
+  noteAppended(records: number): void {
+    const now = Date.now();
     this.total += records;
     const last = this.marks[this.marks.length - 1];
     if (last && now - last.at < MARK_GRANULARITY_MS) last.upTo = this.total;
@@ -92,9 +93,10 @@ export class Batcher {
   }
 
   /**
-   * The next batch when it is due; undefined when `signal` aborts, or — with `flush` — as soon as nothing is pending.
+   * The next batch when it is due; undefined when `signal` aborts. With `flush` (stopping) every pending record is
+   * due at once, and it returns undefined as soon as nothing is pending.
    */
-  async next(signal: AbortSignal, flush: () => boolean): Promise<SpoolBatchLike | undefined> {
+  async next(signal: AbortSignal, flush: boolean): Promise<SpoolBatchLike | undefined> {
     // `signal` wakes the sleep through wake(): one listener per call, one plain signal per sleep (a long-lived signal
     // combined per sleep with AbortSignal.any grows the heap on Node 20).
     const onAbort = (): void => this.wake();
@@ -102,14 +104,13 @@ export class Batcher {
     try {
       while (!signal.aborted) {
         const pending = this.source.stats().pendingRecords;
-        const flushing = flush();
-        if (pending === 0 && flushing) return undefined;
+        if (pending === 0 && flush) return undefined;
         let waitMs = IDLE_RECHECK_MS;
         if (pending > 0) {
           const oldest = this.oldestPendingAt() ?? 0;
           const due = oldest + this.policy.maxDelayMs;
           const now = Date.now();
-          if (pending >= this.policy.maxRecords || flushing || now >= due) {
+          if (pending >= this.policy.maxRecords || flush || now >= due) {
             const batch = await this.source.nextBatch(this.policy.cutRecords, this.policy.maxBytes);
             if (batch) {
               if (batch.id !== this.lastId) {
