@@ -5,78 +5,63 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import {
-  agentConfig,
   balance,
   deadLetters,
   dedupedByBatchId,
   keysOf,
   record,
   sendOnce,
-  startAgent,
-  startCentral,
-  tmpDir,
   waitFor,
-  writeConfig,
-  type FakeCentral,
   type CentralReply,
 } from './helpers/agent.ts';
+import { agentScope } from './helpers/agent-scope.ts';
 
-test('central down for a while, then back: everything arrives once, earliest first', async () => {
-  const { dir, cleanup } = tmpDir();
-  const probe = await startCentral();
-  const port = probe.port;
-  await probe.close(); // central is down: connections to this port are refused
-  const cfg = writeConfig(
-    dir,
-    agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000, gzip: true },
-      batch: { maxRecords: 40, maxDelayMs: 50, maxInFlight: 1 }, // strict arrival order
-      breaker: { failures: 3, halfOpenAfterMs: 400 },
-    }),
-  );
-  const agent = await startAgent(cfg);
-  let central: FakeCentral | undefined;
-  try {
-    const sent: string[] = [];
-    for (let wave = 0; wave < 3; wave++) {
-      let buf = '';
-      for (let i = 0; i < 100; i++) {
-        const k = `w${wave}-${String(i).padStart(3, '0')}`;
-        sent.push(k);
-        buf += record(k, 200);
-      }
-      await sendOnce(join(dir, 'agent.sock'), buf);
-      await new Promise((r) => setTimeout(r, 100));
+test('central down for a while, then back: everything arrives once, earliest first', async (t) => {
+  const scope = agentScope(t);
+  const dir = scope.dir;
+  const port = await scope.deadPort(); // central is down: connections to this port are refused
+  scope.writeConfig({
+    exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000, gzip: true },
+    batch: { maxRecords: 40, maxDelayMs: 50, maxInFlight: 1 }, // strict arrival order
+    breaker: { failures: 3, halfOpenAfterMs: 400 },
+  });
+  const agent = await scope.startAgent();
+  const sent: string[] = [];
+  for (let wave = 0; wave < 3; wave++) {
+    let buf = '';
+    for (let i = 0; i < 100; i++) {
+      const k = `w${wave}-${String(i).padStart(3, '0')}`;
+      sent.push(k);
+      buf += record(k, 200);
     }
-    const down = await waitFor(async () => {
-      const s = await agent.status();
-      return s.counters.spooled === 300 && s.counters.retried.network >= 3 && s.gauges.breakerState === 1 && s;
-    }, 'the breaker to open with everything spooled');
-    assert.equal(down.counters.exported, 0);
-    central = await startCentral(() => ({ status: 200 }), port);
-    await waitFor(() => new Set(keysOf(central!.delivered)).size === 300, 'all 300 records delivered', 20_000);
-    const got = keysOf(central.delivered);
-    assert.deepEqual(got, sent, 'delivered exactly once, in the order they were accepted (FIFO)');
-    assert.ok(central.requests.every((r) => r.gzip && r.contentType === 'application/x-ndjson'));
-    assert.equal(new Set(central.deliveredIds).size, central.deliveredIds.length, 'no batch delivered twice');
-    const s = await waitFor(async () => {
-      const st = await agent.status();
-      return st.counters.exported === 300 && st.gauges.spoolRecords === 0 && st;
-    }, 'counters to settle');
-    assert.equal(s.counters.received, 300);
-    assert.equal(s.counters.deadLettered + s.counters.dropped.spool_full, 0);
-    assert.equal(s.gauges.breakerState, 0, 'breaker closed again');
-    const r = await agent.stop();
-    assert.equal(r.code, 0);
-  } finally {
-    await agent.crash();
-    await central?.close();
-    cleanup();
+    await sendOnce(join(dir, 'agent.sock'), buf);
+    await new Promise((r) => setTimeout(r, 100));
   }
+  const down = await waitFor(async () => {
+    const s = await agent.status();
+    return s.counters.spooled === 300 && s.counters.retried.network >= 3 && s.gauges.breakerState === 1 && s;
+  }, 'the breaker to open with everything spooled');
+  assert.equal(down.counters.exported, 0);
+  const central = await scope.startCentral(() => ({ status: 200 }), port);
+  await waitFor(() => new Set(keysOf(central.delivered)).size === 300, 'all 300 records delivered', 20_000);
+  const got = keysOf(central.delivered);
+  assert.deepEqual(got, sent, 'delivered exactly once, in the order they were accepted (FIFO)');
+  assert.ok(central.requests.every((r) => r.gzip && r.contentType === 'application/x-ndjson'));
+  assert.equal(new Set(central.deliveredIds).size, central.deliveredIds.length, 'no batch delivered twice');
+  const s = await waitFor(async () => {
+    const st = await agent.status();
+    return st.counters.exported === 300 && st.gauges.spoolRecords === 0 && st;
+  }, 'counters to settle');
+  assert.equal(s.counters.received, 300);
+  assert.equal(s.counters.deadLettered + s.counters.dropped.spool_full, 0);
+  assert.equal(s.gauges.breakerState, 0, 'breaker closed again');
+  const r = await agent.stop();
+  assert.equal(r.code, 0);
 });
 
-test('status matrix: 408, 429 + Retry-After, 500, 503, network error retry the same batch; 2xx delivers', async () => {
-  const { dir, cleanup } = tmpDir();
+test('status matrix: 408, 429 + Retry-After, 500, 503, network error retry the same batch; 2xx delivers', async (t) => {
+  const scope = agentScope(t);
+  const dir = scope.dir;
   const script: CentralReply[] = [
     { status: 408 },
     { status: 429, headers: { 'retry-after': '1' } },
@@ -84,46 +69,38 @@ test('status matrix: 408, 429 + Retry-After, 500, 503, network error retry the s
     { status: 503 },
     { status: 0, destroy: true },
   ];
-  const central = await startCentral((_req, n) => script[n] ?? { status: 200 });
-  const cfg = writeConfig(
-    dir,
-    agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 10_000, gzip: false },
-      breaker: { failures: 10, halfOpenAfterMs: 300 },
-    }),
+  const central = await scope.startCentral((_req, n) => script[n] ?? { status: 200 });
+  scope.writeConfig({
+    exporter: { type: 'http', url: central.url, timeoutMs: 10_000, gzip: false },
+    breaker: { failures: 10, halfOpenAfterMs: 300 },
+  });
+  const agent = await scope.startAgent();
+  const sent = Array.from({ length: 10 }, (_, i) => `m-${i}`);
+  await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+  await waitFor(() => central.delivered.length === 10, 'the batch to be delivered', 20_000);
+  assert.equal(central.requests.length, 6);
+  const ids = new Set(central.requests.map((r) => r.batchId));
+  assert.equal(ids.size, 1, 'X-Sidekick-Batch-Id is the same on every retry');
+  assert.ok([...ids][0]!.length > 0);
+  const afterRetryAfter = central.requests[2]!.at - central.requests[1]!.at;
+  assert.ok(afterRetryAfter >= 900, `Retry-After: 1 honoured (waited ${afterRetryAfter} ms)`);
+  assert.deepEqual(keysOf(central.delivered), sent);
+  const s = await waitFor(async () => {
+    const st = await agent.status();
+    return st.counters.exported === 10 && st;
+  }, 'exported counter');
+  assert.deepEqual(
+    { ...s.counters.retried },
+    { network: 1, timeout: 0, http_408: 1, http_429: 1, http_5xx: 2, http_other: 0 },
   );
-  const agent = await startAgent(cfg);
-  try {
-    const sent = Array.from({ length: 10 }, (_, i) => `m-${i}`);
-    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
-    await waitFor(() => central.delivered.length === 10, 'the batch to be delivered', 20_000);
-    assert.equal(central.requests.length, 6);
-    const ids = new Set(central.requests.map((r) => r.batchId));
-    assert.equal(ids.size, 1, 'X-Sidekick-Batch-Id is the same on every retry');
-    assert.ok([...ids][0]!.length > 0);
-    const afterRetryAfter = central.requests[2]!.at - central.requests[1]!.at;
-    assert.ok(afterRetryAfter >= 900, `Retry-After: 1 honoured (waited ${afterRetryAfter} ms)`);
-    assert.deepEqual(keysOf(central.delivered), sent);
-    const s = await waitFor(async () => {
-      const st = await agent.status();
-      return st.counters.exported === 10 && st;
-    }, 'exported counter');
-    assert.deepEqual(
-      { ...s.counters.retried },
-      { network: 1, timeout: 0, http_408: 1, http_429: 1, http_5xx: 2, http_other: 0 },
-    );
-    assert.equal((await agent.stop()).code, 0);
-  } finally {
-    await agent.crash();
-    await central.close();
-    cleanup();
-  }
+  assert.equal((await agent.stop()).code, 0);
 });
 
-test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 are dead-lettered and counted', async () => {
-  const { dir, cleanup } = tmpDir();
+test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 are dead-lettered and counted', async (t) => {
+  const scope = agentScope(t);
+  const dir = scope.dir;
   let slowOnce = true;
-  const central = await startCentral((req) => {
+  const central = await scope.startCentral((req) => {
     const keys = keysOf(req.records);
     if (keys.some((k) => k.startsWith('slow')) && slowOnce) {
       slowOnce = false;
@@ -134,137 +111,109 @@ test('a timeout is retried; 413 splits in halves; a lone 413 record and a 400 ar
     if (req.records.length > 2) return { status: 413, body: 'too large' };
     return { status: 200 };
   });
-  const cfg = writeConfig(
-    dir,
-    agentConfig(dir, { exporter: { type: 'http', url: central.url, timeoutMs: 2500, gzip: true } }),
-  );
-  const agent = await startAgent(cfg);
+  scope.writeConfig({ exporter: { type: 'http', url: central.url, timeoutMs: 2500, gzip: true } });
+  const agent = await scope.startAgent();
   const sock = join(dir, 'agent.sock');
-  try {
-    const phases: string[][] = [
-      ['slow-0', 'slow-1'],
-      ['s-0', 's-1', 's-2', 's-3', 's-4', 's-5', 's-6', 's-7'],
-      ['big-0', 'ok-0', 'ok-1'],
-      ['reject-0', 'reject-1'],
-    ];
-    const sent: string[] = [];
-    for (const keys of phases) {
-      sent.push(...keys);
-      await sendOnce(sock, keys.map((k) => record(k)).join(''));
-      await waitFor(async () => {
-        const st = await agent.status();
-        return st.counters.exported + st.counters.deadLettered === sent.length && st.gauges.spoolRecords === 0;
-      }, `phase ${keys[0]} settled`);
-    }
-    const dl = deadLetters(join(dir, 'spool'));
-    // The timed-out request may still have been processed by central: the same batch id, which central dedupes.
-    const b = balance(sent, keysOf(dedupedByBatchId(central)), keysOf(dl.records));
-    assert.deepEqual(b.missing, []);
-    assert.equal(b.duplicates, 0);
-    assert.deepEqual(keysOf(dl.records).sort(), ['big-0', 'reject-0', 'reject-1']);
-    assert.equal(dl.sidecars.length, 2);
-    const byStatus = Object.fromEntries(dl.sidecars.map((s) => [s.status, s]));
-    assert.match(String(byStatus[400]!.body), /schema violation/);
-    assert.equal(byStatus[413]!.records, 1);
-    const split = central.requests.filter((r) => r.status === 200 && keysOf(r.records)[0]!.startsWith('s-'));
-    assert.equal(split.length, 4, '8 records, answered 413 above 2: four deliveries of 2');
-    assert.ok(split.every((r) => r.records.length === 2));
-    const original = central.requests.find((r) => r.status === 413 && r.records.length === 8)!.batchId;
-    assert.deepEqual(
-      split.map((r) => r.batchId).sort(), // halves go out in parallel (batch.maxInFlight)
-      ['.0.0', '.0.1', '.1.0', '.1.1'].map((suffix) => original + suffix),
-      'halves carry ids derived from the spool batch id',
-    );
-    const s = await agent.status();
-    assert.equal(s.counters.retried.timeout, 1);
-    assert.equal(s.counters.exported, 12);
-    assert.equal(s.counters.deadLettered, 3);
-    const logs = agent.logs().filter((l) => l.code === 'SK_ERR_DEAD_LETTER');
-    assert.equal(logs.length, 2);
-    assert.equal((await agent.stop()).code, 0);
-  } finally {
-    await agent.crash();
-    await central.close();
-    cleanup();
+  const phases: string[][] = [
+    ['slow-0', 'slow-1'],
+    ['s-0', 's-1', 's-2', 's-3', 's-4', 's-5', 's-6', 's-7'],
+    ['big-0', 'ok-0', 'ok-1'],
+    ['reject-0', 'reject-1'],
+  ];
+  const sent: string[] = [];
+  for (const keys of phases) {
+    sent.push(...keys);
+    await sendOnce(sock, keys.map((k) => record(k)).join(''));
+    await waitFor(async () => {
+      const st = await agent.status();
+      return st.counters.exported + st.counters.deadLettered === sent.length && st.gauges.spoolRecords === 0;
+    }, `phase ${keys[0]} settled`);
   }
-});
-
-test('an open breaker survives a restart: no request before the remaining open time, then the backlog goes', async () => {
-  const { dir, cleanup } = tmpDir();
-  const probe = await startCentral();
-  const port = probe.port;
-  await probe.close();
-  const halfOpenAfterMs = 3000;
-  const cfg = writeConfig(
-    dir,
-    agentConfig(dir, {
-      exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
-      breaker: { failures: 2, halfOpenAfterMs },
-    }),
+  const dl = deadLetters(join(dir, 'spool'));
+  // The timed-out request may still have been processed by central: the same batch id, which central dedupes.
+  const b = balance(sent, keysOf(dedupedByBatchId(central)), keysOf(dl.records));
+  assert.deepEqual(b.missing, []);
+  assert.equal(b.duplicates, 0);
+  assert.deepEqual(keysOf(dl.records).sort(), ['big-0', 'reject-0', 'reject-1']);
+  assert.equal(dl.sidecars.length, 2);
+  const byStatus = Object.fromEntries(dl.sidecars.map((s) => [s.status, s]));
+  assert.match(String(byStatus[400]!.body), /schema violation/);
+  assert.equal(byStatus[413]!.records, 1);
+  const split = central.requests.filter((r) => r.status === 200 && keysOf(r.records)[0]!.startsWith('s-'));
+  assert.equal(split.length, 4, '8 records, answered 413 above 2: four deliveries of 2');
+  assert.ok(split.every((r) => r.records.length === 2));
+  const original = central.requests.find((r) => r.status === 413 && r.records.length === 8)!.batchId;
+  assert.deepEqual(
+    split.map((r) => r.batchId).sort(), // halves go out in parallel (batch.maxInFlight)
+    ['.0.0', '.0.1', '.1.0', '.1.1'].map((suffix) => original + suffix),
+    'halves carry ids derived from the spool batch id',
   );
-  let agent = await startAgent(cfg);
-  let central: FakeCentral | undefined;
-  try {
-    const sent = Array.from({ length: 20 }, (_, i) => `b-${i}`);
-    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
-    await waitFor(async () => (await agent.status()).gauges.breakerState === 1, 'the breaker to open');
-    const openedBy = Date.now();
-    assert.equal((await agent.stop()).code, 0);
-    central = await startCentral(() => ({ status: 200 }), port);
-    agent = await startAgent(cfg);
-    const s = await agent.status();
-    assert.equal(s.pipeline?.breaker?.state, 'open', 'restored open from the spool');
-    await waitFor(() => central!.delivered.length === 20, 'the backlog to be delivered', 15_000);
-    const first = central.requests[0]!.at;
-    assert.ok(first - openedBy >= halfOpenAfterMs - 400, `first request ${first - openedBy} ms after the break`);
-    assert.deepEqual(keysOf(central.delivered), sent);
-    assert.equal((await agent.stop()).code, 0);
-  } finally {
-    await agent.crash();
-    await central?.close();
-    cleanup();
-  }
+  const s = await agent.status();
+  assert.equal(s.counters.retried.timeout, 1);
+  assert.equal(s.counters.exported, 12);
+  assert.equal(s.counters.deadLettered, 3);
+  const logs = agent.logs().filter((l) => l.code === 'SK_ERR_DEAD_LETTER');
+  assert.equal(logs.length, 2);
+  assert.equal((await agent.stop()).code, 0);
 });
 
-test('batch.maxInFlight: a batch goes out as parallel parts of <= maxRecords with derived ids, acked once', async () => {
-  const { dir, cleanup } = tmpDir();
+test('an open breaker survives a restart: no request before the remaining open time, then the backlog goes', async (t) => {
+  const scope = agentScope(t);
+  const dir = scope.dir;
+  const port = await scope.deadPort();
+  const halfOpenAfterMs = 3000;
+  scope.writeConfig({
+    exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
+    breaker: { failures: 2, halfOpenAfterMs },
+  });
+  let agent = await scope.startAgent();
+  const sent = Array.from({ length: 20 }, (_, i) => `b-${i}`);
+  await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+  await waitFor(async () => (await agent.status()).gauges.breakerState === 1, 'the breaker to open');
+  const openedBy = Date.now();
+  assert.equal((await agent.stop()).code, 0);
+  const central = await scope.startCentral(() => ({ status: 200 }), port);
+  agent = await scope.startAgent();
+  const s = await agent.status();
+  assert.equal(s.pipeline?.breaker?.state, 'open', 'restored open from the spool');
+  await waitFor(() => central.delivered.length === 20, 'the backlog to be delivered', 15_000);
+  const first = central.requests[0]!.at;
+  assert.ok(first - openedBy >= halfOpenAfterMs - 400, `first request ${first - openedBy} ms after the break`);
+  assert.deepEqual(keysOf(central.delivered), sent);
+  assert.equal((await agent.stop()).code, 0);
+});
+
+test('batch.maxInFlight: a batch goes out as parallel parts of <= maxRecords with derived ids, acked once', async (t) => {
+  const scope = agentScope(t);
+  const dir = scope.dir;
   let inFlight = 0;
   let maxSeen = 0;
-  const central = await startCentral(() => {
+  const central = await scope.startCentral(() => {
     inFlight++;
     maxSeen = Math.max(maxSeen, inFlight);
     setTimeout(() => inFlight--, 50);
     return { status: 200, delayMs: 50 };
   });
-  const cfg = writeConfig(
-    dir,
-    agentConfig(dir, {
-      exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
-      batch: { maxRecords: 10, maxDelayMs: 1000, maxInFlight: 4 },
-    }),
+  scope.writeConfig({
+    exporter: { type: 'http', url: central.url, timeoutMs: 10_000 },
+    batch: { maxRecords: 10, maxDelayMs: 1000, maxInFlight: 4 },
+  });
+  const agent = await scope.startAgent();
+  const sent = Array.from({ length: 40 }, (_, i) => `p-${i}`);
+  await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
+  await waitFor(() => central.delivered.length === 40, 'all parts delivered');
+  assert.equal(central.requests.length, 4);
+  assert.ok(central.requests.every((r) => r.records.length === 10));
+  assert.ok(maxSeen >= 2, `parts were sent concurrently (max ${maxSeen} at once)`);
+  const ids = central.requests.map((r) => r.batchId).sort();
+  const base = ids[0]!.replace(/~\d+$/, '');
+  assert.deepEqual(
+    ids,
+    [0, 1, 2, 3].map((k) => `${base}~${k}`),
   );
-  const agent = await startAgent(cfg);
-  try {
-    const sent = Array.from({ length: 40 }, (_, i) => `p-${i}`);
-    await sendOnce(join(dir, 'agent.sock'), sent.map((k) => record(k)).join(''));
-    await waitFor(() => central.delivered.length === 40, 'all parts delivered');
-    assert.equal(central.requests.length, 4);
-    assert.ok(central.requests.every((r) => r.records.length === 10));
-    assert.ok(maxSeen >= 2, `parts were sent concurrently (max ${maxSeen} at once)`);
-    const ids = central.requests.map((r) => r.batchId).sort();
-    const base = ids[0]!.replace(/~\d+$/, '');
-    assert.deepEqual(
-      ids,
-      [0, 1, 2, 3].map((k) => `${base}~${k}`),
-    );
-    assert.deepEqual(keysOf(central.delivered).sort(), [...sent].sort());
-    const s = await agent.status();
-    assert.equal(s.counters.batchedBatches, 1, 'one spool batch');
-    assert.equal(s.counters.exportedBatches, 4, 'four parts');
-    assert.equal((await agent.stop()).code, 0);
-  } finally {
-    await agent.crash();
-    await central.close();
-    cleanup();
-  }
+  assert.deepEqual(keysOf(central.delivered).sort(), [...sent].sort());
+  const s = await agent.status();
+  assert.equal(s.counters.batchedBatches, 1, 'one spool batch');
+  assert.equal(s.counters.exportedBatches, 4, 'four parts');
+  assert.equal((await agent.stop()).code, 0);
 });
