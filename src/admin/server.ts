@@ -1,6 +1,6 @@
 // The local admin socket: a tiny HTTP server on a Unix socket that `sidekick status` and `sidekick vars` query.
 // Components register JSON providers under a path; nothing here knows about sidekicks or the agent.
-import { createServer, type Server } from 'node:http';
+import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { childLogger } from '../log/logger.js';
@@ -14,7 +14,7 @@ export type AdminHandler = (params: string[]) => unknown | Promise<unknown>;
 
 export class AdminServer {
   private readonly routes = new Map<string, AdminHandler>();
-  private server: Server | undefined;
+  private listener: HttpListener | undefined;
   private readonly log = childLogger({ component: 'admin' });
 
   constructor(readonly socketPath: string) {}
@@ -40,7 +40,7 @@ export class AdminServer {
     } catch {
       // absent: nothing to clean
     }
-    const server = createServer((req, res) => {
+    this.listener = await listenHttp({ kind: 'unix', path: this.socketPath }, (req, res) => {
       const reply = (status: number, body: unknown): void => {
         res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
       };
@@ -71,22 +71,12 @@ export class AdminServer {
           },
         );
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.socketPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.server = server;
     this.log.debug({ socket: this.socketPath }, 'admin socket listening');
   }
 
   async stop(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    if (!server) return;
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    const listener = this.listener;
+    this.listener = undefined;
+    await listener?.close();
   }
 }

@@ -8,11 +8,13 @@ import type { AgentConfig } from '../config/schema.js';
 import { describeError, isSidekickError } from '../errors.js';
 import { AgentSupervisor } from '../agent/supervisor.js';
 import { childLogger } from '../log/logger.js';
+import { checkNodeInternals } from '../common/node-internals.js';
 import { reportStartupError } from './check.js';
 
 export async function agentCommand(opts: { config?: string }): Promise<number> {
   let loaded: LoadedConfig;
   try {
+    checkNodeInternals(); // the agent's worker runs on this same Node binary
     loaded = await loadConfig(opts.config);
     agentConfigOf(loaded.config);
   } catch (err) {

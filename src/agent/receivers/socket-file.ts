@@ -7,7 +7,6 @@
 // inode it created.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync } from 'node:fs';
-import type net from 'node:net';
 import { dirname } from 'node:path';
 import { probeUnixSocket } from '../../admin/probe.js';
 import { sleep } from '../../common/async.js';
@@ -83,14 +82,6 @@ function tmpPathFor(path: string): string {
   return `${path}.${process.pid}.${Date.now().toString(36)}.tmp`;
 }
 
-function finish(tmp: string, opts: SocketFileOptions): { ino: number; dev: number } {
-  chmodSync(tmp, opts.mode);
-  if (opts.group !== undefined) chownSync(tmp, -1, resolveGroup(opts.group));
-  renameSync(tmp, opts.path);
-  const st = statSync(opts.path);
-  return { ino: st.ino, dev: st.dev };
-}
-
 /** Identity of a socket file we created, so we only ever unlink our own. */
 export class OwnedSocketFile {
   constructor(
@@ -113,26 +104,6 @@ export class OwnedSocketFile {
     } catch {
       // gone already
     }
-  }
-}
-
-/** A listening net.Server on `opts.path` (for running the pipeline in-process, without the supervisor). */
-export async function listenOnSocketFile(opts: SocketFileOptions, server: net.Server): Promise<OwnedSocketFile> {
-  await claimSocketPath(opts.path);
-  const tmp = tmpPathFor(opts.path);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ path: tmp, backlog: 4096 }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  try {
-    const id = finish(tmp, opts);
-    return new OwnedSocketFile(opts.path, id.ino, id.dev);
-  } catch (err) {
-    server.close();
-    throw err;
   }
 }
 

@@ -306,12 +306,6 @@ export class UnixSocketReceiver {
     return this.conns.size;
   }
 
-  /** Stops accepting on one listener (after a move to another socket); its connections stay. */
-  detachServer(server: net.Server): void {
-    if (!this.servers.delete(server)) return;
-    server.close();
-  }
-
   /** Closes every listener (open connections stay). Does not wait for connections. */
   stopAccepting(): void {
     for (const s of this.servers) {
