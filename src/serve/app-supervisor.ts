@@ -8,6 +8,7 @@ import type { AppConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { settleWithin, withDeadline } from '../common/async.js';
 import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
+import { WorkerChannel } from './worker-channel.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import {
   isSidekickMessage,
@@ -42,13 +43,8 @@ interface WorkerInfo {
   /** Set when the supervisor decided this worker's end (unresponsive kill, recycle): the exit is not a crash. */
   ending?: 'unresponsive' | 'recycle';
   listenError?: string;
-  /** Latest-wins per sidekick: names whose last snapshot is still being written to this worker's IPC channel … */
-  varsInFlight: Set<string>;
-  /** … and the newest snapshot waiting behind it (a newer one replaces it). */
-  varsWaiting: Map<string, VarsMessage>;
+  channel: WorkerChannel;
 }
-
-type VarsMessage = Extract<PrimaryToWorker, { sk: 'vars' }>;
 
 export class AppSupervisor {
   readonly registry: SidekickRegistry;
@@ -76,7 +72,7 @@ export class AppSupervisor {
     this.registry = new SidekickRegistry(config.name, config.sidekicks);
     for (const source of [this.registry as VarsSource, ...shared]) {
       source.on('vars', (name, vars, generation) => {
-        for (const info of this.workers.values()) this.sendVars(info, { sk: 'vars', name, vars, generation });
+        for (const info of this.workers.values()) info.channel.sendVars({ sk: 'vars', name, vars, generation });
       });
       source.on('failed', (name, error) => this.broadcast({ sk: 'failed', name, error: errorToData(error) }));
     }
@@ -125,7 +121,7 @@ export class AppSupervisor {
         void this.recycle(info);
         continue;
       }
-      this.send(info.worker, { sk: 'ping', id: info.health.ping(now) });
+      info.channel.send({ sk: 'ping', id: info.health.ping(now) });
     }
   }
 
@@ -161,17 +157,13 @@ export class AppSupervisor {
       state: 'starting',
       startedAt: Date.now(),
       health: new WorkerHealth(Date.now()),
-      varsInFlight: new Set(),
-      varsWaiting: new Map(),
+      channel: new WorkerChannel(worker, this.log),
     };
     this.workers.set(worker.id, info);
     worker.on('message', (msg: unknown) => {
       if (isSidekickMessage(msg)) this.onWorkerMessage(info, msg as WorkerToPrimary);
     });
     worker.on('exit', (code, signal) => this.onWorkerExit(info, code, signal));
-    // A worker that dies between our isConnected() check and the write makes the IPC write fail with EPIPE,
-    // reported asynchronously as 'error' on the Worker; unhandled, it would crash the supervisor.
-    worker.on('error', (err) => this.log.debug({ err: describeError(err) }, 'HTTP worker IPC error'));
     const listening = new Promise<WorkerInfo>((resolve, reject) => {
       worker.once('listening', () => {
         info.state = 'listening';
@@ -207,10 +199,9 @@ export class AppSupervisor {
   }
 
   private onWorkerMessage(info: WorkerInfo, msg: WorkerToPrimary): void {
-    const worker = info.worker;
     switch (msg.sk) {
       case 'hello':
-        this.send(worker, {
+        info.channel.send({
           sk: 'init',
           settings: info.settings,
           snapshots: [this.registry, ...this.shared].flatMap((r) => r.snapshots()),
@@ -220,7 +211,7 @@ export class AppSupervisor {
         try {
           this.registryFor(msg.name).ensure(msg.name);
         } catch (err) {
-          this.send(worker, { sk: 'failed', name: msg.name, error: errorToData(err) });
+          info.channel.send({ sk: 'failed', name: msg.name, error: errorToData(err) });
         }
         break;
       case 'task': {
@@ -231,8 +222,8 @@ export class AppSupervisor {
           result = Promise.reject(err as Error);
         }
         result.then(
-          (value) => this.send(worker, { sk: 'task-done', id: msg.id, ok: true, value }),
-          (err: unknown) => this.send(worker, { sk: 'task-done', id: msg.id, ok: false, error: errorToData(err) }),
+          (value) => info.channel.send({ sk: 'task-done', id: msg.id, ok: true, value }),
+          (err: unknown) => info.channel.send({ sk: 'task-done', id: msg.id, ok: false, error: errorToData(err) }),
         );
         break;
       }
@@ -273,49 +264,8 @@ export class AppSupervisor {
     }, delayMs);
   }
 
-  private send(worker: Worker, msg: PrimaryToWorker): void {
-    if (!worker.isConnected()) return;
-    try {
-      worker.send(msg, undefined, undefined, (err: Error | null) => {
-        if (err) this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
-      });
-    } catch (err) {
-      this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
-    }
-  }
-
-  /**
-   * Snapshots are latest-wins between the supervisor and each HTTP worker: while one snapshot of a sidekick is being
-   * written to a worker (a slow or busy worker does not read its IPC channel), newer ones replace each other in one
-   * slot instead of queueing in this process. Memory stays bounded however fast a sidekick publishes; the worker may
-   * skip intermediate snapshots, never the latest.
-   */
-  private sendVars(info: WorkerInfo, msg: VarsMessage): void {
-    const { worker, varsInFlight, varsWaiting } = info;
-    if (!worker.isConnected()) return;
-    if (varsInFlight.has(msg.name)) {
-      varsWaiting.set(msg.name, msg);
-      return;
-    }
-    varsInFlight.add(msg.name);
-    const done = (): void => {
-      varsInFlight.delete(msg.name);
-      const next = varsWaiting.get(msg.name);
-      if (next) {
-        varsWaiting.delete(msg.name);
-        this.sendVars(info, next);
-      }
-    };
-    try {
-      worker.send(msg, undefined, undefined, done);
-    } catch (err) {
-      this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
-      varsInFlight.delete(msg.name);
-    }
-  }
-
   private broadcast(msg: PrimaryToWorker): void {
-    for (const { worker } of this.workers.values()) this.send(worker, msg);
+    for (const { channel } of this.workers.values()) channel.send(msg);
   }
 
   /** Reload: restart sidekicks (generation + 1) and roll HTTP workers one at a time with zero failed requests. */
@@ -358,7 +308,7 @@ export class AppSupervisor {
       if (info.worker.isDead()) return resolve();
       info.worker.once('exit', () => resolve());
     });
-    this.send(info.worker, { sk: 'drain' });
+    info.channel.send({ sk: 'drain' });
     // Bounded: the worker enforces drainTimeoutMs itself; this is the backstop if it is wedged.
     const backstopMs = this.config.drainTimeoutMs + 5000;
     if (
