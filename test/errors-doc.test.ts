@@ -1,7 +1,7 @@
 // docs/errors.md and src/errors.ts must list the same codes: every code in ERROR_CODES has a row in the doc's table,
 // and every code the doc's table names exists in the catalogue.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { ERROR_CODES } from '../src/errors.ts';
 
@@ -47,4 +47,19 @@ test('every catalogue code is SK_ERR_* with a description', () => {
     assert.match(code, /^SK_ERR_[A-Z0-9_]+$/);
     assert.ok(typeof text === 'string' && text.length > 0, code);
   }
+});
+
+test('every SK_ERR_* the source names (thrown, logged as `code`, documented in comments) is in the catalogue', () => {
+  const root = new URL('../src/', import.meta.url);
+  const files = readdirSync(root, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+  assert.ok(files.length > 20, `expected the source tree under ${root.pathname}`);
+  const unknown: string[] = [];
+  for (const file of files) {
+    const text = readFileSync(new URL(file, root), 'utf8');
+    for (const m of text.matchAll(/\bSK_ERR_[A-Z0-9_]*[A-Z0-9]\b/g)) {
+      const prefixMatch = text.slice(Math.max(0, m.index - 12), m.index).includes('startsWith(');
+      if (!prefixMatch && !Object.hasOwn(ERROR_CODES, m[0])) unknown.push(`${file}: ${m[0]}`);
+    }
+  }
+  assert.deepEqual(unknown, [], `codes used in src/ but missing from src/errors.ts:\n${unknown.join('\n')}`);
 });
