@@ -1,7 +1,8 @@
 // Faults of user code in HTTP handlers under `sidekick serve`, each with what the user sees and that nothing else is
 // disturbed: a handler that throws (sync or async) answers 500 and is counted, the worker lives on; one that never
 // answers gets 503 after handlerTimeoutMs; one that blocks its event loop is killed and replaced after
-// unresponsiveMs; one that leaks is recycled at recycle.maxRssBytes with zero failed requests.
+// unresponsiveMs; one that leaks is recycled at recycle.maxRssBytes with zero failed requests. And a sidekick that
+// blocks its own thread forever: requests keep reading its last snapshot, tasks to it time out, serve answers.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -125,4 +126,29 @@ test('a leaking handler: its worker is recycled at recycle.maxRssBytes, with zer
   assert.ok(result.total > 0);
   assert.deepEqual(Object.keys(result.statuses), ['200']);
   assert.match(serve.stdout + serve.stderr, /recycling HTTP worker/);
+});
+
+test('a sidekick that blocks its thread forever: its last snapshot is served, tasks to it time out, serve answers', async () => {
+  // Its own serve: the busy loop holds a core until serve stops, so it must not outlive this test.
+  const own = tempDir('sk-serve-faults-busy-');
+  const started = await startServe(own.dir, [
+    { name: 'spinner', workers: 2, handler: HANDLER, sidekicks: { declare: { 'busy.b': { start: 'boot' } } } },
+  ]);
+  try {
+    await started.serve.waitReady();
+    const port = started.ports.spinner!;
+    const vars = await httpGet(port, '/vars?name=busy.b');
+    assert.equal(vars.status, 200, vars.text);
+    assert.deepEqual(JSON.parse(vars.text), { generation: '0' });
+    const task = await httpGet(port, '/task?name=busy.b&timeout=500');
+    assert.deepEqual(JSON.parse(task.text), { ok: false, code: 'SK_ERR_TIMEOUT' });
+    for (let i = 0; i < 10; i++) assert.equal((await httpGet(port, '/hello')).status, 200);
+    const status = await started.serve.status();
+    const busy = started.serve.sidekick(status, 'spinner', 'busy.b');
+    assert.equal(busy?.state, 'running');
+    assert.equal(busy?.generation, 0);
+  } finally {
+    await started.serve.kill();
+    own.cleanup();
+  }
 });
