@@ -2,15 +2,21 @@
 // timer, however many writes land meanwhile), or right away when the interval is 0; flush() and close() ask for one
 // now and wait. One sync runs at a time; requests that arrive while it runs are served by the next one, so a waiter
 // only resolves once a sync that started after its request has finished (and is rejected if that sync failed).
-// What is synced, in which order, is the segment table's business (SegmentTable.syncDirty).
+// What is synced, in which order, is the segment table's business (SegmentTable.syncDirty). A failed sync (EIO, or
+// ENOSPC from a filesystem that allocates late) rejects its waiters, is logged, and is retried on its own (1 s doubling
+// to 30 s) even if no write comes to schedule one: the table keeps what is dirty until a sync succeeds.
 //
 // Durability this gives: a SIGKILL loses only what the writer had not yet written (writer.ts); power loss at most
 // syncIntervalMs more, and ledger positions only ever point into synced data (the table's sync order).
 import { describeError } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
 
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30_000;
+
 export class GroupCommit {
   private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
   private requested = 0;
   private done = 0;
   private running = false;
@@ -26,12 +32,12 @@ export class GroupCommit {
   ) {}
 
   /** fsync within intervalMs (no-op if one is already scheduled, or after stop()). */
-  schedule(): void {
+  schedule(delayMs = this.intervalMs): void {
     if (this.timer || this.stopped) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.sync().catch(() => {});
-    }, this.intervalMs);
+    }, delayMs);
     this.timer.unref();
   }
 
@@ -67,8 +73,10 @@ export class GroupCommit {
           await this.syncDirty();
         } catch (err) {
           error = err;
-          this.log.error({ dir: this.dir, err: describeError(err) }, 'spool fsync failed');
+          this.failures++;
+          this.log.error({ dir: this.dir, err: describeError(err) }, 'spool fsync failed; retried');
         }
+        if (error === undefined) this.failures = 0;
         this.done = target;
         const keep: typeof this.waiters = [];
         for (const w of this.waiters) {
@@ -80,6 +88,7 @@ export class GroupCommit {
       }
     } finally {
       this.running = false;
+      if (this.failures > 0) this.schedule(Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** (this.failures - 1)));
     }
   }
 }
