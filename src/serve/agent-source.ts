@@ -3,6 +3,7 @@
 // while its breaker is open, so request code can skip profiling work that would only pile up in the spool.
 // The seam is one way: the agent emits typed 'state' events, this source turns each change into a snapshot.
 import { EventEmitter } from 'node:events';
+import type { LifecycleLog } from '../common/lifecycle.js';
 import { SidekickError } from '../errors.js';
 import type { AgentConfig } from '../config/schema.js';
 import { AgentSupervisor, type AgentState, type AgentStatus } from '../agent/supervisor.js';
@@ -29,8 +30,13 @@ export class AgentVarsSource
 {
   private readonly supervisor: AgentSupervisor;
   private vars: Vars | undefined;
+  private breaker: AgentState['breaker'] | undefined;
 
-  constructor(config: AgentConfig, configFile?: string) {
+  constructor(
+    config: AgentConfig,
+    configFile?: string,
+    private readonly lifecycle?: LifecycleLog,
+  ) {
     super();
     // serve owns the admin socket (its status includes the agent's), so the agent serves none of its own.
     this.supervisor = new AgentSupervisor({ config, configFile, log: childLogger({ component: 'agent' }) });
@@ -46,6 +52,9 @@ export class AgentVarsSource
   }
 
   private publish(state: AgentState): void {
+    if (this.breaker !== undefined && state.breaker !== this.breaker)
+      this.lifecycle?.record({ kind: 'agent_breaker', detail: `breaker ${state.breaker}` });
+    this.breaker = state.breaker;
     const next = makeSnapshot(agentVars(state), Infinity, 'agent');
     if (sameVars(this.vars, next)) return;
     this.vars = next;

@@ -9,6 +9,7 @@ import { RestartBackoff } from '../common/backoff.js';
 import { settleWithin, withDeadline } from '../common/async.js';
 import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { WorkerChannel } from './worker-channel.js';
+import { LifecycleLog } from '../common/lifecycle.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import {
   isSidekickMessage,
@@ -57,7 +58,7 @@ export class AppSupervisor {
   private unresponsiveKills = 0;
   private recycles = 0;
   /** Handler counters of workers that are gone (live workers report theirs in each pong). */
-  private retired = { handlerErrors: 0, handlerTimeouts: 0 };
+  private retired = { handlerErrors: 0, handlerTimeouts: 0, taskTimeouts: 0 };
   private healthTimer: NodeJS.Timeout | undefined;
 
   /**
@@ -67,9 +68,19 @@ export class AppSupervisor {
   constructor(
     private config: AppConfig,
     private readonly shared: VarsSource[] = [],
+    private readonly lifecycle = new LifecycleLog(),
   ) {
     this.log = childLogger({ component: 'app', app: config.name });
     this.registry = new SidekickRegistry(config.name, config.sidekicks);
+    this.registry.on('lifecycle', (name, e) =>
+      this.lifecycle.record({
+        kind: e.kind,
+        app: config.name,
+        sidekick: name,
+        generation: e.generation,
+        detail: e.detail,
+      }),
+    );
     for (const source of [this.registry as VarsSource, ...shared]) {
       source.on('vars', (name, vars, generation) => {
         for (const info of this.workers.values()) info.channel.sendVars({ sk: 'vars', name, vars, generation });
@@ -109,6 +120,12 @@ export class AppSupervisor {
           'HTTP worker unresponsive (its event loop did not answer); killing and replacing it',
         );
         info.worker.process.kill('SIGKILL');
+        this.lifecycle.record({
+          kind: 'worker_unresponsive',
+          app: this.config.name,
+          pid: info.worker.process.pid,
+          detail: `no answer for ${verdict.silentMs} ms; killed`,
+        });
         continue;
       }
       if (verdict.action === 'recycle' && !this.rolling) {
@@ -118,6 +135,12 @@ export class AppSupervisor {
           { pid: info.worker.process.pid, reason: verdict.reason, rss: verdict.rss, uptimeMs: verdict.uptimeMs },
           'recycling HTTP worker: a replacement listens first, then it drains',
         );
+        this.lifecycle.record({
+          kind: 'worker_recycled',
+          app: this.config.name,
+          pid: info.worker.process.pid,
+          detail: verdict.reason === 'rss' ? `RSS ${Math.round(verdict.rss / 1048576)} MiB` : 'max uptime',
+        });
         void this.recycle(info);
         continue;
       }
@@ -244,12 +267,20 @@ export class AppSupervisor {
     if (last) {
       this.retired.handlerErrors += last.handlerErrors;
       this.retired.handlerTimeouts += last.handlerTimeouts;
+      this.retired.taskTimeouts += last.taskTimeouts;
     }
     if (this.stopping || info.state === 'draining' || info.state === 'starting') return;
     // An unplanned exit (or an unresponsive one we killed): the others keep serving; replace it after a backoff.
     this.restarts++;
-    if (info.ending !== 'unresponsive')
+    if (info.ending !== 'unresponsive') {
       this.log.warn({ pid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
+      this.lifecycle.record({
+        kind: 'worker_died',
+        app: this.config.name,
+        pid: info.worker.process.pid,
+        detail: signal ? `signal ${signal}` : `exit code ${code}`,
+      });
+    }
     this.replaceLater();
   }
 
@@ -337,6 +368,7 @@ export class AppSupervisor {
     for (const w of this.workers.values()) {
       live.handlerErrors += w.health.latest?.handlerErrors ?? 0;
       live.handlerTimeouts += w.health.latest?.handlerTimeouts ?? 0;
+      live.taskTimeouts += w.health.latest?.taskTimeouts ?? 0;
     }
     return {
       name: this.config.name,
@@ -352,6 +384,7 @@ export class AppSupervisor {
       recycles: this.recycles,
       handlerErrors: live.handlerErrors,
       handlerTimeouts: live.handlerTimeouts,
+      taskTimeouts: live.taskTimeouts,
       sidekicks: this.registry.status(),
     };
   }

@@ -8,6 +8,7 @@ import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js'
 import { AdminServer } from '../admin/server.js';
 import { AppSupervisor } from './app-supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
+import { LifecycleLog } from '../common/lifecycle.js';
 
 export class ServeRuntime {
   private readonly apps = new Map<string, AppSupervisor>();
@@ -18,6 +19,8 @@ export class ServeRuntime {
   private readonly log = childLogger({ component: 'serve' });
   private readonly startedAt = Date.now();
   private reloads = 0;
+  /** Crashes, restarts, reloads, breaker changes: the timeline `GET /events` and the status page show. */
+  readonly lifecycle = new LifecycleLog();
 
   constructor(private loaded: LoadedConfig) {}
 
@@ -35,15 +38,16 @@ export class ServeRuntime {
       if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
       return { app, name, generation: cur.generation, vars: cur.vars };
     });
+    this.admin.route('events', () => this.lifecycle.recent());
     await this.admin.start();
     try {
       if (config.agent) {
         // The agent first, so the apps' first requests already have somewhere to send their records.
-        this.agent = new AgentVarsSource(agentConfigOf(config), this.loaded.file);
+        this.agent = new AgentVarsSource(agentConfigOf(config), this.loaded.file, this.lifecycle);
         await this.agent.start();
       }
       const shared = this.agent ? [this.agent] : [];
-      for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app, shared));
+      for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app, shared, this.lifecycle));
       await Promise.all([...this.apps.values()].map((a) => a.start()));
     } catch (err) {
       await this.stop();
@@ -64,6 +68,7 @@ export class ServeRuntime {
 
   private async doReload(): Promise<void> {
     this.reloads++;
+    this.lifecycle.record({ kind: 'reload', detail: `reload ${this.reloads}` });
     let next: LoadedConfig | undefined;
     if (this.loaded.file) {
       try {

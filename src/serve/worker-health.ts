@@ -12,6 +12,8 @@ export interface HealthSample {
   rss: number;
   handlerErrors: number;
   handlerTimeouts: number;
+  /** requestTask calls in this worker that ended SK_ERR_TIMEOUT. */
+  taskTimeouts: number;
 }
 
 /** What the supervisor should do with one worker after a tick. */

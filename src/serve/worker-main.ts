@@ -10,7 +10,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Server as NetServer, type Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { installServeTransport } from '../sidekicks/api.js';
+import { installServeTransport, taskTimeouts } from '../sidekicks/api.js';
 import { childLogger } from '../log/logger.js';
 import { responseOfSocket } from '../common/node-internals.js';
 import { describeError } from '../errors.js';
@@ -140,6 +140,7 @@ process.on('message', (msg: unknown) => {
       rss: process.memoryUsage.rss(),
       handlerErrors,
       handlerTimeouts,
+      taskTimeouts: taskTimeouts(),
     };
     process.send?.(pong);
   }

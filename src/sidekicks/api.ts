@@ -41,6 +41,8 @@ interface ClientState {
   transport: Transport | undefined;
   library: LibraryOptions;
   inFlight: Map<string, number>;
+  /** requestTask calls that ended SK_ERR_TIMEOUT (reported in `sidekick status` under serve). */
+  taskTimeouts: number;
 }
 const KEY = Symbol.for('sidekick.client');
 const holder = globalThis as { [KEY]?: ClientState };
@@ -49,6 +51,7 @@ const state: ClientState = (holder[KEY] ??= {
   transport: undefined,
   library: {},
   inFlight: new Map(),
+  taskTimeouts: 0,
 });
 const store = state.store;
 const taskLog = new RateLimitedLog(childLogger({ component: 'tasks' }));
@@ -218,6 +221,11 @@ export async function requestTask(name: string, payload: unknown, options?: Requ
       }),
     abortError: () => new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name }),
   });
+}
+
+/** Internal: requestTask calls of this process that timed out. */
+export function taskTimeouts(): number {
+  return state.taskTimeouts;
 }
 
 /** Library mode: stop every sidekick of this process (grace period applies). No-op under `sidekick serve`. */

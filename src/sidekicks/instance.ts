@@ -5,9 +5,10 @@ import { Worker } from 'node:worker_threads';
 import { SidekickError, describeError, errorFromData } from '../errors.js';
 import { RateLimitedLog, type Logger } from '../log/logger.js';
 import { RestartBackoff } from '../common/backoff.js';
-import { adoptSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
+import { adoptSnapshot, sameVars, snapshotBytes, type Vars } from '../vars/snapshot.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import { settleWithin } from '../common/async.js';
+import type { LifecycleKind } from '../common/lifecycle.js';
 import type { FromThread, ThreadData, ToThread } from './messages.js';
 
 const THREAD_MAIN = new URL('./thread-main.js', import.meta.url);
@@ -26,6 +27,15 @@ export interface SidekickStatus {
   lastError: string | undefined;
   publishedAt: number | undefined;
   keys: number;
+  /** UTF-8 bytes of the latest snapshot's keys and values. */
+  bytes: number;
+  /** Threads started (first start, restarts, reloads). */
+  starts: number;
+  /** Why threads were started again: each counts one restart. */
+  restarts: { crash: number; boot_failure: number; clean_exit: number; reload: number };
+  /** Snapshots with new content (identical re-publishes are not counted). */
+  publishes: number;
+  tasks: { sent: number; completed: number; failed: number };
   tasksInFlight: number;
 }
 
@@ -38,6 +48,7 @@ type PendingTask = {
 export interface InstanceEvents {
   vars: [vars: Vars, generation: number];
   failed: [error: SidekickError];
+  lifecycle: [event: { kind: LifecycleKind; generation: number; detail?: string }];
 }
 
 export class SidekickInstance extends EventEmitter<InstanceEvents> {
@@ -60,6 +71,11 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private exited: Promise<void> = Promise.resolve();
   /** Snapshots the thread replaced before they could be delivered (latest-wins); logged at most 1 line / 10 s. */
   private skippedSnapshots = 0;
+  private starts = 0;
+  private readonly restarts = { crash: 0, boot_failure: 0, clean_exit: 0, reload: 0 };
+  private publishes = 0;
+  private bytes = 0;
+  private readonly taskCounts = { sent: 0, completed: 0, failed: 0 };
   private readonly fastLog: RateLimitedLog;
 
   constructor(
@@ -97,6 +113,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private spawn(): void {
     this.restartTimer = undefined;
     this.generation++;
+    this.starts++;
     this.publishedThisRun = false;
     this.lastThreadError = undefined;
     this.state = 'starting';
@@ -134,6 +151,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       onExit();
     });
     this.log.debug({ generation: this.generation }, 'sidekick thread started');
+    this.emit('lifecycle', { kind: 'sidekick_started', generation: this.generation });
     // Tasks queued while no thread was up go to the new one.
     for (const task of this.queued.splice(0)) this.post({ sk: 'task', ...task });
   }
@@ -158,13 +176,20 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       if (sameVars(this.vars, snapshot)) return; // identical content: no new snapshot, no broadcast
       this.vars = snapshot;
       this.publishedAt = Date.now();
+      this.publishes++;
+      this.bytes = snapshotBytes(snapshot);
       this.emit('vars', snapshot, this.generation);
     } else if (msg.sk === 'task-done') {
       const pending = this.tasks.get(msg.id);
       if (!pending) return;
       this.tasks.delete(msg.id);
-      if (msg.ok) pending.resolve(msg.value);
-      else pending.reject(errorFromData(msg.error));
+      if (msg.ok) {
+        this.taskCounts.completed++;
+        pending.resolve(msg.value);
+      } else {
+        this.taskCounts.failed++;
+        pending.reject(errorFromData(msg.error));
+      }
     }
   }
 
@@ -186,6 +211,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
         { attempt: this.consecutiveBootFailures, error: this.lastError, generation: this.generation },
         'sidekick boot failure',
       );
+      this.emit('lifecycle', { kind: 'sidekick_boot_failed', generation: this.generation, detail: this.lastError });
       if (this.consecutiveBootFailures >= this.config.maxBootFailures && !this.vars) {
         this.state = 'failed';
         const error = new SidekickError(
@@ -200,16 +226,22 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
           },
         );
         this.log.error({ err: error.message }, 'sidekick gave up booting');
+        this.emit('lifecycle', { kind: 'sidekick_gave_up', generation: this.generation, detail: this.lastError });
         this.failQueuedTasks(error);
         this.emit('failed', error);
         return;
       }
+      this.restarts.boot_failure++;
     } else if (clean) {
       this.log.info({ generation: this.generation, delayMs }, 'sidekick exited cleanly; rerunning');
+      this.restarts.clean_exit++;
+      this.emit('lifecycle', { kind: 'sidekick_exited', generation: this.generation });
     } else {
       this.crashes++;
       this.lastError = reason;
       this.log.warn({ error: reason, generation: this.generation, delayMs }, 'sidekick crashed; restarting');
+      this.restarts.crash++;
+      this.emit('lifecycle', { kind: 'sidekick_crashed', generation: this.generation, detail: reason });
     }
     this.state = 'backoff';
     this.restartTimer = setTimeout(() => this.spawn(), delayMs);
@@ -246,6 +278,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     await this.stop();
     this.consecutiveBootFailures = 0;
     this.backoff.reset();
+    this.restarts.reload++;
     this.spawn();
   }
 
@@ -259,6 +292,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       return Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
     }
     const id = this.nextTaskId++;
+    this.taskCounts.sent++;
     return new Promise((resolve, reject) => {
       this.tasks.set(id, { resolve, reject, reply });
       if (this.worker) this.post({ sk: 'task', id, payload, reply });
@@ -300,6 +334,11 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       lastError: this.lastError,
       publishedAt: this.publishedAt,
       keys: this.vars ? Object.keys(this.vars).length : 0,
+      bytes: this.bytes,
+      starts: this.starts,
+      restarts: { ...this.restarts },
+      publishes: this.publishes,
+      tasks: { ...this.taskCounts },
       tasksInFlight: this.tasks.size,
     };
   }

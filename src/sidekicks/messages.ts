@@ -50,7 +50,7 @@ export type WorkerToPrimary =
   | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
   | { sk: 'listen-error'; message: string }
   /** The answer to `ping`: the event loop is turning. Counters are totals since the worker started. */
-  | { sk: 'pong'; id: number; rss: number; handlerErrors: number; handlerTimeouts: number };
+  | { sk: 'pong'; id: number; rss: number; handlerErrors: number; handlerTimeouts: number; taskTimeouts: number };
 
 /** supervisor → HTTP worker */
 export type PrimaryToWorker =

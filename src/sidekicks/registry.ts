@@ -6,12 +6,13 @@ import { SidekickError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { Vars } from '../vars/snapshot.js';
-import { SidekickInstance, type SidekickStatus } from './instance.js';
+import { SidekickInstance, type InstanceEvents, type SidekickStatus } from './instance.js';
 import { assertName } from './names.js';
 
 export interface RegistryEvents {
   vars: [name: string, vars: Vars, generation: number];
   failed: [name: string, error: SidekickError];
+  lifecycle: [name: string, event: InstanceEvents['lifecycle'][0]];
 }
 
 export class SidekickRegistry extends EventEmitter<RegistryEvents> {
@@ -69,6 +70,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     );
     instance.on('vars', (vars, generation) => this.emit('vars', name, vars, generation));
     instance.on('failed', (error) => this.emit('failed', name, error));
+    instance.on('lifecycle', (event) => this.emit('lifecycle', name, event));
     this.instances.set(name, instance);
     instance.start();
   }

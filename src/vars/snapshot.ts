@@ -21,7 +21,6 @@ export function makeSnapshot(input: unknown, maxBytes: number, who: string): Var
     });
   }
   const out = emptyVars();
-  let bytes = 0;
   for (const key of Object.keys(input)) {
     const value = (input as Record<string, unknown>)[key];
     if (typeof value !== 'string') {
@@ -34,9 +33,9 @@ export function makeSnapshot(input: unknown, maxBytes: number, who: string): Var
         },
       );
     }
-    bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
     out[key] = value;
   }
+  const bytes = snapshotBytes(out);
   if (bytes > maxBytes) {
     throw new SidekickError(
       'SK_ERR_VARS_TOO_LARGE',
@@ -64,4 +63,11 @@ export function sameVars(a: Vars | undefined, b: Vars): boolean {
   if (ka.length !== Object.keys(b).length) return false;
   for (const k of ka) if (a[k] !== b[k] || !(k in b)) return false;
   return true;
+}
+
+/** UTF-8 bytes of a snapshot's keys and values: the measure `maxVarsBytes` caps. */
+export function snapshotBytes(vars: Vars): number {
+  let bytes = 0;
+  for (const key of Object.keys(vars)) bytes += Buffer.byteLength(key) + Buffer.byteLength(vars[key]!);
+  return bytes;
 }
