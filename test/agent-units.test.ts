@@ -8,6 +8,7 @@ import { parseRetryAfter } from '../src/agent/exporters/http.ts';
 import { RetryableExportError, countLines, splitPart } from '../src/agent/exporters/types.ts';
 import { addCounters, createAgentRegistry, zeroCounters, zeroGauges } from '../src/agent/metrics.ts';
 import { MemoryBudget } from '../src/agent/memory-budget.ts';
+import { RateWindow, replayProgress } from '../src/agent/agent-status.ts';
 import { droppedLine, parseControl } from '../src/agent/receivers/control.ts';
 import { LineFramer, checkLine, isControlLine } from '../src/agent/receivers/ndjson.ts';
 
@@ -213,4 +214,24 @@ test('metrics: totals add up across workers, Prometheus text has the counters', 
   assert.match(text, /sidekick_agent_invalid_records_total\{reason="not_json"\} 1/);
   assert.match(text, /sidekick_agent_dropped_records_total\{reason="spool_full"\} 2/);
   assert.match(text, /sidekick_agent_breaker_state 1/);
+});
+
+test('RateWindow: per-second rates over the window, never negative; replayProgress only for a real backlog', () => {
+  const w = new RateWindow(10_000);
+  assert.deepEqual(w.rates(), { receivedPerSec: 0, exportedPerSec: 0, windowMs: 0 });
+  w.add(0, 0, 0);
+  w.add(1000, 500, 100);
+  w.add(2000, 1000, 300);
+  assert.deepEqual(w.rates(), { receivedPerSec: 500, exportedPerSec: 150, windowMs: 2000 });
+  // Older samples leave the window.
+  w.add(20_000, 1000, 300);
+  w.add(21_000, 1000, 1300);
+  assert.deepEqual(w.rates(), { receivedPerSec: 0, exportedPerSec: 1000, windowMs: 1000 });
+  // A sum that steps back (a worker's last report lost) reads as 0, not negative.
+  w.add(22_000, 900, 1300);
+  assert.equal(w.rates().receivedPerSec, 0);
+
+  assert.equal(replayProgress(500, 100), undefined);
+  assert.deepEqual(replayProgress(50_000, 2500), { backlogRecords: 50_000, exportedPerSec: 2500, etaSeconds: 20 });
+  assert.deepEqual(replayProgress(50_000, 0), { backlogRecords: 50_000, exportedPerSec: 0, etaSeconds: undefined });
 });

@@ -43,6 +43,10 @@ export interface AgentStatus {
   lastCrash: { at: number; code: number | null; signal: string | null; message?: string } | undefined;
   counters: AgentCounterValues;
   gauges: AgentGaugeValues;
+  /** Over the last ~10 s of worker reports. */
+  rates: { receivedPerSec: number; exportedPerSec: number; windowMs: number };
+  /** Present while a backlog of REPLAY_REPORT_MIN_RECORDS or more is waiting for central. */
+  replay: ReplayProgress | undefined;
   pipeline: AgentPipelineStatus | undefined;
 }
 
@@ -68,4 +72,49 @@ export class CounterTotals {
     }
     return { counters, gauges: live?.metrics.gauges ?? zeroGauges() };
   }
+}
+
+/** Received and exported records per second over the last `windowMs`, from the counters each worker report carries. */
+export class RateWindow {
+  private readonly samples: { at: number; received: number; exported: number }[] = [];
+
+  constructor(private readonly windowMs = 10_000) {}
+
+  add(at: number, received: number, exported: number): void {
+    this.samples.push({ at, received, exported });
+    while (this.samples.length > 2 && at - this.samples[0]!.at > this.windowMs) this.samples.shift();
+  }
+
+  rates(): { receivedPerSec: number; exportedPerSec: number; windowMs: number } {
+    const first = this.samples[0];
+    const last = this.samples.at(-1);
+    if (!first || !last || last.at <= first.at) return { receivedPerSec: 0, exportedPerSec: 0, windowMs: 0 };
+    const s = (last.at - first.at) / 1000;
+    return {
+      // A worker restart can make a sum step back for a moment (its last report lost): never report a negative rate.
+      receivedPerSec: Math.max(0, (last.received - first.received) / s),
+      exportedPerSec: Math.max(0, (last.exported - first.exported) / s),
+      windowMs: last.at - first.at,
+    };
+  }
+}
+
+/** A backlog being replayed to central: records left, the export rate, and when it should be done. */
+export interface ReplayProgress {
+  backlogRecords: number;
+  exportedPerSec: number;
+  /** Seconds until the backlog is gone at the current rate; undefined while nothing is being exported. */
+  etaSeconds: number | undefined;
+}
+
+/** Backlogs below this are ordinary batching, not a replay worth reporting. */
+export const REPLAY_REPORT_MIN_RECORDS = 10_000;
+
+export function replayProgress(backlogRecords: number, exportedPerSec: number): ReplayProgress | undefined {
+  if (backlogRecords < REPLAY_REPORT_MIN_RECORDS) return undefined;
+  return {
+    backlogRecords,
+    exportedPerSec: Math.round(exportedPerSec),
+    etaSeconds: exportedPerSec > 0 ? Math.round(backlogRecords / exportedPerSec) : undefined,
+  };
 }

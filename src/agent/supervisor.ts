@@ -26,7 +26,7 @@ import { AdminServer } from '../admin/server.js';
 import { parseListen, type AgentConfig } from '../config/schema.js';
 import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
-import type { AgentState, AgentStatus } from './agent-status.js';
+import { replayProgress, type AgentState, type AgentStatus } from './agent-status.js';
 import { bindListener, type Listener } from './listener.js';
 import { MetricsServer, createAgentRegistry, zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
 import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
@@ -267,6 +267,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
     const snap = await this.snapshot();
     const pool = this.pool;
     const w = pool?.current;
+    const rates = pool?.rates.rates() ?? { receivedPerSec: 0, exportedPerSec: 0, windowMs: 0 };
     return {
       state: this.state().state,
       pid: process.pid,
@@ -283,6 +284,8 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       lastCrash: pool?.lastCrash,
       counters: snap.metrics.counters,
       gauges: snap.metrics.gauges,
+      rates,
+      replay: replayProgress(snap.metrics.gauges.spoolRecords, rates.exportedPerSec),
       pipeline: snap.status,
     };
   }

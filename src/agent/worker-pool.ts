@@ -5,7 +5,7 @@ import { settleWithin } from '../common/async.js';
 import { RestartBackoff } from '../common/backoff.js';
 import type { AgentConfig } from '../config/schema.js';
 import { ERROR_CODES, SidekickError, type ErrorCode } from '../errors.js';
-import { CounterTotals, type AgentStatus } from './agent-status.js';
+import { CounterTotals, RateWindow, replayProgress, type AgentStatus } from './agent-status.js';
 import { AgentWorker, type WorkerExit, type WorkerReport } from './agent-worker.js';
 import { HeldConnections, closeListener, publishListener, type Listener } from './listener.js';
 import type { AgentMetricsSnapshot } from './metrics.js';
@@ -16,6 +16,9 @@ const START_TIMEOUT_MS = 30_000 + SPOOL_LOCK_WAIT_MS;
 const STANDBY_TIMEOUT_MS = 15_000;
 /** RSS recycling waits until a worker has run this long, so a limit set below the baseline cannot loop. */
 const MIN_RSS_RECYCLE_UPTIME_MS = 10_000;
+
+/** How often a backlog replay logs its progress. */
+const REPLAY_LOG_INTERVAL_MS = 10_000;
 
 export interface WorkerPoolOptions {
   workerPath: string;
@@ -35,6 +38,9 @@ export class WorkerPool {
   private currentRef: AgentWorker | undefined;
   private readonly workers = new Set<AgentWorker>();
   private readonly totals = new CounterTotals();
+  /** Received/exported per second, sampled at each worker report (about once a second). */
+  readonly rates = new RateWindow();
+  private lastProgressLog = 0;
   private readonly held = new HeldConnections();
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 30_000 });
   private restartTimer: NodeJS.Timeout | undefined;
@@ -117,6 +123,18 @@ export class WorkerPool {
     return { metrics: this.totals.sum(this.workers, w, live), live };
   }
 
+  /** Feeds the rate window; while a large backlog is replayed, logs its progress every REPLAY_LOG_INTERVAL_MS. */
+  private sampleRates(w: AgentWorker): void {
+    const now = Date.now();
+    const { counters } = this.totals.sum(this.workers, w, undefined);
+    this.rates.add(now, counters.received, counters.exported);
+    const progress = replayProgress(w.last?.metrics.gauges.spoolRecords ?? 0, this.rates.rates().exportedPerSec);
+    if (progress && now - this.lastProgressLog >= REPLAY_LOG_INTERVAL_MS) {
+      this.lastProgressLog = now;
+      this.log.info(progress, 'replaying the spool backlog to central');
+    }
+  }
+
   private spawn(start: boolean, listener = this.listenerRef): AgentWorker {
     const w = new AgentWorker({
       workerPath: this.opts.workerPath,
@@ -141,6 +159,7 @@ export class WorkerPool {
         break;
       case 'stats':
         this.checkRecycle(w);
+        if (w === this.currentRef) this.sampleRates(w);
         break;
       case 'conn':
         if (handle) this.held.add(handle, msg);
