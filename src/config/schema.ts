@@ -215,7 +215,24 @@ export const configSchema = z
     apps: z.array(app).default([]),
     agent: agentSchema.optional(),
     admin: z
-      .object({ socket: z.string().min(1).optional() })
+      .object({
+        socket: z.string().min(1).optional(),
+        // Vars can hold secrets: `sidekick vars` and the status page show keys, sizes and a short hash unless this
+        // is true.
+        showValues: z.boolean().default(false),
+        // The live status page (off unless set): an address like '127.0.0.1:9470' (a bare port binds loopback), and an
+        // optional bearer token the page and its event stream require.
+        http: z
+          .object({ listen, token: z.string().min(16).optional() })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .prefault({}),
+    // Prometheus text at /metrics for the whole instance (apps, sidekicks, HTTP workers, and the agent when it runs
+    // inside `sidekick serve`). Off unless set; keep it on loopback.
+    metrics: z
+      .object({ listen: listen.optional() })
       .strict()
       .prefault({}),
     dev: z
