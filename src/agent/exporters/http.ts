@@ -6,7 +6,10 @@
 //   X-Sidekick-Records: <n>
 //
 // Status matrix: 2xx delivered · 408, 429, 5xx, 3xx, network error, timeout → RetryableExportError (Retry-After kept)
-// · 413 → too_large (split) · other 4xx → rejected (dead-letter). The whole exchange is bounded by `timeoutMs`.
+// · 413 → too_large (split) · other 4xx → rejected (dead-letter). The whole exchange is bounded by `timeoutMs`: the
+// status line decides, so it must arrive within it; of a body the agent keeps at most 1 KiB (a refusal's excerpt) and
+// reads at most 64 KiB (a 2xx, drained for reuse of the connection), never more (central's garbage or multi-MB
+// answers, trickles: test/agent-faults.test.ts).
 //
 // Per request cost: at the default batch size this runs for every 100 records, so what node:http does per call adds
 // up. The request options (host, port, path, agent) are worked out once, not from the URL object on every call; the
@@ -25,6 +28,8 @@ const gzip = promisify(gzipCb);
 type HttpConfig = Extract<ExporterConfig, { type: 'http' }>;
 
 const BODY_EXCERPT_BYTES = 1024;
+/** A 2xx body longer than this is not read to its end: the connection is dropped instead of reused. */
+const DRAIN_MAX_BYTES = 64 * 1024;
 /** Up to this size gzip runs inline (≤ ~3 ms); bigger payloads go to the thread pool. */
 const SYNC_GZIP_MAX_BYTES = 1024 * 1024;
 
@@ -137,26 +142,38 @@ export class HttpExporter implements Exporter {
           const code = res.statusCode ?? 0;
           res.on('error', reject);
           if (code >= 200 && code < 300) {
-            // delivered: the body is not needed (only an excerpt of a refusal is kept for the dead-letter sidecar)
-            res.on('end', () => resolve({ status: code, retryAfter: undefined, excerpt: '' }));
-            res.resume();
+            // Delivered: the 2xx status line is central's answer, whatever follows (a cut, nonsense or endless body
+            // cannot undo it, and a retry would only make a duplicate). The body is not needed: it is drained, never
+            // kept, so the connection can be reused; past DRAIN_MAX_BYTES or timeoutMs the connection is dropped.
+            resolve({ status: code, retryAfter: undefined, excerpt: '' });
+            const drain = setTimeout(() => res.destroy(), this.config.timeoutMs).unref();
+            res.once('close', () => clearTimeout(drain));
+            let drained = 0;
+            res.on('data', (c: Buffer) => {
+              drained += c.length;
+              if (drained > DRAIN_MAX_BYTES) res.destroy();
+            });
             return;
           }
+          // A refusal: only the first KiB of its body is read (the dead-letter sidecar's excerpt); a longer body is
+          // not waited for, its connection is dropped.
           const chunks: Buffer[] = [];
           let kept = 0;
-          res.on('data', (c: Buffer) => {
-            if (kept < BODY_EXCERPT_BYTES) {
-              chunks.push(c);
-              kept += c.length;
-            }
-          });
-          res.on('end', () =>
+          const done = (): void =>
             resolve({
               status: code,
               retryAfter: res.headers['retry-after'],
               excerpt: Buffer.concat(chunks).subarray(0, BODY_EXCERPT_BYTES).toString('utf8'),
-            }),
-          );
+            });
+          res.on('data', (c: Buffer) => {
+            if (kept >= BODY_EXCERPT_BYTES) return;
+            chunks.push(c);
+            kept += c.length;
+            if (kept < BODY_EXCERPT_BYTES) return;
+            done();
+            res.destroy();
+          });
+          res.on('end', done);
         });
         req = r;
         active.add(r);
