@@ -231,10 +231,13 @@ export class SpillReceiver {
           continue;
         }
         const records = this.feed(buf.subarray(0, lastNl + 1));
-        await this.opts.flush(); // durable in the spool before the offset moves past it
+        // Fed: this process never feeds these lines again, even if the flush below fails (the spool holds them in
+        // its write buffer and writes them, or counts them dropped disk_full). Only the *saved* offset waits for
+        // durability: a crash before the next successful flush re-reads them (at-least-once).
         state.offset += lastNl + 1;
-        await this.saveState();
         if (records > 0) this.opts.onReplayed(records);
+        await this.opts.flush();
+        await this.saveState();
         if (state.offset >= size) size = (await fh.stat()).size; // writers may have appended meanwhile
       }
       const latest = await fh.stat();
