@@ -1,5 +1,6 @@
 // `sidekick serve` as a component: every app of a config, the admin socket, reload (SIGHUP, dev file watching)
 // and graceful shutdown. The CLI wraps it and owns process signals and exit codes.
+import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { SidekickError, describeError } from '../errors.js';
@@ -36,7 +37,14 @@ export class ServeRuntime {
             ? this.apps.get(app)?.registry.current(name)
             : undefined;
       if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
-      return { app, name, generation: cur.generation, vars: cur.vars };
+      if (this.loaded.config.admin.showValues) return { app, name, generation: cur.generation, vars: cur.vars };
+      // Vars can hold secrets: by default only what tells two snapshots apart (size and a short hash of each value).
+      const masked: Record<string, { bytes: number; sha256: string }> = {};
+      for (const [key, value] of Object.entries(cur.vars)) {
+        const bytes = Buffer.from(value, 'utf8');
+        masked[key] = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 12) };
+      }
+      return { app, name, generation: cur.generation, masked: true, vars: masked };
     });
     this.admin.route('events', () => this.lifecycle.recent());
     await this.admin.start();
