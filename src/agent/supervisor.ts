@@ -165,8 +165,11 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
   private async doStop(): Promise<void> {
     this.publishState();
     await this.pool?.stop(this.cfg.stopTimeoutMs);
+    // The final totals (every worker's last counters, incl. what the spool could not save at stop): the one place a
+    // run's end-to-end count is still visible once the process is gone.
+    const final = await this.pool?.snapshot(0);
     await this.closeResources();
-    this.log.info('sidekick agent stopped');
+    this.log.info({ counters: final?.metrics.counters }, 'sidekick agent stopped');
     this.markStopped();
   }
 
