@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { adminGet } from '../../src/admin/client.ts';
+import { settleWithin } from '../../src/common/async.ts';
 import type { AgentCounterValues, AgentGaugeValues } from '../../src/agent/metrics.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -97,12 +98,16 @@ export interface AgentProcess {
   crash(): Promise<void>;
 }
 
-/** Starts `node bin/sidekick.js agent -c FILE` in its own process group. With `ready`, waits for status 'running'. */
+/**
+ * Starts `node bin/sidekick.js agent -c FILE` in its own process group. With `ready`, waits for status 'running'.
+ * `wrap`: a command that execs the rest, e.g. `['prlimit', '--nofile=256:256', '--']` (the agent keeps its pid).
+ */
 export async function startAgent(
   configFile: string,
-  opts: { ready?: boolean; env?: Record<string, string> } = {},
+  opts: { ready?: boolean; env?: Record<string, string>; wrap?: string[] } = {},
 ): Promise<AgentProcess> {
-  const child = spawn(process.execPath, [BIN, 'agent', '-c', configFile], {
+  const argv = [...(opts.wrap ?? []), process.execPath, BIN, 'agent', '-c', configFile];
+  const child = spawn(argv[0]!, argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
     env: { ...process.env, SIDEKICK_LOG_LEVEL: 'info', ...opts.env },
@@ -133,10 +138,7 @@ export async function startAgent(
     status: async () => ((await adminGet(adminSocket, '/status', 3000)) as { agent: AgentStatus }).agent,
     stop: async (signal = 'SIGTERM', timeoutMs = 30_000) => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const r = await Promise.race([
-        exited,
-        new Promise<undefined>((res) => setTimeout(() => res(undefined), timeoutMs)),
-      ]);
+      const r = await settleWithin(exited, timeoutMs); // clears its timer: nothing holds the test process after
       if (!r) {
         proc.crash();
         throw new Error(`agent did not exit within ${timeoutMs} ms after ${signal}\n${err}`);
