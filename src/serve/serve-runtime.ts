@@ -10,11 +10,13 @@ import { AdminServer } from '../admin/server.js';
 import { AppSupervisor } from './app-supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
+import { ServeMetrics } from './metrics.js';
 
 export class ServeRuntime {
   private readonly apps = new Map<string, AppSupervisor>();
   private agent: AgentVarsSource | undefined;
   private admin: AdminServer | undefined;
+  private metrics: ServeMetrics | undefined;
   private watchers: FSWatcher[] = [];
   private reloading: Promise<void> | undefined;
   private readonly log = childLogger({ component: 'serve' });
@@ -49,6 +51,8 @@ export class ServeRuntime {
     this.admin.route('events', () => this.lifecycle.recent());
     await this.admin.start();
     try {
+      // /metrics first: a taken address fails the start before anything else is spawned.
+      this.metrics = await ServeMetrics.start(config.metrics.listen, () => this.status());
       if (config.agent) {
         // The agent first, so the apps' first requests already have somewhere to send their records.
         this.agent = new AgentVarsSource(agentConfigOf(config), this.loaded.file, this.lifecycle);
@@ -130,6 +134,7 @@ export class ServeRuntime {
     // Apps drain first: their last requests may still send records to the agent.
     await Promise.all([...this.apps.values()].map((a) => a.stop()));
     await this.agent?.stop();
+    await this.metrics?.stop();
     await this.admin?.stop();
   }
 
