@@ -30,6 +30,8 @@ export interface AgentCounterValues {
   dropped: Record<DropReason, number>;
   spoolCorruptFrames: number;
   connections: number;
+  /** Client connections closed at once because the worker held as many as its file-descriptor limit allows. */
+  rejectedConnections: number;
   /** Records clients reported dropping before they reached the agent (control lines). */
   clientDropped: number;
   /** Unterminated last lines discarded at end of a connection (the client counted each in clientDropped). */
@@ -71,6 +73,7 @@ export function zeroCounters(): AgentCounterValues {
     dropped: { spool_full: 0, spool_corrupt: 0, disk_full: 0 },
     spoolCorruptFrames: 0,
     connections: 0,
+    rejectedConnections: 0,
     clientDropped: 0,
     truncated: 0,
     spillReplayed: 0,
@@ -199,6 +202,11 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
     (c) => c.spoolCorruptFrames,
   );
   counter('connections_total', 'Client connections accepted.', (c) => c.connections);
+  counter(
+    'rejected_connections_total',
+    'Client connections closed at once: the worker held as many as its file-descriptor limit allows.',
+    (c) => c.rejectedConnections,
+  );
   counter(
     'client_dropped_records_total',
     'Records clients reported dropping before they reached the agent (agent unreachable, buffer full, too large).',

@@ -92,6 +92,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
   private breaker: ExporterBreaker | undefined;
   private exporter: Exporter | undefined;
   private stopping: Promise<void> | undefined;
+  private lastRss = 0;
 
   constructor(opts: AgentPipelineOptions) {
     super();
@@ -166,6 +167,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
             this.counters.invalid[reason] += n;
           },
           connection: () => this.counters.connections++,
+          connectionRejected: () => this.counters.rejectedConnections++,
           clientDropped: (count: number) => (this.counters.clientDropped += count),
           truncated: () => this.counters.truncated++,
         },
@@ -371,9 +373,22 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         spillPendingBytes: spill?.pendingBytes ?? 0,
         spillOldestSeconds: Math.round((spill?.oldestPendingMs ?? 0) / 1000),
         memoryBufferedBytes: this.budget.used,
-        rssBytes: process.memoryUsage.rss(),
+        rssBytes: this.rss(),
       },
     };
+  }
+
+  /**
+   * The worker's RSS, or the last one read: reading it opens /proc/self/stat, which fails with EMFILE when the
+   * process is out of file descriptors (a throw here used to crash the worker from its stats timer).
+   */
+  private rss(): number {
+    try {
+      this.lastRss = process.memoryUsage.rss();
+    } catch {
+      // keep the last value
+    }
+    return this.lastRss;
   }
 
   status(): AgentPipelineStatus {

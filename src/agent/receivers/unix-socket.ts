@@ -5,6 +5,7 @@
 // Reading pauses while the memory budget is exhausted. For a worker recycle, `detach()` stops reading every
 // connection at once and hands out the raw handles with their unfinished line, so the next worker continues each
 // stream exactly where this one stopped. The Node internals this takes (stream handles) are in common/node-internals.
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { sleep } from '../../common/async.js';
@@ -26,6 +27,8 @@ export interface ReceiverSink {
   append(lines: Buffer, records: number): void;
   invalid(reason: InvalidReason, records: number): void;
   connection(): void;
+  /** A new connection was closed at once: this worker holds as many as its file-descriptor limit allows. */
+  connectionRejected?(): void;
   /** A client reported `count` records it had to drop (a control line). */
   clientDropped(count: number): void;
   /** An unterminated last line was discarded at end of a connection. */
@@ -39,6 +42,31 @@ export interface ReceiverOptions {
   sink: ReceiverSink;
   budget: MemoryBudget;
   log: Logger;
+  /** Most client connections held at once; default: from the process's file-descriptor limit (maxConnectionsFor). */
+  maxConnections?: number;
+}
+
+/** File descriptors kept for everything that is not a client connection (spool, exporter, spill, node itself). */
+const FD_RESERVE = 128;
+
+/** The soft RLIMIT_NOFILE of this process (Linux /proc), or undefined when it cannot be read or is unlimited. */
+export function fdSoftLimit(): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Client connections a worker takes with `fdLimit` descriptors: all but FD_RESERVE (half of a small limit), so a
+ * flood of connections can never take the descriptors the spool, the exporter and Node itself need (at the limit,
+ * even reading the process's RSS fails with EMFILE). Past it a new connection is closed at once and counted.
+ */
+export function maxConnectionsFor(fdLimit: number | undefined): number {
+  if (fdLimit === undefined) return Infinity;
+  return Math.max(1, fdLimit - Math.min(FD_RESERVE, Math.floor(fdLimit / 2)));
 }
 
 /** What a detached connection carries to its next owner. */
@@ -195,8 +223,11 @@ export class UnixSocketReceiver {
   private napTimer: NodeJS.Timeout | undefined;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
+  private readonly capLog: RateLimitedLog;
   private readonly log: Logger;
   private readonly sink: ReceiverSink;
+  /** Most client connections held at once (see maxConnectionsFor). */
+  readonly maxConnections: number;
 
   constructor(opts: ReceiverOptions) {
     this.sink = opts.sink;
@@ -205,6 +236,8 @@ export class UnixSocketReceiver {
     this.coalesceMs = opts.coalesceMs ?? 0;
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
+    this.capLog = new RateLimitedLog(opts.log, 1, 10_000);
+    this.maxConnections = opts.maxConnections ?? maxConnectionsFor(fdSoftLimit());
     const sink = opts.sink;
     const printable = (b: Buffer): string => b.toString('utf8').replace(/[^\x20-\x7e]/g, '?');
     const bad = (reason: InvalidReason, sample: Buffer): void => {
@@ -243,9 +276,28 @@ export class UnixSocketReceiver {
   attach(server: net.Server): void {
     this.servers.add(server);
     server.on('connection', (socket) => {
+      if (this.conns.size >= this.maxConnections) {
+        this.reject(socket);
+        return;
+      }
       this.sink.connection();
       this.accept(socket);
     });
+  }
+
+  /**
+   * At the connection cap: the new connection is closed at once (the client sees EOF and reconnects or counts a
+   * drop); the ones held go on. Without the cap the worker would run out of descriptors, where libuv closes new
+   * connections silently and the spool, the exporter and Node itself fail with EMFILE.
+   */
+  private reject(socket: net.Socket): void {
+    socket.destroy();
+    this.sink.connectionRejected?.();
+    this.capLog.warn(
+      { code: 'SK_ERR_TOO_MANY_CONNECTIONS', open: this.conns.size, max: this.maxConnections },
+      `SK_ERR_TOO_MANY_CONNECTIONS: ${this.conns.size} client connections open, the most this worker takes ` +
+        `(its file-descriptor limit less ${FD_RESERVE} kept for the spool and exporter); a new connection was closed`,
+    );
   }
 
   /** A net.Server for the receiver to listen with (no half-open: the receiver never writes). */
