@@ -7,6 +7,7 @@ import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin/server.js';
+import { StatusPageServer } from '../admin/page/server.js';
 import { AppSupervisor } from './app-supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
@@ -16,6 +17,7 @@ export class ServeRuntime {
   private readonly apps = new Map<string, AppSupervisor>();
   private agent: AgentVarsSource | undefined;
   private admin: AdminServer | undefined;
+  private page: StatusPageServer | undefined;
   private metrics: ServeMetrics | undefined;
   private watchers: FSWatcher[] = [];
   private reloading: Promise<void> | undefined;
@@ -61,6 +63,18 @@ export class ServeRuntime {
       const shared = this.agent ? [this.agent] : [];
       for (const app of config.apps) this.apps.set(app.name, new AppSupervisor(app, shared, this.lifecycle));
       await Promise.all([...this.apps.values()].map((a) => a.start()));
+      if (config.admin.http) {
+        this.page = new StatusPageServer({
+          listen: config.admin.http.listen,
+          token: config.admin.http.token,
+          showValues: config.admin.showValues,
+          status: () => this.status(),
+          lifecycle: this.lifecycle,
+          vars: (app, name) =>
+            name === AGENT_SIDEKICK && this.agent ? this.agent.current() : this.apps.get(app)?.registry.current(name),
+        });
+        await this.page.start();
+      }
     } catch (err) {
       await this.stop();
       throw err;
@@ -131,6 +145,8 @@ export class ServeRuntime {
     for (const w of this.watchers) w.close();
     this.watchers = [];
     await this.reloading?.catch(() => undefined);
+    // The status page first: its event streams end, so browsers do not hold the stop up.
+    await this.page?.stop();
     // Apps drain first: their last requests may still send records to the agent.
     await Promise.all([...this.apps.values()].map((a) => a.stop()));
     await this.agent?.stop();
