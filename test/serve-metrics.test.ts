@@ -4,6 +4,7 @@
 // keeps serving the agent's own series alone.
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { agentConfig, record, sendOnce } from './helpers/agent.ts';
@@ -210,4 +211,26 @@ test('with the agent inside serve: its sidekick_agent_* series are on /metrics t
   assert.equal(get(agentOnly, 'sidekick_agent_received_records_total'), 2);
   assert.ok(!/^sidekick_(?!agent_)/m.test(text), 'agent.metrics.listen carries only the agent series');
   assert.deepEqual(await serve.stop(), { code: 0, signal: null });
+});
+
+test('metrics.listen on a taken address: serve does not start (exit 1, SK_ERR_LISTEN naming metrics.listen)', async () => {
+  const dir = join(tmp.dir, 'c');
+  mkdirSync(dir);
+  const holder = net.createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  try {
+    const taken = (holder.address() as net.AddressInfo).port;
+    const { serve } = await startWith(dir, [{ name: 'x', workers: 1 }], { metrics: { listen: `127.0.0.1:${taken}` } });
+    let timer: NodeJS.Timeout | undefined;
+    const exit = await Promise.race([
+      serve.exited,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`serve still running\n${serve.logs()}`)), 20_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    assert.deepEqual(exit, { code: 1, signal: null }, serve.logs());
+    assert.match(serve.stderr, new RegExp(`metrics\\.listen 127\\.0\\.0\\.1:${taken}: .*EADDRINUSE`));
+  } finally {
+    await new Promise<void>((resolve) => holder.close(() => resolve()));
+  }
 });
