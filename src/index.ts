@@ -3,6 +3,7 @@ export { SidekickError, ERROR_CODES, isSidekickError, type ErrorCode } from './e
 export {
   getVars,
   readVars,
+  peekVars,
   onVars,
   sendTask,
   requestTask,
@@ -23,3 +24,5 @@ export {
   type TaskHandler,
 } from './sidekicks/context.js';
 export type { Config, AppConfig, AgentConfig } from './config/schema.js';
+export { sources, type SourceMain } from './sources/index.js';
+export type { SourceConfig } from './config/sources.js';

@@ -9,6 +9,7 @@ import {
   getVars,
   handleTasks,
   onVars,
+  peekVars,
   readVars,
   requestTask,
   sendTask,
@@ -52,7 +53,9 @@ test('first read blocks until the first publish; readVars before it throws SK_ER
   assert.throws(() => readVars(name), codeOf('SK_ERR_NOT_READY'));
   const pending = getVars(name, { timeout: 20_000 });
   assert.throws(() => readVars(name), codeOf('SK_ERR_NOT_READY')); // started, not yet published
+  assert.equal(peekVars(name), undefined, 'peekVars: the non-throwing read');
   const vars = await pending;
+  assert.equal(peekVars(name), vars);
   assert.equal(vars.name, name);
   assert.equal(vars.app, 'lib');
   assert.equal(vars.generation, '0');

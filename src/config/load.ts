@@ -105,8 +105,10 @@ function resolvePaths(config: Config, dir: string): Config {
   for (const app of config.apps) {
     app.handler = abs(app.handler);
     if (app.sidekicks.entrypoint) app.sidekicks.entrypoint = abs(app.sidekicks.entrypoint);
-    for (const decl of Object.values(app.sidekicks.declare))
+    for (const decl of Object.values(app.sidekicks.declare)) {
       if (decl.entrypoint) decl.entrypoint = abs(decl.entrypoint);
+      if (decl.source?.type === 'file') decl.source.path = abs(decl.source.path);
+    }
     if (app.listen.kind === 'unix') app.listen.path = abs(app.listen.path);
   }
   if (config.admin.socket) config.admin.socket = abs(config.admin.socket);

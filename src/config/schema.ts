@@ -2,7 +2,8 @@
 // Types below are the *resolved* config (defaults applied, durations in ms, sizes in bytes, paths absolute).
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
-import { parseDuration, parseSize } from './units.js';
+import { duration, size } from './fields.js';
+import { sourceSchema } from './sources.js';
 
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -12,24 +13,6 @@ const name = z
     NAME_PATTERN,
     'expected 1-128 characters: letters, digits, ".", "_", ":", "-", starting with a letter or digit',
   );
-
-const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const ms = parseDuration(v);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration in ms or a string like '500ms', '5s', '2m', '1h'` });
-    return z.NEVER;
-  }
-  return ms;
-});
-
-const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const bytes = parseSize(v);
-  if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a byte count or a string like '64KiB', '256MiB', '1GiB'` });
-    return z.NEVER;
-  }
-  return bytes;
-});
 
 export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -65,8 +48,14 @@ const declaredSidekick = z
     every: duration.optional(),
     /** This sidekick's own module, instead of the app's shared entrypoint. */
     entrypoint: z.string().min(1).optional(),
+    /** A built-in source instead of code: a file, Redis Sentinel, an HTTP/SSE URL or an etcd prefix. */
+    source: sourceSchema.optional(),
   })
-  .strict();
+  .strict()
+  .refine((d) => !(d.source && d.entrypoint), {
+    message: 'a sidekick has either a source or an entrypoint, not both',
+    path: ['source'],
+  });
 
 export const sidekicksSchema = z
   .object({
@@ -231,10 +220,7 @@ export const configSchema = z
       .prefault({}),
     // Prometheus text at /metrics for the whole instance (apps, sidekicks, HTTP workers, and the agent when it runs
     // inside `sidekick serve`). Off unless set; keep it on loopback.
-    metrics: z
-      .object({ listen: listen.optional() })
-      .strict()
-      .prefault({}),
+    metrics: z.object({ listen: listen.optional() }).strict().prefault({}),
     dev: z
       .object({ watch: z.boolean().default(false) })
       .strict()
@@ -252,7 +238,7 @@ export const configSchema = z
           message: `duplicate app name (also apps[${first}])`,
         });
       seen.set(a.name, i);
-      const needsShared = Object.values(a.sidekicks.declare).some((d) => !d.entrypoint);
+      const needsShared = Object.values(a.sidekicks.declare).some((d) => !d.entrypoint && !d.source);
       if (needsShared && !a.sidekicks.entrypoint)
         ctx.addIssue({
           code: 'custom',

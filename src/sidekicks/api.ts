@@ -163,6 +163,11 @@ export function readVars(name: string): Vars {
   return store.read(name);
 }
 
+/** The latest snapshot, or `undefined` if `name` never published: the non-throwing readVars (e.g. at module load). */
+export function peekVars(name: string): Vars | undefined {
+  return store.peek(name);
+}
+
 /** Calls `listener` on every new snapshot of `name`; returns the unsubscribe function. Does not start the sidekick. */
 export function onVars(name: string, listener: VarsListener): () => void {
   assertName(name);

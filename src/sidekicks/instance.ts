@@ -95,7 +95,9 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   }
 
   private get entrypoint(): string {
-    return this.config.declare[this.name]?.entrypoint ?? this.config.entrypoint ?? '(none)';
+    const declared = this.config.declare[this.name];
+    if (declared?.source) return `built-in source "${declared.source.type}"`;
+    return declared?.entrypoint ?? this.config.entrypoint ?? '(none)';
   }
 
   get isFailed(): boolean {
@@ -125,6 +127,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       everyMs: this.config.declare[this.name]?.every,
       maxVarsBytes: this.config.maxVarsBytes,
       taskQueue: this.config.taskQueue,
+      source: this.config.declare[this.name]?.source,
       previousVars: this.vars,
     };
     const worker = new Worker(THREAD_MAIN, {

@@ -3,6 +3,7 @@
 // cluster IPC (advanced serialization, so snapshots are structured-cloned, not JSON-encoded).
 import type { ErrorData } from '../errors.js';
 import type { ListenAddress } from '../config/schema.js';
+import type { SourceConfig } from '../config/sources.js';
 
 type Snapshot = Record<string, string>;
 
@@ -15,6 +16,8 @@ export interface ThreadData {
   everyMs: number | undefined;
   maxVarsBytes: number;
   taskQueue: number;
+  /** A built-in source runs instead of the entrypoint. */
+  source: SourceConfig | undefined;
 }
 
 /** main thread → sidekick thread */

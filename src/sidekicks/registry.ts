@@ -40,7 +40,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
       if (existing.isFailed) existing.start(); // a new request after giving up = fresh attempts
       return;
     }
-    if (!this.config.entrypoint && !this.config.declare[name]?.entrypoint) {
+    if (!this.config.entrypoint && !this.config.declare[name]?.entrypoint && !this.config.declare[name]?.source) {
       throw new SidekickError(
         'SK_ERR_NO_ENTRYPOINT',
         `app "${this.app}" has no sidekicks.entrypoint; cannot start "${name}"`,

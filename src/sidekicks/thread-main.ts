@@ -138,12 +138,17 @@ const ctx: SidekickContext = {
 };
 bindSidekickRuntime(ctx);
 
-const mod = (await import(pathToFileURL(data.entrypoint).href)) as { default?: unknown };
-const main = mod.default;
-if (typeof main !== 'function') {
-  throw new Error(`entrypoint ${data.entrypoint} has no default export function (got ${typeof main})`);
+const entry = data.source
+  ? await (await import('../sources/index.js')).loadSource(data.source)
+  : await loadEntrypoint(data.entrypoint);
+
+async function loadEntrypoint(entrypoint: string): Promise<(ctx: SidekickContext) => unknown> {
+  const mod = (await import(pathToFileURL(entrypoint).href)) as { default?: unknown };
+  if (typeof mod.default !== 'function') {
+    throw new Error(`entrypoint ${entrypoint} has no default export function (got ${typeof mod.default})`);
+  }
+  return mod.default as (ctx: SidekickContext) => unknown;
 }
-const entry = main as (ctx: SidekickContext) => unknown;
 
 if (data.everyMs === undefined) {
   await entry(ctx);

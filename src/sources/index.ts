@@ -1,0 +1,68 @@
+// Built-in sources: ready-made sidekicks a config declares with `source: { type, … }` (src/config/sources.ts), or code
+// wraps: `import { sources } from 'sidekick'; export default (ctx) => sources.file({ path: './flags.json' })(ctx)`.
+// Each is an event-driven watcher (no polling where the system can push) that publishes with ctx.setVars, ends when
+// ctx.signal aborts, and throws on a failure it cannot ride out, so the sidekick restarts with backoff like any
+// other. Each module is loaded only when a sidekick uses it (a Redis client is not loaded for a file watcher).
+import { SidekickError } from '../errors.js';
+import type { z } from 'zod';
+import { formatPath } from '../config/load.js';
+import {
+  etcdSourceSchema,
+  fileSourceSchema,
+  httpSourceSchema,
+  redisSentinelSourceSchema,
+  sourceSchema,
+  type SourceConfig,
+} from '../config/sources.js';
+import type { SidekickContext } from '../sidekicks/context.js';
+
+/** A source's main: runs until ctx.signal aborts. */
+export type SourceMain = (ctx: SidekickContext) => Promise<void>;
+
+type SourceType = SourceConfig['type'];
+type ConfigOf<T extends SourceType> = Extract<SourceConfig, { type: T }>;
+
+/** Each type's module exports `createSource(config): SourceMain`. */
+const loaders: { [T in SourceType]?: () => Promise<{ createSource(config: ConfigOf<T>): SourceMain }> } = {};
+
+/** The main for `config`, for the thread runner (a declared source) and for code (the `sources` helpers). */
+export async function loadSource(config: SourceConfig): Promise<SourceMain> {
+  const load = loaders[config.type] as (() => Promise<{ createSource(c: SourceConfig): SourceMain }>) | undefined;
+  if (!load) {
+    throw new SidekickError('SK_ERR_CONFIG_INVALID', `source type "${config.type}" is not available`, {
+      field: 'source.type',
+    });
+  }
+  return (await load()).createSource(config);
+}
+
+type SourceOptions<S extends z.ZodType> = Omit<z.input<S>, 'type'>;
+
+/** Validates options given in code the same way as a config's `source`, naming the field on error. */
+function fromCode(type: SourceType, options: object): SourceMain {
+  return async (ctx) => {
+    const parsed = sourceSchema.safeParse({ ...options, type });
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      throw new SidekickError(
+        'SK_ERR_CONFIG_INVALID',
+        `sources.${type}(): ${formatPath(issue.path)}: ${issue.message}`,
+        {
+          field: formatPath(issue.path),
+        },
+      );
+    }
+    return (await loadSource(parsed.data))(ctx);
+  };
+}
+
+/**
+ * The built-in sources for code, e.g. a sidekick that follows a file and adds a computed key:
+ * `export default (ctx) => sources.file({ path: './flags.json' })(ctx)`. Options are the config's, without `type`.
+ */
+export const sources = {
+  file: (options: SourceOptions<typeof fileSourceSchema>) => fromCode('file', options),
+  redisSentinel: (options: SourceOptions<typeof redisSentinelSourceSchema>) => fromCode('redis-sentinel', options),
+  http: (options: SourceOptions<typeof httpSourceSchema>) => fromCode('http', options),
+  etcd: (options: SourceOptions<typeof etcdSourceSchema>) => fromCode('etcd', options),
+};

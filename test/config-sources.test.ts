@@ -1,0 +1,44 @@
+// The `source` field of a declared sidekick: validated with errors naming the field, exclusive with `entrypoint`,
+// no shared entrypoint needed, relative file paths resolved against the config's folder.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { loadConfig } from '../src/config/load.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'sk-config-sources-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+async function load(declare: Record<string, unknown>) {
+  const file = join(dir, `c${Math.random().toString(36).slice(2)}.json`);
+  const app = { name: 'a', listen: 0, handler: './h.mjs', sidekicks: { declare } };
+  writeFileSync(file, JSON.stringify({ apps: [app] }));
+  return loadConfig(file);
+}
+
+test('a declared source needs no entrypoint; a relative file path resolves against the config folder', async () => {
+  const loaded = await load({ flags: { start: 'boot', source: { type: 'file', path: './flags.json' } } });
+  const decl = loaded.config.apps[0]!.sidekicks.declare.flags!;
+  assert.deepEqual(decl.source, { type: 'file', path: join(dir, 'flags.json'), debounceMs: 50 });
+});
+
+test('source errors name the field; source and entrypoint are exclusive; secrets come by env var name', async () => {
+  await assert.rejects(
+    load({ r: { source: { type: 'redis-sentinel', sentinels: ['nohost'], name: 'm' } } }),
+    (err: Error & { code?: string }) =>
+      err.code === 'SK_ERR_CONFIG_INVALID' &&
+      /apps\[0\]\.sidekicks\.declare\.r\.source\.sentinels\[0\]/.test(err.message),
+  );
+  await assert.rejects(
+    load({ x: { entrypoint: './x.mjs', source: { type: 'file', path: './f.json' } } }),
+    /either a source or an entrypoint/,
+  );
+  await assert.rejects(
+    load({
+      h: { source: { type: 'http', url: 'http://127.0.0.1:1/', headersFromEnv: { authorization: 'not a name' } } },
+    }),
+    /headersFromEnv/,
+  );
+  await assert.rejects(load({ u: { source: { type: 'nope' } } }), /source\.type|type/);
+});
