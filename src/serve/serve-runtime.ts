@@ -43,11 +43,13 @@ export class ServeRuntime {
       if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
       if (this.loaded.config.admin.showValues) return { app, name, generation: cur.generation, vars: cur.vars };
       // Vars can hold secrets: by default only what tells two snapshots apart (size and a short hash of each value).
-      const masked: Record<string, { bytes: number; sha256: string }> = {};
-      for (const [key, value] of Object.entries(cur.vars)) {
-        const bytes = Buffer.from(value, 'utf8');
-        masked[key] = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 12) };
-      }
+      // (fromEntries, not assignment: a key named "__proto__" must stay a key.)
+      const masked = Object.fromEntries(
+        Object.entries(cur.vars).map(([key, value]) => {
+          const bytes = Buffer.from(value, 'utf8');
+          return [key, { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 12) }];
+        }),
+      );
       return { app, name, generation: cur.generation, masked: true, vars: masked };
     });
     this.admin.route('events', () => this.lifecycle.recent());
