@@ -37,17 +37,27 @@ function openFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
-/** Opens a connection and resolves once connected; `closed` tells whether the agent has closed it since. */
-function connect(sock: string): Promise<{ socket: net.Socket; closed: () => boolean }> {
-  return new Promise((resolve, reject) => {
-    let closed = false;
-    const socket = net.connect(sock);
-    socket.on('error', () => undefined);
-    socket.on('close', () => (closed = true));
-    socket.on('end', () => socket.end());
-    socket.once('connect', () => resolve({ socket, closed: () => closed }));
-    socket.once('error', reject);
-  });
+/**
+ * Opens a connection and resolves once connected; `closed` tells whether the agent has closed it since. A Unix
+ * socket connect fails with EAGAIN while the listen backlog is full: retried (at most 200 times, 10 ms apart).
+ */
+async function connect(sock: string): Promise<{ socket: net.Socket; closed: () => boolean }> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await new Promise((resolve, reject) => {
+        let closed = false;
+        const socket = net.connect(sock);
+        socket.on('error', () => undefined);
+        socket.on('close', () => (closed = true));
+        socket.on('end', () => socket.end());
+        socket.once('connect', () => resolve({ socket, closed: () => closed }));
+        socket.once('error', reject);
+      });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || attempt >= 200) throw err;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
 }
 
 async function workerPid(agent: AgentProcess): Promise<number> {
