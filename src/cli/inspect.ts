@@ -1,35 +1,89 @@
-// `sidekick status` and `sidekick vars APP/NAME`: read a running instance through its admin socket.
+// `sidekick status` and `sidekick vars APP/NAME`: read a running instance through its admin socket. A person gets
+// aligned text (status-table.ts); `--json` gives the socket's JSON as it is, for scripts.
 import { adminGet } from '../admin/client.js';
 import { loadConfig } from '../config/load.js';
 import { reportStartupError } from './check.js';
+import { hasControl, paint, table } from './format.js';
+import { formatStatus, type LooseStatus } from './status-table.js';
 
 async function adminSocket(config?: string): Promise<string> {
   const loaded = await loadConfig(config);
   return loaded.config.admin.socket!;
 }
 
+/** Colour only for a person at a terminal, and never when NO_COLOR is set (https://no-color.org). */
+function useColor(): boolean {
+  return process.stdout.isTTY === true && !process.env.NO_COLOR;
+}
+
 export async function statusCommand(opts: { config?: string; json?: boolean }): Promise<number> {
   try {
     const status = await adminGet(await adminSocket(opts.config), '/status');
-    process.stdout.write(`${JSON.stringify(status, null, opts.json ? 0 : 2)}\n`);
+    process.stdout.write(
+      opts.json
+        ? `${JSON.stringify(status, null, 2)}\n`
+        : formatStatus(status as LooseStatus, Date.now(), { color: useColor() }),
+    );
     return 0;
   } catch (err) {
     return reportStartupError(err);
   }
 }
 
-export async function varsCommand(opts: { config?: string }, target?: string): Promise<number> {
+/** GET /vars/APP/NAME: the values when the config's `admin.showValues` allows them, else each key's size and hash. */
+interface VarsReply {
+  app: string;
+  name: string;
+  generation: number;
+  masked?: true;
+  vars: Record<string, string> | Record<string, { bytes: number; sha256: string }>;
+}
+
+/** Keys are arbitrary strings: one with control characters (or blank) is shown quoted, as JSON. */
+function keyText(key: string): string {
+  return hasControl(key) || key.trim() !== key || !key ? JSON.stringify(key) : key;
+}
+
+export function formatMaskedVars(reply: VarsReply, color = false): string {
+  const vars = reply.vars as Record<string, { bytes: number; sha256: string }>;
+  const keys = Object.keys(vars).sort();
+  const lines = [
+    `${paint(`${reply.app}/${reply.name}`, 'bold', color)}  generation ${reply.generation}  ${keys.length} key${keys.length === 1 ? '' : 's'}, values hidden`,
+  ];
+  if (keys.length) {
+    lines.push(
+      ...table(
+        ['KEY', 'BYTES', 'SHA256'],
+        keys.map((k) => [keyText(k), String(vars[k]!.bytes), vars[k]!.sha256]),
+        { color },
+      ),
+    );
+  }
+  lines.push(
+    paint(
+      'To see the values, set `admin: { showValues: true }` in the config and reload (kill -HUP); --json prints this as JSON.',
+      'dim',
+      color,
+    ),
+  );
+  return `${lines.join('\n')}\n`;
+}
+
+export async function varsCommand(opts: { config?: string; json?: boolean }, target?: string): Promise<number> {
   try {
     const [app, name] = (target ?? '').split('/');
     if (!app || !name) {
       process.stderr.write('sidekick: expected APP/NAME, e.g. `sidekick vars shop/flags`\n');
       return 2;
     }
-    const vars = await adminGet(
+    const reply = (await adminGet(
       await adminSocket(opts.config),
       `/vars/${encodeURIComponent(app)}/${encodeURIComponent(name)}`,
+    )) as VarsReply;
+    // Unmasked values stay JSON even for a person: binary-safe, and a value with newlines cannot pose as another key.
+    process.stdout.write(
+      reply.masked && !opts.json ? formatMaskedVars(reply, useColor()) : `${JSON.stringify(reply, null, 2)}\n`,
     );
-    process.stdout.write(`${JSON.stringify(vars, null, 2)}\n`);
     return 0;
   } catch (err) {
     return reportStartupError(err);

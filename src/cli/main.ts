@@ -39,15 +39,20 @@ export function buildProgram(): Command {
     .action(run(checkCommand));
   program
     .command('status')
-    .description('show what a running instance is doing (via its admin socket)')
+    .description(
+      'show what a running instance is doing: apps, HTTP workers, sidekicks, the agent (via its admin socket)',
+    )
     .option('-c, --config <file>', 'config file naming the admin socket')
-    .option('--json', 'print raw JSON')
+    .option('--json', 'print the full status JSON instead of the summary')
     .action(run(statusCommand));
   program
     .command('vars')
     .argument('<app/name>', 'sidekick to show, e.g. shop/flags')
-    .description("print a running sidekick's latest vars (via the admin socket)")
+    .description(
+      "show a running sidekick's latest vars (via the admin socket): keys, sizes and hashes unless admin.showValues",
+    )
     .option('-c, --config <file>', 'config file naming the admin socket')
+    .option('--json', 'print the JSON reply')
     .action(run(varsCommand));
   return program;
 }
