@@ -24,10 +24,16 @@ let beta: number;
 let configFile: string;
 
 before(async () => {
-  const started = await startServe(tmp.dir, [
-    { name: 'alpha', workers: 4, sidekicks: { stopGraceMs: 1000, taskQueue: 2 } },
-    { name: 'beta', workers: 1, sidekicks: { stopGraceMs: 1000, maxLazy: 2, declare: { 'scoped.s': {} } } },
-  ]);
+  const started = await startServe(
+    tmp.dir,
+    [
+      { name: 'alpha', workers: 4, sidekicks: { stopGraceMs: 1000, taskQueue: 2 } },
+      { name: 'beta', workers: 1, sidekicks: { stopGraceMs: 1000, maxLazy: 2, declare: { 'scoped.s': {} } } },
+    ],
+    {},
+    // `sidekick vars` below reads the values, which the admin socket masks unless the config allows them.
+    { admin: { showValues: true } },
+  );
   serve = started.serve;
   alpha = started.ports.alpha!;
   beta = started.ports.beta!;
@@ -226,7 +232,7 @@ test('`sidekick status` and `sidekick vars APP/NAME` print JSON from the running
   assert.deepEqual(s.apps.map((a) => a.name).sort(), ['alpha', 'beta']);
   assert.equal(s.apps.find((a) => a.name === 'alpha')?.workers.length, 4);
 
-  const vars = await runCli(['vars', 'alpha/binary.s', '-c', configFile], { timeoutMs: 15_000 });
+  const vars = await runCli(['vars', 'alpha/binary.s', '-c', configFile, '--json'], { timeoutMs: 15_000 });
   assert.equal(vars.code, 0, vars.stderr);
   const v = JSON.parse(vars.stdout) as { app: string; name: string; generation: number; vars: Record<string, string> };
   assert.equal(v.app, 'alpha');

@@ -382,15 +382,19 @@ export interface AppSpec {
   extra?: Record<string, unknown>;
 }
 
-/** Writes `<dir>/sidekick.config.json` for `apps` (ports picked if missing); returns its path and the ports. */
+/**
+ * Writes `<dir>/sidekick.config.json` for `apps` (ports picked if missing); returns its path and the ports.
+ * `admin` adds fields to the admin section (`{ showValues: true }`); its socket stays `<dir>/admin.sock`.
+ */
 export async function writeServeConfig(
   dir: string,
   apps: AppSpec[],
+  { admin = {} }: { admin?: Record<string, unknown> } = {},
 ): Promise<{ file: string; ports: Record<string, number>; adminSocket: string }> {
   const ports: Record<string, number> = {};
   const config = {
     apps: [] as unknown[],
-    admin: { socket: join(dir, 'admin.sock') },
+    admin: { ...admin, socket: join(dir, 'admin.sock') },
   };
   for (const app of apps) {
     const port = app.port ?? (await freePort());
@@ -549,8 +553,9 @@ export async function startServe(
   dir: string,
   apps: AppSpec[],
   env: Record<string, string> = {},
+  configExtra: { admin?: Record<string, unknown> } = {},
 ): Promise<{ serve: ServeProcess; ports: Record<string, number>; configFile: string }> {
-  const { file, ports, adminSocket } = await writeServeConfig(dir, apps);
+  const { file, ports, adminSocket } = await writeServeConfig(dir, apps, configExtra);
   const serve = new ServeProcess(
     file,
     adminSocket,
