@@ -108,7 +108,7 @@ class Connection {
     this.lastDataAt = Date.now();
     this.framer.push(chunk);
     this.account();
-    if (this.receiver.budget.exhausted) this.pause();
+    if (this.receiver.budget.exhausted && !this.receiver.draining) this.pause();
     else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
   }
 
@@ -214,6 +214,8 @@ class Connection {
 
 export class UnixSocketReceiver {
   readonly budget: MemoryBudget;
+  /** Set by drain(): read to the end regardless of the memory budget. */
+  draining = false;
   readonly lineSink: LineSink;
   maxRecordBytes: number;
   private readonly conns = new Set<Connection>();
@@ -268,6 +270,7 @@ export class UnixSocketReceiver {
       for (const c of this.conns) c.resume();
     });
     this.budget.on('exhausted', () => {
+      if (this.draining) return;
       for (const c of this.conns) c.pause();
     });
   }
@@ -378,6 +381,10 @@ export class UnixSocketReceiver {
    */
   async drain(idleMs: number, maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
+    // Read what clients already wrote, past the memory budget: bytes left unread in a socket at stop would be lost
+    // without a count, while what is read reaches the spool (written, or counted by its own caps). Bounded by the
+    // clients' socket buffers and maxMs.
+    this.draining = true;
     this.coalesceMs = 0; // read eagerly to the end
     this.wakeAll();
     for (const c of this.conns) {
@@ -387,7 +394,7 @@ export class UnixSocketReceiver {
     while (this.conns.size > 0 && Date.now() < until) {
       const now = Date.now();
       for (const c of this.conns) {
-        if (now - c.lastDataAt >= idleMs || c.paused) {
+        if (now - c.lastDataAt >= idleMs) {
           c.framer.end();
           c.socket.destroy();
           this.forget(c);
