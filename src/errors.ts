@@ -23,7 +23,7 @@ export const ERROR_CODES = {
   SK_ERR_ABORTED: 'the operation was aborted by its signal',
   // runtime / admin
   SK_ERR_ADMIN_UNREACHABLE: 'no running instance answered on the admin socket',
-  SK_ERR_LISTEN: 'an app could not listen on its address',
+  SK_ERR_LISTEN: 'a listener (an app, /metrics, the status page) could not bind its address',
   SK_ERR_NODE_UNSUPPORTED: 'this Node version lacks an internal Sidekick relies on',
   SK_ERR_ADMIN_ROUTE: 'the admin socket has no such route',
   SK_ERR_INTERNAL: 'an unexpected failure inside Sidekick (a bug: please report it)',
