@@ -382,17 +382,26 @@ export interface AppSpec {
   extra?: Record<string, unknown>;
 }
 
+/** Config sections beside `apps`: `admin` fields join the admin socket; the others (`agent`, …) are taken as given. */
+export interface ServeConfigExtra {
+  admin?: Record<string, unknown>;
+  agent?: Record<string, unknown>;
+  [section: string]: unknown;
+}
+
 /**
  * Writes `<dir>/sidekick.config.json` for `apps` (ports picked if missing); returns its path and the ports.
  * `admin` adds fields to the admin section (`{ showValues: true }`); its socket stays `<dir>/admin.sock`.
+ * Other sections (`agent: {…}`) are written as given.
  */
 export async function writeServeConfig(
   dir: string,
   apps: AppSpec[],
-  { admin = {} }: { admin?: Record<string, unknown> } = {},
+  { admin = {}, ...sections }: ServeConfigExtra = {},
 ): Promise<{ file: string; ports: Record<string, number>; adminSocket: string }> {
   const ports: Record<string, number> = {};
   const config = {
+    ...sections,
     apps: [] as unknown[],
     admin: { ...admin, socket: join(dir, 'admin.sock') },
   };
@@ -553,7 +562,7 @@ export async function startServe(
   dir: string,
   apps: AppSpec[],
   env: Record<string, string> = {},
-  configExtra: { admin?: Record<string, unknown> } = {},
+  configExtra: ServeConfigExtra = {},
 ): Promise<{ serve: ServeProcess; ports: Record<string, number>; configFile: string }> {
   const { file, ports, adminSocket } = await writeServeConfig(dir, apps, configExtra);
   const serve = new ServeProcess(
