@@ -112,6 +112,12 @@ export class ServeRuntime {
       tasks.push(sup.reload(appCfg));
     }
     if (next) {
+      const cur = this.loaded.config;
+      const changed = (a: unknown, b: unknown): boolean => JSON.stringify(a) !== JSON.stringify(b);
+      if (changed(cur.metrics, next.config.metrics))
+        this.log.warn({ field: 'metrics' }, 'reload: metrics.listen changed; restart to apply');
+      if (changed(cur.admin, next.config.admin))
+        this.log.warn({ field: 'admin' }, 'reload: admin (socket, showValues, http) changed; restart to apply');
       for (const a of next.config.apps)
         if (!this.apps.has(a.name)) this.log.warn({ app: a.name }, 'reload: new app in config; restart to apply');
       this.loaded = next;
