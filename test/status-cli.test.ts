@@ -91,7 +91,13 @@ const AGENT_STATUS: LooseStatus['agent'] = {
     dropped: { spool_full: 5, spool_corrupt: 0, disk_full: 0 },
     clientDropped: 3,
   },
-  gauges: { spoolRecords: 20_000, spoolBytes: 4_404_019, spillPendingBytes: 0, spillOldestSeconds: 0 },
+  gauges: {
+    spoolRecords: 20_000,
+    spoolBytes: 4_404_019,
+    spillPendingBytes: 0,
+    spillOldestSeconds: 0,
+    openConnections: 4,
+  },
   rates: { receivedPerSec: 812.4, exportedPerSec: 1250.26, windowMs: 10_000 },
   replay: { backlogRecords: 20_000, exportedPerSec: 1250, etaSeconds: 16 },
   pipeline: {
@@ -99,6 +105,7 @@ const AGENT_STATUS: LooseStatus['agent'] = {
     breaker: { state: 'half_open', retryInMs: 0, failures: 5, halfOpenAfterMs: 60_000 },
     spool: { diskFull: false },
     lastExportError: { message: 'HTTP 503 from central', at: NOW - 42_000 },
+    clients: { profiling: false, sampleRate: 1, reason: 'breaker_open' },
   },
 };
 
@@ -126,6 +133,7 @@ describe('formatStatus (pure: status JSON + now → text)', () => {
       'agent  running  pid 200  worker 201 (gen 3)  up 1h 2m  restarts 2  recycles 1  exporter http https://central.example/v1/records',
       '  breaker  half_open  last export error 42s ago: HTTP 503 from central',
       '  spool    20000 records  4.2 MiB',
+      '  clients  4 connected  profiling off (breaker_open)',
       '  rate     received 812/s  exported 1250/s  (total received 250000, exported 230000)',
       '  lost     dropped 5 (spool_full 5)  dead-lettered 12  client drops 3',
       '  replay   20000 records left at 1250/s, ETA 16s',
@@ -260,6 +268,7 @@ test('`sidekick status` against a standalone `sidekick agent`: the agent block a
   assert.match(r.stdout, new RegExp(`^agent {2}running {2}pid ${agent.pid} {2}worker \\d+ \\(gen 1\\)`));
   assert.match(r.stdout, /^ {2}breaker +closed$/m);
   assert.match(r.stdout, /^ {2}spool +0 records {2}0 B$/m);
+  assert.match(r.stdout, /^ {2}clients +0 connected {2}profiling on$/m);
   assert.match(r.stdout, /^ {2}lost +dropped 0 {2}dead-lettered 0 {2}client drops 0$/m);
   assert.doesNotMatch(r.stdout, /sidekick serve|^app /m);
   assert.equal((await agent.stop()).code, 0);

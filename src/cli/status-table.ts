@@ -187,6 +187,15 @@ function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[
     spool += `  spill ${bytes(g.spillPendingBytes)} pending (oldest ${g.spillOldestSeconds ?? 0}s)`;
   rows.push(['spool', spool]);
 
+  let clients = `${num(g?.openConnections)} connected`;
+  if (p?.clients) {
+    const { profiling, sampleRate, reason } = p.clients;
+    clients += `  profiling ${profiling === undefined ? '-' : profiling ? 'on' : 'off'}`;
+    if (profiling && sampleRate !== undefined && sampleRate < 1) clients += ` (sample rate ${sampleRate})`;
+    if (reason && reason !== 'ok') clients += ` (${reason})`;
+  }
+  rows.push(['clients', clients]);
+
   rows.push([
     'rate',
     `received ${perSec(a.rates?.receivedPerSec)}  exported ${perSec(a.rates?.exportedPerSec)}` +
