@@ -23,7 +23,9 @@ type SourceType = SourceConfig['type'];
 type ConfigOf<T extends SourceType> = Extract<SourceConfig, { type: T }>;
 
 /** Each type's module exports `createSource(config): SourceMain`. */
-const loaders: { [T in SourceType]?: () => Promise<{ createSource(config: ConfigOf<T>): SourceMain }> } = {};
+const loaders: { [T in SourceType]?: () => Promise<{ createSource(config: ConfigOf<T>): SourceMain }> } = {
+  'redis-sentinel': () => import('./redis-sentinel.js'),
+};
 
 /** The main for `config`, for the thread runner (a declared source) and for code (the `sources` helpers). */
 export async function loadSource(config: SourceConfig): Promise<SourceMain> {
