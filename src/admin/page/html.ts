@@ -119,6 +119,7 @@ const SCRIPT = String.raw`
   function th(t, cls) { return h('th', { class: cls }, t); }
   function stat(k, v, cls) { return h('div', { class: 'stat' + (cls ? ' ' + cls : '') }, h('span', { class: 'k' }, k), h('span', { class: 'v' }, v)); }
   function warnIf(n) { return n > 0 ? 'warn' : ''; }
+  function plural(n, one) { return num(n) + ' ' + one + (n === 1 ? '' : 's'); }
 
   function render() {
     var v = state.view;
@@ -194,7 +195,7 @@ const SCRIPT = String.raw`
           h('td', { class: 'num publishes' }, num(sk.publishes)),
           h('td', { class: 'num restarts', title: 'crash ' + (r.crash || 0) + ', boot failure ' + (r.boot_failure || 0) +
             ', clean exit ' + (r.clean_exit || 0) + ', reload ' + (r.reload || 0) }, restarts),
-          h('td', { class: 'vars' }, varsCell(id, v.vars[id], num(sk.keys) + ' keys · ' + bytes(sk.bytes), v.showValues)));
+          h('td', { class: 'vars' }, varsCell(id, v.vars[id], plural(sk.keys, 'key') + ' · ' + bytes(sk.bytes), v.showValues)));
       })));
   }
 
@@ -213,7 +214,7 @@ const SCRIPT = String.raw`
         return h('tr', null, h('td', { class: 'mono' }, k.key), h('td', { class: 'num' }, bytes(k.bytes)),
           h('td', { class: 'mono muted' }, k.hash), showValues ? h('td', { class: 'mono val' }, k.value) : null);
       }),
-      sum.more ? h('tr', null, h('td', { colspan: cols, class: 'muted' }, '… and ' + num(sum.more) + ' more keys')) : null,
+      sum.more ? h('tr', null, h('td', { colspan: cols, class: 'muted' }, '… and ' + plural(sum.more, 'more key'))) : null,
       showValues ? null : h('tr', null, h('td', { colspan: cols, class: 'muted' }, 'values hidden (admin.showValues is off)'))));
   }
 
@@ -233,7 +234,7 @@ const SCRIPT = String.raw`
         h('span', { class: 'muted mono' }, p.exporter ? p.exporter.type + ' → ' + p.exporter.target : '')),
       h('div', { class: 'stats' },
         stat('breaker', badge(br, 'breaker-state'), br === 'open' ? 'bad' : ''),
-        stat('spool backlog', num(g.spoolRecords) + ' records · ' + bytes(g.spoolBytes)),
+        stat('spool backlog', plural(g.spoolRecords, 'record') + ' · ' + bytes(g.spoolBytes)),
         stat('ingest', rate(rates.receivedPerSec) + '/s'),
         stat('export', rate(rates.exportedPerSec) + '/s'),
         stat('received', num(c.received)),
@@ -247,7 +248,7 @@ const SCRIPT = String.raw`
         a.replay.etaSeconds === undefined || a.replay.etaSeconds === null ? '– (nothing exported yet)' : dur(a.replay.etaSeconds * 1000)) : null,
       h('div', { class: 'charts' }, chart('ingest', 'Ingest, records/s'), chart('export', 'Export, records/s')),
       v.agentVars ? h('h3', null, 'Agent vars (every app reads them as the sidekick "agent")') : null,
-      v.agentVars ? varsCell('agent', v.agentVars, num(v.agentVars.keys.length) + ' keys', v.showValues) : null,
+      v.agentVars ? varsCell('agent', v.agentVars, plural(v.agentVars.keys.length, 'key'), v.showValues) : null,
     ]);
     drawCharts();
   }
