@@ -25,6 +25,8 @@ export interface SidekickStatus {
   crashes: number;
   consecutiveFailures: number;
   lastError: string | undefined;
+  /** A built-in source's current problem with its data (bad file, …) while it keeps serving its last snapshot. */
+  sourceError: string | undefined;
   publishedAt: number | undefined;
   keys: number;
   /** UTF-8 bytes of the latest snapshot's keys and values. */
@@ -62,6 +64,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private crashes = 0;
   private consecutiveBootFailures = 0;
   private lastError: string | undefined;
+  private sourceError: string | undefined;
   private lastThreadError: unknown;
   private restartTimer: NodeJS.Timeout | undefined;
   private readonly backoff = new RestartBackoff();
@@ -118,6 +121,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     this.starts++;
     this.publishedThisRun = false;
     this.lastThreadError = undefined;
+    this.sourceError = undefined; // a new run reports its own (a bad file on its first load is a boot failure)
     this.state = 'starting';
     const data: ThreadData & { previousVars?: Vars } = {
       app: this.app,
@@ -182,6 +186,8 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       this.publishes++;
       this.bytes = snapshotBytes(snapshot);
       this.emit('vars', snapshot, this.generation);
+    } else if (msg.sk === 'source-error') {
+      this.sourceError = msg.error;
     } else if (msg.sk === 'task-done') {
       const pending = this.tasks.get(msg.id);
       if (!pending) return;
@@ -335,6 +341,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       crashes: this.crashes,
       consecutiveFailures: this.backoff.consecutive,
       lastError: this.lastError,
+      sourceError: this.sourceError,
       publishedAt: this.publishedAt,
       keys: this.vars ? Object.keys(this.vars).length : 0,
       bytes: this.bytes,

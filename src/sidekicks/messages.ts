@@ -32,7 +32,9 @@ export type FromThread =
   /** `skipped`: snapshots published since the last post that were replaced by a newer one before they could go. */
   | { sk: 'vars'; vars: Snapshot; skipped: number }
   | { sk: 'task-done'; id: number; ok: true; value: unknown }
-  | { sk: 'task-done'; id: number; ok: false; error: ErrorData };
+  | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
+  /** A built-in source rides out bad data, keeping its last snapshot (src/sources/report.ts); undefined: fine again. */
+  | { sk: 'source-error'; error: string | undefined };
 
 /** What an HTTP worker needs to run its app; sent in the `init` answer to its `hello`. */
 export interface WorkerSettings {

@@ -25,6 +25,7 @@ type ConfigOf<T extends SourceType> = Extract<SourceConfig, { type: T }>;
 /** Each type's module exports `createSource(config): SourceMain`. */
 const loaders: { [T in SourceType]?: () => Promise<{ createSource(config: ConfigOf<T>): SourceMain }> } = {
   'redis-sentinel': () => import('./redis-sentinel.js'),
+  file: () => import('./file.js'),
 };
 
 /** The main for `config`, for the thread runner (a declared source) and for code (the `sources` helpers). */
