@@ -25,6 +25,8 @@ type ConfigOf<T extends SourceType> = Extract<SourceConfig, { type: T }>;
 /** Each type's module exports `createSource(config): SourceMain`. */
 const loaders: { [T in SourceType]?: () => Promise<{ createSource(config: ConfigOf<T>): SourceMain }> } = {
   'redis-sentinel': () => import('./redis-sentinel.js'),
+  http: () => import('./http.js'),
+  etcd: () => import('./etcd.js'),
   file: () => import('./file.js'),
 };
 
