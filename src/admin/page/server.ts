@@ -5,11 +5,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { withDeadline } from '../../common/async.js';
 import { listenHttp, type HttpListener } from '../../common/http-listen.js';
 import type { LifecycleEvent, LifecycleLog } from '../../common/lifecycle.js';
 import type { ListenAddress } from '../../config/schema.js';
 import { SidekickError, describeError } from '../../errors.js';
-import { childLogger } from '../../log/logger.js';
+import { RateLimitedLog, childLogger } from '../../log/logger.js';
 import { probeUnixSocket } from '../probe.js';
 import { PageAuth } from './auth.js';
 import { PAGE_CSP, PAGE_HTML } from './html.js';
@@ -18,6 +19,8 @@ import { RateHistory, ViewBuilder, type CurrentVars } from './view.js';
 /** Concurrent event streams; one more gets 503 (each holds a socket and a share of every push). */
 export const MAX_PAGE_CLIENTS = 16;
 const SAMPLE_MS = 1000;
+/** A status() that takes longer (the agent's worker stuck, say) is given up; the next tick tries again. */
+const SAMPLE_DEADLINE_MS = 5000;
 /** A comment line this often keeps idle streams open through proxies and lets a dead client be noticed. */
 const KEEPALIVE_MS = 15_000;
 /** A client that lets this much pile up unread is cut off (its browser reconnects and gets the full picture). */
@@ -45,6 +48,7 @@ export class StatusPageServer {
   /** Streams waiting for their first picture (they count against the cap). */
   private readonly connecting = new Set<ServerResponse>();
   private readonly log = childLogger({ component: 'status-page' });
+  private readonly sampleFailures = new RateLimitedLog(this.log, 1, 60_000);
   private timer: NodeJS.Timeout | undefined;
   private sampling: Promise<void> | undefined;
   /** The last picture sent: `{"at":…,"view":…}` and the view's JSON alone (what "changed" compares). */
@@ -105,9 +109,9 @@ export class StatusPageServer {
   private async doSample(): Promise<void> {
     let raw: unknown;
     try {
-      raw = await this.opts.status();
+      raw = await withDeadline(this.opts.status(), SAMPLE_DEADLINE_MS, 'status page sample');
     } catch (err) {
-      this.log.debug({ err: describeError(err) }, 'status page: status() failed; skipping this sample');
+      if (!this.stopped) this.sampleFailures.warn({ err: describeError(err) }, 'status page: no status this second');
       return;
     }
     if (this.stopped) return;
