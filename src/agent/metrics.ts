@@ -10,7 +10,7 @@ import type { ListenAddress } from '../config/schema.js';
 
 export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control'] as const;
 export type InvalidReason = (typeof INVALID_REASONS)[number];
-export const DROP_REASONS = ['spool_full', 'spool_corrupt', 'disk_full'] as const;
+export const DROP_REASONS = ['spool_full', 'spool_corrupt', 'disk_full', 'spool_removed'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export const RETRY_REASONS = ['network', 'timeout', 'http_408', 'http_429', 'http_5xx', 'http_other'] as const;
 export type RetryReason = (typeof RETRY_REASONS)[number];
@@ -70,7 +70,7 @@ export function zeroCounters(): AgentCounterValues {
     retried: { network: 0, timeout: 0, http_408: 0, http_429: 0, http_5xx: 0, http_other: 0 },
     deadLettered: 0,
     deadLetteredBatches: 0,
-    dropped: { spool_full: 0, spool_corrupt: 0, disk_full: 0 },
+    dropped: { spool_full: 0, spool_corrupt: 0, disk_full: 0, spool_removed: 0 },
     spoolCorruptFrames: 0,
     connections: 0,
     rejectedConnections: 0,

@@ -356,9 +356,11 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     const counters = structuredClone(this.counters);
     if (st) {
       // The spool counts its own drops and corrupt frames. disk_full: accepted records it could not write (its
-      // buffer cap while the disk was full, or unwritten at close); the rest of its drops are the size cap.
-      counters.dropped.spool_full = st.droppedRecords - st.diskFullDroppedRecords;
+      // buffer cap while the disk was full, or unwritten at close); spool_removed: records in segment files removed
+      // with the spool directory that it could not read back; the rest of its drops are the size cap.
+      counters.dropped.spool_full = st.droppedRecords - st.diskFullDroppedRecords - st.removedDroppedRecords;
       counters.dropped.disk_full = st.diskFullDroppedRecords;
+      counters.dropped.spool_removed = st.removedDroppedRecords;
       counters.dropped.spool_corrupt = st.corruptRecords;
       counters.spoolCorruptFrames = st.corruptFrames;
     }

@@ -223,6 +223,9 @@ export class Spool extends EventEmitter {
       diskFullDroppedRecords: c.diskFullDroppedRecords,
       diskFull: this.writer.diskFull,
       writeErrors: c.writeErrors,
+      removedDroppedRecords: c.removedDroppedRecords,
+      salvagedRecords: c.salvagedRecords,
+      dirLost: c.dirLost,
     };
   }
 

@@ -59,6 +59,13 @@ export interface SpoolStats {
   diskFullDroppedRecords: number;
   /** The last write failed with ENOSPC/EDQUOT and none has succeeded since (the spool is reclaiming and retrying). */
   diskFull: boolean;
+  /** Of droppedRecords: records in segment files removed with the spool directory that could not be read back
+   *  through an open file. Metrics: dropped{reason="spool_removed"}. */
+  removedDroppedRecords: number;
+  /** Records read back through open files after the directory was removed, and written into the recreated one. */
+  salvagedRecords: number;
+  /** Times the spool directory was found removed or replaced and recreated. */
+  dirLost: number;
   /** Failed write attempts (each is retried; data is only lost past maxBufferedBytes or at close). */
   writeErrors: number;
 }
@@ -78,6 +85,10 @@ export interface SpoolCounters {
   /** Part of droppedRecords (see SpoolStats). */
   diskFullDroppedRecords: number;
   writeErrors: number;
+  /** Part of droppedRecords (see SpoolStats). */
+  removedDroppedRecords: number;
+  salvagedRecords: number;
+  dirLost: number;
 }
 
 export function newCounters(): SpoolCounters {
@@ -92,6 +103,9 @@ export function newCounters(): SpoolCounters {
     recoveredRecords: 0,
     diskFullDroppedRecords: 0,
     writeErrors: 0,
+    removedDroppedRecords: 0,
+    salvagedRecords: 0,
+    dirLost: 0,
   };
 }
 
