@@ -36,7 +36,7 @@ interface VarsReply {
   name: string;
   generation: number;
   masked?: true;
-  vars: Record<string, string> | Record<string, { bytes: number; sha256: string }>;
+  vars: Record<string, string> | Record<string, { bytes: number; hash: string }>;
 }
 
 /** Keys are arbitrary strings: one with control characters (or blank) is shown quoted, as JSON. */
@@ -45,7 +45,7 @@ function keyText(key: string): string {
 }
 
 export function formatMaskedVars(reply: VarsReply, color = false): string {
-  const vars = reply.vars as Record<string, { bytes: number; sha256: string }>;
+  const vars = reply.vars as Record<string, { bytes: number; hash: string }>;
   const keys = Object.keys(vars).sort();
   const lines = [
     `${paint(`${reply.app}/${reply.name}`, 'bold', color)}  generation ${reply.generation}  ${keys.length} key${keys.length === 1 ? '' : 's'}, values hidden`,
@@ -53,8 +53,8 @@ export function formatMaskedVars(reply: VarsReply, color = false): string {
   if (keys.length) {
     lines.push(
       ...table(
-        ['KEY', 'BYTES', 'SHA256'],
-        keys.map((k) => [keyText(k), String(vars[k]!.bytes), vars[k]!.sha256]),
+        ['KEY', 'BYTES', 'HASH'],
+        keys.map((k) => [keyText(k), String(vars[k]!.bytes), vars[k]!.hash]),
         { color },
       ),
     );

@@ -1,6 +1,5 @@
 // `sidekick serve` as a component: every app of a config, the admin socket, reload (SIGHUP, dev file watching)
 // and graceful shutdown. The CLI wraps it and owns process signals and exit codes.
-import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { SidekickError, describeError } from '../errors.js';
@@ -11,6 +10,7 @@ import { StatusPageServer } from '../admin/page/server.js';
 import { AppSupervisor } from './app-supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
+import { maskVars } from '../vars/mask.js';
 import { ServeMetrics } from './metrics.js';
 
 export class ServeRuntime {
@@ -42,14 +42,8 @@ export class ServeRuntime {
             : undefined;
       if (!cur) throw new SidekickError('SK_ERR_NOT_READY', `no snapshot for ${app}/${name}`, { app, name });
       if (this.loaded.config.admin.showValues) return { app, name, generation: cur.generation, vars: cur.vars };
-      // Vars can hold secrets: by default only what tells two snapshots apart (size and a short hash of each value).
-      // (fromEntries, not assignment: a key named "__proto__" must stay a key.)
-      const masked = Object.fromEntries(
-        Object.entries(cur.vars).map(([key, value]) => {
-          const bytes = Buffer.from(value, 'utf8');
-          return [key, { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 12) }];
-        }),
-      );
+      // Vars can hold secrets: by default only what tells two snapshots apart (src/vars/mask.ts).
+      const masked = maskVars(cur.vars);
       return { app, name, generation: cur.generation, masked: true, vars: masked };
     });
     this.admin.route('events', () => this.lifecycle.recent());
