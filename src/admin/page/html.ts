@@ -209,7 +209,7 @@ const SCRIPT = String.raw`
   function varsTable(sum, showValues) {
     var cols = showValues ? 4 : 3;
     return h('table', { class: 'kv' },
-      h('thead', null, h('tr', null, th('key'), th('size', 'num'), th('sha-256'), showValues ? th('value') : null)),
+      h('thead', null, h('tr', null, th('key'), th('size', 'num'), th('hash'), showValues ? th('value') : null)),
       h('tbody', null, sum.keys.map(function (k) {
         return h('tr', null, h('td', { class: 'mono' }, k.key), h('td', { class: 'num' }, bytes(k.bytes)),
           h('td', { class: 'mono muted' }, k.hash), showValues ? h('td', { class: 'mono val' }, k.value) : null);

@@ -1,7 +1,8 @@
 // What the status page is sent: `ServeRuntime.status()` as it is (less its ever-changing uptime: the page counts that
-// itself from `startedAt`), plus each sidekick's vars as keys, sizes and a short hash. Values are included only when
-// `admin.showValues` is true: vars often hold secrets, and a page is easier to leave open than a terminal.
-import { createHash } from 'node:crypto';
+// itself from `startedAt`), plus each sidekick's vars as keys, sizes and a short keyed hash (the same as `sidekick
+// vars` shows, src/vars/mask.ts). Values are included only when `admin.showValues` is true: vars often hold secrets,
+// and a page is easier to leave open than a terminal.
+import { maskVars } from '../../vars/mask.js';
 import type { Vars } from '../../vars/snapshot.js';
 
 /** Keys listed per sidekick; the rest is counted (a huge snapshot must not make every push huge). */
@@ -15,7 +16,7 @@ export interface VarsKey {
   key: string;
   /** UTF-8 bytes of the value. */
   bytes: number;
-  /** First 8 hex digits of the value's SHA-256: shows that a value changed without showing it. */
+  /** A short keyed hash of the value (per process): shows that a value changed without showing it. */
   hash: string;
   /** Only with admin.showValues, cut at MAX_VALUE_CHARS. */
   value?: string;
@@ -93,13 +94,11 @@ export class ViewBuilder {
     let s = this.summaries.get(cur.vars);
     if (!s) {
       const names = Object.keys(cur.vars).sort();
-      const keys = names.slice(0, MAX_KEYS_SHOWN).map((key): VarsKey => {
+      const shown = names.slice(0, MAX_KEYS_SHOWN);
+      const masked = maskVars(Object.fromEntries(shown.map((key) => [key, cur.vars[key]!])));
+      const keys = shown.map((key): VarsKey => {
+        const k: VarsKey = { key, bytes: masked[key]!.bytes, hash: masked[key]!.hash };
         const value = cur.vars[key]!;
-        const k: VarsKey = {
-          key,
-          bytes: Buffer.byteLength(value, 'utf8'),
-          hash: createHash('sha256').update(value).digest('hex').slice(0, 8),
-        };
         if (this.showValues) k.value = value.length > MAX_VALUE_CHARS ? `${value.slice(0, MAX_VALUE_CHARS)}…` : value;
         return k;
       });
