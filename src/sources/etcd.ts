@@ -13,6 +13,7 @@ import type { EtcdSourceConfig } from '../config/sources.js';
 import { RateLimitedLog, type Logger } from '../log/logger.js';
 import type { SidekickContext } from '../sidekicks/context.js';
 import type { SourceMain } from './index.js';
+import { reportSourceError } from './report.js';
 import {
   Backoff,
   envSecret,
@@ -115,6 +116,7 @@ class EtcdFollower {
         }
         const delay = this.backoff.next();
         this.warn.warn({ err: message, retryInMs: delay }, 'etcd source lost its watch; keeping the last snapshot');
+        reportSourceError(`${this.what}: ${message}`);
         await sleep(delay, signal);
       }
     }
@@ -181,7 +183,10 @@ class EtcdFollower {
           }
           throw new Error(`the watch was canceled: ${result.cancel_reason ?? 'no reason given'}`);
         }
-        if (result.created) this.backoff.reset();
+        if (result.created) {
+          this.backoff.reset();
+          reportSourceError(undefined);
+        }
         if (!result.events?.length) continue;
         for (const event of result.events) {
           const kv = event.kv ?? {};

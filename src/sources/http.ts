@@ -27,6 +27,7 @@ import {
   sourceLogger,
   withExchange,
 } from './net.js';
+import { reportSourceError } from './report.js';
 import { SseParser } from './sse.js';
 
 const DEFAULT_RETRY_MS = 1000;
@@ -84,6 +85,7 @@ class HttpFollower {
       try {
         const outcome = await this.attempt(headers);
         this.backoff.reset();
+        reportSourceError(undefined);
         delay = outcome === 'polled' ? this.config.intervalMs : (this.retryMs ?? DEFAULT_RETRY_MS);
       } catch (err) {
         if (signal.aborted) return;
@@ -91,6 +93,7 @@ class HttpFollower {
         if (!this.published) throw new Error(message, { cause: err });
         delay = Math.max(100, this.backoff.next(this.retryMs ?? FAILURE_BASE_MS));
         this.warn.warn({ err: message, retryInMs: delay }, 'http source failed; keeping the last snapshot');
+        reportSourceError(message);
       }
       await sleep(delay, signal);
     }
@@ -144,13 +147,15 @@ class HttpFollower {
           vars = jsonToVars(event.data);
         } catch (err) {
           if (!this.published) throw err;
-          this.warn.warn(
-            { err: `http source ${this.where}: ${explain(err)}` },
-            'http source: an event is not a JSON object; keeping the last snapshot',
-          );
+          const message = `http source ${this.where}: ${explain(err)}`;
+          this.warn.warn({ err: message }, 'http source: an event is not a JSON object; keeping the last snapshot');
+          reportSourceError(message);
           continue;
         }
-        if (this.publish(vars, false)) events++;
+        if (this.publish(vars, false)) {
+          events++;
+          reportSourceError(undefined);
+        }
       }
     } finally {
       this.lastEventId = parser.lastEventId ?? this.lastEventId;
