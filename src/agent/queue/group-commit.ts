@@ -22,6 +22,7 @@ export class GroupCommit {
   private running = false;
   private waiters: Array<{ gen: number; resolve: () => void; reject: (err: unknown) => void }> = [];
   private stopped = false;
+  private current: Promise<void> | undefined;
 
   constructor(
     private readonly dir: string,
@@ -47,7 +48,7 @@ export class GroupCommit {
     const p = new Promise<void>((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
     if (!this.running) {
       this.running = true;
-      void this.loop();
+      this.current = this.loop();
     }
     return p;
   }
@@ -55,6 +56,19 @@ export class GroupCommit {
   /** A sync is running (close() waits them out before the final one). */
   get busy(): boolean {
     return this.running;
+  }
+
+  /** Resolves once no sync is running (the spool switches directories between two syncs). */
+  async idle(): Promise<void> {
+    while (this.running) await this.current;
+  }
+
+  /** Forget the failures and their backoff, and sync soon (the spool's directory was recreated). */
+  retrySoon(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.failures = 0;
+    this.schedule();
   }
 
   /** No more timers (close). sync() still works. */

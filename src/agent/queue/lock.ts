@@ -135,6 +135,12 @@ export class SpoolLock {
     }
   }
 
+  /** The lock file went with its directory (removed while we held it): stop holding it, touch nothing on disk. */
+  forget(): void {
+    this.released = true;
+    held.delete(this.path);
+  }
+
   /** Remove the lock file if it is still ours. */
   async release(): Promise<void> {
     if (this.released) return;

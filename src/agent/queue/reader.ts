@@ -13,6 +13,9 @@
 //   Other open errors (EMFILE, EIO) may be transient: they are thrown, the exporter retries, the data stays.
 // - A position past a segment's end (data tail lost to power loss) reads as "segment consumed".
 // - Records a segment's headers promised but the reader could not find are counted as corrupt at the segment's end.
+// Spool directory removed (spool.ts has the rule): a segment file missing while the directory is not the one the spool
+// opened is not corruption: the open fails (the exporter retries) until the spool has recreated the directory. The
+// batch in flight at that moment stays in memory (kept) and is handed out again under its id until acked.
 // Disk full (writer.ts has the rule): every deletion tells the writer space was freed, and under space pressure an
 // ack that consumes the whole write segment asks the writer to roll it, so that it can be deleted too.
 import { SidekickError, describeError } from '../../errors.js';
@@ -46,8 +49,11 @@ export interface CatchUp {
 export class SpoolReader {
   private reader: SegmentReader | undefined;
   private mutex: Promise<void> = Promise.resolve();
-  /** A handed-out batch whose segment the cap deleted: it can still be acked (or released = dropped). */
-  private orphan: Inflight | undefined;
+  /**
+   * A batch whose segment is gone. Deleted by the cap while handed out: it can still be acked (a release drops it).
+   * Kept when the directory was removed (`kept`): handed out again after a release, under the same id, until acked.
+   */
+  private orphan: (Inflight & { kept?: boolean }) | undefined;
   private capScheduled = false;
   private stopped = false;
 
@@ -58,6 +64,8 @@ export class SpoolReader {
     private readonly maxBytes: number,
     private readonly counters: SpoolCounters,
     private readonly logs: SpoolLogs,
+    /** The spool directory is still the one the spool opened (dir-guard.ts). */
+    private readonly dirIntact: () => Promise<boolean>,
   ) {}
 
   /** Records of a batch handed out whose segment the cap dropped (still pending: its ack counts). */
@@ -80,7 +88,12 @@ export class SpoolReader {
     return this.exclusive(async () => {
       this.assertOpen();
       const t = this.table;
-      if (this.orphan || t.inflight?.handedOut) {
+      const o = this.orphan;
+      if (o?.kept && !o.handedOut) {
+        o.handedOut = true;
+        return toBatch(o);
+      }
+      if (o || t.inflight?.handedOut) {
         throw new SidekickError(
           'SK_ERR_SPOOL_BUSY',
           `batch ${(this.orphan ?? t.inflight)!.id} is still in flight; ack or release it first`,
@@ -142,6 +155,10 @@ export class SpoolReader {
   /** See Spool.release. */
   release(id: string): void {
     const t = this.table;
+    if (this.orphan?.kept && this.orphan.id === id) {
+      this.orphan.handedOut = false; // in memory: comes back first
+      return;
+    }
     if (this.orphan?.id === id) {
       // its segment was dropped by the size cap meanwhile: it is the oldest data, so it goes too
       this.counters.droppedRecords += this.orphan.records;
@@ -222,6 +239,7 @@ export class SpoolReader {
         // Only a missing file is skipped (deleted by hand: counted, never a stall). Anything else (EMFILE, EIO) may
         // be transient: throw, the exporter retries, the data stays.
         if (seg === t.writeSeg || stopAt || (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        if (!(await this.dirIntact())) throw err; // the directory is gone: rebuilt by the spool, not corruption
         this.countCorrupt(seg.seq, t.ackPos.frame, limit - t.ackPos.frame, seg.records, 'segment file missing');
         seg.records = 0;
         t.ackPos = { seq: seg.seq, frame: limit, inner: 0 };
@@ -343,6 +361,36 @@ export class SpoolReader {
         `SK_ERR_SPOOL_FULL: spool over maxBytes (${this.maxBytes}); dropped its oldest segment (${lost} records)`,
       );
     }
+  }
+
+  /**
+   * The directory is gone (rebuild, inside exclusive()): the batch in flight, if its payload is in memory, is kept
+   * there; returns it. Any recovered boundary is forgotten (its records are read back from the read position).
+   */
+  keepInflight(): Inflight | undefined {
+    const f = this.table.inflight;
+    this.table.inflight = undefined;
+    if (!f?.payload) return undefined;
+    this.orphan = { ...f, kept: true };
+    return f;
+  }
+
+  /** The open reader of segment `seq`, if any (its file can be read back after an unlink). */
+  openReader(seq: number): SegmentReader | undefined {
+    return this.reader?.seq === seq ? this.reader : undefined;
+  }
+
+  /** Let go of the open segment file (rebuild, after reading it back). */
+  forgetSegments(): Promise<void> {
+    return this.closeReader();
+  }
+
+  /** At close: a kept batch not acked yet, handed back (the spool writes it into the spool), or undefined. */
+  takeKept(): Inflight | undefined {
+    const o = this.orphan;
+    if (!o?.kept) return undefined;
+    this.orphan = undefined;
+    return o;
   }
 
   /** Close (inside exclusive()): later reader calls throw SK_ERR_STOPPED. */

@@ -14,6 +14,10 @@
 //     the same id, which central drops, or under a new id if the boundary was lost too: duplicates, never loss).
 //     A failed ledger write is logged, never thrown (writeLedger).
 // (4) The ledger records maxSeq, so seqs stay unique even if every segment is later deleted.
+// A segment file that cannot be deleted (EROFS, EACCES) is logged and deleted again with the next deletion or roll:
+// the ledger already says it is consumed, and recovery deletes it too, so a failed unlink never fails an ack.
+// The write segment and the segments waiting for their fsync are open read-write, so their records can be read back
+// through the open file after the directory was removed (spool.ts, the rebuild).
 import { open, type FileHandle } from 'node:fs/promises';
 import { describeError } from '../../errors.js';
 import type { RateLimitedLog } from '../../log/logger.js';
@@ -25,7 +29,7 @@ import type { Recovered } from './recovery.js';
 import type { Inflight, Segment } from './types.js';
 
 export class SegmentTable {
-  readonly spoolId: string;
+  spoolId: string;
   /** Oldest first; the last one is the write segment. */
   readonly segments: Segment[];
   writeSeg!: Segment;
@@ -35,12 +39,14 @@ export class SegmentTable {
   /** Bytes of segment files on disk. */
   diskBytes: number;
   private maxSeq: number;
-  private readonly ledger: Ledger;
+  private ledger: Ledger;
   private writeFh: FileHandle | undefined;
   private segDirty = false;
   private dirDirty = false;
   /** Handles of segments that filled up, to fsync + close at the next group commit. */
-  private fullFhs: FileHandle[] = [];
+  private fullFhs: Array<{ seq: number; fh: FileHandle }> = [];
+  /** Consumed segments whose unlink failed (read-only or inaccessible directory): deleted again later. */
+  private undeleted: number[] = [];
 
   constructor(
     readonly dir: string,
@@ -96,7 +102,7 @@ export class SegmentTable {
     let fh: FileHandle | undefined;
     while (!fh) {
       try {
-        fh = await open(segmentPath(this.dir, s), 'wx', 0o640);
+        fh = await open(segmentPath(this.dir, s), 'wx+', 0o640); // read-write: see the header
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         s++; // never reuse a name, whatever left it there
@@ -128,8 +134,37 @@ export class SegmentTable {
     const old = this.writeSeg;
     await this.openWriteSegment(this.maxSeq + 1);
     this.writeLedger(); // rule (4)
-    this.fullFhs.push(oldFh);
+    this.fullFhs.push({ seq: old.seq, fh: oldFh });
+    await this.retryDeletes();
     return old;
+  }
+
+  /** An open handle on segment `seq` (the write segment, or one waiting for its fsync), to read it back. */
+  handleFor(seq: number): FileHandle | undefined {
+    if (seq === this.writeSeg.seq) return this.writeFh;
+    return this.fullFhs.find((f) => f.seq === seq)?.fh;
+  }
+
+  /**
+   * The directory was recreated (spool.ts, the rebuild): let go of every handle on the old one and take what
+   * recovery found in the new one, starting a fresh write segment there (rule (1)). seqs go on growing.
+   */
+  async restart(found: Recovered): Promise<void> {
+    const old = [this.writeFh, ...this.fullFhs.map((f) => f.fh)];
+    this.writeFh = undefined;
+    this.fullFhs = [];
+    for (const fh of old) await fh?.close().catch(() => {});
+    await this.ledger.close().catch(() => {});
+    this.ledger = found.ledger;
+    this.spoolId = found.spoolId;
+    this.segments.splice(0, this.segments.length, ...found.segments);
+    this.maxSeq = Math.max(this.maxSeq, found.maxSeq);
+    this.diskBytes = found.diskBytes;
+    this.inflight = undefined;
+    this.undeleted = [];
+    this.segDirty = false;
+    this.dirDirty = true;
+    await this.start(found);
   }
 
   /** Forget the head segment (consumed, or dropped by the cap): the position moves to the next one. Not the file. */
@@ -141,10 +176,31 @@ export class SegmentTable {
   }
 
   /** Rule (2): delete a segment shiftHead() let go of — the ledger saying so first, then the file. */
-  async deleteSegment(seq: number): Promise<void> {
+  async deleteSegment(seq: number): Promise<boolean> {
     this.writeLedger();
-    await unlinkIfExists(segmentPath(this.dir, seq));
-    this.dirDirty = true;
+    this.undeleted.push(seq);
+    return this.retryDeletes();
+  }
+
+  /** Delete the consumed segments not deleted yet; true if at least one file went. */
+  private async retryDeletes(): Promise<boolean> {
+    let freed = false;
+    while (this.undeleted.length > 0) {
+      const seq = this.undeleted[0]!;
+      try {
+        await unlinkIfExists(segmentPath(this.dir, seq));
+      } catch (err) {
+        this.ledgerLog.warn(
+          { code: 'SK_ERR_SPOOL_WRITE', dir: this.dir, segment: seq, err: describeError(err) },
+          'SK_ERR_SPOOL_WRITE: could not delete a consumed spool segment; deleted again later (and at the next start)',
+        );
+        return freed;
+      }
+      this.undeleted.shift();
+      this.dirDirty = true;
+      freed = true;
+    }
+    return freed;
   }
 
   private ledgerState(): LedgerState {
@@ -190,7 +246,7 @@ export class SegmentTable {
     const full = this.fullFhs;
     this.fullFhs = [];
     let error: unknown;
-    for (const fh of full) {
+    for (const { fh } of full) {
       try {
         await fh.sync();
       } catch (err) {
@@ -232,6 +288,8 @@ export class SegmentTable {
 
   /** Close the write segment and the ledger (after a final syncDirty()). */
   async close(): Promise<void> {
+    for (const { fh } of this.fullFhs) await fh.close().catch(() => {});
+    this.fullFhs = [];
     await this.writeFh?.close().catch(() => {});
     await this.ledger.close().catch(() => {});
   }

@@ -109,10 +109,20 @@ export class SegmentReader {
     return r;
   }
 
+  /** A reader over a handle someone else owns (close() leaves it open): reading back an unlinked segment. */
+  static borrow(seq: number, fh: FileHandle, chunkBytes = 1024 * 1024): SegmentReader {
+    const r = new SegmentReader(seq, '', chunkBytes);
+    r.fh = fh;
+    r.borrowed = true;
+    return r;
+  }
+
+  private borrowed = false;
+
   async close(): Promise<void> {
     const fh = this.fh;
     this.fh = undefined;
-    await fh?.close();
+    if (!this.borrowed) await fh?.close();
   }
 
   /** `len` bytes at `off` (off + len <= limit), or undefined if the file is shorter than that. */

@@ -13,6 +13,8 @@
 //   group-commit.ts   coalesced fsync (syncIntervalMs; 0 = after every write)
 //   reader.ts         cut/collect/ack/release batches, corrupt-region skip, the size cap (maxBytes)
 //   batch-id.ts       what a batch id is made of and why;  lines.ts  line counting and collecting
+//   dir-guard.ts      is the directory still the one opened and locked (a stat a second, and on ENOENT)
+//   salvage.ts        reading records back through open files of a removed directory
 //
 // Data flow: append() copies lines into a 64 KiB write buffer; the buffer is sealed into a frame when full or 2 ms
 // after its first line, and frames are written (pwritev, positional) by one async writer; fsync follows within
@@ -28,15 +30,33 @@
 // still unwritten is dropped; both counted in diskFullDroppedRecords (part of droppedRecords; the agent's
 // dropped{reason="disk_full"}) and logged (SK_ERR_SPOOL_FULL, SK_ERR_SPOOL_WRITE). The ledger is written in place (two slots in its first
 // 640 bytes, allocated by its first write), so it needs no new blocks on a full disk; side files (state.ts) are
-// written tmp + rename, so a failed write leaves the old file.
+// written tmp + rename, so a failed write leaves the old file. A read-only or inaccessible directory (EROFS, EACCES) is
+// the same rule without the reclaiming: buffered (bounded), back-pressure, retried until writable (writer.ts).
+//
+// Spool directory removed or replaced while running (dir-guard.ts detects it within a second, or at once on ENOENT):
+// the spool never goes on writing into unlinked files (that lost everything silently at the next start) and never
+// wedges. THE RULE: it recreates the directory (mkdir, LOCK, ledger via recovery, a fresh write segment) inside the
+// reader's exclusive section with the writer paused, and carries on; logged SK_ERR_SPOOL_REMOVED (error). Records
+// that were on disk: the batch in flight stays in memory and is handed out again under its id until acked (written
+// into the spool at close if still not acked); the records from the read position on that can be read back through
+// an open file (the write segment, segments waiting for their fsync, the segment the reader has open: salvage.ts)
+// are written into the new directory ahead of the unwritten ones; the rest (closed segments no file is open on) is
+// counted removedDroppedRecords (part of droppedRecords; dropped{reason="spool_removed"}), exactly: the table knew
+// how many records each held. Unwritten records are untouched. Dead letters and side files in the old directory are
+// gone (dead letters were counted when written). If the directory cannot be recreated (parent gone, locked by
+// another agent), that is logged and retried with the next check; records wait in the bounded write buffer. At close,
+// a directory still lost is recreated first, so the final flush never lands in an unlinked file.
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { SidekickError, describeError } from '../../errors.js';
 import { childLogger, RateLimitedLog, type Logger } from '../../log/logger.js';
+import { DirGuard, dirIdentity, type DirIdentity } from './dir-guard.js';
 import { GroupCommit } from './group-commit.js';
 import { SpoolLock } from './lock.js';
 import { SpoolReader } from './reader.js';
+import { salvageSegment, type SalvagedFrame } from './salvage.js';
+import { FRAME_HEADER_BYTES, SegmentReader, sealFrame } from './segment.js';
 import { recover, type Recovered } from './recovery.js';
 import { SegmentTable } from './segment-table.js';
 import { StateFiles } from './state.js';
@@ -61,20 +81,28 @@ export class Spool extends EventEmitter {
   private readonly commit: GroupCommit;
   private readonly writer: SpoolWriter;
   private readonly reader: SpoolReader;
+  private readonly logs: SpoolLogs;
+  private readonly guard: DirGuard;
   private closing = false;
+  private closed = false;
   private closePromise: Promise<void> | undefined;
+  /** The rebuild in progress or queued (one at a time). */
+  private rebuilding: Promise<boolean> | undefined;
 
   private constructor(
     readonly dir: string,
     opts: SpoolOptions,
     logs: SpoolLogs,
-    private readonly lock: SpoolLock,
+    private lock: SpoolLock,
     private readonly table: SegmentTable,
     recoveredRecords: number,
+    identity: DirIdentity,
   ) {
     super();
     this.log = logs.log;
-    this.states = new StateFiles(dir, logs.log);
+    this.logs = logs;
+    this.guard = new DirGuard(dir, identity, () => void this.rebuild());
+    this.states = new StateFiles(dir, logs.log, (err) => this.guard.suspect(err));
     this.counters.recoveredRecords = recoveredRecords;
     const maxBytes = opts.maxBytes;
     this.commit = new GroupCommit(dir, opts.syncIntervalMs, () => table.syncDirty(), logs.log);
@@ -94,9 +122,13 @@ export class Spool extends EventEmitter {
           if (table.diskBytes > maxBytes) this.reader.scheduleCap();
         },
         rolled: (old) => this.reader.rolled(old),
+        failed: (err) => this.guard.suspect(err),
       },
     );
-    this.reader = new SpoolReader(table, this.writer, this.commit, maxBytes, this.counters, logs);
+    this.reader = new SpoolReader(table, this.writer, this.commit, maxBytes, this.counters, logs, () =>
+      this.guard.check(),
+    );
+    this.guard.start();
   }
 
   /** Open (and recover) the spool in `opts.dir`, taking its lock. */
@@ -121,7 +153,10 @@ export class Spool extends EventEmitter {
     let found: Recovered;
     let recoveredSegments: number;
     let table: SegmentTable | undefined;
+    let identity: DirIdentity | undefined;
     try {
+      identity = await dirIdentity(dir);
+      if (!identity) throw new SidekickError('SK_ERR_SPOOL_REMOVED', `spool directory ${dir} vanished while opening`);
       found = await recover(dir, logs);
       recoveredSegments = found.segments.length;
       table = new SegmentTable(dir, found, logs.ledger);
@@ -132,7 +167,7 @@ export class Spool extends EventEmitter {
       await lock.release().catch(() => {});
       throw err;
     }
-    const spool = new Spool(dir, opts, logs, lock, table, found.recoveredRecords);
+    const spool = new Spool(dir, opts, logs, lock, table, found.recoveredRecords, identity);
     if (found.recoveredRecords > 0) {
       log.info(
         { dir, records: found.recoveredRecords, segments: recoveredSegments, bytes: table.diskBytes },
@@ -153,6 +188,107 @@ export class Spool extends EventEmitter {
     void records;
     if (this.closing) throw new SidekickError('SK_ERR_STOPPED', 'append on a closed spool', { dir: this.dir });
     return this.writer.append(lines);
+  }
+
+  /**
+   * The directory is gone or replaced (dir-guard.ts): recreate it and carry on (the rule is in the header). Runs after
+   * the reader operations already queued, with the writer paused. Resolves true once the spool lives in a directory
+   * that is there again; false if recreating failed (logged; the next check tries again).
+   */
+  private rebuild(): Promise<boolean> {
+    this.rebuilding ??= this.reader
+      .exclusive(() => this.doRebuild())
+      .catch((err: unknown) => {
+        this.logs.write.warn(
+          { code: 'SK_ERR_SPOOL_REMOVED', dir: this.dir, err: describeError(err) },
+          'SK_ERR_SPOOL_REMOVED: the spool directory is gone and could not be recreated; records wait in the bounded write buffer, retried in a second',
+        );
+        return false;
+      })
+      .finally(() => (this.rebuilding = undefined));
+    return this.rebuilding;
+  }
+
+  private async doRebuild(): Promise<boolean> {
+    if (this.closed) return false;
+    const dir = this.dir;
+    const before = await dirIdentity(dir);
+    if (before && this.guard.is(before)) return true; // a late duplicate: already rebuilt
+    // The new directory first: nothing of the old state changes unless the spool can live there.
+    await mkdir(dir, { recursive: true });
+    const identity = await dirIdentity(dir);
+    if (!identity) throw new Error(`${dir} is not a directory`);
+    this.lock.forget();
+    const lock = await SpoolLock.acquire(dir, this.log);
+    let found: Recovered;
+    try {
+      found = await recover(dir, this.logs);
+    } catch (err) {
+      await lock.release().catch(() => {});
+      throw err;
+    }
+    await this.writer.pause();
+    try {
+      await this.commit.idle();
+      const t = this.table;
+      const pendingOnDisk = t.pendingOnDisk().records;
+      const kept = this.reader.keepInflight();
+      const from = kept ? kept.end : t.ackPos;
+      const frames: SalvagedFrame[] = [];
+      let unread = 0;
+      for (const seg of t.segments) {
+        const start = seg === t.head ? from : { seq: seg.seq, frame: 0, inner: 0 };
+        const open = this.reader.openReader(seg.seq);
+        const fh = open ? undefined : t.handleFor(seg.seq);
+        const r = open ?? (fh ? SegmentReader.borrow(seg.seq, fh) : undefined);
+        if (!r) {
+          unread++;
+          continue;
+        }
+        try {
+          frames.push(...(await salvageSegment(r, start, seg.size)));
+        } catch (err) {
+          unread++;
+          this.log.warn({ dir, segment: seg.seq, err: describeError(err) }, 'could not read back a removed segment');
+        } finally {
+          if (!open) await r.close();
+        }
+      }
+      let salvaged = 0;
+      for (const f of frames) salvaged += f.records;
+      const lost = Math.max(0, pendingOnDisk - (kept?.records ?? 0) - salvaged);
+      await this.reader.forgetSegments();
+      await t.restart(found);
+      this.lock = lock;
+      this.guard.adopt(identity);
+      const c = this.counters;
+      c.dirLost++;
+      c.salvagedRecords += salvaged;
+      c.recoveredRecords += found.recoveredRecords;
+      if (lost > 0) {
+        c.droppedRecords += lost;
+        c.removedDroppedRecords += lost;
+        c.droppedBatches++;
+      }
+      this.writer.prepend(frames);
+      this.commit.retrySoon();
+      this.log.error(
+        {
+          code: 'SK_ERR_SPOOL_REMOVED',
+          dir,
+          keptRecords: kept?.records ?? 0,
+          salvagedRecords: salvaged,
+          droppedRecords: lost,
+          segmentsNotReadBack: unread,
+          foundRecords: found.recoveredRecords,
+          removedDroppedRecords: c.removedDroppedRecords,
+        },
+        `SK_ERR_SPOOL_REMOVED: the spool directory was removed or replaced while running; recreated it and carried on (${salvaged} records read back through open files, ${kept?.records ?? 0} in flight kept in memory, ${lost} lost with the removed files, counted spool_removed)`,
+      );
+      return true;
+    } finally {
+      this.writer.resume();
+    }
   }
 
   /** A throwing listener must not look like a failed write (the data is on disk already). */
@@ -250,6 +386,11 @@ export class Spool extends EventEmitter {
 
   private async doClose(): Promise<void> {
     this.closing = true;
+    this.guard.stop();
+    // Never flush into an unlinked file: a directory lost since the last check is recreated first.
+    if (!(await this.guardOk())) await this.rebuild();
+    const kept = this.reader.takeKept();
+    if (kept?.payload) this.writer.prepend(salvageOf(kept.payload, kept.records, kept.firstAppendedAt));
     let failure: unknown;
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
@@ -265,6 +406,7 @@ export class Spool extends EventEmitter {
       }
     }
     await this.reader.exclusive(async () => {
+      this.closed = true;
       // reader calls queued before this ran still counted; from here on everything is stopped
       await this.writer.stop();
       const lost = this.writer.dropUnwritten();
@@ -296,4 +438,18 @@ export class Spool extends EventEmitter {
     });
     await this.lock.release();
   }
+
+  /** The directory check, without the guard (stopped at close). */
+  private async guardOk(): Promise<boolean> {
+    const now = await dirIdentity(this.dir);
+    return now !== undefined && this.guard.is(now);
+  }
+}
+
+/** A kept batch's payload as one frame, written into the spool at close. */
+function salvageOf(payload: Buffer, records: number, firstAppendedAt: number): SalvagedFrame[] {
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  payload.copy(frame, FRAME_HEADER_BYTES);
+  sealFrame(frame, records, firstAppendedAt);
+  return [{ frame, records }];
 }

@@ -14,6 +14,8 @@ export class StateFiles {
   constructor(
     private readonly dir: string,
     private readonly log: Logger,
+    /** A write failed (ENOENT: the spool directory may be gone, dir-guard.ts). */
+    private readonly failed: (err: unknown) => void = () => {},
   ) {}
 
   path(name: string): string {
@@ -53,7 +55,12 @@ export class StateFiles {
     }
     if (text === undefined) return Promise.reject(new TypeError('state value is not JSON-serializable'));
     const prev = this.chains.get(name) ?? Promise.resolve();
-    const next = prev.then(() => writeFileAtomic(path, `${text}\n`));
+    const next = prev.then(() =>
+      writeFileAtomic(path, `${text}\n`).catch((err: unknown) => {
+        this.failed(err);
+        throw err;
+      }),
+    );
     const settled = next.catch(() => {});
     this.chains.set(name, settled);
     void settled.then(() => {

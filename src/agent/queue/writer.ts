@@ -24,6 +24,11 @@
 //     segment has it rolled (reclaim()), so acknowledged data does not sit on a full disk waiting for segmentBytes;
 //   - a failed roll (no inode, no directory block) changes no state: logged, retried with the next attempt.
 // Failed fsyncs are group-commit's: logged, the dirty state kept, retried with the next sync (group-commit.ts).
+// A READ-ONLY or INACCESSIBLE directory (EROFS, EACCES, EPERM, EIO) follows the same rule without the reclaiming: the
+// data stays in the bounded write buffer, back-pressure holds the receivers, the write (or the roll) is retried with
+// backoff and succeeds once the directory is writable again; past maxBufferedBytes, and at close, what is unwritten
+// is dropped and counted disk_full. A write failing with ENOENT (the directory removed) is reported (hooks.failed),
+// and the spool recreates the directory while the writer is paused (pause(), prepend(), resume()).
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
 import { FRAME_HEADER_BYTES, sealFrame, writeAllV } from './segment.js';
@@ -58,6 +63,8 @@ export interface WriterHooks {
   grew(): void;
   /** The write segment filled up and a new one was started; `old` is now a closed segment. */
   rolled(old: Segment): void;
+  /** A write or a roll failed (ENOENT: the directory may be gone). */
+  failed(err: unknown): void;
 }
 
 interface QueuedFrame {
@@ -90,6 +97,7 @@ export class SpoolWriter {
   private retryTimer: NodeJS.Timeout | undefined;
   private needDrain = false;
   private stopped = false;
+  private paused = false;
   /** The write loop in progress (stop() waits for it). */
   private loop: Promise<void> | undefined;
   /** Roll the write segment at the loop's next turn (reclaim()). */
@@ -220,7 +228,7 @@ export class SpoolWriter {
   }
 
   private kick(): void {
-    if (this.writing || this.retryTimer || this.stopped) return;
+    if (this.writing || this.retryTimer || this.stopped || this.paused) return;
     if (this.queue.length === 0 && !this.rollWanted) return;
     this.writing = true;
     this.loop = this.writeLoop();
@@ -239,7 +247,7 @@ export class SpoolWriter {
 
   private async writeLoop(): Promise<void> {
     try {
-      while (!this.stopped) {
+      while (!this.stopped && !this.paused) {
         if (this.rollWanted) {
           this.rollWanted = false;
           const failed = await this.closeOff();
@@ -372,10 +380,11 @@ export class SpoolWriter {
       this.diskFull = false;
       this.logs.log.error(fields, 'spool write failed; data stays buffered and the write is retried');
     }
+    this.hooks.failed(err);
     this.wakeWaiters(false);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
-    if (!this.stopped) {
+    if (!this.stopped && !this.paused) {
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
         this.kick();
@@ -437,6 +446,35 @@ export class SpoolWriter {
       if (!(await next)) return false;
     }
     return true;
+  }
+
+  /** No writes until resume() (the spool recreates its directory meanwhile); resolves once a write in progress ended. */
+  async pause(): Promise<void> {
+    this.paused = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    await this.loop;
+  }
+
+  /** Write again, at once (into the recreated directory). */
+  resume(): void {
+    this.paused = false;
+    this.writeFailures = 0;
+    this.rollWanted = false; // the fresh write segment is empty
+    this.retryNow();
+  }
+
+  /**
+   * Frames read back from the removed directory (salvage.ts) go ahead of everything unwritten: they are older. Not
+   * counted as appended (they were, once); the memory cap applies to them with the next append.
+   */
+  prepend(frames: Array<{ frame: Buffer; records: number }>): void {
+    for (const f of frames) {
+      this.unwrittenBytes += f.frame.length;
+      this.unwrittenRecords += f.records;
+      this.bytesSealed += f.frame.length;
+    }
+    this.queue.unshift(...frames.map((f) => ({ frame: f.frame, records: f.records, pooled: undefined })));
   }
 
   /** No more writes or timers (close, after a last drain()); resolves once a write in progress has ended. */
