@@ -1,6 +1,6 @@
 // The demo app: a plain Node request listener (an Express app works the same way, see examples/express).
 // Vars are read synchronously on every request; getVars only waits the very first time.
-import { getVars, readVars } from 'sidekick';
+import { getVars, peekVars, readVars } from 'sidekick';
 import { createAgentClient, agentMiddleware } from 'sidekick/client';
 
 // Telemetry: one record per request to the local agent (see the `agent` section of the config); the records land
@@ -11,8 +11,9 @@ const recordRequest = agentMiddleware(agent);
 await getVars(['flags', 'clock'], { timeout: 10_000 }).catch(() => undefined);
 
 export default function handler(req, res) {
-  // The agent publishes its own state as vars: skip telemetry while its breaker is open.
-  if (readVarsOrNull('agent')?.PROFILING_ENABLED !== '0') recordRequest(req, res);
+  // The agent publishes its own state as vars: skip telemetry while its breaker is open. peekVars is the
+  // non-throwing read: undefined until the first publish.
+  if (peekVars('agent')?.PROFILING_ENABLED !== '0') recordRequest(req, res);
   let flags, clock;
   try {
     flags = readVars('flags');
@@ -27,12 +28,4 @@ export default function handler(req, res) {
   }
   res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
   res.end(`${flags.greeting}\n${flags.banner}\nserved by pid ${process.pid} at ${clock.now}\n`);
-}
-
-function readVarsOrNull(name) {
-  try {
-    return readVars(name);
-  } catch {
-    return null;
-  }
 }

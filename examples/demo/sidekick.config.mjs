@@ -7,8 +7,13 @@ export default {
       handler: './app.mjs',
       workers: 2,
       sidekicks: {
+        // "clock" is code (sidekicks.mjs); "flags" is the built-in file source: flags.json, watched and published on
+        // every save (a half-saved or invalid file keeps the last good snapshot).
         entrypoint: './sidekicks.mjs',
-        declare: { flags: { start: 'boot' }, clock: { start: 'boot', every: '1s' } },
+        declare: {
+          flags: { start: 'boot', source: { type: 'file', path: './flags.json' } },
+          clock: { start: 'boot', every: '1s' },
+        },
       },
     },
   ],
