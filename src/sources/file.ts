@@ -77,6 +77,7 @@ class FileSource {
         try {
           vars = await this.read();
         } catch (err) {
+          if (this.closed) return; // stopped while loading: not a boot failure
           if (!(err instanceof TransientError) || attempt >= 5) throw err;
         }
       }
