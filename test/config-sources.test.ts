@@ -42,3 +42,15 @@ test('source errors name the field; source and entrypoint are exclusive; secrets
   );
   await assert.rejects(load({ u: { source: { type: 'nope' } } }), /source\.type|type/);
 });
+
+test('library mode: configure({ declare }) with only a built-in source needs no entrypoint', async () => {
+  const { configure, getVars, shutdown } = await import('sidekick');
+  const file = join(dir, 'only-source.json');
+  writeFileSync(file, JSON.stringify({ GREETING: 'hi', PORT: 8080 }));
+  configure({ app: 'src-only', declare: { cfg: { start: 'boot', source: { type: 'file', path: file } } } });
+  try {
+    assert.deepEqual({ ...(await getVars('cfg', { timeout: 10_000 })) }, { GREETING: 'hi', PORT: '8080' });
+  } finally {
+    await shutdown();
+  }
+});

@@ -248,6 +248,8 @@ export const configSchema = z
     });
   });
 
+/** A `declare` entry as a user writes it (durations as strings, defaults not applied). */
+export type DeclaredSidekickInput = z.input<typeof declaredSidekick>;
 export type Config = z.output<typeof configSchema>;
 export type AppConfig = Config['apps'][number];
 export type SidekicksConfig = AppConfig['sidekicks'];

@@ -3,7 +3,7 @@
 // supervisor; anywhere else this is library mode and sidekicks run in worker threads of this process.
 import { resolve as resolvePath } from 'node:path';
 import { SidekickError, describeError } from '../errors.js';
-import { sidekicksSchema, type SidekicksConfig } from '../config/schema.js';
+import { sidekicksSchema, type DeclaredSidekickInput, type SidekicksConfig } from '../config/schema.js';
 import { formatPath } from '../config/load.js';
 import { childLogger, RateLimitedLog } from '../log/logger.js';
 import { VarsStore, type VarsListener } from '../vars/store.js';
@@ -28,7 +28,8 @@ export interface RequestTaskOptions {
 
 export type LibraryOptions = Partial<Omit<SidekicksConfig, 'declare'>> & {
   entrypoint?: string;
-  declare?: Record<string, { start?: 'boot' | 'lazy'; every?: number | string }>;
+  /** As in a config file: `{ name: { start, every, entrypoint?, source? } }` (a source needs no entrypoint). */
+  declare?: Record<string, DeclaredSidekickInput>;
   /** Scope name in library mode (default 'default'). */
   app?: string;
 };
@@ -68,14 +69,30 @@ function transport(): Transport {
   } else {
     const opts = state.library;
     const entrypoint = opts.entrypoint ?? process.env.SIDEKICK_ENTRYPOINT;
-    if (!entrypoint) {
+    // Declared sidekicks may bring their own code or a built-in source; with none of that, nothing could ever run.
+    if (!entrypoint && Object.keys(opts.declare ?? {}).length === 0) {
       throw new SidekickError(
         'SK_ERR_NO_ENTRYPOINT',
-        'library mode needs a sidekick entrypoint: call configure({ entrypoint }) or set SIDEKICK_ENTRYPOINT',
+        'library mode needs a sidekick entrypoint or declared sidekicks: call configure({ entrypoint }) or configure({ declare }), or set SIDEKICK_ENTRYPOINT',
       );
     }
-    const { app = 'default', ...rest } = opts;
-    const parsed = sidekicksSchema.safeParse({ ...rest, entrypoint: resolvePath(entrypoint) });
+    const { app = 'default', declare = {}, ...rest } = opts;
+    // Relative paths resolve against the working directory, as the entrypoint's does.
+    const declared = Object.fromEntries(
+      Object.entries(declare).map(([name, d]) => [
+        name,
+        {
+          ...d,
+          ...(d.entrypoint ? { entrypoint: resolvePath(d.entrypoint) } : {}),
+          ...(d.source?.type === 'file' ? { source: { ...d.source, path: resolvePath(d.source.path) } } : {}),
+        },
+      ]),
+    );
+    const parsed = sidekicksSchema.safeParse({
+      ...rest,
+      declare: declared,
+      ...(entrypoint ? { entrypoint: resolvePath(entrypoint) } : {}),
+    });
     if (!parsed.success) {
       const issue = parsed.error.issues[0]!;
       throw new SidekickError('SK_ERR_CONFIG_INVALID', `configure(): ${formatPath(issue.path)}: ${issue.message}`, {
