@@ -239,7 +239,7 @@ class EtcdFollower {
     return Buffer.from(kv.value ?? '', 'base64').toString('utf8');
   }
 
-  /** Publishes the current map; a snapshot setVars refuses (too large) throws before the first publish, else is logged. */
+  /** Publishes the current map; a snapshot setVars refuses (too large) throws before the first publish, else logged. */
   private publish(): void {
     try {
       this.ctx.setVars(Object.fromEntries(this.vars));

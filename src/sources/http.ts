@@ -1,5 +1,5 @@
-// The http source: a URL returning a JSON object, published as vars (top-level keys; a string value as it is, any
-// other value as its JSON text). Each request offers both `text/event-stream` and `application/json`:
+// The http source: a URL returning a JSON object, published as vars (top-level keys; a string value as it is, null
+// as "", any other value as its compact JSON text). Each request offers `text/event-stream` and `application/json`:
 // - a `text/event-stream` answer is followed: every event of type `message` carries the full JSON object (one
 //   snapshot per event; `event:` types other than `message` and `:` comments only prove the stream alive). When the
 //   stream ends the source reconnects after the server's `retry:` (default 1 s) with Last-Event-ID; a stream silent
@@ -37,7 +37,10 @@ export function createSource(config: HttpSourceConfig): SourceMain {
   return (ctx) => new HttpFollower(config, ctx).run();
 }
 
-/** The vars of a JSON text: its top-level keys; strings as they are, other values as JSON text. */
+/**
+ * The vars of a JSON text: its top-level keys; strings as they are, null as "", other values as their compact JSON
+ * text (the file source's mapping, so a document means the same served from a file or a URL).
+ */
 export function jsonToVars(text: string): Record<string, string> {
   let value: unknown;
   try {
@@ -51,7 +54,9 @@ export function jsonToVars(text: string): Record<string, string> {
   }
   // fromEntries defines own properties: a key such as "__proto__" stays data.
   return Object.fromEntries(
-    Object.entries(value).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)] as const),
+    Object.entries(value).map(
+      ([k, v]) => [k, typeof v === 'string' ? v : v === null ? '' : JSON.stringify(v)] as const,
+    ),
   );
 }
 
