@@ -44,6 +44,7 @@ const SERVE_STATUS: LooseStatus = {
           crashes: 1,
           consecutiveFailures: 0,
           lastError: 'Error: boom\n    at x',
+          sourceError: 'flags.json: Unexpected token } in JSON',
           publishedAt: NOW - 3_000,
           keys: 2,
           bytes: 1536,
@@ -122,6 +123,7 @@ describe('formatStatus (pure: status JSON + now → text)', () => {
       '  SIDEKICK  STATE    READY  GEN  CRASHES  BOOT FAILURES  RESTARTS               LAST PUBLISH  KEYS  BYTES    PUBLISHES',
       '  flags     running  yes    2    1        0              2 (crash 1, reload 1)  3s ago        2     1.5 KiB  7',
       '  redis     backoff  no     4    0        4              4 (boot_failure 4)     never         0     0 B      0',
+      '  flags: source error: flags.json: Unexpected token } in JSON',
       '  flags: last error: Error: boom at x',
       '',
     ]);

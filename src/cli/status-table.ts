@@ -151,6 +151,9 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
     ),
   );
   for (const s of sidekicks) {
+    // A source whose data is bad right now (it keeps serving its last good snapshot): what to fix, in red.
+    if (s.sourceError)
+      lines.push(`  ${s.name ?? '?'}: ${paint(`source error: ${oneLine(s.sourceError)}`, 'bad', color)}`);
     if (!s.lastError) continue;
     const style: Style = s.state === 'running' ? 'dim' : 'bad';
     lines.push(`  ${s.name ?? '?'}: ${paint(`last error: ${oneLine(s.lastError)}`, style, color)}`);
