@@ -5,7 +5,7 @@
 // under CI=true, which installs it).
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import { configure, getVars, onVars, peekVars, shutdown, type Vars } from 'sidekick';
 import { EtcdServer, etcdMissing } from './helpers/etcd.ts';
@@ -145,6 +145,15 @@ test('a multi-key transaction arrives as one snapshot', { skip }, async () => {
 test('a restart of etcd is ridden out on the last snapshot, then followed again', { skip }, async () => {
   const last = await getVars('app', { timeout: 15_000 });
   await etcd.stopProcess();
+  // While it is down its port resets connections, counted: the source must keep trying (with backoff) meanwhile.
+  let attempts = 0;
+  const resetter = net.createServer((sock) => {
+    attempts++;
+    sock.resetAndDestroy();
+  });
+  await new Promise<void>((resolve) => resetter.listen(Number(new URL(etcd.endpoint).port), '127.0.0.1', resolve));
+  await waitFor('two reconnect attempts while etcd is down', () => attempts >= 2, { timeoutMs: 10_000 });
+  await new Promise((resolve) => resetter.close(resolve));
   assert.equal(peekVars('app'), last, 'kept while etcd is down');
   await etcd.startProcess();
   assert.equal(peekVars('app'), last, 'kept across the restart (same data, nothing changed)');
