@@ -115,7 +115,10 @@ class EtcdFollower {
           continue;
         }
         const delay = this.backoff.next();
-        this.warn.warn({ err: message, retryInMs: delay }, 'etcd source: read or watch failed; keeping the last snapshot');
+        this.warn.warn(
+          { err: message, retryInMs: delay },
+          'etcd source: read or watch failed; keeping the last snapshot',
+        );
         reportSourceError(`${this.what}: ${message}`);
         await sleep(delay, signal);
       }
