@@ -91,7 +91,8 @@ class HttpFollower {
         const outcome = await this.attempt(headers);
         this.backoff.reset();
         reportSourceError(undefined);
-        delay = outcome === 'polled' ? this.config.intervalMs : (this.retryMs ?? DEFAULT_RETRY_MS);
+        // A server's `retry: 0` does not make a loop: reconnections are at least 100 ms apart.
+        delay = outcome === 'polled' ? this.config.intervalMs : Math.max(100, this.retryMs ?? DEFAULT_RETRY_MS);
       } catch (err) {
         if (signal.aborted) return;
         const message = `http source ${this.where}: ${explain(err)}`;
