@@ -305,3 +305,19 @@ test('under sidekick serve, bad content or a deleted file after the first publis
     await serve.kill();
   }
 });
+
+test('parseVars / mergeInNameOrder: a key named "__proto__" stays a key (JSON, YAML, merged)', async () => {
+  const { parseVars, mergeInNameOrder } = await import('../src/sources/file-parse.ts');
+  const json = parseVars('a.json', '{"__proto__": "x", "b": 1}', 'json');
+  assert.deepEqual(Object.entries(json), [
+    ['__proto__', 'x'],
+    ['b', '1'],
+  ]);
+  const yaml = parseVars('a.yaml', '__proto__: y\n', 'yaml');
+  assert.equal(Object.getOwnPropertyDescriptor(yaml, '__proto__')?.value, 'y');
+  const merged = mergeInNameOrder([
+    { name: 'b.json', vars: json },
+    { name: 'a.yaml', vars: yaml },
+  ]);
+  assert.equal(Object.getOwnPropertyDescriptor(merged, '__proto__')?.value, 'x', 'the file sorting last wins');
+});

@@ -70,16 +70,17 @@ export function parseVars(file: string, text: string, format: FileFormat): Recor
     const got = parsed === null ? 'null' : Array.isArray(parsed) ? 'an array' : `a ${typeof parsed}`;
     throw new FileContentError(file, `the top level must be an object of keys, got ${got}`);
   }
-  const vars: Record<string, string> = {};
+  // Null prototype: a key named "__proto__" stays a key instead of hitting the setter.
+  const vars = Object.create(null) as Record<string, string>;
   for (const [key, value] of Object.entries(parsed)) vars[key] = toVar(value);
   return vars;
 }
 
 /** Several files' vars merged in name order: the file whose name sorts last wins a key. */
 export function mergeInNameOrder(files: { name: string; vars: Record<string, string> }[]): Record<string, string> {
-  const merged: Record<string, string> = {};
+  const merged = Object.create(null) as Record<string, string>;
   for (const f of [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-    Object.assign(merged, f.vars);
+    for (const key of Object.keys(f.vars)) merged[key] = f.vars[key]!;
   }
   return merged;
 }
