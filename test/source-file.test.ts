@@ -10,7 +10,7 @@ import { mkdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync }
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { configure, getVars, onVars, peekVars, shutdown, type LibraryOptions, type Vars } from 'sidekick';
-import { ENTRYPOINT, startServe, tempDir, waitFor, type SidekickStatusJson } from './helpers/serve.ts';
+import { ENTRYPOINT, freePort, startServe, tempDir, waitFor, type SidekickStatusJson } from './helpers/serve.ts';
 
 const tmp = tempDir('sk-source-file-');
 const dir = (name: string): string => {
@@ -265,13 +265,23 @@ test('under sidekick serve, bad content or a deleted file after the first publis
   const sdir = dir('serve');
   const flags = join(sdir, 'flags.json');
   writeFileSync(flags, '{"v":"1"}');
-  const { serve } = await startServe(sdir, [
-    {
-      name: 'web',
-      workers: 1,
-      sidekicks: { declare: { flags: { start: 'boot', source: { type: 'file', path: flags } } } },
-    },
-  ]);
+  const metricsPort = await freePort();
+  const { serve } = await startServe(
+    sdir,
+    [
+      {
+        name: 'web',
+        workers: 1,
+        sidekicks: { declare: { flags: { start: 'boot', source: { type: 'file', path: flags } } } },
+      },
+    ],
+    {},
+    { metrics: { listen: `127.0.0.1:${metricsPort}` } },
+  );
+  const sourceErrorGauge = async (): Promise<string | undefined> => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    return /^sidekick_source_error\{app="web",sidekick="flags"\} (\d)$/m.exec(text)?.[1];
+  };
   try {
     const flagsOf = async (): Promise<SidekickStatusJson & { sourceError?: string; publishes?: number }> =>
       serve.sidekick(await serve.status(), 'web', 'flags')!;
@@ -279,6 +289,7 @@ test('under sidekick serve, bad content or a deleted file after the first publis
     writeFileSync(flags, '{"v": oops}');
     const bad = await waitFor('sourceError in status', async () => (await flagsOf()).sourceError, { timeoutMs: 5000 });
     assert.match(bad, /flags\.json: invalid JSON/);
+    assert.equal(await sourceErrorGauge(), '1', 'sidekick_source_error is 1 on /metrics');
     const during = await flagsOf();
     assert.equal(during.state, 'running', 'the sidekick keeps running');
     assert.equal(during.ready, true);
@@ -288,6 +299,7 @@ test('under sidekick serve, bad content or a deleted file after the first publis
       const s = await flagsOf();
       return s.sourceError === undefined && s.publishes === 2 ? s : undefined;
     });
+    assert.equal(await sourceErrorGauge(), '0');
     unlinkSync(flags);
     const gone = await waitFor('sourceError for the deleted file', async () => (await flagsOf()).sourceError);
     assert.match(gone, /flags\.json does not exist/);

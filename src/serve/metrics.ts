@@ -125,6 +125,12 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
     perSidekick((s) => (s.ready ? 1 : 0)),
   );
   gauge(
+    'sidekick_source_error',
+    '1 while a built-in source reports bad data (it keeps serving its last good snapshot; status says why).',
+    SK,
+    perSidekick((s) => (s.sourceError ? 1 : 0)),
+  );
+  gauge(
     'sidekick_vars_bytes',
     'UTF-8 bytes of the latest snapshot (keys and values).',
     SK,
