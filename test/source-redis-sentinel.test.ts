@@ -4,7 +4,8 @@
 // sentinel that restarts, closes every connection at abort, and fails its start naming every sentinel tried.
 // End to end: a real `sidekick serve` with 2 HTTP workers whose handler (test/fixtures/redis-sentinel/app.mjs) writes
 // to the master its vars name, under a steady write load; a graceful SENTINEL FAILOVER, then a SIGKILL of the master:
-// every worker follows, and no write succeeds on a demoted master once the worker has the new one.
+// every worker follows, and no write succeeds on a demoted master once the worker has the new one; then every
+// sentinel killed: the last master stays served and status shows the sidekick's sourceError until one is back.
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -300,6 +301,22 @@ test(
         [],
         'a write succeeded on the killed master',
       );
+
+      // (3) Every sentinel gone: the last master stays published (writes go on), status says why; one back clears it.
+      for (const s of g.sentinels) await g.kill(s);
+      const sourceError = async (): Promise<string | undefined> =>
+        (serve!.sidekick(await serve!.status(), 'shop', 'redis') as { sourceError?: string } | undefined)?.sourceError;
+      const why = await waitFor('sourceError with every sentinel gone', sourceError, { timeoutMs: 15_000 });
+      assert.match(why, new RegExp(`no sentinel reachable, still serving master 127\\.0\\.0\\.1:${m0}`));
+      for (const a of g.sentinelAddrs) assert.ok(why.includes(a), why);
+      const mark = now();
+      await waitFor('writes go on to the last master', () => [...landed2.keys()].every((pid) => okOn(m0, pid, mark)));
+      await g.restart(g.sentinels[2]!);
+      await waitFor('sourceError cleared once a sentinel is back', async () => (await sourceError()) === undefined, {
+        timeoutMs: 15_000,
+      });
+      assert.equal((await views(dir)).filter((v) => v.master === `127.0.0.1:${m0}`).length, 2);
+
       load.stop();
       await load.done;
       assert.deepEqual(load.errors, [], 'every request was answered');

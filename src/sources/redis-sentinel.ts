@@ -11,7 +11,8 @@
 // `+switch-master` whose old address is the one published is applied at once (the new config's epoch is at least the
 // old one + 1), then confirmed by a query; any other answer (a link's query at (re)connect, a stale message) is applied
 // only if its epoch is not older than the published one. Every (re)connect queries, so a message missed while a link
-// was down cannot leave the published master stale for longer than one link is up.
+// was down cannot leave the published master stale for longer than one link is up. While no sentinel is linked, the
+// last master stays published and `sidekick status` shows why as the sidekick's `sourceError`.
 //
 // Only sentinels are contacted, never the master: `passwordEnv` is the master's password for the app, checked to be
 // set at start so a misconfigured deployment fails here, not at its first write.
@@ -24,6 +25,7 @@ import { SidekickError } from '../errors.js';
 import { childLogger, type Logger } from '../log/logger.js';
 import type { SidekickContext } from '../sidekicks/context.js';
 import type { SourceMain } from './index.js';
+import { reportSourceError } from './report.js';
 
 /** How often a linked sentinel is pinged: a sentinel that freezes (or a half-open TCP link) is dropped within this. */
 const HEALTH_MS = 5000;
@@ -83,6 +85,8 @@ class SentinelWatcher {
   private readonly linked = new Map<string, Redis>();
   /** Why each sentinel's first attempt failed (for the start error); a sentinel that linked once is removed. */
   private readonly firstFailures = new Map<string, string>();
+  /** Why each sentinel's last attempt failed, for `sourceError` in status while none is linked. */
+  private readonly lastFailures = new Map<string, string>();
   private readonly refreshing = new Map<string, { again: boolean }>();
   private master: Master | undefined;
   private replicas: string[] = [];
@@ -172,6 +176,7 @@ class SentinelWatcher {
         this.linked.set(addr.key, cmd);
         await this.query(addr.key, cmd);
         this.firstFailures.delete(addr.key);
+        reportSourceError(undefined);
         backoff.started();
         if (wasUp) this.log.info({ sentinel: addr.key }, 'sentinel link restored');
         wasUp = true;
@@ -182,6 +187,7 @@ class SentinelWatcher {
       } catch (err) {
         if (signal.aborted) break;
         const why = (err as Error).message;
+        this.lastFailures.set(addr.key, why);
         if (!this.master && !this.firstFailures.has(addr.key)) this.noteFirstFailure(addr.key, why);
         if (wasUp && this.linked.has(addr.key)) {
           this.log.warn({ sentinel: addr.key, err: why }, 'sentinel link lost; using the others, reconnecting');
@@ -192,6 +198,12 @@ class SentinelWatcher {
         this.linked.delete(addr.key);
         sub.disconnect();
         cmd.disconnect();
+      }
+      if (this.master && this.linked.size === 0 && !signal.aborted) {
+        const tried = this.addrs.map((a) => `${a.key} (${this.lastFailures.get(a.key) ?? 'connecting'})`).join(', ');
+        reportSourceError(
+          `no sentinel reachable, still serving master ${this.master.host}:${this.master.port}; tried ${tried}`,
+        );
       }
       const { delayMs } = backoff.failed();
       await sleep(delayMs, undefined, { signal }).catch(() => undefined);
