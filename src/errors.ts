@@ -21,6 +21,7 @@ export const ERROR_CODES = {
   SK_ERR_NO_TASK_HANDLER: 'a task was sent to a sidekick that never called handleTasks',
   SK_ERR_TASK_FAILED: 'the task handler threw',
   SK_ERR_ABORTED: 'the operation was aborted by its signal',
+  SK_ERR_SOURCE: 'a built-in source could not reach, read or parse its data',
   // runtime / admin
   SK_ERR_ADMIN_UNREACHABLE: 'no running instance answered on the admin socket',
   SK_ERR_LISTEN: 'a listener (an app, /metrics, the status page) could not bind its address',

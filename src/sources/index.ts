@@ -3,7 +3,7 @@
 // Each is an event-driven watcher (no polling where the system can push) that publishes with ctx.setVars, ends when
 // ctx.signal aborts, and throws on a failure it cannot ride out, so the sidekick restarts with backoff like any
 // other. Each module is loaded only when a sidekick uses it (a Redis client is not loaded for a file watcher).
-import { SidekickError } from '../errors.js';
+import { SidekickError, describeError } from '../errors.js';
 import type { z } from 'zod';
 import { formatPath } from '../config/load.js';
 import {
@@ -38,7 +38,23 @@ export async function loadSource(config: SourceConfig): Promise<SourceMain> {
       field: 'source.type',
     });
   }
-  return (await load()).createSource(config);
+  const main = (await load()).createSource(config);
+  // One catalogued code for every source failure (a boot failure's message, a crash's lastError), whatever threw it.
+  return async (ctx) => {
+    try {
+      await main(ctx);
+    } catch (err) {
+      if (err instanceof SidekickError || ctx.signal.aborted) throw err;
+      throw new SidekickError(
+        'SK_ERR_SOURCE',
+        `${config.type} source: ${describeError(err)}`,
+        { type: config.type },
+        {
+          cause: err,
+        },
+      );
+    }
+  };
 }
 
 type SourceOptions<S extends z.ZodType> = Omit<z.input<S>, 'type'>;

@@ -15,6 +15,9 @@ export function reportSourceError(message: string | undefined): void {
   if (message === last) return;
   last = message;
   if (isMainThread || !parentPort || !(RUNTIME in globalThis)) return;
-  const msg: FromThread = { sk: 'source-error', error: message };
+  const msg: FromThread = {
+    sk: 'source-error',
+    error: message === undefined ? undefined : `SK_ERR_SOURCE: ${message}`,
+  };
   parentPort.postMessage(msg);
 }
