@@ -378,7 +378,10 @@ export class SpoolWriter {
       );
     } else {
       this.diskFull = false;
-      this.logs.log.error(fields, 'spool write failed; data stays buffered and the write is retried');
+      this.logs.log.error(
+        { code: 'SK_ERR_SPOOL_WRITE', ...fields, unwrittenRecords: this.bufferedRecords },
+        'SK_ERR_SPOOL_WRITE: spool write failed (read-only, inaccessible or failing directory); data stays buffered (bounded) and the write is retried',
+      );
     }
     this.hooks.failed(err);
     this.wakeWaiters(false);
