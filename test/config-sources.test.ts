@@ -54,3 +54,31 @@ test('library mode: configure({ declare }) with only a built-in source needs no 
     await shutdown();
   }
 });
+
+test('code wraps a built-in source: sources.file(...) with its own setVars adds a computed key; bad options name the field', async () => {
+  const { configure, getVars, onVars, shutdown } = await import('sidekick');
+  const file = join(dir, 'wrapped.json');
+  writeFileSync(file, JSON.stringify({ name: 'ada' }));
+  process.env.SK_WRAP_FILE = file;
+  const entrypoint = new URL('./fixtures/sources/wrap-file.mjs', import.meta.url).pathname;
+  configure({ app: 'wrap', entrypoint });
+  try {
+    assert.deepEqual({ ...(await getVars('w', { timeout: 10_000 })) }, { name: 'ada', NAME_UPPER: 'ADA' });
+    const next = new Promise<Record<string, string>>((resolve) => {
+      const off = onVars('w', (v) => {
+        off();
+        resolve({ ...v });
+      });
+    });
+    writeFileSync(file, JSON.stringify({ name: 'grace' }));
+    const deadline = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error('no publish in 10 s')), 10_000).unref(),
+    );
+    assert.deepEqual(await Promise.race([next, deadline]), { name: 'grace', NAME_UPPER: 'GRACE' });
+  } finally {
+    await shutdown();
+  }
+  const { sources } = await import('sidekick');
+  const ctx = { signal: new AbortController().signal } as Parameters<ReturnType<typeof sources.file>>[0];
+  await assert.rejects(sources.file({ path: '' })(ctx), /sources\.file\(\): path/);
+});
