@@ -17,7 +17,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { keysOf, sendLoad, waitFor, type AgentProcess, type AgentStatus } from './helpers/agent.ts';
+import { dedupedByBatchId, keysOf, sendLoad, waitFor, type AgentProcess, type AgentStatus } from './helpers/agent.ts';
 import { agentScope, type AgentScope } from './helpers/agent-scope.ts';
 
 const CONNECTIONS = 4;
@@ -130,6 +130,8 @@ async function run(t: TestContext, scope: AgentScope, fault: Fault): Promise<Out
   const missing = sent.filter((k) => !got.has(k));
   assert.equal(missing.length, counted, 'the missing records are exactly the counted ones');
   for (const k of got) assert.ok(k.startsWith('r-'), `only sent records arrive (${k})`);
+  const once = keysOf(dedupedByBatchId(central));
+  assert.equal(once.length, new Set(once).size, 'a record delivered twice was so under the same batch id');
   assert.equal(end.counters.received, SENT);
   assert.equal(end.state, 'running');
   assert.equal(end.restarts, 0, 'the worker never restarted');
