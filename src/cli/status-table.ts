@@ -4,7 +4,8 @@
 // instance than itself, and a missing field prints as `-` instead of failing.
 import type { AgentStatus } from '../agent/agent-status.js';
 import type { ListenAddress } from '../config/schema.js';
-import type { SidekickStatus } from '../sidekicks/instance.js';
+import type { AppStatus } from '../serve/app-supervisor.js';
+import type { ServeStatus } from '../serve/serve-runtime.js';
 import {
   ago,
   bytes,
@@ -22,29 +23,9 @@ import {
 /** T with every field optional, all the way down. */
 type Loose<T> = T extends (infer U)[] ? Loose<U>[] : T extends object ? { [K in keyof T]?: Loose<T[K]> } : T;
 
-/** One app in `sidekick serve`'s status (AppSupervisor.status()). */
-export interface AppStatusJson {
-  name: string;
-  listen: ListenAddress;
-  workers: { pid: number | undefined; state: string; startedAt: string; rss: number | undefined }[];
-  workerRestarts: number;
-  unresponsiveKills: number;
-  recycles: number;
-  handlerErrors: number;
-  handlerTimeouts: number;
-  taskTimeouts: number;
-  sidekicks: SidekickStatus[];
-}
-
-/** GET /status: `{pid, uptimeMs, config, reloads, apps, agent?}` from `sidekick serve`, `{agent}` from `sidekick agent`. */
-export interface StatusJson {
-  pid: number;
-  uptimeMs: number;
-  config: string | undefined;
-  reloads: number;
-  apps: AppStatusJson[];
-  agent: AgentStatus | undefined;
-}
+/** GET /status: a `sidekick serve` instance's (ServeStatus), or `{agent}` from `sidekick agent`. */
+export type StatusJson = ServeStatus;
+type AppStatusJson = AppStatus;
 
 export type LooseStatus = Loose<StatusJson>;
 

@@ -11,6 +11,7 @@ import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { WorkerChannel } from './worker-channel.js';
 import { LifecycleLog } from '../common/lifecycle.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
+import type { SidekickStatus } from '../sidekicks/instance.js';
 import {
   isSidekickMessage,
   type PrimaryToWorker,
@@ -45,6 +46,20 @@ interface WorkerInfo {
   ending?: 'unresponsive' | 'recycle';
   listenError?: string;
   channel: WorkerChannel;
+}
+
+/** One app in `sidekick status` (and what /metrics and the status page read). */
+export interface AppStatus {
+  name: string;
+  listen: AppConfig['listen'];
+  workers: { pid: number | undefined; state: WorkerState; startedAt: string; rss: number | undefined }[];
+  workerRestarts: number;
+  unresponsiveKills: number;
+  recycles: number;
+  handlerErrors: number;
+  handlerTimeouts: number;
+  taskTimeouts: number;
+  sidekicks: SidekickStatus[];
 }
 
 export class AppSupervisor {
@@ -363,7 +378,7 @@ export class AppSupervisor {
     await this.registry.stop();
   }
 
-  status(): unknown {
+  status(): AppStatus {
     const live = { ...this.retired };
     for (const w of this.workers.values()) {
       live.handlerErrors += w.health.latest?.handlerErrors ?? 0;

@@ -10,28 +10,29 @@ import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import type { ListenAddress } from '../config/schema.js';
 import { SidekickError, describeError } from '../errors.js';
 import type { AgentStatus } from '../agent/supervisor.js';
+import type { AppStatus } from './app-supervisor.js';
 import { createAgentRegistry, zeroCounters, zeroGauges } from '../agent/metrics.js';
 import type { SidekickState, SidekickStatus } from '../sidekicks/instance.js';
 
-/** What a scrape reads from ServeRuntime.status() (a subset of its shape). */
+/** What a scrape reads from ServeRuntime.status() (a subset of its shape, so a test can feed it directly). */
 export interface ServeStatusView {
   reloads: number;
   agent?: Pick<AgentStatus, 'counters' | 'gauges'> | undefined;
   apps: AppStatusView[];
 }
 
-/** One app in ServeRuntime.status() (AppSupervisor.status()). */
-export interface AppStatusView {
-  name: string;
-  workers: { state: string }[];
-  workerRestarts: number;
-  unresponsiveKills: number;
-  recycles: number;
-  handlerErrors: number;
-  handlerTimeouts: number;
-  taskTimeouts: number;
-  sidekicks: SidekickStatus[];
-}
+type AppStatusView = Pick<
+  AppStatus,
+  | 'name'
+  | 'workers'
+  | 'workerRestarts'
+  | 'unresponsiveKills'
+  | 'recycles'
+  | 'handlerErrors'
+  | 'handlerTimeouts'
+  | 'taskTimeouts'
+  | 'sidekicks'
+>;
 
 const SIDEKICK_STATES: readonly SidekickState[] = ['starting', 'running', 'backoff', 'failed', 'stopping', 'stopped'];
 const RESTART_REASONS = ['crash', 'boot_failure', 'clean_exit', 'reload'] as const;
@@ -243,7 +244,7 @@ export class ServeMetrics {
   private listener: HttpListener | undefined;
 
   /** `status` is ServeRuntime.status(), read once per scrape. */
-  constructor(private readonly status: () => Promise<unknown>) {}
+  constructor(private readonly status: () => Promise<ServeStatusView>) {}
 
   /**
    * Listens on `address` (the top-level `metrics.listen`; undefined: metrics off, returns undefined). A listen error
@@ -251,7 +252,7 @@ export class ServeMetrics {
    */
   static async start(
     address: ListenAddress | undefined,
-    status: () => Promise<unknown>,
+    status: () => Promise<ServeStatusView>,
   ): Promise<ServeMetrics | undefined> {
     if (!address) return undefined;
     const metrics = new ServeMetrics(status);
@@ -287,7 +288,7 @@ export class ServeMetrics {
   }
 
   private async render(): Promise<string> {
-    this.view = (await this.status()) as ServeStatusView;
+    this.view = await this.status();
     const text = await this.serve.metrics();
     return this.view.agent ? text + (await this.agent.metrics()) : text;
   }

@@ -7,11 +7,22 @@ import { childLogger } from '../log/logger.js';
 import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin/server.js';
 import { StatusPageServer } from '../admin/page/server.js';
-import { AppSupervisor } from './app-supervisor.js';
+import { AppSupervisor, type AppStatus } from './app-supervisor.js';
+import type { AgentStatus } from '../agent/supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
 import { maskVars } from '../vars/mask.js';
 import { ServeMetrics } from './metrics.js';
+
+/** `sidekick status` of a `sidekick serve` instance (GET /status on the admin socket). */
+export interface ServeStatus {
+  agent: AgentStatus | undefined;
+  pid: number;
+  uptimeMs: number;
+  config: string | undefined;
+  reloads: number;
+  apps: AppStatus[];
+}
 
 export class ServeRuntime {
   private readonly apps = new Map<string, AppSupervisor>();
@@ -156,7 +167,7 @@ export class ServeRuntime {
     await this.admin?.stop();
   }
 
-  async status(): Promise<unknown> {
+  async status(): Promise<ServeStatus> {
     return {
       agent: this.agent ? await this.agent.status() : undefined,
       pid: process.pid,

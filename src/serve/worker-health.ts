@@ -3,18 +3,13 @@
 // busy loop) is killed, since node:cluster would keep handing it connections; one past its RSS or uptime limit is
 // recycled gracefully (a replacement listens first, then it drains).
 import type { AppConfig } from '../config/schema.js';
+import type { HealthSample } from '../sidekicks/messages.js';
 
 export const PING_INTERVAL_MS = 1000;
 /** RSS recycling waits until a worker has run this long, so a limit set below the baseline cannot loop. */
 const MIN_RSS_RECYCLE_UPTIME_MS = 10_000;
 
-export interface HealthSample {
-  rss: number;
-  handlerErrors: number;
-  handlerTimeouts: number;
-  /** requestTask calls in this worker that ended SK_ERR_TIMEOUT. */
-  taskTimeouts: number;
-}
+export type { HealthSample };
 
 /** What the supervisor should do with one worker after a tick. */
 export type HealthVerdict =

@@ -48,6 +48,15 @@ export interface WorkerSettings {
   taskQueue: number;
 }
 
+/** An HTTP worker's answer to a ping: its RSS and handler counters (totals since it started). */
+export interface HealthSample {
+  rss: number;
+  handlerErrors: number;
+  handlerTimeouts: number;
+  /** requestTask calls in this worker that ended SK_ERR_TIMEOUT. */
+  taskTimeouts: number;
+}
+
 /** HTTP worker → supervisor */
 export type WorkerToPrimary =
   | { sk: 'hello' }
@@ -55,7 +64,7 @@ export type WorkerToPrimary =
   | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
   | { sk: 'listen-error'; message: string }
   /** The answer to `ping`: the event loop is turning. Counters are totals since the worker started. */
-  | { sk: 'pong'; id: number; rss: number; handlerErrors: number; handlerTimeouts: number; taskTimeouts: number };
+  | ({ sk: 'pong'; id: number } & HealthSample);
 
 /** supervisor → HTTP worker */
 export type PrimaryToWorker =
