@@ -340,28 +340,15 @@ export class Spool extends EventEmitter {
   }
 
   stats(): SpoolStats {
-    const c = this.counters;
     const disk = this.table.pendingOnDisk();
     return {
+      ...this.counters,
       pendingRecords: disk.records + this.writer.bufferedRecords + this.reader.orphanRecords,
       pendingBytes: disk.bytes + this.writer.bufferedBytes,
       segments: this.table.segments.length,
-      appendedRecords: c.appendedRecords,
-      ackedRecords: c.ackedRecords,
-      droppedRecords: c.droppedRecords,
-      droppedBatches: c.droppedBatches,
-      corruptFrames: c.corruptFrames,
-      corruptBytes: c.corruptBytes,
-      recoveredRecords: c.recoveredRecords,
-      corruptRecords: c.corruptRecords,
       diskBytes: this.table.diskBytes,
       bufferedBytes: this.writer.bufferedBytes,
-      diskFullDroppedRecords: c.diskFullDroppedRecords,
       diskFull: this.writer.diskFull,
-      writeErrors: c.writeErrors,
-      removedDroppedRecords: c.removedDroppedRecords,
-      salvagedRecords: c.salvagedRecords,
-      dirLost: c.dirLost,
     };
   }
 

@@ -73,40 +73,26 @@ export interface SpoolStats {
 // + corruptRecords.
 
 /** The counters of SpoolStats that are events (the rest is state). One object, bumped by the part that saw the event. */
-export interface SpoolCounters {
-  appendedRecords: number;
-  ackedRecords: number;
-  droppedRecords: number;
-  droppedBatches: number;
-  corruptFrames: number;
-  corruptBytes: number;
-  corruptRecords: number;
-  recoveredRecords: number;
-  /** Part of droppedRecords (see SpoolStats). */
-  diskFullDroppedRecords: number;
-  writeErrors: number;
-  /** Part of droppedRecords (see SpoolStats). */
-  removedDroppedRecords: number;
-  salvagedRecords: number;
-  dirLost: number;
-}
+const COUNTER_KEYS = [
+  'appendedRecords',
+  'ackedRecords',
+  'droppedRecords',
+  'droppedBatches',
+  'corruptFrames',
+  'corruptBytes',
+  'corruptRecords',
+  'recoveredRecords',
+  'diskFullDroppedRecords',
+  'writeErrors',
+  'removedDroppedRecords',
+  'salvagedRecords',
+  'dirLost',
+] as const;
+
+export type SpoolCounters = Pick<SpoolStats, (typeof COUNTER_KEYS)[number]>;
 
 export function newCounters(): SpoolCounters {
-  return {
-    appendedRecords: 0,
-    ackedRecords: 0,
-    droppedRecords: 0,
-    droppedBatches: 0,
-    corruptFrames: 0,
-    corruptBytes: 0,
-    corruptRecords: 0,
-    recoveredRecords: 0,
-    diskFullDroppedRecords: 0,
-    writeErrors: 0,
-    removedDroppedRecords: 0,
-    salvagedRecords: 0,
-    dirLost: 0,
-  };
+  return Object.fromEntries(COUNTER_KEYS.map((k) => [k, 0])) as SpoolCounters;
 }
 
 /** The spool's loggers. The rate-limited ones are shared by the parts, so one limit holds per kind of message. */
