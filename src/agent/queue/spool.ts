@@ -9,7 +9,8 @@
 // crash-safety rules of its own concern (stated in its header); they hand over by plain calls and hooks, no cycles:
 //   recovery.ts       the open-time scan: ledger vs. directory, what is pending; returns what it found
 //   segment-table.ts  segments, write segment, ack position, in-flight boundary, the ledger; create/delete order
-//   writer.ts         write buffer, frame queue, pwritev loop, segment roll, retry with backoff, memory cap
+//   frame-queue.ts    write buffer, frame queue, memory cap (maxBufferedBytes), back-pressure
+//   writer.ts         pwritev loop, segment roll, retry with backoff, reclaiming space on a full disk
 //   group-commit.ts   coalesced fsync (syncIntervalMs; 0 = after every write)
 //   reader.ts         cut/collect/ack/release batches, corrupt-region skip, the size cap (maxBytes)
 //   batch-id.ts       what a batch id is made of and why;  lines.ts  line counting and collecting

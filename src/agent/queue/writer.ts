@@ -1,19 +1,17 @@
-// The spool's writer. append() copies lines into a 64 KiB write buffer; the buffer is sealed into a frame when full
-// or 2 ms after its first line, and queued. One async loop writes queued frames at the end of the write segment
-// (pwritev, positional: up to 512 frames / 4 MiB a call), rolls to a new segment before one would pass segmentBytes,
-// and after each write asks group commit for an fsync. A SIGKILL loses only what was not yet written (a few ms).
+// The spool's writer. One async loop writes the frames queued by append() (frame-queue.ts: the write buffer, the
+// memory cap, back-pressure) at the end of the write segment (pwritev, positional: up to 512 frames / 4 MiB a call),
+// rolls to a new segment before one would pass segmentBytes, and after each write asks group commit for an fsync. A
+// SIGKILL loses only what was not yet written (a few ms).
 //
 // A failed write keeps its frames queued, in order, and is retried with backoff (100 ms doubling to 5 s); a retry
-// writes at the same position, so a partial write is overwritten, never left in the middle of the data. Back-pressure:
-// append() returns false past the high-water mark (an eighth of maxBufferedBytes); hooks.drained() follows once
-// unwritten data is below half of it, so only after writes succeed again. The pipeline holds its receivers on that
-// (MemoryBudget): while the disk fails, sockets stop being read and memory stays near the high-water mark.
+// writes at the same position, so a partial write is overwritten, never left in the middle of the data. Back-pressure
+// (frame-queue.ts) holds the receivers until writes succeed again.
 //
 // DISK FULL (ENOSPC/EDQUOT) never wedges the spool, and the rule for records it cannot write is:
 //   accepted records stay in the bounded write buffer and are written as soon as space is freed; past
 //   maxBufferedBytes the oldest unwritten are dropped, and what is still unwritten at close is dropped too (spool.ts),
 //   both counted diskFullDroppedRecords (dropped{reason="disk_full"}) and logged (SK_ERR_SPOOL_FULL: the buffer's cap;
-//   SK_ERR_SPOOL_WRITE: at close), never only logged.
+//   SK_ERR_SPOOL_WRITE: at close), never only logged. The bound and its counting are frame-queue.ts's (MEMORY CAP).
 // Meanwhile the writer works to free space:
 //   - a failed write's partial bytes are truncated away and the write segment is closed off (rolled, below
 //     segmentBytes, if it holds anything), since a write segment is never deleted: once acked it goes through the
@@ -29,18 +27,15 @@
 // backoff and succeeds once the directory is writable again; past maxBufferedBytes, and at close, what is unwritten
 // is dropped and counted disk_full. A write failing with ENOENT (the directory removed) is reported (hooks.failed),
 // and the spool recreates the directory while the writer is paused (pause(), prepend(), resume()).
+import { FrameQueue } from './frame-queue.js';
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
-import { FRAME_HEADER_BYTES, sealFrame, writeAllV } from './segment.js';
-import { countLines } from './lines.js';
+import { writeAllV } from './segment.js';
 import type { Segment, SpoolCounters, SpoolLogs } from './types.js';
 import { describeError } from '../../errors.js';
 
-const WRITE_BUFFER_BYTES = 64 * 1024;
-const FLUSH_DELAY_MS = 2;
 const MAX_WRITE_BYTES = 4 * 1024 * 1024;
 const MAX_IOV = 512;
-const BUFFER_POOL_MAX = 8;
 
 /** The write failed for lack of space (disk full, or the user's quota). */
 export function isDiskFull(err: unknown): boolean {
@@ -67,35 +62,14 @@ export interface WriterHooks {
   failed(err: unknown): void;
 }
 
-interface QueuedFrame {
-  frame: Buffer;
-  records: number;
-  /** The full-size write buffer the frame is a view of, recycled once written. */
-  pooled: Buffer | undefined;
-}
-
 export class SpoolWriter {
   private readonly segmentBytes: number;
-  private readonly maxBufferedBytes: number;
-  private readonly highWaterBytes: number;
-
-  private buf: Buffer = Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
-  /** Written write buffers, reused: at full speed that is ~20 fewer 64 KiB allocations per MB, and a flat RSS. */
-  private pool: Buffer[] = [];
-  private bufUsed = 0;
-  private bufRecords = 0;
-  private bufFirstAt = 0;
-  private flushTimer: NodeJS.Timeout | undefined;
-  private queue: QueuedFrame[] = [];
-  private unwrittenBytes = 0; // sealed, not yet written (queued + being written)
-  private unwrittenRecords = 0;
-  private bytesSealed = 0; // cumulative
-  private bytesSettled = 0; // cumulative: written, or dropped unwritten
+  /** Appended, not yet written (frame-queue.ts). */
+  private readonly queue: FrameQueue;
   private writing = false;
   private writeWaiters: Array<(ok: boolean) => void> = [];
   private writeFailures = 0;
   private retryTimer: NodeJS.Timeout | undefined;
-  private needDrain = false;
   private stopped = false;
   private paused = false;
   /** The write loop in progress (stop() waits for it). */
@@ -121,110 +95,24 @@ export class SpoolWriter {
     private readonly hooks: WriterHooks,
   ) {
     this.segmentBytes = opts.segmentBytes;
-    this.maxBufferedBytes = opts.maxBufferedBytes;
-    this.highWaterBytes = Math.max(WRITE_BUFFER_BYTES * 2, Math.floor(this.maxBufferedBytes / 8));
+    this.queue = new FrameQueue(table.dir, opts.maxBufferedBytes, counters, logs, {
+      queued: () => this.kick(),
+      lastError: () => this.lastError,
+    });
   }
 
   /** Appended bytes not yet written to the OS (write buffer + queued frames). */
   get bufferedBytes(): number {
-    return this.unwrittenBytes + this.bufUsed;
+    return this.queue.bufferedBytes;
   }
 
   get bufferedRecords(): number {
-    return this.unwrittenRecords + this.bufRecords;
+    return this.queue.bufferedRecords;
   }
 
   /** See Spool.append. */
   append(lines: Buffer): boolean {
-    const len = lines.length;
-    if (len === 0) return true;
-    const terminated = lines[len - 1] === 10;
-    const n = countLines(lines) + (terminated ? 0 : 1);
-    const need = len + (terminated ? 0 : 1);
-    if (this.bufUsed > 0 && this.bufUsed + need > WRITE_BUFFER_BYTES) this.seal();
-    if (need > WRITE_BUFFER_BYTES) {
-      const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + need);
-      lines.copy(frame, FRAME_HEADER_BYTES);
-      if (!terminated) frame[FRAME_HEADER_BYTES + len] = 10;
-      sealFrame(frame, n, Date.now());
-      this.enqueue(frame, n, undefined);
-    } else {
-      if (this.bufUsed === 0) this.bufFirstAt = Date.now();
-      lines.copy(this.buf, FRAME_HEADER_BYTES + this.bufUsed);
-      this.bufUsed += len;
-      if (!terminated) this.buf[FRAME_HEADER_BYTES + this.bufUsed++] = 10;
-      this.bufRecords += n;
-      if (this.bufUsed >= WRITE_BUFFER_BYTES) this.seal();
-      else this.flushTimer ??= setTimeout(this.onFlushTimer, FLUSH_DELAY_MS);
-    }
-    this.counters.appendedRecords += n;
-    const ok = this.unwrittenBytes + this.bufUsed < this.highWaterBytes;
-    if (!ok) this.needDrain = true;
-    return ok;
-  }
-
-  private readonly onFlushTimer = (): void => {
-    this.flushTimer = undefined;
-    this.seal();
-  };
-
-  /** Turn the write buffer into a frame and queue it for the writer. */
-  private seal(): void {
-    if (this.flushTimer) {
-      clearTimeout(this.flushTimer);
-      this.flushTimer = undefined;
-    }
-    if (this.bufUsed === 0) return;
-    const size = FRAME_HEADER_BYTES + this.bufUsed;
-    let frame: Buffer;
-    let pooled: Buffer | undefined;
-    if (this.bufUsed < WRITE_BUFFER_BYTES / 2) {
-      // small frame (a quiet moment): copy it out and keep the big buffer, so memory follows the data
-      frame = Buffer.allocUnsafe(size);
-      this.buf.copy(frame, 0, 0, size);
-    } else {
-      pooled = this.buf;
-      frame = this.buf.subarray(0, size);
-      this.buf = this.pool.pop() ?? Buffer.allocUnsafe(FRAME_HEADER_BYTES + WRITE_BUFFER_BYTES);
-    }
-    sealFrame(frame, this.bufRecords, this.bufFirstAt);
-    const n = this.bufRecords;
-    this.bufUsed = 0;
-    this.bufRecords = 0;
-    this.enqueue(frame, n, pooled);
-  }
-
-  private enqueue(frame: Buffer, records: number, pooled: Buffer | undefined): void {
-    this.queue.push({ frame, records, pooled });
-    this.unwrittenBytes += frame.length;
-    this.unwrittenRecords += records;
-    this.bytesSealed += frame.length;
-    // Bounded memory when the disk is full, fails or cannot keep up: drop the oldest unwritten frames, counted.
-    while (this.unwrittenBytes > this.maxBufferedBytes && this.queue.length > 1) {
-      const old = this.queue.shift()!;
-      this.unwrittenBytes -= old.frame.length;
-      this.unwrittenRecords -= old.records;
-      this.bytesSettled += old.frame.length;
-      this.countUnwrittenDrop(old.records);
-      this.logs.full.warn(
-        {
-          code: 'SK_ERR_SPOOL_FULL',
-          reason: 'disk_full',
-          dir: this.table.dir,
-          droppedRecords: old.records,
-          maxBufferedBytes: this.maxBufferedBytes,
-          err: this.lastError ? describeError(this.lastError) : undefined,
-        },
-        'SK_ERR_SPOOL_FULL: spool write backlog over its memory cap (disk full, failing or slow); dropped the oldest unwritten records (counted disk_full)',
-      );
-    }
-    this.kick();
-  }
-
-  private countUnwrittenDrop(records: number): void {
-    this.counters.droppedRecords += records;
-    this.counters.diskFullDroppedRecords += records;
-    this.counters.droppedBatches++;
+    return this.queue.append(lines);
   }
 
   private kick(): void {
@@ -260,7 +148,7 @@ export class SpoolWriter {
         }
         if (this.queue.length === 0 || this.retryTimer) break;
         const seg = this.table.writeSeg;
-        const first = this.queue[0]!;
+        const first = this.queue.peek(0)!;
         if (seg.size > 0 && seg.size + first.frame.length > this.segmentBytes) {
           this.hooks.rolled(await this.roll());
           continue;
@@ -271,7 +159,7 @@ export class SpoolWriter {
         // After a disk-full error, one frame at a time: whatever space was freed is used as soon as a frame fits.
         const maxFrames = this.diskFull ? 1 : MAX_IOV;
         while (k < this.queue.length && k < maxFrames) {
-          const f = this.queue[k]!;
+          const f = this.queue.peek(k)!;
           const fits =
             seg.size + bytes + f.frame.length <= this.segmentBytes && bytes + f.frame.length <= MAX_WRITE_BYTES;
           if (k > 0 && !fits) break;
@@ -279,7 +167,7 @@ export class SpoolWriter {
           records += f.records;
           k++;
         }
-        const taken = this.queue.splice(0, k);
+        const taken = this.queue.take(k);
         try {
           await writeAllV(
             this.table.writeHandle,
@@ -287,7 +175,7 @@ export class SpoolWriter {
             seg.size,
           );
         } catch (err) {
-          this.queue.unshift(...taken);
+          this.queue.putBack(taken);
           if (isDiskFull(err)) {
             this.spaceShort = true;
             // Free what the partial write took, and close the segment off so it can go once acked.
@@ -299,7 +187,7 @@ export class SpoolWriter {
         }
         if (this.diskFull) {
           this.logs.log.info(
-            { dir: this.table.dir, ms: Date.now() - this.diskFullSince, unwrittenBytes: this.unwrittenBytes },
+            { dir: this.table.dir, ms: Date.now() - this.diskFullSince, unwrittenBytes: this.queue.sealedBytes },
             'spool writes resumed after the disk was full',
           );
           this.diskFull = false;
@@ -307,16 +195,10 @@ export class SpoolWriter {
         this.writeFailures = 0;
         this.lastError = undefined;
         this.table.written(bytes, records);
-        this.unwrittenBytes -= bytes;
-        this.unwrittenRecords -= records;
-        this.bytesSettled += bytes;
-        for (const f of taken) if (f.pooled && this.pool.length < BUFFER_POOL_MAX) this.pool.push(f.pooled);
+        this.queue.written(taken, bytes, records);
         this.wakeWaiters(true);
         this.hooks.written();
-        if (this.needDrain && this.unwrittenBytes + this.bufUsed < this.highWaterBytes / 2) {
-          this.needDrain = false;
-          this.hooks.drained();
-        }
+        if (this.queue.drainDue()) this.hooks.drained();
         this.hooks.grew();
         if (this.commit.intervalMs === 0) await this.commit.sync().catch(() => {});
         else this.commit.schedule();
@@ -367,7 +249,7 @@ export class SpoolWriter {
       dir: this.table.dir,
       err: describeError(err),
       retryInMs: delay,
-      unwrittenBytes: this.unwrittenBytes,
+      unwrittenBytes: this.queue.sealedBytes,
     };
     if (isDiskFull(err)) {
       if (!this.diskFull) this.diskFullSince = Date.now();
@@ -408,7 +290,7 @@ export class SpoolWriter {
 
   /** Something appended is not yet written to the OS. */
   hasUnwritten(): boolean {
-    return this.bufUsed > 0 || this.unwrittenBytes > 0;
+    return this.queue.hasUnwritten();
   }
 
   /**
@@ -416,7 +298,7 @@ export class SpoolWriter {
    * once while writes are failing (a retry is scheduled): the reader must not wait on it, its acks may free the space.
    */
   writeNow(): Promise<boolean> {
-    this.seal();
+    this.queue.seal();
     if (this.retryTimer || this.stopped) return Promise.resolve(false);
     this.kick();
     return this.nextWrite();
@@ -441,9 +323,9 @@ export class SpoolWriter {
 
   /** Write everything sealed so far, retrying at once rather than after the backoff; false if a write failed. */
   async drain(): Promise<boolean> {
-    this.seal();
-    const target = this.bytesSealed;
-    while (this.bytesSettled < target) {
+    this.queue.seal();
+    const target = this.queue.bytesSealed;
+    while (this.queue.bytesSettled < target) {
       const next = this.nextWrite();
       this.retryNow();
       if (!(await next)) return false;
@@ -467,39 +349,22 @@ export class SpoolWriter {
     this.retryNow();
   }
 
-  /**
-   * Frames read back from the removed directory (salvage.ts) go ahead of everything unwritten: they are older. Not
-   * counted as appended (they were, once); the memory cap applies to them with the next append.
-   */
+  /** Frames read back from the removed directory go ahead of everything unwritten (FrameQueue.prepend). */
   prepend(frames: Array<{ frame: Buffer; records: number }>): void {
-    for (const f of frames) {
-      this.unwrittenBytes += f.frame.length;
-      this.unwrittenRecords += f.records;
-      this.bytesSealed += f.frame.length;
-    }
-    this.queue.unshift(...frames.map((f) => ({ frame: f.frame, records: f.records, pooled: undefined })));
+    this.queue.prepend(frames);
   }
 
   /** No more writes or timers (close, after a last drain()); resolves once a write in progress has ended. */
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const t of [this.flushTimer, this.retryTimer]) if (t) clearTimeout(t);
-    this.flushTimer = this.retryTimer = undefined;
+    this.queue.stop();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     await this.loop;
   }
 
-  /**
-   * After stop(): give up what is still unwritten (the last drain failed), counted as diskFullDroppedRecords.
-   * Returns the records dropped.
-   */
+  /** After stop(): give up what is still unwritten, counted (FrameQueue.dropUnwritten); returns the records dropped. */
   dropUnwritten(): number {
-    this.seal();
-    const records = this.bufferedRecords;
-    for (const f of this.queue) this.bytesSettled += f.frame.length;
-    this.queue = [];
-    this.unwrittenBytes = 0;
-    this.unwrittenRecords = 0;
-    if (records > 0) this.countUnwrittenDrop(records);
-    return records;
+    return this.queue.dropUnwritten();
   }
 }
