@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { configure, getVars, shutdown } from 'sidekick';
+import { RestartBackoff } from '../src/common/backoff.ts';
 import { ENTRYPOINT, FIXTURES, readEvents, runNode, tempDir, waitFor } from './helpers/serve.ts';
 
 const tmp = tempDir('sk-lib-life-');
@@ -18,6 +19,14 @@ after(async () => {
   await shutdown();
   tmp.cleanup();
 });
+
+/** The JSON log lines in a child's stderr. */
+function logLines(stderr: string): Record<string, unknown>[] {
+  return stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
 
 /** Runs test/fixtures/serve/lib-scenario.mjs <name> in a child process; it must end by itself with status 0. */
 async function scenario(name: string, dir: string, env: Record<string, string> = {}): Promise<Record<string, unknown>> {
@@ -51,10 +60,16 @@ test('6 consecutive boot failures reject every waiting getVars with SK_ERR_BOOT_
     ['0', '1', '2', '3', '4', '5'],
     'exactly 6 attempts, then it gave up',
   );
-  // Backoff between attempts (100, 400, 900, 1000, 1000 ms): the 6 attempts span at least ~3 s, yet end well inside
-  // getVars' default 30 s timeout.
-  const span = starts.at(-1)!.ts - starts[0]!.ts;
-  assert.ok(span >= 3000, `attempts spread by backoff, span ${span} ms`);
+  // The restart delays between the attempts come from the shared restart policy (how long they take is a benchmark
+  // matter, not a timed assertion here): 100, 400, 900, 1000, 1000 ms, which ends the 6 attempts well inside
+  // getVars' default 30 s timeout, so a waiting caller learns why rather than timing out.
+  const backoff = new RestartBackoff();
+  const delays = [1, 2, 3, 4, 5].map((n) => backoff.delayFor(n));
+  assert.deepEqual(delays, [100, 400, 900, 1000, 1000]);
+  assert.ok(
+    delays.reduce((a, b) => a + b, 0) < 30_000 / 2,
+    `the delays (${delays.join(', ')} ms) fit well inside the 30 s default timeout`,
+  );
 
   // A new getVars after giving up starts a fresh series of attempts.
   await assert.rejects(getVars(name, { timeout: 300 }), (err: Error & { code?: string }) => {
@@ -91,15 +106,15 @@ test('stuck sidekicks (busy loop; ignoring the signal) are terminated after stop
   try {
     const r = await scenario('stuck', dir.dir);
     assert.equal(r.waiting, 'SK_ERR_STOPPED', 'a getVars still waiting at shutdown is rejected');
-    const ms = Number(r.shutdownMs);
-    assert.ok(ms >= 250, `shutdown waited for the 300 ms grace before terminating (took ${ms} ms)`);
-    assert.ok(ms < 5000, `shutdown bounded by the grace period (took ${ms} ms)`);
+    // Each stuck thread was terminated once, by the grace-period path (the line names the 300 ms grace that elapsed),
+    // and the scenario then ended by itself with status 0 (scenario() checks both): shutdown did not hang.
     const stderr = String(r.stderr);
     for (const name of ['busy.s', 'ignorer.s']) {
-      assert.ok(
-        stderr.split('\n').some((l) => l.includes(`"sidekick":"${name}"`) && l.includes('terminating its thread')),
-        `${name} was force-terminated\n${stderr}`,
+      const terminated = logLines(stderr).filter(
+        (l) => l.sidekick === name && String(l.msg).includes('did not stop within its grace period'),
       );
+      assert.equal(terminated.length, 1, `${name} force-terminated once\n${stderr}`);
+      assert.equal(terminated[0]!.graceMs, 300, `after the configured stopGraceMs\n${stderr}`);
     }
     const events = readEvents(dir.dir);
     assert.ok(events.some((e) => e.name === 'busy.s' && e.event === 'spinning'));
@@ -132,7 +147,8 @@ test('every: runs repeatedly, never overlapping; stop ends the sleep between run
       ['run', 'exit-clean'],
       'one run, then a clean exit at stop (not a terminate)',
     );
-    assert.ok(Number(r.shutdownMs) < 4000, `shutdown took ${String(r.shutdownMs)} ms; the 10 s grace was not needed`);
+    // The 10 s grace was not needed: no thread was terminated, and everyfast.f's clean exit above came from its stop
+    // signal ending the 5 s sleep (a terminated thread never runs its 'exit' hook).
     assert.doesNotMatch(String(r.stderr), /terminating its thread/);
   } finally {
     dir.cleanup();
@@ -155,6 +171,17 @@ test("after shutdown() and configure(), getVars does not answer with the stopped
   try {
     const r = await scenario('reconfigure', dir.dir);
     assert.equal(r.after, 'SK_ERR_BOOT_FAILED', 'the new entrypoint does not exist: it must be tried and fail');
+    // It gave up after the one attempt that maxBootFailures: 1 allows (the default, 6, would show 6 attempts).
+    const stderr = String(r.stderr);
+    const failures = logLines(stderr).filter((l) => l.sidekick === 'lazy.re' && l.msg === 'sidekick boot failure');
+    assert.deepEqual(
+      failures.map((l) => l.attempt),
+      [1],
+      `one boot attempt of the new runtime\n${stderr}`,
+    );
+    const gaveUp = logLines(stderr).filter((l) => l.sidekick === 'lazy.re' && l.msg === 'sidekick gave up booting');
+    assert.equal(gaveUp.length, 1, stderr);
+    assert.match(String(gaveUp[0]!.err), /failed to boot 1 times in a row/);
   } finally {
     dir.cleanup();
   }
