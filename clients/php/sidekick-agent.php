@@ -96,6 +96,8 @@ if (!\class_exists(Agent::class, false)) {
         public const SPILL_MAX_LINE_BYTES = 65536;
 
         private static bool $booted = false;
+        /** Sends from its destructor when exit() in another shutdown function skipped ours (finish() runs once). */
+        private static ?object $guard = null;
         private static bool $disabled = false;
         private static int $startNs = 0;
         private static float $startMs = 0.0;
@@ -131,6 +133,14 @@ if (!\class_exists(Agent::class, false)) {
                 return;
             }
             \register_shutdown_function([self::class, 'onShutdown']);
+            // exit() inside another shutdown function skips the ones after it, our send included; destructors still
+            // run after that (not after a fatal error: PHP marks every object destructed), so this one sends then.
+            self::$guard = new class () {
+                public function __destruct()
+                {
+                    Agent::finish();
+                }
+            };
         }
 
         /**
@@ -262,7 +272,9 @@ if (!\class_exists(Agent::class, false)) {
                     $record['sampled'] = self::$profiling;
                 }
                 $err = \error_get_last();
-                if ($err !== null && ($err['type'] & (\E_ERROR | \E_PARSE | \E_CORE_ERROR | \E_COMPILE_ERROR)) !== 0) {
+                // PHP's own set of fatal types (php_error_cb bails out on each): trigger_error(…, E_USER_ERROR) too.
+                $fatal = \E_ERROR | \E_PARSE | \E_CORE_ERROR | \E_COMPILE_ERROR | \E_USER_ERROR | \E_RECOVERABLE_ERROR;
+                if ($err !== null && ($err['type'] & $fatal) !== 0) {
                     $record['error'] = \substr((string) $err['message'], 0, 512);
                 }
                 $record += self::$tags; // built-in fields win over tags of the same name
