@@ -43,6 +43,32 @@ export async function waitFor<T>(
   }
 }
 
+/**
+ * Pids of the live processes in process group `pgid` (Linux /proc; a zombie counts as gone: it holds no file, socket
+ * or lock, and an orphaned one may never be reaped in a container without an init).
+ */
+export function liveInGroup(pgid: number): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
+  } catch {
+    return [];
+  }
+  const out: number[] = [];
+  for (const e of entries) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+    } catch {
+      continue; // gone
+    }
+    // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses, so read after the last ')'
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') out.push(Number(e));
+  }
+  return out;
+}
+
 /** Test-friendly agent config: small batches, fast retries, short breaker, everything inside `dir`. */
 export function agentConfig(dir: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   const base: Record<string, unknown> = {
@@ -152,8 +178,13 @@ export async function startAgent(
         // gone
       }
       await exited;
-      // the worker is in the same group; wait until nothing holds the socket or the spool lock
-      await new Promise((r) => setTimeout(r, 50));
+      // The worker is in the same group and dies with it, a moment later: wait (bounded) until no live process is
+      // left in the group, so nothing holds the socket or the spool lock any more.
+      await waitFor(
+        () => liveInGroup(child.pid!).length === 0,
+        `the agent's process group ${child.pid} to be gone`,
+        10_000,
+      );
     },
   };
   if (opts.ready !== false) {
@@ -184,6 +215,8 @@ export interface CentralReply {
   delayMs?: number;
   /** Destroy the connection without answering (a network error). */
   destroy?: boolean;
+  /** Answer only once this settles (e.g. until other requests have arrived: requests in flight at once). */
+  hold?: Promise<unknown>;
 }
 
 export interface CentralRequest {
@@ -253,8 +286,12 @@ export async function startCentral(
         }
         res.writeHead(answer.status, answer.headers ?? {}).end(answer.body ?? '');
       };
-      if (answer.delayMs) setTimeout(send, answer.delayMs);
-      else send();
+      const later = (): void => {
+        if (answer.delayMs) setTimeout(send, answer.delayMs);
+        else send();
+      };
+      if (answer.hold) void answer.hold.then(later, later);
+      else later();
     });
   });
   await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
