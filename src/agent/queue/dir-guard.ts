@@ -7,7 +7,7 @@
 //
 // The check compares the path's (dev, ino) with the ones taken at open (or at the last rebuild): once a second
 // (CHECK_INTERVAL_MS, a stat), and at once when a part sees ENOENT on a path (suspect()). What happens then is
-// spool.ts's rebuild (the rule is stated there).
+// rebuild.ts (the rule is stated there).
 import { stat } from 'node:fs/promises';
 
 export const CHECK_INTERVAL_MS = 1000;

@@ -13,9 +13,9 @@
 //   Other open errors (EMFILE, EIO) may be transient: they are thrown, the exporter retries, the data stays.
 // - A position past a segment's end (data tail lost to power loss) reads as "segment consumed".
 // - Records a segment's headers promised but the reader could not find are counted as corrupt at the segment's end.
-// Spool directory removed (spool.ts has the rule): a segment file missing while the directory is not the one the spool
-// opened is not corruption: the open fails (the exporter retries) until the spool has recreated the directory. The
-// batch in flight at that moment stays in memory (kept) and is handed out again under its id until acked.
+// Spool directory removed (rebuild.ts has the rule): a segment file missing while the directory is not the one the
+// spool opened is not corruption: the open fails (the exporter retries) until the spool has recreated the directory.
+// The batch in flight at that moment stays in memory (kept) and is handed out again under its id until acked.
 // Disk full (writer.ts has the rule): every deletion tells the writer space was freed, and under space pressure an
 // ack that consumes the whole write segment asks the writer to roll it, so that it can be deleted too.
 import { SidekickError, describeError } from '../../errors.js';

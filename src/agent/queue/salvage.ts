@@ -1,4 +1,4 @@
-// Reading records back through open files after the spool directory was removed (spool.ts, the rebuild). An unlinked
+// Reading records back through open files after the spool directory was removed (rebuild.ts). An unlinked
 // file stays readable while a handle on it is open: the write segment and the segments waiting for their fsync
 // (segment-table.ts keeps those read-write), and the segment the reader has open. Their records from the read
 // position on are re-framed and written into the recreated directory ahead of everything still unwritten, so FIFO

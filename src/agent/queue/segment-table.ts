@@ -17,7 +17,7 @@
 // A segment file that cannot be deleted (EROFS, EACCES) is logged and deleted again with the next deletion or roll:
 // the ledger already says it is consumed, and recovery deletes it too, so a failed unlink never fails an ack.
 // The write segment and the segments waiting for their fsync are open read-write, so their records can be read back
-// through the open file after the directory was removed (spool.ts, the rebuild).
+// through the open file after the directory was removed (rebuild.ts).
 import { open, type FileHandle } from 'node:fs/promises';
 import { describeError } from '../../errors.js';
 import type { RateLimitedLog } from '../../log/logger.js';
@@ -146,7 +146,7 @@ export class SegmentTable {
   }
 
   /**
-   * The directory was recreated (spool.ts, the rebuild): let go of every handle on the old one and take what
+   * The directory was recreated (rebuild.ts): let go of every handle on the old one and take what
    * recovery found in the new one, starting a fresh write segment there (rule (1)). seqs go on growing.
    */
   async restart(found: Recovered): Promise<void> {

@@ -15,6 +15,7 @@
 //   reader.ts         cut/collect/ack/release batches, corrupt-region skip, the size cap (maxBytes)
 //   batch-id.ts       what a batch id is made of and why;  lines.ts  line counting and collecting
 //   dir-guard.ts      is the directory still the one opened and locked (a stat a second, and on ENOENT)
+//   rebuild.ts        recreating a removed or replaced directory and carrying on (the rule)
 //   salvage.ts        reading records back through open files of a removed directory
 //
 // Data flow: append() copies lines into a 64 KiB write buffer; the buffer is sealed into a frame when full or 2 ms
@@ -35,18 +36,9 @@
 // the same rule without the reclaiming: buffered (bounded), back-pressure, retried until writable (writer.ts).
 //
 // Spool directory removed or replaced while running (dir-guard.ts detects it within a second, or at once on ENOENT):
-// the spool never goes on writing into unlinked files (that lost everything silently at the next start) and never
-// wedges. THE RULE: it recreates the directory (mkdir, LOCK, ledger via recovery, a fresh write segment) inside the
-// reader's exclusive section with the writer paused, and carries on; logged SK_ERR_SPOOL_REMOVED (error). Records
-// that were on disk: the batch in flight stays in memory and is handed out again under its id until acked (written
-// into the spool at close if still not acked); the records from the read position on that can be read back through
-// an open file (the write segment, segments waiting for their fsync, the segment the reader has open: salvage.ts)
-// are written into the new directory ahead of the unwritten ones; the rest (closed segments no file is open on) is
-// counted removedDroppedRecords (part of droppedRecords; dropped{reason="spool_removed"}), exactly: the table knew
-// how many records each held. Unwritten records are untouched. Dead letters and side files in the old directory are
-// gone (dead letters were counted when written). If the directory cannot be recreated (parent gone, locked by
-// another agent), that is logged and retried with the next check; records wait in the bounded write buffer. At close,
-// a directory still lost is recreated first, so the final flush never lands in an unlinked file.
+// recreated, and the spool carries on; THE RULE (what is kept, read back, counted spool_removed) is rebuild.ts's. At
+// close, a directory still lost is recreated first, so the final flush never lands in an unlinked file, and a batch
+// kept in memory since a rebuild is written into the spool.
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -56,8 +48,9 @@ import { DirGuard, dirIdentity, type DirIdentity } from './dir-guard.js';
 import { GroupCommit } from './group-commit.js';
 import { SpoolLock } from './lock.js';
 import { SpoolReader } from './reader.js';
-import { salvageSegment, type SalvagedFrame } from './salvage.js';
-import { FRAME_HEADER_BYTES, SegmentReader, sealFrame } from './segment.js';
+import { rebuildDir, rebuildFailed, type RebuildParts } from './rebuild.js';
+import type { SalvagedFrame } from './salvage.js';
+import { FRAME_HEADER_BYTES, sealFrame } from './segment.js';
 import { recover, type Recovered } from './recovery.js';
 import { SegmentTable } from './segment-table.js';
 import { StateFiles } from './state.js';
@@ -87,6 +80,8 @@ export class Spool extends EventEmitter {
   private closing = false;
   private closed = false;
   private closePromise: Promise<void> | undefined;
+  /** What a rebuild works on (rebuild.ts). */
+  private readonly parts: RebuildParts;
   /** The rebuild in progress or queued (one at a time). */
   private rebuilding: Promise<boolean> | undefined;
 
@@ -129,6 +124,16 @@ export class Spool extends EventEmitter {
     this.reader = new SpoolReader(table, this.writer, this.commit, maxBytes, this.counters, logs, () =>
       this.guard.check(),
     );
+    this.parts = {
+      dir,
+      logs,
+      guard: this.guard,
+      table,
+      reader: this.reader,
+      writer: this.writer,
+      commit: this.commit,
+      counters: this.counters,
+    };
     this.guard.start();
   }
 
@@ -198,98 +203,17 @@ export class Spool extends EventEmitter {
    */
   private rebuild(): Promise<boolean> {
     this.rebuilding ??= this.reader
-      .exclusive(() => this.doRebuild())
+      .exclusive(async () => {
+        if (this.closed) return false;
+        this.lock = await rebuildDir(this.parts, this.lock);
+        return true;
+      })
       .catch((err: unknown) => {
-        this.logs.write.warn(
-          { code: 'SK_ERR_SPOOL_REMOVED', dir: this.dir, err: describeError(err) },
-          'SK_ERR_SPOOL_REMOVED: the spool directory is gone and could not be recreated; records wait in the bounded write buffer, retried in a second',
-        );
+        rebuildFailed(this.logs, this.dir, err);
         return false;
       })
       .finally(() => (this.rebuilding = undefined));
     return this.rebuilding;
-  }
-
-  private async doRebuild(): Promise<boolean> {
-    if (this.closed) return false;
-    const dir = this.dir;
-    const before = await dirIdentity(dir);
-    if (before && this.guard.is(before)) return true; // a late duplicate: already rebuilt
-    // The new directory first: nothing of the old state changes unless the spool can live there.
-    await mkdir(dir, { recursive: true });
-    const identity = await dirIdentity(dir);
-    if (!identity) throw new Error(`${dir} is not a directory`);
-    this.lock.forget();
-    const lock = await SpoolLock.acquire(dir, this.log);
-    let found: Recovered;
-    try {
-      found = await recover(dir, this.logs);
-    } catch (err) {
-      await lock.release().catch(() => {});
-      throw err;
-    }
-    await this.writer.pause();
-    try {
-      await this.commit.idle();
-      const t = this.table;
-      const pendingOnDisk = t.pendingOnDisk().records;
-      const kept = this.reader.keepInflight();
-      const from = kept ? kept.end : t.ackPos;
-      const frames: SalvagedFrame[] = [];
-      let unread = 0;
-      for (const seg of t.segments) {
-        const start = seg === t.head ? from : { seq: seg.seq, frame: 0, inner: 0 };
-        const open = this.reader.openReader(seg.seq);
-        const fh = open ? undefined : t.handleFor(seg.seq);
-        const r = open ?? (fh ? SegmentReader.borrow(seg.seq, fh) : undefined);
-        if (!r) {
-          unread++;
-          continue;
-        }
-        try {
-          frames.push(...(await salvageSegment(r, start, seg.size)));
-        } catch (err) {
-          unread++;
-          this.log.warn({ dir, segment: seg.seq, err: describeError(err) }, 'could not read back a removed segment');
-        } finally {
-          if (!open) await r.close();
-        }
-      }
-      let salvaged = 0;
-      for (const f of frames) salvaged += f.records;
-      const lost = Math.max(0, pendingOnDisk - (kept?.records ?? 0) - salvaged);
-      await this.reader.forgetSegments();
-      await t.restart(found);
-      this.lock = lock;
-      this.guard.adopt(identity);
-      const c = this.counters;
-      c.dirLost++;
-      c.salvagedRecords += salvaged;
-      c.recoveredRecords += found.recoveredRecords;
-      if (lost > 0) {
-        c.droppedRecords += lost;
-        c.removedDroppedRecords += lost;
-        c.droppedBatches++;
-      }
-      this.writer.prepend(frames);
-      this.commit.retrySoon();
-      this.log.error(
-        {
-          code: 'SK_ERR_SPOOL_REMOVED',
-          dir,
-          keptRecords: kept?.records ?? 0,
-          salvagedRecords: salvaged,
-          droppedRecords: lost,
-          segmentsNotReadBack: unread,
-          foundRecords: found.recoveredRecords,
-          removedDroppedRecords: c.removedDroppedRecords,
-        },
-        `SK_ERR_SPOOL_REMOVED: the spool directory was removed or replaced while running; recreated it and carried on (${salvaged} records read back through open files, ${kept?.records ?? 0} in flight kept in memory, ${lost} lost with the removed files, counted spool_removed)`,
-      );
-      return true;
-    } finally {
-      this.writer.resume();
-    }
   }
 
   /** A throwing listener must not look like a failed write (the data is on disk already). */
