@@ -363,7 +363,7 @@ export class SpoolWriter {
     await this.loop;
   }
 
-  /** After stop(): give up what is still unwritten, counted (FrameQueue.dropUnwritten); returns the records dropped. */
+  /** After stop(): give up what is unwritten, counted (FrameQueue.dropUnwritten); returns the records dropped. */
   dropUnwritten(): number {
     return this.queue.dropUnwritten();
   }
