@@ -174,6 +174,7 @@ describe('PHP client contract (php CLI)', { skip: SKIP_PHP }, () => {
       { action: 'disable-enable', records: 1 },
       { action: 'disable-in-shutdown', records: 0 }, // our send runs after every other shutdown function
       { action: 'enable', extra: { SIDEKICK_AGENT_DISABLE: '1' }, records: 0 }, // enable() does not undo the switch
+      { action: 'send', extra: { SIDEKICK_AGENT_DISABLE: '1' }, records: 0 }, // nor does an explicit Agent::send()
     ];
     for (const c of cases)
       test(`${c.action}${c.extra ? ' with SIDEKICK_AGENT_DISABLE=1' : ''}: ${c.records} record(s)`, async () => {

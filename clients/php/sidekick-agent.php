@@ -26,7 +26,7 @@
  *   SIDEKICK_AGENT_MAX_WAIT_US sidekick.agent_max_wait_us total time one send may wait for the socket (default 500).
  *   SIDEKICK_AGENT_SNDBUF      sidekick.agent_sndbuf      socket send buffer asked for (default 1 MiB; the kernel caps
  *       it at net.core.wmem_max; 0 keeps the system default). Needs ext-sockets; without it the default stays.
- *   SIDEKICK_AGENT_DISABLE=1   sidekick.agent_disable=1   turns the client off.
+ *   SIDEKICK_AGENT_DISABLE=1   sidekick.agent_disable=1   turns the client off (the request's record and Agent::send()).
  *   SIDEKICK_AGENT_FINISH_REQUEST=1 / sidekick.agent_finish_request=1: fastcgi_finish_request() before the send.
  *
  * CONNECTION. One persistent stream per PHP process (stream_socket_client with STREAM_CLIENT_PERSISTENT), reused by
@@ -99,6 +99,8 @@ if (!\class_exists(Agent::class, false)) {
         /** Sends from its destructor when exit() in another shutdown function skipped ours (finish() runs once). */
         private static ?object $guard = null;
         private static bool $disabled = false;
+        /** The operator's switch, read once: null until first needed. */
+        private static ?bool $switchedOff = null;
         private static int $startNs = 0;
         private static float $startMs = 0.0;
         private static ?string $route = null;
@@ -296,6 +298,12 @@ if (!\class_exists(Agent::class, false)) {
          */
         public static function send(array $record): bool
         {
+            // The operator's switch (SIDEKICK_AGENT_DISABLE / sidekick.agent_disable) turns explicit sends off too: not
+            // a drop, the client is off. disable() only concerns this request's own record.
+            self::$switchedOff ??= self::flag('SIDEKICK_AGENT_DISABLE', 'sidekick.agent_disable');
+            if (self::$switchedOff) {
+                return false;
+            }
             // Silence everything in here, including user error handlers (the @ operator alone still calls them).
             \set_error_handler(static fn (): bool => true);
             try {
