@@ -1,27 +1,23 @@
 // The Unix stream socket receiver: many clients, many lines per connection, no reply.
 //
-// Each connection has its own LineFramer; good lines go straight to the sink (the spool append). The receiver never
-// closes a connection because of bad input, and never writes to a client (a graceful stop half-closes: see sayBye).
-// Reading pauses while the memory budget is exhausted. For a worker recycle, `detach()` stops reading every
-// connection at once and hands out the raw handles with their unfinished line, so the next worker continues each
-// stream exactly where this one stopped. The Node internals this takes (stream handles) are in common/node-internals.
+// Accepts connections (up to maxConnections, from the file-descriptor limit), one Connection each (connection.ts:
+// its own LineFramer, bad input never closes it, the agent never writes to a client). Reading pauses on every
+// connection while the memory budget is exhausted. For a worker recycle, `detachAll()` stops reading every connection
+// at once and hands out the raw handles with their unfinished line, so the next worker continues each stream exactly
+// where this one stopped.
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { sleep } from '../../common/async.js';
-import {
-  readEndSeen,
-  socketOverHandle,
-  startHandleReading,
-  stopHandleReading,
-  streamHandleOf,
-  takeStreamHandle,
-} from '../../common/node-internals.js';
+import { socketOverHandle } from '../../common/node-internals.js';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
 import type { MemoryBudget } from '../memory-budget.js';
+import { Connection, type ConnectionOwner, type DetachedConnection } from './connection.js';
 import { parseControl } from './control.js';
-import { LineFramer, type LineSink } from './ndjson.js';
+import type { LineSink } from './ndjson.js';
+
+export type { DetachedConnection } from './connection.js';
 
 export interface ReceiverSink {
   append(lines: Buffer, records: number): void;
@@ -69,150 +65,7 @@ export function maxConnectionsFor(fdLimit: number | undefined): number {
   return Math.max(1, fdLimit - Math.min(FD_RESERVE, Math.floor(fdLimit / 2)));
 }
 
-/** What a detached connection carries to its next owner. */
-export interface DetachedConnection {
-  handle: unknown;
-  partial: Buffer;
-  discarding: boolean;
-}
-
-/** A read this large means more is waiting: keep reading rather than nap. */
-const NAP_BELOW_BYTES = 32 * 1024;
-
-class Connection {
-  readonly framer: LineFramer;
-  private held = 0;
-  paused = false;
-  lastDataAt = Date.now();
-  detached = false;
-  /** Not reading for a moment (read coalescing), see nap(). */
-  private napping = false;
-
-  constructor(
-    readonly socket: net.Socket,
-    private readonly receiver: UnixSocketReceiver,
-  ) {
-    this.framer = new LineFramer(receiver.maxRecordBytes, receiver.lineSink);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => {
-      this.framer.end();
-      this.account();
-    });
-    socket.on('error', () => {
-      // a client vanishing mid-write is normal; the framer keeps what arrived
-    });
-    socket.on('close', () => this.receiver.forget(this));
-  }
-
-  private onData(chunk: Buffer): void {
-    this.lastDataAt = Date.now();
-    this.framer.push(chunk);
-    this.account();
-    if (this.receiver.budget.exhausted && !this.receiver.draining) this.pause();
-    else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
-  }
-
-  /**
-   * Read coalescing: after a small read, stop reading this connection for `coalesceMs`, so the lines clients write
-   * meanwhile wait in the kernel (their send buffers hold ~1 MiB) and the next read takes them all at once. A busy PHP
-   * host sends each record as its own small write; read one by one, every record costs the agent an event-loop turn
-   * and the client a wake-up of the agent (expensive on a VM). The socket is really taken out of the poll set
-   * (readStop), not just paused in JS, so those writes wake nobody.
-   */
-  private nap(): void {
-    const handle = streamHandleOf(this.socket);
-    if (!handle || this.napping || this.paused || this.detached || this.socket.destroyed) return;
-    if (readEndSeen(this.socket)) return; // EOF already read: the rest is in the stream's buffer, nothing to wait for
-    this.napping = true;
-    this.socket.pause();
-    stopHandleReading(handle);
-    this.receiver.napping(this);
-  }
-
-  wake(): void {
-    if (!this.napping) return;
-    this.napping = false;
-    if (this.paused || this.detached || this.socket.destroyed) return;
-    this.readAgain();
-  }
-
-  /**
-   * Resumes the stream and, if nap() stopped the handle, the handle too: the stream may still count its last read
-   * request as pending and would then never ask the handle again.
-   */
-  private readAgain(): void {
-    const handle = streamHandleOf(this.socket);
-    // Never restart a handle that already read EOF: a second EOF would be a push after end, an error that destroys
-    // the socket with the lines still in its buffer.
-    if (handle && !handle.reading && !readEndSeen(this.socket)) startHandleReading(handle);
-    this.socket.resume();
-  }
-
-  account(): void {
-    const now = this.framer.bufferedBytes;
-    if (now !== this.held) {
-      this.receiver.budget.add('receiver', now - this.held);
-      this.held = now;
-    }
-  }
-
-  /**
-   * Tells the client this agent is going away: a half-close (FIN on our side; we keep reading). PHP's liveness check
-   * of a persistent socket (a peek that reads 0) and the Node client's 'end' both see it before their next write,
-   * close their end and connect again, so we read everything they wrote up to their EOF — at no cost per request.
-   * The agent never writes data to a client: a client that exits with unread data in its socket makes the kernel
-   * report ECONNRESET here, and the lines it wrote just before would be lost (seen with PHP CLI clients).
-   */
-  sayBye(): void {
-    if (this.detached || this.socket.destroyed || !this.socket.writable) return;
-    this.lastDataAt = Date.now(); // the client gets a full idle period to answer
-    this.socket.end();
-  }
-
-  pause(): void {
-    if (this.paused || this.detached) return;
-    this.paused = true;
-    this.socket.pause();
-  }
-
-  resume(): void {
-    if (!this.paused || this.detached) return;
-    this.paused = false;
-    this.napping = false;
-    if (!this.socket.destroyed) this.readAgain();
-  }
-
-  release(): void {
-    this.framer.setMaxRecordBytes(this.receiver.maxRecordBytes);
-    this.receiver.budget.add('receiver', -this.held);
-    this.held = 0;
-  }
-
-  /**
-   * Stops reading *now* and takes the native handle away from the socket object, so nothing more is read in this
-   * process: readStop on the handle, then consume whatever the stream already buffered (only present if the
-   * connection was paused), then detach the handle as child_process does when it sends a socket.
-   */
-  detach(): DetachedConnection | undefined {
-    const socket = this.socket;
-    const handle = streamHandleOf(socket);
-    if (!handle || socket.destroyed) return undefined;
-    stopHandleReading(handle);
-    socket.removeAllListeners('data');
-    let chunk: Buffer | null;
-    while ((chunk = socket.read() as Buffer | null) !== null) this.framer.push(chunk);
-    stopHandleReading(handle); // read() may have restarted it; no data is delivered before we return
-    takeStreamHandle(socket);
-    socket.removeAllListeners();
-    socket.on('error', () => undefined);
-    this.detached = true;
-    const { partial, discarding } = this.framer.takePartial();
-    this.account();
-    return { handle, partial, discarding };
-  }
-}
-
-export class UnixSocketReceiver {
+export class UnixSocketReceiver implements ConnectionOwner {
   readonly budget: MemoryBudget;
   /** Set by drain(): read to the end regardless of the memory budget. */
   draining = false;

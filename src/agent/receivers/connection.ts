@@ -1,0 +1,174 @@
+// One client connection of the Unix socket receiver (unix-socket.ts). Its own LineFramer; good lines go straight to
+// the sink (the spool append). A connection is never closed because of bad input, and the agent never writes to a
+// client (a graceful stop half-closes: see sayBye). Reading pauses while the memory budget is exhausted, and naps
+// for a moment after a small read (read coalescing, see nap). For a worker recycle, detach() stops reading at once
+// and hands out the raw handle with its unfinished line. The Node internals this takes (stream handles) are in
+// common/node-internals.
+import type net from 'node:net';
+import {
+  readEndSeen,
+  startHandleReading,
+  stopHandleReading,
+  streamHandleOf,
+  takeStreamHandle,
+} from '../../common/node-internals.js';
+import type { MemoryBudget } from '../memory-budget.js';
+import { LineFramer, type LineSink } from './ndjson.js';
+
+/** What a connection needs of the receiver that holds it. */
+export interface ConnectionOwner {
+  readonly maxRecordBytes: number;
+  readonly lineSink: LineSink;
+  readonly budget: MemoryBudget;
+  /** Read to the end regardless of the memory budget (the final drain). */
+  readonly draining: boolean;
+  /** Read coalescing window in ms; 0 = off. */
+  readonly coalesceMs: number;
+  /** The connection stopped reading for coalesceMs (nap): wake it with the others. */
+  napping(conn: Connection): void;
+  /** The connection closed. */
+  forget(conn: Connection): void;
+}
+
+/** What a detached connection carries to its next owner. */
+export interface DetachedConnection {
+  handle: unknown;
+  partial: Buffer;
+  discarding: boolean;
+}
+
+/** A read this large means more is waiting: keep reading rather than nap. */
+const NAP_BELOW_BYTES = 32 * 1024;
+
+export class Connection {
+  readonly framer: LineFramer;
+  private held = 0;
+  paused = false;
+  lastDataAt = Date.now();
+  detached = false;
+  /** Not reading for a moment (read coalescing), see nap(). */
+  private napping = false;
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly receiver: ConnectionOwner,
+  ) {
+    this.framer = new LineFramer(receiver.maxRecordBytes, receiver.lineSink);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => {
+      this.framer.end();
+      this.account();
+    });
+    socket.on('error', () => {
+      // a client vanishing mid-write is normal; the framer keeps what arrived
+    });
+    socket.on('close', () => this.receiver.forget(this));
+  }
+
+  private onData(chunk: Buffer): void {
+    this.lastDataAt = Date.now();
+    this.framer.push(chunk);
+    this.account();
+    if (this.receiver.budget.exhausted && !this.receiver.draining) this.pause();
+    else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
+  }
+
+  /**
+   * Read coalescing: after a small read, stop reading this connection for `coalesceMs`, so the lines clients write
+   * meanwhile wait in the kernel (their send buffers hold ~1 MiB) and the next read takes them all at once. A busy PHP
+   * host sends each record as its own small write; read one by one, every record costs the agent an event-loop turn
+   * and the client a wake-up of the agent (expensive on a VM). The socket is really taken out of the poll set
+   * (readStop), not just paused in JS, so those writes wake nobody.
+   */
+  private nap(): void {
+    const handle = streamHandleOf(this.socket);
+    if (!handle || this.napping || this.paused || this.detached || this.socket.destroyed) return;
+    if (readEndSeen(this.socket)) return; // EOF already read: the rest is in the stream's buffer, nothing to wait for
+    this.napping = true;
+    this.socket.pause();
+    stopHandleReading(handle);
+    this.receiver.napping(this);
+  }
+
+  wake(): void {
+    if (!this.napping) return;
+    this.napping = false;
+    if (this.paused || this.detached || this.socket.destroyed) return;
+    this.readAgain();
+  }
+
+  /**
+   * Resumes the stream and, if nap() stopped the handle, the handle too: the stream may still count its last read
+   * request as pending and would then never ask the handle again.
+   */
+  private readAgain(): void {
+    const handle = streamHandleOf(this.socket);
+    // Never restart a handle that already read EOF: a second EOF would be a push after end, an error that destroys
+    // the socket with the lines still in its buffer.
+    if (handle && !handle.reading && !readEndSeen(this.socket)) startHandleReading(handle);
+    this.socket.resume();
+  }
+
+  account(): void {
+    const now = this.framer.bufferedBytes;
+    if (now !== this.held) {
+      this.receiver.budget.add('receiver', now - this.held);
+      this.held = now;
+    }
+  }
+
+  /**
+   * Tells the client this agent is going away: a half-close (FIN on our side; we keep reading). PHP's liveness check
+   * of a persistent socket (a peek that reads 0) and the Node client's 'end' both see it before their next write,
+   * close their end and connect again, so we read everything they wrote up to their EOF — at no cost per request.
+   * The agent never writes data to a client: a client that exits with unread data in its socket makes the kernel
+   * report ECONNRESET here, and the lines it wrote just before would be lost (seen with PHP CLI clients).
+   */
+  sayBye(): void {
+    if (this.detached || this.socket.destroyed || !this.socket.writable) return;
+    this.lastDataAt = Date.now(); // the client gets a full idle period to answer
+    this.socket.end();
+  }
+
+  pause(): void {
+    if (this.paused || this.detached) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  resume(): void {
+    if (!this.paused || this.detached) return;
+    this.paused = false;
+    this.napping = false;
+    if (!this.socket.destroyed) this.readAgain();
+  }
+
+  release(): void {
+    this.framer.setMaxRecordBytes(this.receiver.maxRecordBytes);
+    this.receiver.budget.add('receiver', -this.held);
+    this.held = 0;
+  }
+
+  /**
+   * Stops reading *now* and takes the native handle away from the socket object, so nothing more is read in this
+   * process: readStop on the handle, then consume whatever the stream already buffered (only present if the
+   * connection was paused), then detach the handle as child_process does when it sends a socket.
+   */
+  detach(): DetachedConnection | undefined {
+    const socket = this.socket;
+    const handle = streamHandleOf(socket);
+    if (!handle || socket.destroyed) return undefined;
+    stopHandleReading(handle);
+    socket.removeAllListeners('data');
+    let chunk: Buffer | null;
+    while ((chunk = socket.read() as Buffer | null) !== null) this.framer.push(chunk);
+    stopHandleReading(handle); // read() may have restarted it; no data is delivered before we return
+    takeStreamHandle(socket);
+    socket.removeAllListeners();
+    socket.on('error', () => undefined);
+    this.detached = true;
+    const { partial, discarding } = this.framer.takePartial();
+    this.account();
+    return { handle, partial, discarding };
+  }
+}
