@@ -144,6 +144,8 @@ function withCode(logs: Record<string, unknown>[], code: string): Record<string,
   return logs.filter((l) => l.code === code);
 }
 
+const FORK_PROBE = "require('node:child_process').execFileSync(process.execPath, ['-e', '0'])";
+
 function isRoot(t: TestContext, what: string): boolean {
   if (process.getuid?.() === 0) return true;
   t.skip(`needs root to ${what}`);
@@ -256,7 +258,8 @@ for (const centralUp of [true, false]) {
   test(`spool directory chmod 000 mid-stream, ${central}: buffered, held back, resumes once accessible`, async (t) => {
     // Root ignores directory permissions: the agent runs as nobody for this one.
     if (!isRoot(t, 'run the agent as another user (root ignores chmod 000)')) return;
-    // nobody must be able to run this node binary (e.g. one unpacked into a private temp dir).
+    // nobody must be able to run this node binary (e.g. one unpacked into a private temp dir). Probed two levels deep,
+    // as the agent forks its worker: setpriv itself may still pass a directory check its child then fails.
     const probe = spawnSync('setpriv', [
       `--reuid=${NOBODY}`,
       `--regid=${NOBODY}`,
@@ -264,7 +267,7 @@ for (const centralUp of [true, false]) {
       '--',
       process.execPath,
       '-e',
-      '0',
+      FORK_PROBE,
     ]);
     if (probe.status !== 0) {
       const why = `user nobody cannot run ${process.execPath}: ${probe.stderr?.toString().trim() || probe.error?.message}`;
