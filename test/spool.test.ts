@@ -1,5 +1,5 @@
 // Spool tests: FIFO, restart replay, stable batch ids, corruption, kill -9, size cap, lock, state files.
-import { after, test } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -21,6 +21,25 @@ function captureLog(): { log: pino.Logger; lines: Array<Record<string, unknown>>
   const lines: Array<Record<string, unknown>> = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
   return { log, lines };
+}
+
+/**
+ * A small seeded PRNG (mulberry32) for the randomised tests: the seed is printed, and SK_TEST_SEED=<seed> replays a
+ * failing run's random choices (the same damage, the same append and batch sizes).
+ */
+function seeded(t: TestContext): { random: () => number; seed: number } {
+  const fixed = process.env.SK_TEST_SEED;
+  const seed = fixed !== undefined && fixed !== '' ? Number(fixed) >>> 0 : randomBytes(4).readUInt32LE(0);
+  t.diagnostic(`seed ${seed} (replay with SK_TEST_SEED=${seed})`);
+  let a = seed;
+  const random = (): number => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+  return { random, seed };
 }
 
 const tmpDirs: string[] = [];
@@ -111,7 +130,8 @@ test('crc32: zlib-compatible, JS fallback identical', () => {
   }
 });
 
-test('FIFO across many appends and segment rolls, with a concurrent reader', async () => {
+test('FIFO across many appends and segment rolls, with a concurrent reader', async (t) => {
+  const { random, seed } = seeded(t);
   const dir = await tmp();
   const { log } = captureLog();
   const s = await Spool.open(opts(dir, log, { segmentBytes: 16 * 1024, syncIntervalMs: 5 }));
@@ -122,10 +142,10 @@ test('FIFO across many appends and segment rolls, with a concurrent reader', asy
   const producer = (async () => {
     let i = 0;
     while (i < N) {
-      const n = Math.min(N - i, 1 + Math.floor(Math.random() * 25));
+      const n = Math.min(N - i, 1 + Math.floor(random() * 25));
       s.append(lines(i, n), n);
       i += n;
-      if (Math.random() < 0.2) await new Promise((r) => setImmediate(r));
+      if (random() < 0.2) await new Promise((r) => setImmediate(r));
     }
     producerDone = true;
     resolveDone();
@@ -133,7 +153,7 @@ test('FIFO across many appends and segment rolls, with a concurrent reader', asy
   const got: number[] = [];
   const seqs = new Set<string>();
   for (;;) {
-    const b = await s.nextBatch(1 + Math.floor(Math.random() * 150));
+    const b = await s.nextBatch(1 + Math.floor(random() * 150));
     if (!b) {
       if (producerDone) {
         // the producer has returned: everything is appended, and nextBatch pushes buffered data out before
@@ -152,8 +172,8 @@ test('FIFO across many appends and segment rolls, with a concurrent reader', asy
     await s.ack(b.id);
   }
   await producer;
-  assert.deepEqual(got, range(0, N - 1));
-  assert.ok(seqs.size > 20, `batches came from many segments (${seqs.size})`);
+  assert.deepEqual(got, range(0, N - 1), `seed ${seed}`);
+  assert.ok(seqs.size > 20, `batches came from many segments (${seqs.size}; seed ${seed})`);
   const st = s.stats();
   assert.equal(st.pendingRecords, 0);
   assert.equal(st.ackedRecords, N);
@@ -647,6 +667,7 @@ test('crash between ledger write and segment delete, in either order, recovers w
 });
 
 test('random damage anywhere (truncate, bit flips, zeroed blocks): open never fails, order holds, intact prefix survives', async (t) => {
+  const { random, seed } = seeded(t);
   const { log } = captureLog();
   const FRAME = 28 + 7 * LINE_BYTES;
   const N = 7 * 60;
@@ -659,14 +680,14 @@ test('random damage anywhere (truncate, bit flips, zeroed blocks): open never fa
     const files = (await segFiles(dir)).map((n) => join(dir, n));
     // damage 1-3 random places in random segments
     let firstDamage = Number.POSITIVE_INFINITY; // as a global record index: frames before it must survive
-    const damages = 1 + Math.floor(Math.random() * 3);
+    const damages = 1 + Math.floor(random() * 3);
     for (let d = 0; d < damages; d++) {
-      const fi = Math.floor(Math.random() * files.length);
+      const fi = Math.floor(random() * files.length);
       const path = files[fi]!;
       const size = (await stat(path)).size;
       if (size === 0) continue;
-      const at = Math.floor(Math.random() * size);
-      const kind = Math.floor(Math.random() * 3);
+      const at = Math.floor(random() * size);
+      const kind = Math.floor(random() * 3);
       if (kind === 0) await truncate(path, at);
       else {
         const b = await readFile(path);
@@ -678,10 +699,15 @@ test('random damage anywhere (truncate, bit flips, zeroed blocks): open never fa
     }
     s = await Spool.open(opts(dir, log)); // must not throw
     const got = await drainAll(s, 50);
+    const where = `round ${round}, seed ${seed} (replay with SK_TEST_SEED=${seed})`;
     for (let k = 1; k < got.length; k++)
-      assert.ok(got[k]! > got[k - 1]!, 'strictly increasing: in order, no duplicate');
+      assert.ok(got[k]! > got[k - 1]!, `strictly increasing: in order, no duplicate; ${where}`);
     const intact = range(0, Math.min(N, firstDamage) - 1);
-    assert.deepEqual(got.slice(0, intact.length), intact, 'everything before the first damaged frame survives');
+    assert.deepEqual(
+      got.slice(0, intact.length),
+      intact,
+      `everything before the first damaged frame survives; ${where}`,
+    );
     balance(s);
     totalSkipped += N - got.length;
     await s.close();
