@@ -24,14 +24,24 @@ import { DeadLetterStore } from './exporters/dead-letter.js';
 import { Dispatcher } from './exporters/dispatcher.js';
 import { createExporter, type Exporter } from './exporters/index.js';
 import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
+import {
+  metricsOf,
+  RssGauge,
+  statusOf,
+  type AgentPipelineStatus,
+  type PipelineParts,
+  type PipelineState,
+} from './pipeline-status.js';
 import { ClientStateFile, clientStateOf } from './client-state.js';
 import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from './pipeline-config.js';
 import { Batcher } from './processors/batcher.js';
 import { MemoryBudget } from './memory-budget.js';
-import { Spool, type SpoolStats } from './queue/spool.js';
-import { SpillReceiver, type SpillStats } from './receivers/spill.js';
+import { Spool } from './queue/spool.js';
+import { SpillReceiver } from './receivers/spill.js';
 import type { ClientState } from './receivers/control.js';
 import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
+
+export type { AgentPipelineStatus, PipelineState } from './pipeline-status.js';
 
 export interface AgentPipelineOptions {
   config: AgentConfig;
@@ -40,28 +50,9 @@ export interface AgentPipelineOptions {
   listenFd: number;
 }
 
-export type PipelineState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
-
 /** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
 export interface PipelineStateEvent extends ClientState {
   breaker: BreakerStateName;
-}
-
-export interface AgentPipelineStatus {
-  state: PipelineState;
-  pid: number;
-  startedAt: number;
-  socket: string;
-  connections: number;
-  exporter: { type: string; target: string };
-  breaker: ReturnType<ExporterBreaker['toJSON']> | undefined;
-  spool: (SpoolStats & { dir: string }) | undefined;
-  spill: SpillStats | undefined;
-  /** The state line clients are given (profiling on/off and why, sample rate). */
-  clients: ClientState;
-  memory: ReturnType<MemoryBudget['usage']>;
-  lastExportError: { message: string; at: number } | undefined;
-  nextAttemptAt: number | undefined;
 }
 
 /** How long start() waits for a spool lock still held by a previous owner that is shutting down. */
@@ -92,7 +83,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
   private breaker: ExporterBreaker | undefined;
   private exporter: Exporter | undefined;
   private stopping: Promise<void> | undefined;
-  private lastRss = 0;
+  private readonly rss = new RssGauge();
 
   constructor(opts: AgentPipelineOptions) {
     super();
@@ -349,67 +340,29 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     this.stateFile.publish(this.cfg.socket, state);
   }
 
-  /** Counters and gauges now (reads only: what it returns does not depend on how often it is called). */
+  /** Counters and gauges now (pipeline-status.ts). */
   metrics(): AgentMetricsSnapshot {
-    const st = this.spool?.stats();
-    const spill = this.spill?.snapshot();
-    const counters = structuredClone(this.counters);
-    if (st) {
-      // The spool counts its own drops and corrupt frames. disk_full: accepted records it could not write (its
-      // buffer cap while the disk was full, or unwritten at close); spool_removed: records in segment files removed
-      // with the spool directory that it could not read back; the rest of its drops are the size cap.
-      counters.dropped.spool_full = st.droppedRecords - st.diskFullDroppedRecords - st.removedDroppedRecords;
-      counters.dropped.disk_full = st.diskFullDroppedRecords;
-      counters.dropped.spool_removed = st.removedDroppedRecords;
-      counters.dropped.spool_corrupt = st.corruptRecords;
-      counters.spoolCorruptFrames = st.corruptFrames;
-    }
-    return {
-      counters,
-      gauges: {
-        breakerState: this.breaker?.stateCode ?? 0,
-        spoolBytes: st?.pendingBytes ?? 0,
-        spoolRecords: st?.pendingRecords ?? 0,
-        spoolSegments: st?.segments ?? 0,
-        openConnections: this.receiver?.connectionCount ?? 0,
-        spillPendingBytes: spill?.pendingBytes ?? 0,
-        spillOldestSeconds: Math.round((spill?.oldestPendingMs ?? 0) / 1000),
-        memoryBufferedBytes: this.budget.used,
-        rssBytes: this.rss(),
-      },
-    };
-  }
-
-  /**
-   * The worker's RSS, or the last one read: reading it opens /proc/self/stat, which fails with EMFILE when the
-   * process is out of file descriptors (a throw here used to crash the worker from its stats timer).
-   */
-  private rss(): number {
-    try {
-      this.lastRss = process.memoryUsage.rss();
-    } catch {
-      // keep the last value
-    }
-    return this.lastRss;
+    return metricsOf(this.parts(), this.rss.read());
   }
 
   status(): AgentPipelineStatus {
-    const exp = this.cfg.exporter;
-    const st = this.spool?.stats();
+    return statusOf(this.parts());
+  }
+
+  /** What the read-outs look at (pipeline-status.ts). */
+  private parts(): PipelineParts {
     return {
       state: this.stateName,
-      pid: process.pid,
       startedAt: this.startedAtMs,
-      socket: this.cfg.socket,
-      connections: this.receiver?.connectionCount ?? 0,
-      exporter: { type: exp.type, target: exp.type === 'http' ? exp.url : exp.dir },
-      breaker: this.breaker?.toJSON(),
-      spool: st ? { ...st, dir: this.cfg.spool.dir } : undefined,
-      spill: this.spill?.snapshot(),
-      clients: this.clientState(),
-      memory: this.budget.usage(),
-      lastExportError: this.dispatcher?.lastError,
-      nextAttemptAt: this.dispatcher?.lastError ? this.dispatcher.nextAttemptAt : undefined,
+      cfg: this.cfg,
+      counters: this.counters,
+      budget: this.budget,
+      spool: this.spool,
+      receiver: this.receiver,
+      spill: this.spill,
+      breaker: this.breaker,
+      dispatcher: this.dispatcher,
+      clients: () => this.clientState(),
     };
   }
 }
