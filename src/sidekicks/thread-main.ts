@@ -133,6 +133,7 @@ const ctx: SidekickContext = {
     if (typeof fn !== 'function') throw new TypeError('handleTasks expects a function');
     taskHandler = fn;
     noHandler = false;
+    port.ref(); // a task handler keeps the thread up to answer, even after the default export returned
     for (const task of earlyTasks.splice(0)) void runTask(task, fn);
   },
 };
@@ -163,4 +164,8 @@ if (data.everyMs === undefined) {
   }
 }
 mainSettled = true;
+// The port's message listener would keep this thread alive for ever, so a default export that returned with nothing
+// left in its event loop would never end: the clean exit the supervisor reruns (instance.ts) could not happen. Once
+// the main has settled, the port alone no longer holds the thread, unless the sidekick serves tasks (handleTasks).
+if (!taskHandler) port.unref();
 exitIfDone();
