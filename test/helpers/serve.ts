@@ -439,8 +439,10 @@ export class ServeProcess {
     env: Record<string, string>,
     /** The test's temp dir (also SK_TEST_DIR of every process this serve starts). */
     readonly dir: string,
+    /** The CLI arguments; `['serve']` alone finds the config in `dir` (the working directory). */
+    args: string[] = ['serve', '-c', configFile],
   ) {
-    this.proc = spawn(process.execPath, [BIN, 'serve', '-c', configFile], {
+    this.proc = spawn(process.execPath, [BIN, ...args], {
       cwd: dir,
       env: childEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
