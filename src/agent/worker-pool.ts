@@ -107,6 +107,11 @@ export class WorkerPool {
 
   /** Closes the held connections and the socket (after stop(), or after a failed start). */
   close(): void {
+    // After a failed start the first worker's exit went down the crash path and scheduled a restart: without this the
+    // process never exited (a spool locked by another agent → a new worker every few seconds, no exit 1).
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    for (const w of this.workers) if (w.state !== 'exited') void w.kill();
     this.held.closeAll();
     closeListener(this.listenerRef);
   }
