@@ -12,6 +12,7 @@ import {
   balance,
   deadLetters,
   dedupedByBatchId,
+  fileOutput,
   keysOf,
   record,
   sendOnce,
@@ -326,5 +327,28 @@ test('memory.maxBytes: with central holding the batch, clients are held back; no
     0,
     'nothing dropped',
   );
+  assert.equal((await agent.stop()).code, 0);
+});
+
+test('memory.maxBytes smaller than one record: readers paused mid-line still finish it, so reading never stalls', async (t) => {
+  const scope = agentScope(t);
+  const out = `${scope.dir}/out`;
+  // 16 KiB of budget, 20 KB records: every record is an unfinished line over the limit for a while.
+  scope.writeConfig({ exporter: { type: 'file', dir: out }, memory: { maxBytes: 16 * 1024 } });
+  const agent = await scope.startAgent();
+  const sent = Array.from({ length: 100 }, (_, i) => `big-${i}`);
+  await sendOnce(scope.sock, sent.map((k) => record(k, 20_000)).join(''));
+  const s = await waitFor(
+    async () => {
+      const st = await agent.status();
+      return st.counters.exported === sent.length && st;
+    },
+    'all 100 exported (a stall stopped at 9 before the fix)',
+    30_000,
+  );
+  assert.equal(s.counters.received, sent.length);
+  const b = balance(sent, keysOf(fileOutput(out).lines));
+  assert.deepEqual(b.missing, []);
+  assert.equal(b.duplicates, 0);
   assert.equal((await agent.stop()).code, 0);
 });

@@ -166,6 +166,16 @@ test('memory budget: exhausted past max or while held, relief under 75%', () => 
   assert.deepEqual(events, ['x', 'r', 'x', 'r']);
 });
 
+test('memory budget: unfinished lines alone never block (only reading on finishes them)', () => {
+  const b = new MemoryBudget(100);
+  b.add('receiver', 150); // paused mid-line past the limit, nothing else held
+  assert.equal(b.exhausted, false, 'no deadlock: the readers must go on to finish their lines');
+  b.add('spool', 10); // now something drains: the bound applies
+  assert.equal(b.exhausted, true);
+  b.add('spool', -10); // the write landed; only the unfinished lines are left
+  assert.equal(b.exhausted, false);
+});
+
 test('breaker: opens after N consecutive retryable failures, persists openedAt, restores open', async () => {
   let stored: unknown;
   const store = { read: async () => stored, write: async (v: unknown) => void (stored = v) };

@@ -7,7 +7,8 @@
 //               back-pressure past its high-water mark, which holds the receiver like an exhausted budget)
 //   inflight  — the batch being exported (its payload, plus its gzip copy)
 // Past maxBytes the receiver stops reading client sockets (the kernel socket buffers and then the clients' own
-// non-blocking drop counters absorb the burst) until usage falls back under the low-water mark (75%).
+// non-blocking drop counters absorb the burst) until usage falls back under the low-water mark (75%). Unfinished
+// lines alone never block (only reading on can finish them); each is capped by maxRecordBytes.
 import { EventEmitter } from 'node:events';
 
 export type MemoryPool = 'receiver' | 'spool' | 'inflight';
@@ -63,11 +64,14 @@ export class MemoryBudget extends EventEmitter {
   }
 
   private check(): void {
-    const over = this.total > this.maxBytes || this.holds.size > 0;
+    // Unfinished lines only shrink by reading on (the line completes and goes to the spool): when nothing else holds
+    // memory, they must not block by themselves, or readers paused mid-line would wait for relief forever.
+    const drains = this.pools.spool + this.pools.inflight > 0;
+    const over = (this.total > this.maxBytes && drains) || this.holds.size > 0;
     if (!this.blocked && over) {
       this.blocked = true;
       this.emit('exhausted');
-    } else if (this.blocked && this.holds.size === 0 && this.total <= this.maxBytes * 0.75) {
+    } else if (this.blocked && this.holds.size === 0 && (this.total <= this.maxBytes * 0.75 || !drains)) {
       this.blocked = false;
       this.emit('relief');
     }
