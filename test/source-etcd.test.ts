@@ -7,36 +7,14 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
-import { configure, getVars, onVars, peekVars, shutdown, type Vars } from 'sidekick';
+import { configure, getVars, peekVars, shutdown, type Vars } from 'sidekick';
 import { EtcdServer, etcdMissing } from './helpers/etcd.ts';
 import { ENTRYPOINT, freePort, waitFor } from './helpers/serve.ts';
+import { recordVars as record, varsWhere } from './helpers/vars.ts';
 
 const missing = etcdMissing();
 if (missing && process.env.CI === 'true') throw new Error(`CI=true: ${missing}`);
 const skip = missing ? `skipped: ${missing}` : false;
-
-/** Resolves with the first snapshot of `name` (the current one included) that `pred` accepts; rejects after `ms`. */
-function varsWhere(name: string, pred: (v: Vars) => boolean, what: string, ms = 15_000): Promise<Vars> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`${name}: ${what}: not seen within ${ms} ms (last: ${JSON.stringify(peekVars(name))})`));
-    }, ms);
-    const done = (v: Vars): void => {
-      clearTimeout(timer);
-      off();
-      resolve(v);
-    };
-    const off = onVars(name, (v) => pred(v) && done(v));
-    const now = peekVars(name);
-    if (now && pred(now)) done(now);
-  });
-}
-
-function record(name: string): { seen: Vars[]; stop: () => void } {
-  const seen: Vars[] = [];
-  return { seen, stop: onVars(name, (v) => seen.push(v)) };
-}
 
 const plain = (v: Vars | undefined) => ({ ...v });
 const b64 = (s: string) => Buffer.from(s).toString('base64');

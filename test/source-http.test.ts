@@ -7,32 +7,9 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { configure, getVars, onVars, peekVars, shutdown, type Vars } from 'sidekick';
+import { configure, getVars, peekVars, shutdown } from 'sidekick';
 import { ENTRYPOINT, freePort, waitFor } from './helpers/serve.ts';
-
-/** Resolves with the first snapshot of `name` (the current one included) that `pred` accepts; rejects after `ms`. */
-function varsWhere(name: string, pred: (v: Vars) => boolean, what: string, ms = 10_000): Promise<Vars> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`${name}: ${what}: not seen within ${ms} ms (last: ${JSON.stringify(peekVars(name))})`));
-    }, ms);
-    const done = (v: Vars): void => {
-      clearTimeout(timer);
-      off();
-      resolve(v);
-    };
-    const off = onVars(name, (v) => pred(v) && done(v));
-    const now = peekVars(name);
-    if (now && pred(now)) done(now);
-  });
-}
-
-/** Every snapshot of `name` published from now on. */
-function record(name: string): { seen: Vars[]; stop: () => void } {
-  const seen: Vars[] = [];
-  return { seen, stop: onVars(name, (v) => seen.push(v)) };
-}
+import { recordVars as record, varsWhere } from './helpers/vars.ts';
 
 // One server for every route; state per route, mutated by the tests.
 const sse = { doc: '{"a":"1","n":2,"obj":{"x":true},"nil":null}', open: new Set<http.ServerResponse>(), connects: 0 };
