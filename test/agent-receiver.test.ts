@@ -88,10 +88,10 @@ test('a napping connection paused by the memory budget reads again after relief'
     await once(c, 'connect');
     c.write('{"i":0}\n');
     await waitFor(() => r.got.length === 1, 'the first line (the connection then naps)');
-    budget.add('receiver', 5000); // exhausted while napping: every connection is paused
+    budget.add('inflight', 5000); // exhausted while napping: every connection is paused
     c.write('{"i":1}\n');
     await new Promise((res) => setTimeout(res, 60)); // past the nap
-    budget.add('receiver', -5000); // relief
+    budget.add('inflight', -5000); // relief
     await waitFor(() => r.got.length === 2, 'the line written during the nap and the pause');
     c.destroy();
   } finally {
