@@ -152,6 +152,15 @@ describe('formatStatus (pure: status JSON + now → text)', () => {
     assert.equal(color.replace(/\x1b\[[0-9;]*m/g, ''), plain);
   });
 
+  test('the spool line says when the disk is full and when the directory was removed while running', () => {
+    const pipeline = { ...AGENT_STATUS!.pipeline!, spool: { diskFull: true, dirLost: 2 } };
+    const out = formatStatus({ agent: { ...AGENT_STATUS, pipeline } as LooseStatus['agent'] }, NOW);
+    assert.match(
+      out,
+      /^ {2}spool {4}20000 records {2}4\.2 MiB {2}disk full {2}directory removed while running 2× \(recreated\)$/m,
+    );
+  });
+
   test('fields an older or newer instance does not report print as `-`, not as an exception', () => {
     const out = formatStatus(
       { apps: [{ name: 'x', workers: [{ pid: 1 }], sidekicks: [{ name: 'y' }] }], agent: {} },

@@ -167,6 +167,8 @@ function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[
 
   let spool = `${num(g?.spoolRecords)} records  ${bytes(g?.spoolBytes)}`;
   if (p?.spool?.diskFull) spool += `  ${paint('disk full', 'bad', color)}`;
+  if (p?.spool?.dirLost)
+    spool += `  ${paint(`directory removed while running ${p.spool.dirLost}× (recreated)`, 'warn', color)}`;
   if (g?.spillPendingBytes)
     spool += `  spill ${bytes(g.spillPendingBytes)} pending (oldest ${g.spillOldestSeconds ?? 0}s)`;
   rows.push(['spool', spool]);
