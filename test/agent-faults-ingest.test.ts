@@ -78,10 +78,13 @@ test('file-descriptor limit: connections past the cap are closed and counted, he
   const conns: Awaited<ReturnType<typeof connect>>[] = [];
   const settled = (): Promise<Awaited<ReturnType<AgentProcess['status']>>> =>
     waitFor(async () => {
+      // The agent's own view must add up too: a status read may come from its last periodic report (a busy worker
+      // answers the fresh-snapshot request late), so wait for one where held + rejected covers every connection.
       const s = await agent.status();
       const closed = conns.filter((c) => c.closed()).length;
-      return s.gauges.openConnections + closed === conns.length && s;
-    }, 'every connection held or closed by the agent');
+      const counted = s.gauges.openConnections + s.counters.rejectedConnections;
+      return s.gauges.openConnections + closed === conns.length && counted === conns.length && s;
+    }, 'every connection held or closed by the agent, and counted');
   for (let i = 0; i < 160; i++) conns.push(await connect(scope.sock));
   const s1 = await settled();
   assert.equal(s1.gauges.openConnections, 128, 'held up to the cap');
