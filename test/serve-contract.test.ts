@@ -14,6 +14,7 @@ import {
   FIXTURES,
   HANDLER,
   ServeProcess,
+  breakerOpeningAgent,
   freePort,
   httpGet,
   readEvents,
@@ -329,17 +330,7 @@ test("the agent inside serve: readVars('agent').PROFILING_ENABLED goes from '1' 
     dir,
     [{ name: 'web', workers: 2 }],
     {},
-    {
-      agent: {
-        socket: agentSock,
-        spool: { dir: join(dir, 'spool'), syncIntervalMs: 100 },
-        exporter: { type: 'http', url: `http://127.0.0.1:${deadPort}/ingest`, timeoutMs: 1_000 },
-        batch: { maxRecords: 10, maxDelayMs: 100 },
-        retry: { initialDelayMs: 50, maxDelayMs: 200 },
-        breaker: { failures: 1, halfOpenAfterMs: '10m' },
-        stopTimeoutMs: 2_000,
-      },
-    },
+    { agent: breakerOpeningAgent(dir, agentSock, deadPort) },
   );
   t.after(() => serve.kill());
   const st = await serve.waitReady();

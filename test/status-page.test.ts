@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import type { BrowserContext } from 'playwright-core';
 import { record, sendOnce } from './helpers/agent.ts';
 import { chromiumMissing, launchChromium } from './helpers/browser.ts';
-import { adminGet, freePort, httpGet, startServe, tempDir, waitFor } from './helpers/serve.ts';
+import { adminGet, breakerOpeningAgent, freePort, httpGet, startServe, tempDir, waitFor } from './helpers/serve.ts';
 
 const missing = chromiumMissing();
 const TASKS = 'tasks.live';
@@ -97,16 +97,8 @@ test(
       {},
       {
         admin: { http: { listen: `127.0.0.1:${pagePort}`, token } },
-        agent: {
-          socket: agentSock,
-          spool: { dir: join(dir, 'spool'), syncIntervalMs: 100 },
-          exporter: { type: 'http', url: `http://127.0.0.1:${deadPort}/ingest`, timeoutMs: 1_000 },
-          batch: { maxRecords: 10, maxDelayMs: 100 },
-          retry: { initialDelayMs: 50, maxDelayMs: 200 },
-          // One failed export opens it, and it stays open for the rest of the test.
-          breaker: { failures: 1, halfOpenAfterMs: '10m' },
-          stopTimeoutMs: 2_000,
-        },
+        // One failed export opens its breaker, and it stays open for the rest of the test.
+        agent: breakerOpeningAgent(dir, agentSock, deadPort),
       },
     );
     let browser: BrowserContext | undefined;

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { adminGet } from '../../src/admin/client.ts';
 import { settleWithin } from '../../src/common/async.ts';
+import { pidsWhere } from './proc.ts';
 import type { AgentCounterValues, AgentGaugeValues } from '../../src/agent/metrics.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -48,25 +49,12 @@ export async function waitFor<T>(
  * or lock, and an orphaned one may never be reaped in a container without an init).
  */
 export function liveInGroup(pgid: number): number[] {
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
-  } catch {
-    return [];
-  }
-  const out: number[] = [];
-  for (const e of entries) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-    } catch {
-      continue; // gone
-    }
+  return pidsWhere((pid) => {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses, so read after the last ')'
     const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') out.push(Number(e));
-  }
-  return out;
+    return Number(pgrp) === pgid && state !== 'Z' && state !== 'X';
+  });
 }
 
 /** Test-friendly agent config: small batches, fast retries, short breaker, everything inside `dir`. */

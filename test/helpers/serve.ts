@@ -2,13 +2,14 @@
 // (started, polled until ready through its admin socket, stopped with a deadline, and always cleaned up by pid),
 // HTTP GET, a bounded keep-alive load generator, CLI and child-node runners, and the fixtures' events.log.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { pidsWhere } from './proc.ts';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BIN = join(ROOT, 'bin', 'sidekick.js');
@@ -297,23 +298,7 @@ export function runCli(
  */
 export function processesOfTestDir(dir: string): number[] {
   const needle = `\0SK_TEST_DIR=${dir}\0`;
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
-  } catch {
-    return [];
-  }
-  const out: number[] = [];
-  for (const e of entries) {
-    const pid = Number(e);
-    if (pid === process.pid) continue;
-    try {
-      if (`\0${readFileSync(`/proc/${e}/environ`, 'latin1')}`.includes(needle)) out.push(pid);
-    } catch {
-      // gone, or not ours
-    }
-  }
-  return out;
+  return pidsWhere((pid) => `\0${readFileSync(`/proc/${pid}/environ`, 'latin1')}`.includes(needle));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -421,6 +406,22 @@ export async function writeServeConfig(
   const file = join(dir, 'sidekick.config.json');
   writeFileSync(file, JSON.stringify(config, null, 2));
   return { file, ports, adminSocket: config.admin.socket };
+}
+
+/**
+ * An `agent` config section for serve whose breaker opens at the first failed export and stays open (central is down:
+ * nothing listens on `deadPort`); records sent to `socket` trigger it.
+ */
+export function breakerOpeningAgent(dir: string, socket: string, deadPort: number): Record<string, unknown> {
+  return {
+    socket,
+    spool: { dir: join(dir, 'spool'), syncIntervalMs: 100 },
+    exporter: { type: 'http', url: `http://127.0.0.1:${deadPort}/ingest`, timeoutMs: 1_000 },
+    batch: { maxRecords: 10, maxDelayMs: 100 },
+    retry: { initialDelayMs: 50, maxDelayMs: 200 },
+    breaker: { failures: 1, halfOpenAfterMs: '10m' },
+    stopTimeoutMs: 2_000,
+  };
 }
 
 export class ServeProcess {
