@@ -18,8 +18,9 @@
 //     ledger-first delete (reader.ts, segment-table.ts rule (2));
 //   - every segment deletion retries the write at once (spaceFreed) rather than after the backoff, one frame per write
 //     until one succeeds (a 4 MiB write would wait for 4 MiB of free space);
-//   - under space pressure (a write failed for lack of space, no reclaim since), an ack that consumes the whole write
-//     segment has it rolled (reclaim()), so acknowledged data does not sit on a full disk waiting for segmentBytes;
+//   - under space pressure (a write failed for lack of space and no reclaim since, or less free space than
+//     segmentBytes), an ack that consumes the whole write segment has it rolled (reclaim()), so acknowledged data does
+//     not sit on a nearly full disk waiting for segmentBytes;
 //   - a failed roll (no inode, no directory block) changes no state: logged, retried with the next attempt.
 // Failed fsyncs are group-commit's: logged, the dirty state kept, retried with the next sync (group-commit.ts).
 // A READ-ONLY or INACCESSIBLE directory (EROFS, EACCES, EPERM, EIO) follows the same rule without the reclaiming: the
@@ -27,6 +28,7 @@
 // backoff and succeeds once the directory is writable again; past maxBufferedBytes, and at close, what is unwritten
 // is dropped and counted disk_full. A write failing with ENOENT (the directory removed) is reported (hooks.failed),
 // and the spool recreates the directory while the writer is paused (pause(), prepend(), resume()).
+import { statfsSync } from 'node:fs';
 import { FrameQueue } from './frame-queue.js';
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
@@ -304,9 +306,20 @@ export class SpoolWriter {
     return this.nextWrite();
   }
 
-  /** A write failed for lack of space and no reclaim since: a fully acked write segment should be rolled. */
+  /**
+   * A fully acked write segment should be rolled (and so deleted) rather than grow on: a write failed for lack of
+   * space and no reclaim since, or the filesystem has less free space than segmentBytes, so the segment could never
+   * reach its roll size and its acked bytes would sit on a nearly full disk. Asked only when an ack consumes the whole
+   * write segment (one statfs at most per batch).
+   */
   get underSpacePressure(): boolean {
-    return this.spaceShort;
+    if (this.spaceShort) return true;
+    try {
+      const fs = statfsSync(this.table.dir);
+      return fs.bavail * fs.bsize < this.segmentBytes;
+    } catch {
+      return false;
+    }
   }
 
   /** Roll the write segment (below segmentBytes) at the writer's next turn, so it can be deleted: it is acked. */
