@@ -6,7 +6,7 @@
 // Under CI (CI=true) a missing tool (php, the apcu extension, php-fpm, nginx) fails instead of skipping.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -297,6 +297,31 @@ describe('PHP client contract (php CLI)', { skip: SKIP_PHP }, () => {
       const off = printed(await php(['-d', 'apc.enable_cli=0', ...PREPEND, APP], base)).stats as Rec;
       assert.deepEqual([off.dropped, off.dropped_total], [2, null]);
     });
+
+    for (const cli of ['0', '1']) {
+      test(`spill full, apc.enable_cli=${cli}: a request's drops go to the spill as one control line with their count`, async () => {
+        // On the CLI nothing outlives the process (not even APCu), so the request writes its drops into the allowance
+        // past the cap: one line however many it dropped (2 extra records + its own), not one line per drop.
+        const spill = dirs.path(`full-${cli}`);
+        mkdirSync(spill, { recursive: true });
+        writeFileSync(join(spill, 'spill.ndjson'), `{"type":"filler","pad":"${'x'.repeat(200)}"}\n`);
+        const out = printed(
+          await php(['-d', `apc.enable_cli=${cli}`, ...PREPEND, APP], {
+            SIDEKICK_AGENT_SOCKET: dirs.path('nobody.sock'),
+            SIDEKICK_AGENT_SPILL_DIR: spill,
+            SIDEKICK_AGENT_SPILL_MAX_BYTES: '100',
+            CT_ACTION: 'drops',
+          }),
+        ).stats as Rec;
+        assert.deepEqual([out.spilled, out.dropped], [0, 2], 'both extra records dropped: the spill is full');
+        const lines = readFileSync(join(spill, 'spill.ndjson'), 'utf8').split('\n').filter(Boolean);
+        assert.deepEqual(
+          lines.slice(1).map((l) => JSON.parse(l) as Rec),
+          [{ _sidekick: 'dropped', count: 3 }],
+          'one control line: the two extra records and the request record',
+        );
+      });
+    }
   });
 
   describe('default socket /run/sidekick/agent.sock', () => {
