@@ -11,7 +11,8 @@
 //   and ledger open for writing (EBUSY; checked). A read-only bind mount over the spool directory gives every path
 //   operation EROFS (rolls, deletes, side files) while open files stay writable, like a read-only filesystem to
 //   everything the spool opens by name; `umount` undoes it. Root only (skipped otherwise).
-// - chmod 000: root ignores it, so the agent runs as nobody (setpriv) for it; EACCES behaves like EROFS. Root only.
+// - chmod 000: root ignores it, so the agent runs as nobody (setpriv) for it, from an installed copy of the package in
+//   its temp dir (the checkout may be out of nobody's reach); EACCES behaves like EROFS. Root only.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
@@ -19,13 +20,13 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { dedupedByBatchId, keysOf, sendLoad, waitFor, type AgentProcess, type AgentStatus } from './helpers/agent.ts';
 import { agentScope, type AgentScope } from './helpers/agent-scope.ts';
+import { installedCopy, NOBODY } from './helpers/installed-copy.ts';
 
 const CONNECTIONS = 4;
 const PER_CONNECTION = 2500; // 4 × 2500 × 200 B = 2 MB over ~1.5 s (pauseMs): the fault lands mid-stream
 const SENT = CONNECTIONS * PER_CONNECTION;
 const SEGMENT_BYTES = 128 * 1024; // several segments in a short outage
 const HOLD_MS = 1500;
-const NOBODY = 65534;
 
 interface SpoolView {
   pendingRecords: number;
@@ -55,6 +56,8 @@ interface Fault {
   undo?(): void;
   /** Runs the agent under this wrapper (e.g. as another user). */
   wrap?: string[];
+  /** Runs this bin/sidekick.js (e.g. an installedCopy() the other user can read). */
+  bin?: string;
 }
 
 interface Outcome {
@@ -76,7 +79,7 @@ async function run(t: TestContext, scope: AgentScope, fault: Fault): Promise<Out
     breaker: { failures: 5, halfOpenAfterMs: 200 },
     memory: { maxBytes: 16 * 1024 * 1024 },
   });
-  const agent = await scope.startAgent({ wrap: fault.wrap });
+  const agent = await scope.startAgent({ wrap: fault.wrap, bin: fault.bin });
   const first = await agent.status();
   let sendDone = false;
   const sending = sendLoad(scope.sock, {
@@ -283,6 +286,8 @@ for (const centralUp of [true, false]) {
     const { end, held, logs } = await run(t, scope, {
       centralUp,
       spoolDir,
+      // Not the checkout: it may lie under a directory nobody cannot traverse (root's 0700 home, a mktemp -d).
+      bin: installedCopy(join(scope.dir, 'pkg')),
       wrap: ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--'],
       inject: () => chmodSync(spoolDir, 0),
       undo: () => chmodSync(spoolDir, 0o750),

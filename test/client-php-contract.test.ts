@@ -6,8 +6,18 @@
 // Under CI (CI=true) a missing tool (php, the apcu extension, php-fpm, nginx) fails instead of skipping.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   Listener,
@@ -19,6 +29,7 @@ import {
   socketDir,
   type RunResult,
 } from './fixtures/clients/helpers.ts';
+import { openToAll } from './helpers/installed-copy.ts';
 import { PHP_FPM_MISSING, startPhpStack, type PhpStack } from './helpers/php-fpm.ts';
 
 const CI = process.env.CI === 'true';
@@ -297,6 +308,31 @@ describe('PHP client contract (php CLI)', { skip: SKIP_PHP }, () => {
       const off = printed(await php(['-d', 'apc.enable_cli=0', ...PREPEND, APP], base)).stats as Rec;
       assert.deepEqual([off.dropped, off.dropped_total], [2, null]);
     });
+
+    for (const cli of ['0', '1']) {
+      test(`spill full, apc.enable_cli=${cli}: a request's drops go to the spill as one control line with their count`, async () => {
+        // On the CLI nothing outlives the process (not even APCu), so the request writes its drops into the allowance
+        // past the cap: one line however many it dropped (2 extra records + its own), not one line per drop.
+        const spill = dirs.path(`full-${cli}`);
+        mkdirSync(spill, { recursive: true });
+        writeFileSync(join(spill, 'spill.ndjson'), `{"type":"filler","pad":"${'x'.repeat(200)}"}\n`);
+        const out = printed(
+          await php(['-d', `apc.enable_cli=${cli}`, ...PREPEND, APP], {
+            SIDEKICK_AGENT_SOCKET: dirs.path('nobody.sock'),
+            SIDEKICK_AGENT_SPILL_DIR: spill,
+            SIDEKICK_AGENT_SPILL_MAX_BYTES: '100',
+            CT_ACTION: 'drops',
+          }),
+        ).stats as Rec;
+        assert.deepEqual([out.spilled, out.dropped], [0, 2], 'both extra records dropped: the spill is full');
+        const lines = readFileSync(join(spill, 'spill.ndjson'), 'utf8').split('\n').filter(Boolean);
+        assert.deepEqual(
+          lines.slice(1).map((l) => JSON.parse(l) as Rec),
+          [{ _sidekick: 'dropped', count: 3 }],
+          'one control line: the two extra records and the request record',
+        );
+      });
+    }
   });
 
   describe('default socket /run/sidekick/agent.sock', () => {
@@ -314,12 +350,17 @@ describe('PHP client contract (php CLI)', { skip: SKIP_PHP }, () => {
       const created = !existsSync(dir);
       if (created) mkdirSync(dir, { mode: 0o755 });
       const l = await Listener.start(sock);
+      // nobody runs a copy of the client and the page, as a pool runs an installed client (/opt/sidekick/clients/php):
+      // the checkout may lie under a directory nobody cannot traverse (root's 0700 home, a mktemp -d).
+      const copy = mkdtempSync(join(tmpdir(), 'skc-nobody-'));
       try {
         chmodSync(sock, 0o666);
         assert.equal((await php([...PREPEND, APP], { CT_ACTION: 'ok', REQUEST_URI: '/as-root' })).code, 0);
+        for (const f of [PHP_CLIENT, APP]) copyFileSync(f, join(copy, basename(f)));
+        openToAll(copy);
         // Not root: the "/run/sidekick exists" rule (what PHP-FPM workers rely on), with no XDG_RUNTIME_DIR either.
         const r = await php(
-          [...PREPEND, APP],
+          ['-d', `auto_prepend_file=${join(copy, basename(PHP_CLIENT))}`, join(copy, basename(APP))],
           { CT_ACTION: 'ok', REQUEST_URI: '/as-nobody' },
           { uid: 65534, gid: 65534 },
         );
@@ -331,6 +372,7 @@ describe('PHP client contract (php CLI)', { skip: SKIP_PHP }, () => {
         );
       } finally {
         await l.close();
+        rmSync(copy, { recursive: true, force: true });
         rmSync(sock, { force: true });
         if (created) rmSync(dir, { recursive: true, force: true });
       }

@@ -11,7 +11,7 @@
 // client could not hand over while the agent restarted go to its spill file and are replayed by the next agent
 // (docs/clients.md "Spill"), so with a healthy spill dir even `clientDropped` stays 0.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -28,7 +28,7 @@ import {
   type CentralRequest,
   type FakeCentral,
 } from './helpers/agent.ts';
-import { PHP_FPM_MISSING, runLoad, startPhpStack, type LoadRun, type PhpStack } from './helpers/php-fpm.ts';
+import { PHP_FPM_MISSING, ROOT, runLoad, startPhpStack, type LoadRun, type PhpStack } from './helpers/php-fpm.ts';
 
 const CI = process.env.CI === 'true';
 // Outside CI a machine without php-fpm/nginx skips; under CI it fails (see the first test).
@@ -36,6 +36,8 @@ const SKIP = PHP_FPM_MISSING && !CI ? PHP_FPM_MISSING : false;
 if (SKIP) console.log(SKIP);
 
 const CONCURRENCY = 16;
+/** A page served by a pool without the client: the client's pool-wide APCu counters (dropped, unreported). */
+const APCU_PAGE = join(ROOT, 'test', 'fixtures', 'php-fpm', 'apcu-drops.php');
 
 type Counters = AgentStatus['counters'];
 
@@ -475,6 +477,109 @@ describe('nginx + PHP-FPM + agent', { skip: SKIP }, () => {
       assert.equal(c.clientDropped, 0);
       assert.equal(c.deadLettered, 0);
       assert.equal(droppedOf(c), 0);
+    });
+  });
+
+  describe('agent down under load past a 64 KiB spill cap, then up (issue 16, item 11)', () => {
+    const SPILL_CAP = 65536;
+    const w = new World();
+    after(() => w.close());
+
+    /** The client's pool-wide APCu counters, read by a page of a pool without the client (same FPM master). */
+    async function apcu(): Promise<{ enabled: boolean; dropped: number; unreported: number }> {
+      const res = await fetch(`${w.stack.urls.apcu}drops`, { signal: AbortSignal.timeout(10_000) });
+      return (await res.json()) as { enabled: boolean; dropped: number; unreported: number };
+    }
+
+    test('requests sent = delivered + client_dropped, exactly: every drop reported once, whatever the cap', async () => {
+      w.central = await startCentral();
+      w.config = writeConfig(
+        w.tmp.dir,
+        agentConfig(w.tmp.dir, { exporter: { type: 'http', url: w.central.url, timeoutMs: 10_000 } }),
+      );
+      w.stack = await startPhpStack({
+        agentSocket: w.socket,
+        children: 4,
+        env: { SIDEKICK_AGENT_SPILL_MAX_BYTES: String(SPILL_CAP) },
+        pools: [{ name: 'app' }, { name: 'apcu', client: false, page: APCU_PAGE, children: 1 }],
+      });
+      assert.equal((await apcu()).enabled, true, 'APCu is enabled under FPM (php-apcu)');
+
+      // No agent: the first ~300 records fill the spill file to its cap, every later one is dropped. Far more drops
+      // than control lines fit in the 64 KiB allowance past the cap (~1,800 when each drop wrote its own line).
+      const down = runLoad({
+        url: w.stack.url,
+        prefix: 'e',
+        concurrency: CONCURRENCY,
+        maxRequests: 5000,
+        maxMs: 60_000,
+      });
+      await down.done;
+      assertAllOk(down);
+      const whileDown = await apcu();
+      const spillFile = join(w.tmp.dir, 'spill', 'spill.ndjson');
+      const spillBytes = statSync(spillFile).size;
+      assert.ok(
+        spillBytes >= SPILL_CAP - 1024 && spillBytes <= SPILL_CAP + 65536 + 1024,
+        `the spill file took records up to its cap, and stays near it (${spillBytes})`,
+      );
+      assert.ok(whileDown.dropped > 4000, `most records were dropped past the cap (${whileDown.dropped})`);
+
+      // The agent comes up: it replays the spill file; the next requests' sends carry the drops not reported yet.
+      await w.startAgent();
+      const up = runLoad({ url: w.stack.url, prefix: 'f', concurrency: CONCURRENCY, maxRequests: 400, maxMs: 30_000 });
+      await up.done;
+      assertAllOk(up);
+      await nginxLogged(w, down, 'e');
+      await nginxLogged(w, up, 'f');
+
+      // Until the books balance, or the agent has had nothing to do for a while (then the assertions show the gap).
+      let quiet = 0;
+      let lastReceived = -1;
+      const books = async () => {
+        const e = outcome(w, 'e');
+        const f = outcome(w, 'f');
+        const s = await w.agent.status();
+        return { e, f, s, c: s.counters };
+      };
+      await waitFor(
+        async () => {
+          const { e, f, s, c } = await books();
+          if (e.delivered + f.delivered + c.clientDropped >= e.logged + f.logged) return true;
+          const idle = s.gauges.spoolRecords === 0 && s.gauges.spillPendingBytes === 0;
+          quiet = idle && c.received === lastReceived ? quiet + 1 : 0;
+          lastReceived = c.received;
+          return quiet >= 8;
+        },
+        'the books to balance, or the agent to go idle',
+        45_000,
+        250,
+      );
+      const { e, f, c } = await books();
+      const end = await apcu();
+      const sent = e.logged + f.logged;
+      const delivered = e.delivered + f.delivered;
+      console.log(
+        `[php-fpm spill-cap] requests ${sent} (agent down ${e.logged}, up ${f.logged}); spill file ${spillBytes} bytes ` +
+          `(cap ${SPILL_CAP}); delivered ${delivered} (replayed from the spill ${c.spillReplayed}); ` +
+          `client_dropped ${c.clientDropped}; APCu drops ${end.dropped} (unreported ${end.unreported}); ` +
+          `invalid ${invalidOf(c)}; truncated ${c.truncated}`,
+      );
+      assert.equal(e.logged, down.completed, 'nginx logged every answered request');
+      assert.equal(f.logged, up.completed);
+      assert.deepEqual([...e.unknown, ...f.unknown], [], 'no record without a logged request');
+      assert.equal(e.duplicates + f.duplicates, 0, 'no record delivered twice');
+      assert.equal(invalidOf(c), 0, 'no invalid line');
+      assert.equal(f.delivered, f.logged, 'with the agent up every record is delivered');
+      assert.ok(c.spillReplayed > 0 && e.delivered === c.spillReplayed, 'what was spilled while down was replayed');
+      assert.equal(
+        delivered + c.clientDropped,
+        sent,
+        `delivered ${delivered} + client_dropped ${c.clientDropped} = requests ${sent} (APCu counted ${end.dropped} drops)`,
+      );
+      assert.equal(c.clientDropped, end.dropped, "the agent's client_dropped is the pool's APCu drop count");
+      assert.equal(end.unreported, 0, 'nothing left unreported');
+      assert.equal(w.stack.phpErrors(), '', 'PHP logged no warning, notice or error');
     });
   });
 });

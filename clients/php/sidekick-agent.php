@@ -66,9 +66,13 @@
  * (docs/clients.md "Spill").
  *
  * DROPS. A record is dropped when: it cannot be sent nor spilled (spill full or not writable), the line exceeds 1 MiB,
- * or encoding fails. Every drop is reported to the agent, which counts it as client_dropped: as a control line on the
- * working connection, or, when the connection is what failed, as a control line in the spill file. Per process:
- * Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'.
+ * or encoding fails. Every drop is reported to the agent, which counts it as client_dropped, exactly once: the drops
+ * not reported yet travel as ONE control line {"_sidekick":"dropped","count":N} leading the next line that gets out —
+ * on the socket, or a record appended to the spill file. With APCu (PHP-FPM, Apache) that count is pool-wide
+ * ('sidekick.agent.unreported', taken with apcu_cas by one sender, given back if its write fails), so drops never
+ * use spill space and any child's next working send reports them. Without APCu (and on the CLI) nothing outlives the
+ * request: at its end one control line with the request's drops goes to the spill file, allowed up to 64 KiB past
+ * the cap. Per process: Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'. docs/clients.md "Drops".
  *
  * Requires PHP >= 8.1 (tested with Debian's PHP 8.2 CLI). Docs: docs/clients.md.
  */
@@ -82,6 +86,8 @@ if (!\class_exists(Agent::class, false)) {
     {
         public const MAX_RECORD_BYTES = 1048576;
         public const APCU_DROPPED_KEY = 'sidekick.agent.dropped';
+        /** Drops of the pool not yet reported to the agent (APCu): the next send that works, in any child, takes them. */
+        public const APCU_UNREPORTED_KEY = 'sidekick.agent.unreported';
         public const DEFAULT_ROOT_SOCKET = '/run/sidekick/agent.sock';
         /** Seconds PHP may poll for a connect that reports EAGAIN; unix connects never report EINPROGRESS. */
         public const CONNECT_TIMEOUT_S = 0.0005;
@@ -111,8 +117,15 @@ if (!\class_exists(Agent::class, false)) {
         private static int $sent = 0;
         private static int $dropped = 0;
         private static int $spilled = 0;
-        /** Drops not yet reported to the agent. */
+        /**
+         * Drops not yet reported to the agent that live in this request only: all of them without APCu (nothing else
+         * outlives the request), else only those APCu failed to take.
+         */
         private static int $unreported = 0;
+        /** APCu usable for the pool's counters (checked once per request). */
+        private static ?bool $apcu = null;
+        /** This request's record was sent (or dropped): a later drop cannot wait for the end of the request. */
+        private static bool $finished = false;
         /** @var resource|null this request's handle on the process's persistent connection */
         private static $conn = null;
         private static int $connects = 0;
@@ -252,7 +265,12 @@ if (!\class_exists(Agent::class, false)) {
         public static function finish(): void
         {
             try {
+                if (self::$finished) {
+                    return;
+                }
+                self::$finished = true;
                 if (self::$disabled) {
+                    self::persistUnreported(); // drops of this request's Agent::send() calls
                     return;
                 }
                 self::$disabled = true; // one record per request, whatever happens next
@@ -286,8 +304,9 @@ if (!\class_exists(Agent::class, false)) {
                 }
                 self::send($record);
             } catch (\Throwable) {
-                self::drop();
+                self::countDrop();
             }
+            self::persistUnreported();
         }
 
         /**
@@ -316,7 +335,7 @@ if (!\class_exists(Agent::class, false)) {
                     // Nothing wrong with the connection: report the drop on it now (a control line alone).
                     self::countDrop();
                     if (!self::write('')) {
-                        self::persistUnreported();
+                        self::afterDrop();
                     }
                     return false;
                 }
@@ -325,9 +344,15 @@ if (!\class_exists(Agent::class, false)) {
                     self::$sent++;
                     return true;
                 }
-                if (self::spill($line)) {
-                    self::$spilled++;
-                    return true;
+                if (\strlen($line) <= self::SPILL_MAX_LINE_BYTES) {
+                    // The unreported drops lead the record in the same append: one whole write, they travel together.
+                    $count = self::takeUnreported();
+                    $control = $count > 0 ? self::droppedLine($count) : '';
+                    if (self::spill($control . $line, \strlen($line))) {
+                        self::$spilled++;
+                        return true;
+                    }
+                    self::giveBack($count);
                 }
                 return self::drop();
             } catch (\Throwable) {
@@ -345,11 +370,12 @@ if (!\class_exists(Agent::class, false)) {
         {
             $deadline = 0; // set at the first short write: the usual write never needs the clock or the setting
             while (($conn = self::connection()) !== null) {
-                $control = self::$unreported > 0 ? '{"_sidekick":"dropped","count":' . self::$unreported . "}\n" : '';
+                $count = self::takeUnreported();
+                $control = $count > 0 ? self::droppedLine($count) : '';
                 $payload = $control . $line;
                 $written = self::writeAll($conn, $payload, $deadline);
-                if ($written >= \strlen($control)) {
-                    self::$unreported = 0; // the control line went out whole: the agent has the count
+                if ($written < \strlen($control)) {
+                    self::giveBack($count); // cut or not written: the agent discards a cut line, the count waits
                 }
                 if ($written === \strlen($payload)) {
                     return true;
@@ -471,47 +497,136 @@ if (!\class_exists(Agent::class, false)) {
             }
         }
 
-        /** Counts one drop whose line never reached the agent, and keeps the count for the next connection. */
+        /** Counts one drop whose line never reached the agent; the count waits for the next send that works. */
         private static function drop(): bool
         {
             self::countDrop();
-            self::persistUnreported();
+            self::afterDrop();
             return false;
         }
 
+        /**
+         * Counts one drop: in this process's stats, in the pool's APCu total, and as not reported yet — pool-wide in
+         * APCu (any child's next send that works reports it), else in this request.
+         */
         private static function countDrop(): void
         {
             self::$dropped++;
-            self::$unreported++;
-            self::countShared();
+            $shared = false;
+            try {
+                if (\function_exists('apcu_enabled') && \apcu_enabled()) {
+                    @\apcu_inc(self::APCU_DROPPED_KEY);
+                    $shared = self::apcu() && @\apcu_inc(self::APCU_UNREPORTED_KEY) !== false;
+                }
+            } catch (\Throwable) {
+                // counting in APCu is best effort: the request keeps it
+            }
+            if (!$shared) {
+                self::$unreported++;
+            }
         }
 
         /**
-         * Appends $line to the spill file (the agent replays it when it can): one O_APPEND write of a whole line, no
-         * lock, within the size cap. False when the spill is off, full, not writable, or the line is too long.
+         * Takes every drop not reported yet (this request's, and with APCu the pool's, atomically: each drop is taken
+         * by one sender only). The caller writes them as one control line, or gives them back.
          */
-        private static function spill(string $line, bool $ignoreCap = false): bool
+        private static function takeUnreported(): int
+        {
+            $n = self::$unreported;
+            self::$unreported = 0;
+            if (self::apcu()) {
+                try {
+                    for ($i = 0; $i < 8; $i++) { // bounded: another child taking or adding at the same moment
+                        $v = @\apcu_fetch(self::APCU_UNREPORTED_KEY);
+                        if (!\is_int($v) || $v <= 0) {
+                            break;
+                        }
+                        if (@\apcu_cas(self::APCU_UNREPORTED_KEY, $v, 0)) {
+                            $n += $v;
+                            break;
+                        }
+                    }
+                } catch (\Throwable) {
+                    // left in APCu for the next sender
+                }
+            }
+            return $n;
+        }
+
+        /** $n taken drops did not reach the agent or the spill file: they wait again. */
+        private static function giveBack(int $n): void
+        {
+            if ($n <= 0) {
+                return;
+            }
+            if (self::apcu()) {
+                try {
+                    if (@\apcu_inc(self::APCU_UNREPORTED_KEY, $n) !== false) {
+                        return;
+                    }
+                } catch (\Throwable) {
+                    // kept in this request below
+                }
+            }
+            self::$unreported += $n;
+        }
+
+        /** After a drop: once this request's own record is done, nothing later in the request will carry the count. */
+        private static function afterDrop(): void
+        {
+            if (self::$finished) {
+                self::persistUnreported();
+            }
+        }
+
+        /**
+         * Whether unreported drops can wait in APCu: enabled, and shared by the requests of many processes (PHP-FPM,
+         * Apache). On the CLI (apc.enable_cli) APCu dies with the process, so the count stays in the request.
+         */
+        private static function apcu(): bool
+        {
+            try {
+                return self::$apcu ??= \PHP_SAPI !== 'cli' && \PHP_SAPI !== 'phpdbg'
+                    && \function_exists('apcu_enabled') && \apcu_enabled();
+            } catch (\Throwable) {
+                return self::$apcu = false;
+            }
+        }
+
+        private static function droppedLine(int $count): string
+        {
+            return '{"_sidekick":"dropped","count":' . $count . "}\n";
+        }
+
+        /**
+         * Appends $lines (whole lines: a record, a control line, or a control line leading a record) to the spill file
+         * (the agent replays it when it can): one O_APPEND write, no lock. $capped bytes of it must fit under the
+         * size cap (a control line leading a record rides free: one per record at most); with $allowance, they may
+         * also go up to 64 KiB past it (a control line that cannot wait: see persistUnreported()). False when the
+         * spill is off, full, or not writable.
+         */
+        private static function spill(string $lines, int $capped, bool $allowance = false): bool
         {
             $max = (int) (self::setting('SIDEKICK_AGENT_SPILL_MAX_BYTES', 'sidekick.agent_spill_max_bytes')
                 ?? self::DEFAULT_SPILL_MAX_BYTES);
-            $len = \strlen($line);
-            if ($max <= 0 || $len > self::SPILL_MAX_LINE_BYTES) {
+            $len = \strlen($lines);
+            if ($max <= 0) {
                 return false;
             }
             $dir = self::spillDir();
             $file = $dir . '/' . self::SPILL_FILE;
             \clearstatcache(false, $file);
             $size = @\filesize($file);
-            if (\is_int($size) && $size + $len > $max && !($ignoreCap && $size < $max + self::SPILL_MAX_LINE_BYTES)) {
+            if (\is_int($size) && $size + $capped > $max + ($allowance ? self::SPILL_MAX_LINE_BYTES : 0)) {
                 return false;
             }
             $mask = @\umask(0007); // the agent's group reads and deletes it; no world access
             try {
-                $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
+                $ok = @\file_put_contents($file, $lines, \FILE_APPEND) === $len;
                 if (!$ok) {
                     // No directory yet? Create it (another process may win that race: fine) and try once more.
                     @\mkdir($dir, 02770, true);
-                    $ok = @\file_put_contents($file, $line, \FILE_APPEND) === $len;
+                    $ok = @\file_put_contents($file, $lines, \FILE_APPEND) === $len;
                 }
             } finally {
                 @\umask($mask);
@@ -520,25 +635,29 @@ if (!\class_exists(Agent::class, false)) {
         }
 
         /**
-         * The connection failed, so the unreported drop count goes to the spill file as a control line (a few bytes,
-         * allowed slightly past the cap) for the agent to count. Kept in this request if even that fails.
+         * The end of this request's sends, with drops that only this request holds (no APCu, or APCu failed to take
+         * them): nothing outlives the request, so one control line carrying all of them goes to the spill file, for
+         * the agent to count when it replays it. It may use the 64 KiB allowance past the cap: one line per request
+         * that dropped, however many it dropped; past the allowance the count is only in Agent::stats(). Drops held
+         * in APCu wait instead for the next send that works, in any child of the pool (the socket, or a record
+         * spilled under the cap), and cost no spill space.
          */
         private static function persistUnreported(): void
         {
-            $line = '{"_sidekick":"dropped","count":' . self::$unreported . "}\n";
-            if (self::$unreported > 0 && self::spill($line, true)) {
-                self::$unreported = 0;
+            $count = self::$unreported;
+            if ($count <= 0) {
+                return;
             }
-        }
-
-        private static function countShared(): void
-        {
+            \set_error_handler(static fn (): bool => true);
             try {
-                if (\function_exists('apcu_enabled') && \apcu_enabled()) {
-                    @\apcu_inc(self::APCU_DROPPED_KEY);
+                $line = self::droppedLine($count);
+                if (self::spill($line, \strlen($line), true)) {
+                    self::$unreported = 0;
                 }
             } catch (\Throwable) {
-                // counting is best effort
+                // kept in Agent::stats()
+            } finally {
+                \restore_error_handler();
             }
         }
 

@@ -115,12 +115,13 @@ export interface AgentProcess {
 /**
  * Starts `node bin/sidekick.js agent -c FILE` in its own process group. With `ready`, waits for status 'running'.
  * `wrap`: a command that execs the rest, e.g. `['prlimit', '--nofile=256:256', '--']` (the agent keeps its pid).
+ * `bin`: another bin/sidekick.js, e.g. an installedCopy() that a user other than the checkout's owner can read.
  */
 export async function startAgent(
   configFile: string,
-  opts: { ready?: boolean; env?: Record<string, string>; wrap?: string[] } = {},
+  opts: { ready?: boolean; env?: Record<string, string>; wrap?: string[]; bin?: string } = {},
 ): Promise<AgentProcess> {
-  const argv = [...(opts.wrap ?? []), process.execPath, BIN, 'agent', '-c', configFile];
+  const argv = [...(opts.wrap ?? []), process.execPath, opts.bin ?? BIN, 'agent', '-c', configFile];
   const child = spawn(argv[0]!, argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
