@@ -160,7 +160,8 @@ test(
     const tasks = page.locator(`[data-sidekick="shop/${TASKS}"]`);
     await tasks.waitFor();
     await page.locator(`[data-sidekick="shop/${GEN}"]`).waitFor();
-    assert.equal(await tasks.locator('.state').textContent(), 'running');
+    // Ready (first publish) comes before the thread's state reads `running`: wait for it, as for everything else.
+    await tasks.locator('.state', { hasText: /^running$/ }).waitFor();
     assert.equal(await tasks.locator('.gen').textContent(), '0');
 
     // A publish shows up: the publish count, and the new key with its size and hash, not its value.
