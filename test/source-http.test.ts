@@ -207,6 +207,7 @@ test('failures before the first publish fail the boot with a clear message', asy
   await assert.rejects(getVars('refused', { timeout: 15_000 }), (err: Error & { code?: string }) => {
     assert.equal(err.code, 'SK_ERR_BOOT_FAILED');
     assert.match(err.message, /http source http:\/\/127\.0\.0\.1:\d+\/flags: fetch failed: .*ECONNREFUSED/);
+    assert.equal(err.message.split('http source').length, 2, `the source named once: ${err.message}`);
     assert.doesNotMatch(err.message, /not-logged/, 'the query string (it may hold a token) is not in messages');
     return true;
   });

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { redisSentinelSourceSchema } from '../src/config/sources.ts';
 import type { SidekickContext } from '../src/sidekicks/context.ts';
+import { loadSource } from '../src/sources/index.ts';
 import { createSource } from '../src/sources/redis-sentinel.ts';
 import {
   masterPort,
@@ -41,7 +42,7 @@ after(async () => {
   await group?.stop();
 });
 
-function runSource(options: Record<string, unknown>) {
+function runSource(options: Record<string, unknown>, main = createSource) {
   const config = redisSentinelSourceSchema.parse({ type: 'redis-sentinel', ...options });
   const published: Record<string, string>[] = [];
   const ac = new AbortController();
@@ -55,7 +56,7 @@ function runSource(options: Record<string, unknown>) {
     shouldStop: () => ac.signal.aborted,
     handleTasks: () => undefined,
   };
-  const done = createSource(config)(ctx);
+  const done = main(config)(ctx);
   done.catch(() => undefined);
   return { published, stop: () => ac.abort(), done };
 }
@@ -103,6 +104,26 @@ test('library mode: publishes master and replicas, relinks, closes at abort', { 
     src.published.every((v) => v.MASTER_PORT === String(master)),
     JSON.stringify(src.published),
   );
+});
+
+// No Redis needed: nothing listens on the sentinels' ports.
+test('a refused sentinel is reported as its cause (connect ECONNREFUSED host:port), under one source prefix', async () => {
+  const a = `127.0.0.1:${await freePort()}`;
+  const b = `127.0.0.1:${await freePort()}`;
+  // Through loadSource, as a declared source runs: its wrapper gives every failure the SK_ERR_SOURCE code.
+  const options = { sentinels: [a, b], name: 'shop', connectTimeoutMs: 2000 };
+  const wrapped = await loadSource(redisSentinelSourceSchema.parse({ type: 'redis-sentinel', ...options }));
+  const src = runSource(options, () => wrapped);
+  await assert.rejects(src.done, (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'SK_ERR_SOURCE');
+    for (const s of [a, b]) assert.ok(err.message.includes(`${s} (connect ECONNREFUSED ${s})`), err.message);
+    assert.doesNotMatch(err.message, /Connection is closed/);
+    assert.equal(
+      err.message,
+      `SK_ERR_SOURCE: redis-sentinel source: no sentinel could tell the master of "shop"; tried ${a} (connect ECONNREFUSED ${a}), ${b} (connect ECONNREFUSED ${b})`,
+    );
+    return true;
+  });
 });
 
 test('library mode: a start with no usable sentinel fails, naming each one tried', { skip: MISSING }, async () => {
@@ -309,6 +330,16 @@ test(
       const why = await waitFor('sourceError with every sentinel gone', sourceError, { timeoutMs: 15_000 });
       assert.match(why, new RegExp(`no sentinel reachable, still serving master 127\\.0\\.0\\.1:${m0}`));
       for (const a of g.sentinelAddrs) assert.ok(why.includes(a), why);
+      // Each sentinel with the cause of its failed link once it is refused, not "Connection is closed.".
+      const refused = await waitFor(
+        'sourceError naming each refused sentinel',
+        async () => {
+          const text = await sourceError();
+          return text && g.sentinelAddrs.every((s) => text.includes(`${s} (connect ECONNREFUSED ${s})`)) && text;
+        },
+        { timeoutMs: 15_000 },
+      );
+      assert.doesNotMatch(refused, /Connection is closed/);
       const mark = now();
       await waitFor('writes go on to the last master', () => [...landed2.keys()].every((pid) => okOn(m0, pid, mark)));
       await g.restart(g.sentinels[2]!);

@@ -12,7 +12,17 @@ import { test } from 'node:test';
 import type { BrowserContext } from 'playwright-core';
 import { record, sendOnce } from './helpers/agent.ts';
 import { chromiumMissing, launchChromium } from './helpers/browser.ts';
-import { adminGet, breakerOpeningAgent, freePort, httpGet, startServe, tempDir, waitFor } from './helpers/serve.ts';
+import {
+  adminGet,
+  breakerOpeningAgent,
+  freePort,
+  httpGet,
+  runCli,
+  startServe,
+  tempDir,
+  waitFor,
+  writeServeConfig,
+} from './helpers/serve.ts';
 
 const missing = chromiumMissing();
 const TASKS = 'tasks.live';
@@ -150,7 +160,8 @@ test(
     const tasks = page.locator(`[data-sidekick="shop/${TASKS}"]`);
     await tasks.waitFor();
     await page.locator(`[data-sidekick="shop/${GEN}"]`).waitFor();
-    assert.equal(await tasks.locator('.state').textContent(), 'running');
+    // Ready (first publish) comes before the thread's state reads `running`: wait for it, as for everything else.
+    await tasks.locator('.state', { hasText: /^running$/ }).waitFor();
     assert.equal(await tasks.locator('.gen').textContent(), '0');
 
     // A publish shows up: the publish count, and the new key with its size and hash, not its value.
@@ -220,3 +231,98 @@ test(
     await within(last.ended, 5_000, 'the event stream to end at stop');
   },
 );
+
+interface PictureJson {
+  view: { showValues: boolean; vars: Record<string, { keys: { key: string; value?: string }[] }> };
+}
+
+test('admin.showValues: a reload turns values off and on at once, on the page (status.json, pushes) and in `sidekick vars` alike', async (t) => {
+  const { dir, cleanup } = tempDir('sk-page-values-');
+  const token = randomBytes(12).toString('hex');
+  const pagePort = await freePort();
+  const apps = [{ name: 'shop', workers: 1, sidekicks: { declare: { [TASKS]: { start: 'boot' } } } }];
+  const admin = (showValues: boolean): Record<string, unknown> => ({
+    showValues,
+    http: { listen: `127.0.0.1:${pagePort}`, token },
+  });
+  const { serve, ports, configFile } = await startServe(dir, apps, {}, { admin: admin(true) });
+  const streams: Stream[] = [];
+  t.after(async () => {
+    for (const s of streams) s.close();
+    await serve.kill();
+    cleanup();
+  });
+  await serve.waitReady((s) => serve.sidekick(s, 'shop', TASKS)?.ready === true);
+  const id = `shop/${TASKS}`;
+
+  /** What the page shows for the sidekick right now (GET /status.json: the picture the page is pushed). */
+  const page = async (): Promise<{ showValues: boolean; values: (string | undefined)[] }> => {
+    const r = await request(pagePort, '/status.json', { authorization: `Bearer ${token}` });
+    assert.equal(r.status, 200, r.body);
+    const { view } = JSON.parse(r.body) as PictureJson;
+    return { showValues: view.showValues, values: (view.vars[id]?.keys ?? []).map((k) => k.value) };
+  };
+  /** What `sidekick vars` shows: the values, or only sizes and hashes. */
+  const cli = async (): Promise<{ masked: boolean; vars: Record<string, unknown> }> => {
+    const r = await runCli(['vars', id, '-c', configFile, '--json'], { timeoutMs: 15_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const reply = JSON.parse(r.stdout) as { masked?: boolean; vars: Record<string, unknown> };
+    return { masked: reply.masked === true, vars: reply.vars };
+  };
+  /** A picture pushed on the event stream after `from` characters, with showValues as given. */
+  const pushed = (stream: Stream, from: number, showValues: boolean): boolean =>
+    stream
+      .text()
+      .slice(from)
+      .split('\n')
+      .some((l) => l.startsWith('data: {') && l.includes(`"showValues":${showValues}`));
+  // On: the page and `sidekick vars` show the values.
+  const first = await waitFor('the sidekick on the page', async () => {
+    const p = await page();
+    return p.values.length > 0 ? p : undefined;
+  });
+  assert.equal(first.showValues, true);
+  assert.ok(
+    first.values.every((v) => typeof v === 'string'),
+    JSON.stringify(first),
+  );
+  const on = await cli();
+  assert.equal(on.masked, false);
+  assert.equal(on.vars.generation, '0');
+  const stream = await openStream(pagePort, token);
+  streams.push(stream);
+  await waitFor('the hello event', () => stream.text().includes('event: hello'), { timeoutMs: 10_000 });
+
+  // Off, and SIGHUP: as soon as `sidekick vars` masks, the page does too, and an open page is pushed the masked view.
+  for (const [reload, showValues] of [
+    [1, false],
+    [2, true],
+    [3, false],
+  ] as const) {
+    const seen = stream.text().length;
+    await writeServeConfig(dir, [{ ...apps[0]!, port: ports.shop! }], { admin: admin(showValues) });
+    serve.signal('SIGHUP');
+    await waitFor(`sidekick vars ${showValues ? 'showing' : 'masking'} values after reload ${reload}`, async () =>
+      (await cli()).masked === !showValues ? true : undefined,
+    );
+    const now = await page();
+    assert.equal(now.showValues, showValues, `the page agrees with sidekick vars after reload ${reload}`);
+    assert.ok(now.values.length > 0, JSON.stringify(now));
+    for (const v of now.values) assert.equal(typeof v, showValues ? 'string' : 'undefined', JSON.stringify(now));
+    await waitFor(`a push with showValues ${showValues} after reload ${reload}`, () =>
+      pushed(stream, seen, showValues),
+    );
+    // The next SIGHUP once this reload has ended (its sidekick restarted and published again).
+    await waitFor(`reload ${reload} done`, async () => {
+      const done = (serve.stderr.match(/"reload complete"/g) ?? []).length >= reload;
+      const sk = serve.sidekick(await serve.status(), 'shop', TASKS);
+      return done && sk?.state === 'running' && sk.generation >= reload;
+    });
+  }
+
+  // The log says what a reload applies and what needs a restart: showValues applies, nothing needs a restart.
+  const lines = serve.stderr.split('\n').filter((l) => l.includes('reload: admin'));
+  assert.equal(lines.filter((l) => l.includes('admin.showValues applied')).length, 3, lines.join('\n'));
+  assert.ok(!lines.some((l) => l.includes('restart to apply')), lines.join('\n'));
+  assert.equal((await serve.stop('SIGTERM', 30_000)).code, 0, serve.logs());
+});

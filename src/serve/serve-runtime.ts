@@ -74,7 +74,7 @@ export class ServeRuntime {
         this.page = new StatusPageServer({
           listen: config.admin.http.listen,
           token: config.admin.http.token,
-          showValues: config.admin.showValues,
+          showValues: () => this.loaded.config.admin.showValues,
           status: () => this.status(),
           lifecycle: this.lifecycle,
           vars: (app, name) =>
@@ -121,8 +121,11 @@ export class ServeRuntime {
       const changed = (a: unknown, b: unknown): boolean => JSON.stringify(a) !== JSON.stringify(b);
       if (changed(cur.metrics, next.config.metrics))
         this.log.warn({ field: 'metrics' }, 'reload: metrics.listen changed; restart to apply');
-      if (changed(cur.admin, next.config.admin))
-        this.log.warn({ field: 'admin' }, 'reload: admin (socket, showValues, http) changed; restart to apply');
+      // admin.showValues is read at each request (`sidekick vars`, the status page): it applies with this reload.
+      if (changed({ ...cur.admin, showValues: 0 }, { ...next.config.admin, showValues: 0 }))
+        this.log.warn({ field: 'admin' }, 'reload: admin.socket or admin.http changed; restart to apply');
+      if (cur.admin.showValues !== next.config.admin.showValues)
+        this.log.info({ showValues: next.config.admin.showValues }, 'reload: admin.showValues applied');
       for (const a of next.config.apps)
         if (!this.apps.has(a.name)) this.log.warn({ app: a.name }, 'reload: new app in config; restart to apply');
       this.loaded = next;

@@ -47,7 +47,7 @@ export async function loadSource(config: SourceConfig): Promise<SourceMain> {
       if (err instanceof SidekickError || ctx.signal.aborted) throw err;
       throw new SidekickError(
         'SK_ERR_SOURCE',
-        `${config.type} source: ${describeError(err)}`,
+        nameSource(config.type, describeError(err)),
         { type: config.type },
         {
           cause: err,
@@ -55,6 +55,15 @@ export async function loadSource(config: SourceConfig): Promise<SourceMain> {
       );
     }
   };
+}
+
+/**
+ * `<type> source: <message>`, said once: a source that names itself and what it watches (`http source <url>: …`,
+ * `etcd source (prefix "/x/"): …`, `redis-sentinel source: …`) is left as it is; anything else thrown inside one (a
+ * file's read error, a library's own) gets the name here.
+ */
+function nameSource(type: string, message: string): string {
+  return message.startsWith(`${type} source`) ? message : `${type} source: ${message}`;
 }
 
 type SourceOptions<S extends z.ZodType> = Omit<z.input<S>, 'type'>;

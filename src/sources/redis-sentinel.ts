@@ -143,7 +143,6 @@ class SentinelWatcher {
       disableClientInfo: true,
       protocol: 2,
     });
-    client.on('error', () => undefined); // reported through the failed connect/command, and the 'close' event
     return client;
   }
 
@@ -155,6 +154,13 @@ class SentinelWatcher {
     while (!signal.aborted) {
       const sub = this.client(addr);
       const cmd = this.client(addr, this.config.connectTimeoutMs);
+      // ioredis rejects a refused or reset connection with only "Connection is closed."; the cause (`connect
+      // ECONNREFUSED 10.0.0.1:26379`, `read ECONNRESET`, a TLS or auth failure) comes first as an 'error' event. The
+      // last one seen on this attempt is what the failure is reported as.
+      let cause: string | undefined;
+      const onError = (err: Error): void => void (cause = err.message);
+      sub.on('error', onError);
+      cmd.on('error', onError);
       try {
         const closed = new Promise<never>((_, reject) => {
           const lost = (): void => reject(new Error('connection closed'));
@@ -186,7 +192,7 @@ class SentinelWatcher {
         }
       } catch (err) {
         if (signal.aborted) break;
-        const why = (err as Error).message;
+        const why = cause ?? (err as Error).message;
         this.lastFailures.set(addr.key, why);
         if (!this.master && !this.firstFailures.has(addr.key)) this.noteFirstFailure(addr.key, why);
         if (wasUp && this.linked.has(addr.key)) {
@@ -215,7 +221,7 @@ class SentinelWatcher {
     if (this.firstFailures.size < this.addrs.length) return;
     const tried = this.addrs.map((a) => `${a.key} (${this.firstFailures.get(a.key)})`).join(', ');
     this.onAllFailed?.(
-      new Error(`redis-sentinel: no sentinel could tell the master of "${this.config.name}"; tried ${tried}`),
+      new Error(`redis-sentinel source: no sentinel could tell the master of "${this.config.name}"; tried ${tried}`),
     );
   }
 

@@ -29,7 +29,11 @@ const MAX_UNSENT_BYTES = 4 * 1024 * 1024;
 export interface StatusPageOptions {
   listen: ListenAddress;
   token?: string | undefined;
-  showValues: boolean;
+  /**
+   * `admin.showValues` as the running config says now: read for every picture, so a reload that turns it off masks
+   * the page at once (the same rule as `sidekick vars`).
+   */
+  showValues: () => boolean;
   /** The whole instance's status (ServeRuntime.status()). */
   status: () => Promise<unknown>;
   lifecycle: LifecycleLog;
@@ -51,8 +55,11 @@ export class StatusPageServer {
   private readonly sampleFailures = new RateLimitedLog(this.log, 1, 60_000);
   private timer: NodeJS.Timeout | undefined;
   private sampling: Promise<void> | undefined;
-  /** The last picture sent: `{"at":…,"view":…}` and the view's JSON alone (what "changed" compares). */
-  private latest: { at: number; viewJson: string } | undefined;
+  /**
+   * The last picture sent: `{"at":…,"view":…}` and the view's JSON alone (what "changed" compares), and whether it
+   * holds values.
+   */
+  private latest: { at: number; viewJson: string; showValues: boolean } | undefined;
   private lastKeepalive = 0;
   private stopped = false;
   private readonly onLifecycle = (e: LifecycleEvent): void => this.broadcast('lifecycle', JSON.stringify(e));
@@ -117,9 +124,10 @@ export class StatusPageServer {
     if (this.stopped) return;
     const at = Date.now();
     this.history.add(raw, at);
-    const viewJson = JSON.stringify(this.views.build(raw, at));
+    const view = this.views.build(raw, at);
+    const viewJson = JSON.stringify(view);
     const changed = viewJson !== this.latest?.viewJson;
-    this.latest = { at, viewJson };
+    this.latest = { at, viewJson, showValues: view.showValues };
     if (changed) this.broadcast('status', envelope(at, viewJson));
     else if (at - this.lastKeepalive >= KEEPALIVE_MS) {
       this.lastKeepalive = at;
@@ -173,9 +181,22 @@ export class StatusPageServer {
   }
 
   private async currentJson(): Promise<string> {
-    if (!this.latest) await this.sample();
+    await this.freshEnough();
     if (!this.latest) throw new Error('no status yet');
     return envelope(this.latest.at, this.latest.viewJson);
+  }
+
+  /**
+   * Samples when there is no picture yet, or when the last one was built under another `admin.showValues` than the
+   * config says now (a reload changed it since): a request never gets values the config no longer allows. Twice at
+   * most: a sample already under way may have been built before the change.
+   */
+  private async freshEnough(): Promise<void> {
+    for (let i = 0; i < 2; i++) {
+      if (this.latest && this.latest.showValues === this.opts.showValues()) return;
+      await this.sample();
+      if (!this.latest) return; // no status this second: the caller says so
+    }
   }
 
   private async openStream(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -200,7 +221,7 @@ export class StatusPageServer {
     // The full picture first (the view, the last minutes of rates, the recent lifecycle events), and only then the
     // pushes: a stream joins the broadcast in the same turn as its hello is written, so it misses nothing between.
     this.connecting.add(res);
-    if (!this.latest) await this.sample();
+    await this.freshEnough();
     if (!this.connecting.delete(res)) return; // closed meanwhile, or stop() ended it
     const view = this.latest ? this.latest.viewJson : 'null';
     const at = this.latest?.at ?? Date.now();

@@ -48,6 +48,8 @@ export interface RateSample {
   spoolRecords: number;
 }
 
+type Summary = Omit<VarsSummary, 'generation'>;
+
 export type CurrentVars = (app: string, name: string) => { vars: Vars; generation: number } | undefined;
 
 /** The parts of status() read here (the rest is passed through untouched). */
@@ -61,16 +63,21 @@ interface StatusShape {
 }
 
 export class ViewBuilder {
-  /** Snapshots are frozen and replaced on publish, so one summary per snapshot object is enough. */
-  private readonly summaries = new WeakMap<Vars, Omit<VarsSummary, 'generation'>>();
+  /**
+   * Snapshots are frozen and replaced on publish, so one summary per snapshot object is enough (one with values, one
+   * without: `showValues` can change at a reload).
+   */
+  private readonly summaries = { masked: new WeakMap<Vars, Summary>(), shown: new WeakMap<Vars, Summary>() };
   private startedAt: number | undefined;
 
   constructor(
-    private readonly showValues: boolean,
+    /** Read at each build: a reload that changes `admin.showValues` applies to the next picture. */
+    private readonly showValues: () => boolean,
     private readonly current: CurrentVars,
   ) {}
 
   build(raw: unknown, now: number): PageView {
+    const showValues = this.showValues();
     const { uptimeMs, ...status } = raw as StatusShape & Record<string, unknown>;
     // Taken once: recomputing it from each sample would jitter by a millisecond and look like a change.
     if (this.startedAt === undefined) this.startedAt = now - (uptimeMs ?? 0);
@@ -78,20 +85,21 @@ export class ViewBuilder {
     for (const app of (status as StatusShape).apps ?? [])
       for (const sk of app.sidekicks ?? []) {
         const cur = this.current(app.name, sk.name);
-        if (cur) vars[`${app.name}/${sk.name}`] = this.summary(cur);
+        if (cur) vars[`${app.name}/${sk.name}`] = this.summary(cur, showValues);
       }
     const agentCur = (status as StatusShape).agent ? this.current('', 'agent') : undefined;
     return {
       startedAt: this.startedAt,
-      showValues: this.showValues,
+      showValues,
       status,
       vars,
-      agentVars: agentCur ? this.summary(agentCur) : undefined,
+      agentVars: agentCur ? this.summary(agentCur, showValues) : undefined,
     };
   }
 
-  private summary(cur: { vars: Vars; generation: number }): VarsSummary {
-    let s = this.summaries.get(cur.vars);
+  private summary(cur: { vars: Vars; generation: number }, showValues: boolean): VarsSummary {
+    const cache = showValues ? this.summaries.shown : this.summaries.masked;
+    let s = cache.get(cur.vars);
     if (!s) {
       const names = Object.keys(cur.vars).sort();
       const shown = names.slice(0, MAX_KEYS_SHOWN);
@@ -99,11 +107,11 @@ export class ViewBuilder {
       const keys = shown.map((key): VarsKey => {
         const k: VarsKey = { key, bytes: masked[key]!.bytes, hash: masked[key]!.hash };
         const value = cur.vars[key]!;
-        if (this.showValues) k.value = value.length > MAX_VALUE_CHARS ? `${value.slice(0, MAX_VALUE_CHARS)}…` : value;
+        if (showValues) k.value = value.length > MAX_VALUE_CHARS ? `${value.slice(0, MAX_VALUE_CHARS)}…` : value;
         return k;
       });
       s = { keys, more: names.length - keys.length };
-      this.summaries.set(cur.vars, s);
+      cache.set(cur.vars, s);
     }
     return { generation: cur.generation, ...s };
   }
