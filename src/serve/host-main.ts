@@ -108,7 +108,7 @@ async function stop(): Promise<void> {
 process.on('message', (msg: ToHost) => {
   switch (msg.sk) {
     case 'host-init':
-      start(msg.init);
+      if (!stopping) start(msg.init);
       break;
     case 'ensure':
       ensure(msg.name);

@@ -58,7 +58,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
   private readonly latest = new Map<string, { vars: Vars; generation: number }>();
   /** Each sidekick's last status as the host reported it (pushed on lifecycle events, each second, on request). */
   private readonly statuses = new Map<string, SidekickStatus>();
-  /** Names started since the host began, whether or not they reported a status yet (resumed after a host death). */
+  /** Every name started (asked for, declared, or reported by the host): each is resumed or started by a new host. */
   private readonly asked = new Set<string>();
   /** ensure() calls that came while no host listened: sent to the next one. */
   private readonly ensures = new Set<string>();
@@ -121,6 +121,10 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
     switch (msg.sk) {
       case 'hello': {
         this.helloed = true;
+        if (this.state === 'stopping') {
+          this.post({ sk: 'stop' }); // stopped before it could start anything
+          break;
+        }
         if (this.state === 'starting') this.state = 'running';
         const resume = [...this.statuses.values()]
           .filter((s) => this.asked.has(s.name))
@@ -147,6 +151,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
         this.emit('failed', msg.name, errorFromData(msg.error) as SidekickError);
         break;
       case 'lifecycle':
+        this.asked.add(msg.name);
         this.emit('lifecycle', msg.name, { kind: msg.kind, generation: msg.generation, detail: msg.detail });
         break;
       case 'task-done': {
@@ -159,7 +164,10 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       }
       case 'status':
         this.rss = msg.rss;
-        for (const s of msg.sidekicks) this.statuses.set(s.name, s);
+        for (const s of msg.sidekicks) {
+          this.statuses.set(s.name, s);
+          this.asked.add(s.name);
+        }
         this.settle(msg.id, msg);
         break;
       case 'done':
@@ -297,8 +305,8 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       this.state = 'stopped';
       return;
     }
+    // A host that has not said hello yet gets `stop` in answer to it.
     if (this.helloed) this.post({ sk: 'stop' });
-    else child.kill('SIGTERM');
     const backstopMs = this.config.stopGraceMs + 5000;
     const done = await settleWithin(
       this.exited.then(() => true),
