@@ -4,7 +4,7 @@
 // last snapshots, the host restarts with backoff and its sidekicks carry on with generation + 1, another app's
 // sidekicks are untouched, and the status, the timeline and the counters say what happened.
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
@@ -193,4 +193,51 @@ test('a host killed with SIGKILL (the OOM killer): requests keep being answered,
   assert.equal(exit.code, 0);
   const newHost = hostOf(s, 'victim').pid!;
   await waitFor('the host to be gone after stop', () => (isAlive(newHost) ? undefined : true), { timeoutMs: 10_000 });
+});
+
+test('a getVars waiting for a sidekick that has not published yet keeps waiting across a host death, then gets it', async () => {
+  const dir = sub('waiter');
+  const { serve, ports } = await twoApps(dir, { declare: { 'gen.g': { start: 'boot' } } });
+  const waiting = getJson<{ vars?: { generation: string }; code?: string; message?: string }>(
+    ports.victim!,
+    '/vars?name=gate.w&timeout=60000',
+  );
+  const before = await waitFor('gate.w to be starting in the host', async () => {
+    const s = await serve.status();
+    return serve.sidekick(s, 'victim', 'gate.w')?.state === 'starting' ? s : undefined;
+  });
+  const hostPid = hostOf(before, 'victim').pid!;
+  process.kill(hostPid, 'SIGKILL');
+  await waitFor('gate.w to be starting again in a new host', async () => {
+    const s = await serve.status();
+    const host = hostOf(s, 'victim');
+    const w = serve.sidekick(s, 'victim', 'gate.w');
+    return host.pid !== hostPid && w?.state === 'starting' && w.generation === 1 ? s : undefined;
+  });
+  writeFileSync(join(dir, 'gate'), '');
+  const got = await waiting;
+  assert.equal(got._status, 200, JSON.stringify(got));
+  assert.equal(got.vars?.generation, '1', 'the waiter got the first publish, from the new host');
+  const s = await serve.status();
+  const w = serve.sidekick(s, 'victim', 'gate.w')!;
+  assert.equal(w.bootFailures, 1, 'the host death counted as its boot failure (it had not published)');
+  assert.match(String(w.lastError), /sidekick host process died/);
+});
+
+test('with the default maxHeapMb (512), a sidekick allocating large arrays takes down only its host', async () => {
+  const dir = sub('bigalloc-default');
+  const { serve } = await twoApps(dir, { declare: { 'bigalloc.d': { start: 'boot' } } });
+  const s = await waitFor(
+    'the host to die and the hog to run again in a new one',
+    async () => {
+      const st = await serve.status();
+      const hog = serve.sidekick(st, 'victim', 'bigalloc.d');
+      return hostOf(st, 'victim').restarts >= 1 && hog && hog.generation >= 1 ? st : undefined;
+    },
+    { timeoutMs: 90_000, intervalMs: 100 },
+  );
+  assert.equal(serve.exitInfo, undefined, 'the supervisor is still running');
+  assert.match(String(hostOf(s, 'victim').lastExit), /signal SIGABRT|exit code 134|signal SIGTRAP/);
+  assert.equal(serve.sidekick(s, 'bystander', 'scoped.calm')!.generation, 0);
+  assert.equal(hostOf(s, 'bystander').restarts, 0);
 });
