@@ -18,6 +18,7 @@ export const ERROR_CODES = {
   SK_ERR_NO_ENTRYPOINT: 'no sidekick entrypoint configured (library mode)',
   SK_ERR_STOPPED: 'the sidekick or runtime is stopping or stopped',
   SK_ERR_TASK_QUEUE_FULL: "a sidekick's task queue is full",
+  SK_ERR_HOST_DIED: "an app's sidekick host process died while a task was in it",
   SK_ERR_NO_TASK_HANDLER: 'a task was sent to a sidekick that never called handleTasks',
   SK_ERR_TASK_FAILED: 'the task handler threw',
   SK_ERR_ABORTED: 'the operation was aborted by its signal',

@@ -94,6 +94,21 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
       color,
     )}`,
   );
+  const host = app.sidekickHost;
+  if (host) {
+    lines.push(
+      `  ${pairs(
+        [
+          ['sidekick host', num(host.pid)],
+          ['state', { text: host.state ?? '-', style: stateStyle(host.state) }],
+          ['rss', bytes(host.rss)],
+          ['host restarts', counter(host.restarts)],
+          ...(host.lastExit ? ([['last exit', { text: host.lastExit, style: 'warn' }]] as [string, Cell][]) : []),
+        ],
+        color,
+      )}`,
+    );
+  }
   const sidekicks = app.sidekicks ?? [];
   if (!sidekicks.length) {
     lines.push('  no sidekicks running');

@@ -9,6 +9,7 @@ export type LifecycleKind =
   | 'sidekick_boot_failed'
   | 'sidekick_exited'
   | 'sidekick_gave_up'
+  | 'sidekick_host_died'
   | 'worker_died'
   | 'worker_unresponsive'
   | 'worker_recycled'

@@ -1,4 +1,4 @@
-// One app under `sidekick serve`: its HTTP worker processes (node:cluster) and its sidekick registry.
+// One app under `sidekick serve`: its HTTP worker processes (node:cluster) and its sidekick host process.
 // Relays snapshots to every worker, answers their ensure/task requests, restarts crashed workers with backoff,
 // and rolls workers one at a time on reload (the new one listens before the old one drains).
 import cluster, { type Worker } from 'node:cluster';
@@ -10,7 +10,7 @@ import { settleWithin, withDeadline } from '../common/async.js';
 import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { WorkerChannel } from './worker-channel.js';
 import { LifecycleLog } from '../common/lifecycle.js';
-import { SidekickRegistry } from '../sidekicks/registry.js';
+import { SidekickHost, type SidekickHostStatus } from './sidekick-host.js';
 import type { SidekickStatus } from '../sidekicks/instance.js';
 import {
   isSidekickMessage,
@@ -60,10 +60,13 @@ export interface AppStatus {
   handlerTimeouts: number;
   taskTimeouts: number;
   sidekicks: SidekickStatus[];
+  /** The process the app's sidekick threads run in. */
+  sidekickHost: SidekickHostStatus;
 }
 
 export class AppSupervisor {
-  readonly registry: SidekickRegistry;
+  /** The app's sidekicks, in their own host process; it keeps every last snapshot here in the supervisor. */
+  readonly registry: SidekickHost;
   private readonly workers = new Map<number, WorkerInfo>();
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 10_000 });
   private stopping = false;
@@ -86,7 +89,10 @@ export class AppSupervisor {
     private readonly lifecycle = new LifecycleLog(),
   ) {
     this.log = childLogger({ component: 'app', app: config.name });
-    this.registry = new SidekickRegistry(config.name, config.sidekicks);
+    this.registry = new SidekickHost(config.name, config.sidekicks);
+    this.registry.on('host-died', (how, pid) =>
+      this.lifecycle.record({ kind: 'sidekick_host_died', app: config.name, pid, detail: how }),
+    );
     this.registry.on('lifecycle', (name, e) =>
       this.lifecycle.record({
         kind: e.kind,
@@ -114,7 +120,7 @@ export class AppSupervisor {
 
   /** Starts declared sidekicks and all HTTP workers; resolves when every worker listens. */
   async start(): Promise<void> {
-    this.registry.startDeclared();
+    this.registry.start(); // the host starts the declared sidekicks
     await Promise.all(Array.from({ length: this.config.workers }, () => this.fork()));
     this.healthTimer = setInterval(() => this.checkHealth(), PING_INTERVAL_MS);
     this.healthTimer.unref();
@@ -378,7 +384,7 @@ export class AppSupervisor {
     await this.registry.stop();
   }
 
-  status(): AppStatus {
+  async status(): Promise<AppStatus> {
     const live = { ...this.retired };
     for (const w of this.workers.values()) {
       live.handlerErrors += w.health.latest?.handlerErrors ?? 0;
@@ -400,7 +406,8 @@ export class AppSupervisor {
       handlerErrors: live.handlerErrors,
       handlerTimeouts: live.handlerTimeouts,
       taskTimeouts: live.taskTimeouts,
-      sidekicks: this.registry.status(),
+      sidekicks: await this.registry.status(),
+      sidekickHost: this.registry.hostStatus(),
     };
   }
 }

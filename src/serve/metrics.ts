@@ -32,7 +32,8 @@ type AppStatusView = Pick<
   | 'handlerTimeouts'
   | 'taskTimeouts'
   | 'sidekicks'
->;
+> &
+  Partial<Pick<AppStatus, 'sidekickHost'>>;
 
 const SIDEKICK_STATES: readonly SidekickState[] = ['starting', 'running', 'backoff', 'failed', 'stopping', 'stopped'];
 const RESTART_REASONS = ['crash', 'boot_failure', 'clean_exit', 'reload'] as const;
@@ -179,6 +180,23 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
     'Tasks sent and not answered yet, queued or running (the queue depth).',
     SK,
     perSidekick((s) => s.tasksInFlight),
+  );
+
+  // ---- the sidekick host process, per app
+  gauge(
+    'sidekick_host_rss_bytes',
+    "Resident memory of the app's sidekick host process (all its sidekick threads), as it last reported it.",
+    ['app'],
+    (v) =>
+      v.apps.flatMap((a): Sample[] =>
+        a.sidekickHost?.rss === undefined ? [] : [[{ app: a.name }, a.sidekickHost.rss]],
+      ),
+  );
+  total(
+    'sidekick_host_restarts_total',
+    'Sidekick host processes started again after one died (V8 fatal error, abort, OOM kill); its sidekicks count a crash each.',
+    ['app'],
+    (v) => v.apps.flatMap((a): Sample[] => (a.sidekickHost ? [[{ app: a.name }, a.sidekickHost.restarts]] : [])),
   );
 
   // ---- HTTP workers, per app

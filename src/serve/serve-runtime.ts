@@ -177,7 +177,7 @@ export class ServeRuntime {
       uptimeMs: Date.now() - this.startedAt,
       config: this.loaded.file,
       reloads: this.reloads,
-      apps: [...this.apps.values()].map((a) => a.status()),
+      apps: await Promise.all([...this.apps.values()].map((a) => a.status())),
     };
   }
 }

@@ -24,6 +24,8 @@ export interface SidekickStatus {
   bootFailures: number;
   crashes: number;
   consecutiveFailures: number;
+  /** Boot failures in a row (reset by a publish); at sidekicks.maxBootFailures waiting callers get SK_ERR_BOOT_FAILED. */
+  consecutiveBootFailures: number;
   lastError: string | undefined;
   /** A built-in source's current problem with its data (bad file, …) while it keeps serving its last snapshot. */
   sourceError: string | undefined;
@@ -39,6 +41,12 @@ export interface SidekickStatus {
   publishes: number;
   tasks: { sent: number; completed: number; failed: number };
   tasksInFlight: number;
+}
+
+/** A sidekick as a dead sidekick host left it: where a new host takes it over (SidekickInstance.resume). */
+export interface SidekickResume {
+  status: SidekickStatus;
+  vars: Vars | undefined;
 }
 
 type PendingTask = {
@@ -257,6 +265,35 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     if (this.unref) this.restartTimer.unref();
   }
 
+  /**
+   * Takes over a sidekick from a sidekick host process that died (serve/sidekick-host.ts): its counters, generation
+   * and last snapshot carry on, and the host's death counts as this sidekick's own thread exit with `reason` (a crash
+   * if it had published in that run, else a boot failure), so it restarts with backoff as after any crash, with
+   * generation + 1, and gives up as usual after maxBootFailures boot failures in a row.
+   */
+  resume(prev: SidekickStatus, vars: Vars | undefined, reason: string): void {
+    this.generation = prev.generation;
+    this.vars = vars;
+    this.publishedAt = prev.publishedAt;
+    this.bytes = prev.bytes;
+    this.bootFailures = prev.bootFailures;
+    this.crashes = prev.crashes;
+    this.consecutiveBootFailures = prev.consecutiveBootFailures;
+    this.lastError = prev.lastError;
+    this.starts = prev.starts;
+    this.publishes = prev.publishes;
+    Object.assign(this.restarts, prev.restarts);
+    Object.assign(this.taskCounts, prev.tasks);
+    if (prev.state === 'running' || prev.state === 'starting') {
+      this.state = 'starting';
+      this.publishedThisRun = prev.state === 'running';
+      this.lastThreadError = new Error(reason);
+      this.onExit(1);
+    } else if (prev.state === 'backoff' || prev.state === 'stopping')
+      this.spawn(); // due to start anyway
+    else if (prev.state === 'failed') this.state = 'failed'; // stays given up until someone asks for it again
+  }
+
   /** Stop: abort the signal, wait for the thread up to the grace period, then terminate it. */
   async stop(graceMs = this.config.stopGraceMs): Promise<void> {
     if (this.restartTimer) clearTimeout(this.restartTimer);
@@ -340,6 +377,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       bootFailures: this.bootFailures,
       crashes: this.crashes,
       consecutiveFailures: this.backoff.consecutive,
+      consecutiveBootFailures: this.consecutiveBootFailures,
       lastError: this.lastError,
       sourceError: this.sourceError,
       publishedAt: this.publishedAt,

@@ -1,12 +1,12 @@
 // All sidekicks of one app: starts each name at most once, enforces the lazy-start cap, runs declared ones at boot,
-// routes tasks, and restarts or stops them together. Used in-process (library mode) and by `sidekick serve`'s
-// supervisor, which relays its events to the HTTP workers.
+// routes tasks, and restarts or stops them together. Used in-process (library mode) and, under `sidekick serve`, in
+// each app's sidekick host process (serve/host-main.ts), whose supervisor relays its events to the HTTP workers.
 import { EventEmitter } from 'node:events';
-import { SidekickError } from '../errors.js';
+import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { Vars } from '../vars/snapshot.js';
-import { SidekickInstance, type InstanceEvents, type SidekickStatus } from './instance.js';
+import { SidekickInstance, type InstanceEvents, type SidekickResume, type SidekickStatus } from './instance.js';
 import { assertName } from './names.js';
 
 export interface RegistryEvents {
@@ -40,6 +40,26 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
       if (existing.isFailed) existing.start(); // a new request after giving up = fresh attempts
       return;
     }
+    this.create(name).start();
+  }
+
+  /**
+   * Takes over sidekicks that ran in a sidekick host process that died (`sidekick serve`): each carries on from its
+   * last status and snapshot, restarting with generation + 1 (SidekickInstance.resume).
+   */
+  resume(previous: SidekickResume[], reason: string): void {
+    for (const { status, vars } of previous) {
+      if (this.instances.has(status.name)) continue;
+      try {
+        this.create(status.name).resume(status, vars, reason);
+      } catch (err) {
+        // The config changed under it (a reload removed its entrypoint): it is not started again; say why.
+        this.log.warn({ sidekick: status.name, err: describeError(err) }, 'sidekick not resumed after host restart');
+      }
+    }
+  }
+
+  private create(name: string): SidekickInstance {
     if (!this.config.entrypoint && !this.config.declare[name]?.entrypoint && !this.config.declare[name]?.source) {
       throw new SidekickError(
         'SK_ERR_NO_ENTRYPOINT',
@@ -72,7 +92,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     instance.on('failed', (error) => this.emit('failed', name, error));
     instance.on('lifecycle', (event) => this.emit('lifecycle', name, event));
     this.instances.set(name, instance);
-    instance.start();
+    return instance;
   }
 
   /** True if `name` is declared in this registry's config. */

@@ -550,7 +550,7 @@ export class ServeProcess {
       } catch {
         continue; // gone
       }
-      if (!cmdline.includes('worker-main') && !cmdline.includes('sidekick')) continue; // pid reused: not ours
+      if (!/worker-main|host-main|sidekick/.test(cmdline)) continue; // pid reused: not ours
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
