@@ -101,3 +101,58 @@ test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids re
   assert.equal(exit.code, 0, s.logs());
   assert.deepEqual(processesOfTestDir(tmp.dir), [], 'no HTTP worker outlives the supervisor');
 });
+
+// Clients that open a new connection per request (no keep-alive) are where a worker that leaves too early loses
+// requests: the supervisor (cluster primary) accepts each connection and passes it over IPC to a worker; a connection
+// in flight to a worker that exits unread stayed open in the supervisor, unanswered (issue 16, item 2).
+test('20 reloads under a load of new connections: every request answered, none failed', async (t) => {
+  const own = tempDir('sk-serve-reload-conn-');
+  const started = await startServe(own.dir, [{ name: 'web', workers: 2 }]);
+  const s = started.serve;
+  try {
+    const port = started.ports.web!;
+    let status = await s.waitReady();
+    const RELOADS = 20;
+    const load = startLoad({
+      port,
+      path: '/hello',
+      concurrency: 8,
+      newConnections: true,
+      requestTimeoutMs: 5_000, // bounded: a request nobody answers fails here instead of hanging the test
+      maxMs: 900_000, // a bound only: the test stops the load after its last reload
+      maxRequests: 1_000_000,
+    });
+    try {
+      await waitFor('the load to run', () => (load.result.ok > 50 ? true : undefined));
+      for (let i = 1; i <= RELOADS; i++) {
+        const before = s.app(status, 'web').workers.map((w) => w.pid);
+        const served = load.result.total;
+        s.signal('SIGHUP');
+        status = await s.waitReady(
+          (st) => st.reloads === i && s.app(st, 'web').workers.every((w) => !before.includes(w.pid)),
+          { what: `reload ${i} to complete` },
+        );
+        // The old workers are gone only once they exited; some load after each roll covers the last drain too.
+        await waitFor(`requests after reload ${i}`, () => (load.result.total > served + 40 ? true : undefined), {
+          timeoutMs: 30_000,
+        });
+      }
+    } finally {
+      load.stop();
+    }
+    const result = await load.done;
+    t.diagnostic(
+      `${RELOADS} reloads: ${result.total} requests (each on a new connection), ${result.ok} answered 200, ` +
+        `${result.failures.length} failed or unanswered, ${result.byPid.size} worker pids`,
+    );
+    assert.deepEqual(result.failures, [], `failed or unanswered requests during the reloads:\n${s.logs()}`);
+    assert.deepEqual(Object.keys(result.statuses), ['200'], `statuses: ${JSON.stringify(result.statuses)}`);
+    assert.equal(result.ok, result.total, 'every request sent was answered');
+    assert.equal(result.byPid.size, 2 * (RELOADS + 1), 'served by 21 generations of 2 workers');
+    const exit = await s.stop('SIGTERM');
+    assert.equal(exit.code, 0, s.logs());
+  } finally {
+    await s.kill();
+    own.cleanup();
+  }
+});
