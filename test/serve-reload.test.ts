@@ -2,11 +2,13 @@
 // failed requests; every response a 200 that read the sidekick's vars; all worker pids replaced; the sidekick's
 // generation goes 0 → 1 → 2 while its last snapshot keeps being served.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
   httpGet,
   processesOfTestDir,
+  readEvents,
   startLoad,
   startServe,
   tempDir,
@@ -149,6 +151,65 @@ test('20 reloads under a load of new connections: every request answered, none f
     assert.deepEqual(Object.keys(result.statuses), ['200'], `statuses: ${JSON.stringify(result.statuses)}`);
     assert.equal(result.ok, result.total, 'every request sent was answered');
     assert.equal(result.byPid.size, 2 * (RELOADS + 1), 'served by 21 generations of 2 workers');
+    const exit = await s.stop('SIGTERM');
+    assert.equal(exit.code, 0, s.logs());
+  } finally {
+    await s.kill();
+    own.cleanup();
+  }
+});
+
+// A reload asked for while one runs (SIGHUP, a file change) must not be dropped: the config may have been edited after
+// the running reload read it. Any number of them during a reload → exactly one more reload after it, which reads the
+// config as it is then (issue 16, item 3). The sidekick `holdstop.h` keeps reload 1 under way (a reload waits for its
+// sidekicks' restart) until the test releases it, so every SIGHUP below lands during reload 1, by construction.
+test('SIGHUPs during a reload are coalesced into one more reload, which applies the config edited meanwhile', async () => {
+  const own = tempDir('sk-serve-reload-queue-');
+  const started = await startServe(own.dir, [
+    { name: 'web', workers: 2, sidekicks: { declare: { 'holdstop.h': { start: 'boot' } } } },
+  ]);
+  const s = started.serve;
+  const release = join(own.dir, 'release-stop');
+  const lines = (text: string): number => s.stderr.split('\n').filter((l) => l.includes(text)).length;
+  try {
+    await s.waitReady((st) => s.sidekick(st, 'web', 'holdstop.h')?.ready === true);
+    s.signal('SIGHUP');
+    // Reload 1 is under way and cannot finish: its sidekick restart is held.
+    await waitFor('reload 1 to hold on its sidekick restart', () =>
+      readEvents(own.dir).some((e) => e.name === 'holdstop.h' && e.generation === '0' && e.event === 'stop-held'),
+    );
+    for (let i = 1; i <= 4; i++) {
+      if (i === 3) {
+        // The config changes between the queued requests: the queued reload must read it after reload 1.
+        const config = JSON.parse(readFileSync(started.configFile, 'utf8')) as { apps: { workers: number }[] };
+        config.apps[0]!.workers = 3;
+        writeFileSync(started.configFile, JSON.stringify(config, null, 2));
+      }
+      s.signal('SIGHUP');
+      await waitFor(`SIGHUP ${i + 1} to be handled`, () => lines('SIGHUP: reloading') === i + 1);
+    }
+    assert.equal((await s.status()).reloads, 1, 'nothing ran beside reload 1');
+    writeFileSync(release, '');
+    const done = await waitFor(
+      'the queued reload to finish with 3 workers',
+      async () => {
+        const st = await s.status();
+        const web = s.app(st, 'web');
+        const ok =
+          lines('reload finished') === 2 &&
+          web.workers.length === 3 &&
+          web.workers.every((w) => w.state === 'listening') &&
+          s.sidekick(st, 'web', 'holdstop.h')?.generation === 2;
+        return ok ? st : undefined;
+      },
+      { timeoutMs: 30_000 },
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\n${s.logs()}`);
+    });
+    assert.equal(done.reloads, 2, 'five SIGHUPs, four of them during reload 1: exactly two reloads');
+    assert.equal(lines('reload requested while one runs; queued'), 1, s.logs());
+    assert.equal(lines('reload requested while one runs; joins the reload already queued'), 3, s.logs());
+    assert.equal(lines('reload started'), 2);
     const exit = await s.stop('SIGTERM');
     assert.equal(exit.code, 0, s.logs());
   } finally {

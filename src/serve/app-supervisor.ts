@@ -10,6 +10,7 @@ import { settleWithin, withDeadline } from '../common/async.js';
 import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { WorkerChannel } from './worker-channel.js';
 import { LifecycleLog } from '../common/lifecycle.js';
+import { Coalesced } from '../common/coalesce.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import type { SidekickStatus } from '../sidekicks/instance.js';
 import {
@@ -67,7 +68,8 @@ export class AppSupervisor {
   private readonly workers = new Map<number, WorkerInfo>();
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 10_000 });
   private stopping = false;
-  private rolling: Promise<void> | undefined;
+  /** One roll at a time; a reload asked for during one becomes one more roll after it (with the newest config). */
+  private readonly rolls = new Coalesced(() => this.roll());
   private readonly log;
   private restarts = 0;
   private unresponsiveKills = 0;
@@ -143,7 +145,7 @@ export class AppSupervisor {
         });
         continue;
       }
-      if (verdict.action === 'recycle' && !this.rolling) {
+      if (verdict.action === 'recycle' && !this.rolls.busy) {
         info.ending = 'recycle';
         this.recycles++;
         this.log.warn(
@@ -320,8 +322,7 @@ export class AppSupervisor {
       this.config = config;
       this.registry.reconfigure(config.sidekicks);
     }
-    this.rolling ??= this.roll().finally(() => (this.rolling = undefined));
-    return this.rolling;
+    return this.rolls.request();
   }
 
   private async roll(): Promise<void> {
@@ -373,7 +374,7 @@ export class AppSupervisor {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.healthTimer);
-    await this.rolling?.catch(() => undefined);
+    await this.rolls.close();
     await Promise.all([...this.workers.values()].map((w) => this.drainWorker(w)));
     await this.registry.stop();
   }
