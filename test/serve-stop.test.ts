@@ -130,3 +130,90 @@ test('stuck sidekicks are terminated after stopGraceMs on reload (generation + 1
   assert.equal(exit.code, 0, serve.logs());
   for (const n of both) assert.equal(terminations(serve.stderr, n), 2, `${n} terminated again on shutdown`);
 });
+
+/** Resolves as soon as `done()` holds, checked on every chunk serve writes to stderr (the log line is the event). */
+function onStderr(s: ServeProcess, done: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (!done()) return;
+      cleanup();
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${s.logs()}`));
+    }, timeoutMs);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      s.proc.stderr!.off('data', check);
+    };
+    s.proc.stderr!.on('data', check);
+    check();
+  });
+}
+
+const logLines = (s: ServeProcess, text: string): number => s.stderr.split('\n').filter((l) => l.includes(text)).length;
+
+// Issue 16, item 4: a stop must cancel every pending restart and exit, wherever in a crash loop it lands. Before the
+// fix, a restarted sidekick whose first publish arrived after the stop began was marked running again, its crash
+// scheduled a restart after "stopped", and serve crash-looped until SIGKILL. SIGTERM goes in at four points:
+// right after "sidekick crashed; restarting" (a restart pending), while a restarted sidekick boots (before its
+// publish), right after "HTTP worker died; restarting", and while that replacement worker is still starting.
+test('SIGTERM anywhere in a crash loop (sidekick or HTTP worker restart pending or booting): serve exits 0', async (t) => {
+  const TRIES = 12;
+  const hung: string[] = [];
+  for (let i = 0; i < TRIES; i++) {
+    const tmp = tempDir('sk-serve-stop-loop-');
+    const started = await startServe(
+      tmp.dir,
+      [
+        {
+          name: 'loop',
+          workers: 1,
+          // Long: a replacement worker that missed its drain message would hold the stop past the bound below.
+          drainTimeoutMs: 30_000,
+          sidekicks: { declare: { 'crashloop.c': { start: 'boot' } } },
+        },
+      ],
+      { SK_CRASH_BOOT_MS: '300', SK_CRASH_AFTER_MS: '20' },
+    );
+    const s = started.serve;
+    const point = ['restart pending', 'sidekick booting', 'worker restart pending', 'worker starting'][i % 4]!;
+    const crashes = 1 + (Math.floor(i / 4) % 3); // later in the loop on later rounds: longer backoffs
+    try {
+      await s.waitReady();
+      if (point === 'restart pending') {
+        await onStderr(s, () => logLines(s, 'sidekick crashed; restarting') >= crashes, `crash ${crashes}`);
+      } else if (point === 'sidekick booting') {
+        // Generation `crashes` has started (its thread is loading and waits 300 ms before its first publish).
+        await waitFor(`generation ${crashes} to start`, () =>
+          readEvents(tmp.dir).some((e) => e.name === 'crashloop.c' && e.generation === String(crashes)),
+        );
+      } else {
+        const before = logLines(s, 'HTTP worker died; restarting');
+        await httpGet(started.ports.loop!, '/crash', { timeoutMs: 5_000 }).catch(() => undefined);
+        if (point === 'worker restart pending') {
+          await onStderr(s, () => logLines(s, 'HTTP worker died; restarting') > before, 'the worker restart');
+        } else {
+          await waitFor('the replacement worker to be starting', async () =>
+            s.app(await s.status(), 'loop').workers.some((w) => w.state === 'starting'),
+          );
+        }
+      }
+      try {
+        const exit = await s.stop('SIGTERM', 20_000);
+        assert.equal(exit.code, 0, s.logs());
+        await waitFor('no process of this serve left', () => processesOfTestDir(tmp.dir).length === 0, {
+          timeoutMs: 5_000,
+        });
+      } catch (err) {
+        hung.push(`try ${i} (${point}, crash ${crashes}): ${(err as Error).message.split('\n')[0]}\n${s.logs(1500)}`);
+      }
+    } finally {
+      await s.kill();
+      tmp.cleanup();
+    }
+  }
+  t.diagnostic(`${TRIES - hung.length} of ${TRIES} stops exited`);
+  assert.deepEqual(hung, [], `stops that did not end:\n${hung.join('\n')}`);
+});

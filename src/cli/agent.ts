@@ -10,6 +10,7 @@ import { AgentSupervisor } from '../agent/supervisor.js';
 import { childLogger } from '../log/logger.js';
 import { checkNodeInternals } from '../common/node-internals.js';
 import { reportStartupError } from './check.js';
+import { Coalesced } from '../common/coalesce.js';
 
 export async function agentCommand(opts: { config?: string }): Promise<number> {
   let loaded: LoadedConfig;
@@ -50,10 +51,22 @@ export async function agentCommand(opts: { config?: string }): Promise<number> {
     }
     await supervisor.reload(next);
   };
+  // One reload at a time, each reading the file when it starts: SIGHUPs during one become exactly one more after it.
+  // Run side by side, two reloads could read the file out of order (the older edit applied last) and both compare
+  // against the same previous config while the first was still applying it.
+  const reloads = new Coalesced(
+    () => reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed')),
+    (first) =>
+      log.info(
+        first
+          ? 'reload requested while one runs; queued: one more reload follows it, reading the config then'
+          : 'reload requested while one runs; joins the reload already queued',
+      ),
+  );
   const onHup = (): void => {
     if (!started) return;
     log.info({ signal: 'SIGHUP' }, 'reloading config');
-    void reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed'));
+    void reloads.request();
   };
   process.on('SIGTERM', onStop);
   process.on('SIGINT', onStop);

@@ -38,7 +38,7 @@ export async function serveCommand(opts: { config?: string }): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
       log.info('SIGHUP: reloading');
-      void runtime.reload();
+      runtime.reload().catch((err: unknown) => log.error({ err: describeError(err) }, 'reload failed'));
     });
   });
 }

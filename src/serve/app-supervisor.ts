@@ -10,6 +10,7 @@ import { settleWithin, withDeadline } from '../common/async.js';
 import { PING_INTERVAL_MS, WorkerHealth } from './worker-health.js';
 import { WorkerChannel } from './worker-channel.js';
 import { LifecycleLog } from '../common/lifecycle.js';
+import { Coalesced } from '../common/coalesce.js';
 import { SidekickHost, type SidekickHostStatus } from './sidekick-host.js';
 import type { SidekickStatus } from '../sidekicks/instance.js';
 import {
@@ -70,7 +71,8 @@ export class AppSupervisor {
   private readonly workers = new Map<number, WorkerInfo>();
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 10_000 });
   private stopping = false;
-  private rolling: Promise<void> | undefined;
+  /** One roll at a time; a reload asked for during one becomes one more roll after it (with the newest config). */
+  private readonly rolls = new Coalesced(() => this.roll());
   private readonly log;
   private restarts = 0;
   private unresponsiveKills = 0;
@@ -78,6 +80,8 @@ export class AppSupervisor {
   /** Handler counters of workers that are gone (live workers report theirs in each pong). */
   private retired = { handlerErrors: 0, handlerTimeouts: 0, taskTimeouts: 0 };
   private healthTimer: NodeJS.Timeout | undefined;
+  /** A crashed HTTP worker's replacement waiting out its backoff: cancelled by stop(). */
+  private replaceTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param shared registries whose sidekicks every app sees as its own (the built-in agent sidekick): their snapshots
@@ -149,7 +153,7 @@ export class AppSupervisor {
         });
         continue;
       }
-      if (verdict.action === 'recycle' && !this.rolling) {
+      if (verdict.action === 'recycle' && !this.rolls.busy) {
         info.ending = 'recycle';
         this.recycles++;
         this.log.warn(
@@ -208,14 +212,18 @@ export class AppSupervisor {
       if (isSidekickMessage(msg)) this.onWorkerMessage(info, msg as WorkerToPrimary);
     });
     worker.on('exit', (code, signal) => this.onWorkerExit(info, code, signal));
+    let listened = false;
     const listening = new Promise<WorkerInfo>((resolve, reject) => {
       worker.once('listening', () => {
-        info.state = 'listening';
+        listened = true;
+        if (info.state === 'starting') info.state = 'listening'; // not a worker a stop already drains
         this.backoff.started();
         resolve(info);
       });
       worker.once('exit', (code) => {
-        if (info.state !== 'starting') return;
+        // Also when a stop drained it before it listened: a promise left pending would keep its 30 s deadline timer,
+        // and the process, alive after "stopped".
+        if (listened) return;
         const where =
           this.config.listen.kind === 'unix'
             ? this.config.listen.path
@@ -306,10 +314,14 @@ export class AppSupervisor {
   }
 
   private replaceLater(): void {
+    if (this.stopping) return;
     const { delayMs, consecutive } = this.backoff.failed();
-    setTimeout(() => {
+    clearTimeout(this.replaceTimer);
+    this.replaceTimer = setTimeout(() => {
+      this.replaceTimer = undefined;
       if (this.stopping) return;
       this.fork().catch((err: unknown) => {
+        if (this.stopping) return;
         this.log.error({ err: describeError(err), consecutive }, 'HTTP worker restart failed; retrying');
         this.replaceLater();
       });
@@ -326,8 +338,7 @@ export class AppSupervisor {
       this.config = config;
       this.registry.reconfigure(config.sidekicks);
     }
-    this.rolling ??= this.roll().finally(() => (this.rolling = undefined));
-    return this.rolling;
+    return this.rolls.request();
   }
 
   private async roll(): Promise<void> {
@@ -355,12 +366,16 @@ export class AppSupervisor {
   }
 
   private async drainWorker(info: WorkerInfo): Promise<void> {
+    const wasStarting = info.state === 'starting';
     info.state = 'draining';
     const exited = new Promise<void>((resolve) => {
       if (info.worker.isDead()) return resolve();
       info.worker.once('exit', () => resolve());
     });
     info.channel.send({ sk: 'drain' });
+    // A worker still loading (a crash replacement forked just before a stop) may not listen to messages yet and would
+    // lose the drain message: SIGTERM drains it too once it is loaded, and ends it before that (nothing to lose then).
+    if (wasStarting) info.worker.process.kill('SIGTERM');
     // Bounded: the worker enforces drainTimeoutMs itself; this is the backstop if it is wedged.
     const backstopMs = this.config.drainTimeoutMs + 5000;
     if (
@@ -379,7 +394,8 @@ export class AppSupervisor {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.healthTimer);
-    await this.rolling?.catch(() => undefined);
+    clearTimeout(this.replaceTimer); // a crashed worker's pending restart: nothing is forked after a stop
+    await this.rolls.close();
     await Promise.all([...this.workers.values()].map((w) => this.drainWorker(w)));
     await this.registry.stop();
   }

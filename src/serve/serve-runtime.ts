@@ -13,6 +13,7 @@ import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
 import { maskVars } from '../vars/mask.js';
 import { ServeMetrics } from './metrics.js';
+import { Coalesced } from '../common/coalesce.js';
 
 /** `sidekick status` of a `sidekick serve` instance (GET /status on the admin socket). */
 export interface ServeStatus {
@@ -31,8 +32,17 @@ export class ServeRuntime {
   private page: StatusPageServer | undefined;
   private metrics: ServeMetrics | undefined;
   private watchers: FSWatcher[] = [];
-  private reloading: Promise<void> | undefined;
   private readonly log = childLogger({ component: 'serve' });
+  /** One reload at a time; SIGHUPs (or file changes) during one become exactly one more after it. */
+  private readonly reloadRuns = new Coalesced(
+    () => this.doReload(),
+    (first) =>
+      this.log.info(
+        first
+          ? 'reload requested while one runs; queued: one more reload follows it, reading the config then'
+          : 'reload requested while one runs; joins the reload already queued',
+      ),
+  );
   private readonly startedAt = Date.now();
   private reloads = 0;
   /** Crashes, restarts, reloads, breaker changes: the timeline `GET /events` and the status page show. */
@@ -93,15 +103,23 @@ export class ServeRuntime {
   /**
    * Reload: re-read the config (invalid → keep running on the old one and say why), then roll every app.
    * Apps added or removed, or a changed listen address, need a restart; that is logged, not applied.
+   * Asked for while a reload runs, it is coalesced: one more reload runs after the current one (never dropped, since
+   * the config may have been edited after the running reload read it), however many requests came meanwhile.
    */
   reload(): Promise<void> {
-    this.reloading ??= this.doReload().finally(() => (this.reloading = undefined));
-    return this.reloading;
+    return this.reloadRuns.request();
   }
 
   private async doReload(): Promise<void> {
     this.reloads++;
-    this.lifecycle.record({ kind: 'reload', detail: `reload ${this.reloads}` });
+    const n = this.reloads;
+    this.lifecycle.record({ kind: 'reload', detail: `reload ${n}` });
+    this.log.info({ reload: n }, 'reload started');
+    await this.reloadOnce();
+    this.log.info({ reload: n }, 'reload finished');
+  }
+
+  private async reloadOnce(): Promise<void> {
     let next: LoadedConfig | undefined;
     if (this.loaded.file) {
       try {
@@ -160,7 +178,7 @@ export class ServeRuntime {
   async stop(): Promise<void> {
     for (const w of this.watchers) w.close();
     this.watchers = [];
-    await this.reloading?.catch(() => undefined);
+    await this.reloadRuns.close(); // a reload under way finishes; a queued one is skipped
     // The status page first: its event streams end, so browsers do not hold the stop up.
     await this.page?.stop();
     // Apps drain first: their last requests may still send records to the agent.

@@ -7,6 +7,7 @@
 //
 // Order matters: install the IPC transport, receive every existing snapshot, load the app, then listen — so a
 // worker that accepts connections can already serve readVars.
+import cluster from 'node:cluster';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Server as NetServer, type Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
@@ -91,9 +92,40 @@ server.on('error', (err) => {
 if (settings.listen.kind === 'unix') server.listen(settings.listen.path);
 else server.listen(settings.listen.port, settings.listen.host);
 
+/** Bounds the wait for the supervisor's answer in leave(); past it the worker exits anyway. */
+const LEAVE_BACKSTOP_MS = 5000;
+let leaving = false;
+
+/**
+ * Leaves the cluster without dropping a connection the supervisor is still handing over, then exits.
+ *
+ * Why not `process.exit()` once the server closed (issue 16, item 2): under node:cluster the supervisor (the primary)
+ * accepts every connection and passes it to a worker as an IPC message carrying the socket (`newconn`,
+ * lib/internal/cluster/round_robin_handle.js). Closing the server here only *sends* `close` to the primary; until the
+ * primary has read it, it keeps routing new connections to this worker, and the ones already written to the IPC pipe
+ * arrive after the server closed. Node's worker side answers such a late `newconn` with `accepted: false` and the
+ * primary re-routes the connection to another worker (child.js onconnection, RoundRobinHandle#handoff) — but only if
+ * this process is still alive to read the message. Exiting as soon as the server's close callback ran left those
+ * messages unread: the primary keeps its copy of the socket open, waiting for an answer that never comes, and the
+ * client's request sits unread in an ESTABLISHED connection in the supervisor for ever.
+ * `cluster.worker.disconnect()` closes the ordering gap: it sends `exitedAfterDisconnect` and disconnects the IPC
+ * channel only on the primary's answer. The primary answers after it read our earlier `close` (IPC is ordered), so
+ * every `newconn` it sent us before that arrives ahead of the answer and is read and handed back; nothing more is
+ * routed here afterwards. The server is already closed (see drain()), so disconnect() has no handle left to close and
+ * does not touch idle keep-alive sockets.
+ */
+function leave(): void {
+  if (leaving) return;
+  leaving = true;
+  if (!cluster.worker || !process.connected) process.exit(0); // no supervisor left to hand connections back to
+  setTimeout(() => process.exit(0), LEAVE_BACKSTOP_MS).unref();
+  process.once('disconnect', () => process.exit(0));
+  cluster.worker.disconnect();
+}
+
 /**
  * Stop accepting (the supervisor stops routing new connections here), let in-flight requests finish, close keep-alive
- * connections after their next response or when they idle out, and exit — bounded by drainTimeoutMs.
+ * connections after their next response or when they idle out, and leave — bounded by drainTimeoutMs.
  * net.Server#close is called directly: http.Server#close would also drop idle keep-alive connections at once, which
  * races with a client that is sending its next request on one of them (the classic reload ECONNRESET).
  */
@@ -103,10 +135,10 @@ function drain(): void {
   const deadline = setTimeout(() => {
     log.warn({ drainTimeoutMs: settings.drainTimeoutMs }, 'drain deadline reached; closing remaining connections');
     server.closeAllConnections();
-    process.exit(0);
+    leave();
   }, settings.drainTimeoutMs);
   deadline.unref();
-  NetServer.prototype.close.call(server, () => process.exit(0));
+  NetServer.prototype.close.call(server, leave);
   // Idle keep-alive sockets get a one-second last chance (a request then is served with Connection: close);
   // busy ones close after their response. `_httpMessage` is the response in progress on a socket (none = idle).
   // A response already in progress was started before the drain, without Connection: close: left alone, its

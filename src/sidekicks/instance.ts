@@ -75,6 +75,15 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private sourceError: string | undefined;
   private lastThreadError: unknown;
   private restartTimer: NodeJS.Timeout | undefined;
+  /**
+   * Set by stop() (before its first await) until a start()/restart() begins a new life: while it is set nothing
+   * schedules or starts a thread. The state alone could not say it: a thread's first publish, arriving after stop()
+   * set 'stopping', turned it back into 'running', so that thread's crash scheduled a restart that outlived the stop
+   * (issue 16, item 4: "stopped" logged, then "sidekick crashed; restarting" for ever).
+   */
+  private stopRequested = false;
+  /** Set by the final stop (not a reload's): a restart() under way does not start a new generation after it. */
+  private closed = false;
   private readonly backoff = new RestartBackoff();
   private nextTaskId = 1;
   private readonly tasks = new Map<number, PendingTask>();
@@ -117,7 +126,8 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   /** Starts the first generation, or a fresh series of attempts after the boot-failure cap was reached. */
   start(): void {
-    if (this.state !== 'stopped' && this.state !== 'failed') return;
+    if (this.closed || (this.state !== 'stopped' && this.state !== 'failed')) return;
+    this.stopRequested = false;
     this.consecutiveBootFailures = 0;
     this.backoff.reset();
     this.spawn();
@@ -125,6 +135,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   private spawn(): void {
     this.restartTimer = undefined;
+    if (this.stopRequested) return;
     this.generation++;
     this.starts++;
     this.publishedThisRun = false;
@@ -184,7 +195,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       const first = !this.publishedThisRun;
       this.publishedThisRun = true;
       if (first) {
-        this.state = 'running';
+        if (!this.stopRequested) this.state = 'running';
         this.consecutiveBootFailures = 0;
       }
       const snapshot = adoptSnapshot(msg.vars);
@@ -212,7 +223,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   private onExit(code: number): void {
     this.failTasksInFlight(`sidekick "${this.name}" exited before finishing the task`);
-    if (this.state === 'stopping' || this.state === 'stopped') {
+    if (this.stopRequested || this.state === 'stopping' || this.state === 'stopped') {
       this.state = 'stopped';
       return;
     }
@@ -294,10 +305,19 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     else if (prev.state === 'failed') this.state = 'failed'; // stays given up until someone asks for it again
   }
 
-  /** Stop: abort the signal, wait for the thread up to the grace period, then terminate it. */
+  /**
+   * Stop for good (the app stops): abort the signal, wait for the thread up to the grace period, then terminate it.
+   * A pending restart is cancelled and none is scheduled after (a crash during the stop is not restarted).
+   */
   async stop(graceMs = this.config.stopGraceMs): Promise<void> {
-    if (this.restartTimer) clearTimeout(this.restartTimer);
-    this.restartTimer = undefined;
+    this.closed = true;
+    await this.stopThread(graceMs);
+  }
+
+  /** Ends the current generation (grace applies) and cancels any pending restart. */
+  private async stopThread(graceMs = this.config.stopGraceMs): Promise<void> {
+    this.stopRequested = true;
+    this.cancelRestart();
     const worker = this.worker;
     this.state = 'stopping';
     this.failQueuedTasks(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopping`));
@@ -316,12 +336,20 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       await worker.terminate();
       await exited;
     }
+    this.cancelRestart(); // belt and braces: nothing may be left scheduled by a stopped instance
     this.state = 'stopped';
+  }
+
+  private cancelRestart(): void {
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
   }
 
   /** Reload: stop this generation (grace applies) and start the next; the last snapshot keeps being served. */
   async restart(): Promise<void> {
-    await this.stop();
+    await this.stopThread();
+    if (this.closed) return; // the app stopped meanwhile: no next generation
+    this.stopRequested = false;
     this.consecutiveBootFailures = 0;
     this.backoff.reset();
     this.restarts.reload++;

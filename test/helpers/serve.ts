@@ -165,7 +165,8 @@ export interface LoadHandle {
 /**
  * A bounded load generator: `concurrency` loops over one keep-alive agent, each sending GET `path` back to back,
  * until `maxRequests` in total, `maxMs` elapsed, or stop(). Counts statuses and failures (network errors; a status
- * other than 200 is counted in `statuses`, not as a failure).
+ * other than 200 is counted in `statuses`, not as a failure). `newConnections`: every request on a connection of its
+ * own (`Connection: close`), as clients without keep-alive do; a request nobody answers fails at `requestTimeoutMs`.
  */
 export function startLoad({
   port,
@@ -174,6 +175,7 @@ export function startLoad({
   maxRequests = 100_000,
   maxMs = 5_000,
   requestTimeoutMs = 10_000,
+  newConnections = false,
 }: {
   port: number;
   path?: string;
@@ -181,8 +183,9 @@ export function startLoad({
   maxRequests?: number;
   maxMs?: number;
   requestTimeoutMs?: number;
+  newConnections?: boolean;
 }): LoadHandle {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const agent = new http.Agent({ keepAlive: !newConnections, maxSockets: concurrency });
   const socketPid = new WeakMap<net.Socket, number>();
   const result: LoadResult = {
     total: 0,
@@ -200,7 +203,8 @@ export function startLoad({
   const one = (): Promise<void> =>
     new Promise((resolve) => {
       let socket: net.Socket | undefined;
-      const req = http.get({ host: '127.0.0.1', port, path, agent, timeout: requestTimeoutMs }, (res) => {
+      const headers = newConnections ? { connection: 'close' } : {};
+      const req = http.get({ host: '127.0.0.1', port, path, agent, headers, timeout: requestTimeoutMs }, (res) => {
         const pid = res.headers['x-pid'] ? Number(res.headers['x-pid']) : undefined;
         res.resume();
         res.on('error', (err) => fail(err));
