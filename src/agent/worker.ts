@@ -33,9 +33,12 @@ export function runWorker(): void {
 
   const finish = (code: number): void => {
     if (statsTimer) clearInterval(statsTimer);
+    log.info({ code }, 'agent worker exiting');
     // Give the IPC channel a moment to deliver the last message, then leave.
     setTimeout(() => process.exit(code), 50).unref();
-    process.disconnect?.();
+    // Only while connected: on a closed channel (the supervisor died, which is what stopped us) disconnect() emits
+    // ERR_IPC_DISCONNECTED as an 'error' on process, an uncaught exception (a stack on stderr, exit code 1).
+    if (process.connected) process.disconnect?.();
   };
 
   const start = async (): Promise<void> => {
