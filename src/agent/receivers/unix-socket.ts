@@ -55,6 +55,29 @@ export function fdSoftLimit(): number | undefined {
   }
 }
 
+/** Accept backlog asked for: bursts of (re)connecting clients (PHP connects once per request) must queue, not fail. */
+export const LISTEN_BACKLOG = 4096;
+
+/**
+ * The accept backlog in force on a socket listened with `requested`: Linux silently caps listen()'s backlog at
+ * net.core.somaxconn (per network namespace, read from /proc), and offers no way to read a Unix socket's backlog back
+ * but `ss -xl` (Send-Q of a listener). `somaxconn` is undefined where /proc cannot tell.
+ */
+export function effectiveBacklog(requested = LISTEN_BACKLOG): {
+  requested: number;
+  effective: number;
+  somaxconn: number | undefined;
+} {
+  let somaxconn: number | undefined;
+  try {
+    const v = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim());
+    if (Number.isInteger(v) && v > 0) somaxconn = v;
+  } catch {
+    // not Linux, or /proc not mounted
+  }
+  return { requested, effective: somaxconn === undefined ? requested : Math.min(requested, somaxconn), somaxconn };
+}
+
 /**
  * Client connections a worker takes with `fdLimit` descriptors: all but FD_RESERVE (half of a small limit), so a
  * flood of connections can never take the descriptors the spool, the exporter and Node itself need (at the limit,
