@@ -257,8 +257,11 @@ function somaxconn(): number | undefined {
   }
 }
 
-/** The backlog of the listening Unix socket bound under `dir` as `ss -xl` reports it (Send-Q), if ss is there. */
-function ssBacklog(dir: string): number | undefined {
+/**
+ * The backlog of the listening Unix socket bound at `path` (or at its temporary bind name `path.<pid>.<time>.tmp`, which
+ * is what the kernel keeps) as `ss -xl` reports it (Send-Q), if ss is there.
+ */
+function ssBacklog(path: string): number | undefined {
   let out: string;
   try {
     out = execFileSync('ss', ['-xlnH'], { encoding: 'utf8', timeout: 5000 });
@@ -266,7 +269,7 @@ function ssBacklog(dir: string): number | undefined {
     return undefined;
   }
   // "u_str LISTEN 0 4096 /tmp/…/agent.sock.123.abc.tmp 4242 * 0": Send-Q is the backlog of a listener
-  const line = out.split('\n').find((l) => l.includes(`${dir}/`));
+  const line = out.split('\n').find((l) => l.includes(` ${path} `) || l.includes(` ${path}.`));
   if (!line) return undefined;
   return Number(line.trim().split(/\s+/)[3]);
 }
@@ -285,7 +288,7 @@ test('listen backlog: 2000 clients connect while the worker is stopped (SIGSTOP)
   const effective = Math.min(intended, max ?? intended);
   const running = agent.logs().find((l) => l.msg === 'agent pipeline running');
   assert.equal(running?.listenBacklog, effective, 'the worker logs the backlog in force: min(4096, somaxconn)');
-  const ss = ssBacklog(scope.dir);
+  const ss = ssBacklog(scope.sock); // not the admin socket beside it, which listens with Node's default 511
   if (ss === undefined) t.diagnostic('ss (iproute2) not available: the kernel-side backlog was not read back');
   else assert.equal(ss, effective, 'ss -xl shows the same backlog on the listening socket');
   const worker = (await agent.status()).worker!.pid;
