@@ -7,6 +7,7 @@ import type { AgentConfig } from '../config/schema.js';
 import { ERROR_CODES, SidekickError, type ErrorCode } from '../errors.js';
 import { CounterTotals, RateWindow, replayProgress, type AgentStatus } from './agent-status.js';
 import { AgentWorker, type WorkerExit, type WorkerReport } from './agent-worker.js';
+import { clearHandoverDir } from './handover-partials.js';
 import { HeldConnections, closeListener, publishListener, type Listener } from './listener.js';
 import type { AgentMetricsSnapshot } from './metrics.js';
 import { SPOOL_LOCK_WAIT_MS, type PipelineStateEvent } from './pipeline.js';
@@ -41,7 +42,7 @@ export class WorkerPool {
   /** Received/exported per second, sampled at each worker report (about once a second). */
   readonly rates = new RateWindow();
   private lastProgressLog = 0;
-  private readonly held = new HeldConnections();
+  private readonly held = new HeldConnections(() => this.opts.config().spool.dir);
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 30_000 });
   private restartTimer: NodeJS.Timeout | undefined;
   private recycling: Promise<void> | undefined;
@@ -68,6 +69,7 @@ export class WorkerPool {
 
   /** Starts the first worker and waits until it accepts; then publishes the socket file. Throws why it could not. */
   async start(): Promise<void> {
+    clearHandoverDir(this.opts.config().spool.dir); // no hand-over is pending before the first worker
     const w = this.spawn(true);
     this.currentRef = w;
     const ok = await settleWithin(Promise.race([w.ready, w.exited.then(() => false)]), START_TIMEOUT_MS);
