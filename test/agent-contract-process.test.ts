@@ -228,3 +228,14 @@ test('exit 1: a spool locked by another live agent (SK_ERR_SPOOL_LOCKED), a metr
   assert.match(third.stderr(), /agent\.metrics\.listen/);
   assert.equal(existsSync(scope.sock), false, 'nothing left behind');
 });
+
+test('hand-over leftovers of a previous run (<spool.dir>/handover) are removed by the first worker at start', async (t) => {
+  const scope = agentScope(t);
+  scope.writeConfig({});
+  const leftover = join(scope.dir, 'spool', 'handover', '4242-1.partial');
+  mkdirSync(join(scope.dir, 'spool', 'handover'), { recursive: true });
+  writeFileSync(leftover, 'x'.repeat(10_000)); // a worker died between handing a connection over and its adoption
+  const agent = await scope.startAgent();
+  assert.equal(existsSync(leftover), false);
+  assert.equal((await agent.stop()).code, 0);
+});

@@ -5,8 +5,9 @@
 // 500-614 MB of supervisor RSS and 5.2 s for one hand-over with 300 lines of 1 MB).
 //
 // The files are not fsynced: they only matter while the connections they belong to are alive, which a host crash
-// ends anyway. The supervisor removes the directory when the agent starts (no hand-over can be pending then) and the
-// file of any connection it closes without passing it on.
+// ends anyway. The agent's first worker removes the directory once it holds the spool lock (no hand-over of this
+// agent can be pending then, and no other agent uses the directory), and the supervisor the file of any connection it
+// closes without passing it on.
 import { mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 

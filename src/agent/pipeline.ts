@@ -33,6 +33,7 @@ import {
   type PipelineState,
 } from './pipeline-status.js';
 import { ClientStateFile, clientStateOf } from './client-state.js';
+import { clearHandoverDir } from './handover-partials.js';
 import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from './pipeline-config.js';
 import { Batcher } from './processors/batcher.js';
 import { MemoryBudget } from './memory-budget.js';
@@ -53,6 +54,11 @@ export interface AgentPipelineOptions {
   log?: Logger;
   /** Accept on this inherited, already-bound socket fd (the supervisor's). */
   listenFd: number;
+  /**
+   * The agent's first worker: once it holds the spool (so no other agent uses the directory), it removes what a
+   * previous run left in `<spool.dir>/handover/` (a worker that died between handing over and adoption).
+   */
+  clearHandover?: boolean;
 }
 
 /** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
@@ -125,6 +131,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     try {
       const spool = await this.openSpool();
       this.spool = spool;
+      if (this.opts.clearHandover) clearHandoverDir(cfg.spool.dir);
       this.breaker = await ExporterBreaker.create({
         failures: cfg.breaker.failures,
         halfOpenAfterMs: cfg.breaker.halfOpenAfterMs,

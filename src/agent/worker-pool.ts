@@ -7,7 +7,6 @@ import type { AgentConfig } from '../config/schema.js';
 import { ERROR_CODES, SidekickError, type ErrorCode } from '../errors.js';
 import { CounterTotals, RateWindow, replayProgress, type AgentStatus } from './agent-status.js';
 import { AgentWorker, type WorkerExit, type WorkerReport } from './agent-worker.js';
-import { clearHandoverDir } from './handover-partials.js';
 import { HeldConnections, closeListener, publishListener, type Listener } from './listener.js';
 import type { AgentMetricsSnapshot } from './metrics.js';
 import { SPOOL_LOCK_WAIT_MS, type PipelineStateEvent } from './pipeline.js';
@@ -69,8 +68,7 @@ export class WorkerPool {
 
   /** Starts the first worker and waits until it accepts; then publishes the socket file. Throws why it could not. */
   async start(): Promise<void> {
-    clearHandoverDir(this.opts.config().spool.dir); // no hand-over is pending before the first worker
-    const w = this.spawn(true);
+    const w = this.spawn(true, this.listenerRef, true);
     this.currentRef = w;
     const ok = await settleWithin(Promise.race([w.ready, w.exited.then(() => false)]), START_TIMEOUT_MS);
     if (!ok) {
@@ -142,13 +140,14 @@ export class WorkerPool {
     }
   }
 
-  private spawn(start: boolean, listener = this.listenerRef): AgentWorker {
+  private spawn(start: boolean, listener = this.listenerRef, first = false): AgentWorker {
     const w = new AgentWorker({
       workerPath: this.opts.workerPath,
       listenFd: listener.handle.fd,
       generation: ++this.generation,
       config: this.opts.config(),
       start,
+      first,
       log: this.log,
       onMessage: (worker, msg, handle) => this.onMessage(worker, msg, handle),
       onExit: (worker, exit) => this.onExit(worker, exit),

@@ -9,7 +9,8 @@ export const WORKER_LISTEN_FD = 4;
 
 export type ToWorker =
   /** Load modules and wait (`start: false`, a pre-forked replacement) or start right away. */
-  | { t: 'init'; config: AgentConfig; start: boolean }
+  /** `first`: the agent's first worker, which removes hand-over leftovers of a previous run once it holds the spool. */
+  | { t: 'init'; config: AgentConfig; start: boolean; first?: boolean }
   | { t: 'start' }
   /**
    * A client connection from the previous worker; the raw handle travels with the message, its unfinished line inline

@@ -114,7 +114,12 @@ export function runWorker(): void {
   process.on('message', (msg: ToWorker, handle: unknown) => {
     switch (msg.t) {
       case 'init':
-        pipeline = new AgentPipeline({ config: msg.config, listenFd: WORKER_LISTEN_FD, log });
+        pipeline = new AgentPipeline({
+          config: msg.config,
+          listenFd: WORKER_LISTEN_FD,
+          log,
+          clearHandover: msg.first === true,
+        });
         pipeline.on('state', (state) => void send({ t: 'state', state }));
         if (msg.start) void start();
         else void send({ t: 'standby' });
