@@ -33,6 +33,8 @@ export const ERROR_CODES = {
   SK_ERR_SOCKET_IN_USE: 'the agent socket is held by a live process',
   SK_ERR_RECORD_TOO_LARGE: 'an ingested line is larger than maxRecordBytes',
   SK_ERR_RECORD_INVALID: 'an ingested line is not a JSON object',
+  SK_ERR_RECORD_STALLED:
+    'a client stopped in the middle of a line while unfinished lines held their share of memory.maxBytes; the line was cut',
   SK_ERR_TOO_MANY_CONNECTIONS: 'the agent holds as many client connections as its file-descriptor limit allows',
   SK_ERR_SPOOL_CORRUPT: 'a spool segment has a bad checksum or a torn tail',
   SK_ERR_SPOOL_FULL: 'the spool reached maxBytes and dropped its oldest data',

@@ -85,16 +85,34 @@ test('recycle.maxRssBytes: once the worker has run 10 s past the limit it is rep
   await recycleTest(agent, scope.sock, join(scope.dir, 'out'), /^maxRssBytes \(\d+ > 1048576\)$/);
 });
 
-test('the worker stops by itself when its supervisor is SIGKILLed; a new agent then starts on the same files', async (t) => {
+test('the worker stops by itself when its supervisor is SIGKILLed, exits 0 without an uncaught exception; a new agent then starts on the same files', async (t) => {
   const scope = agentScope(t);
   scope.writeConfig({});
   const agent = await scope.startAgent();
   const sent = await sendLoad(scope.sock, { connections: 2, count: 100, prefix: 'or' });
   await waitFor(async () => (await agent.status()).counters.spooled === sent.length, 'records spooled');
   const worker = (await agent.status()).worker!.pid;
+  // The worker writes to the stderr pipe it inherited; the pipe closes once the worker, its last writer, is gone.
+  const stderrClosed = new Promise<void>((r) => agent.child.stderr!.once('close', () => r()));
   process.kill(agent.pid, 'SIGKILL'); // the supervisor only: the worker's IPC channel closes
   await agent.exited;
   await waitFor(() => !alive(worker), `the orphaned worker ${worker} to exit`, 10_000);
+  assert.ok(
+    await settleWithin(
+      stderrClosed.then(() => true),
+      10_000,
+    ),
+    'the worker closed its stderr',
+  );
+  // It left cleanly: no uncaught exception (process.disconnect() on the closed channel threw ERR_IPC_DISCONNECTED
+  // after the pipeline had stopped: a stack on stderr and exit code 1), only log lines, and its last line says 0.
+  const raw = agent.stderr();
+  assert.doesNotMatch(raw, /ERR_IPC_DISCONNECTED|Uncaught|^\s+at /m, `no uncaught exception on stderr:\n${raw}`);
+  const notJson = raw.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'));
+  assert.deepEqual(notJson, [], 'stderr holds only log lines');
+  const exiting = agent.logs().filter((l) => l.msg === 'agent worker exiting' && l.pid === worker);
+  assert.equal(exiting.length, 1, `the worker logged its exit:\n${raw}`);
+  assert.equal(exiting[0]!.code, 0, 'and its exit code is 0');
   const next = await scope.startAgent(); // the socket is free and the spool lock released
   await waitFor(() => fileOutput(join(scope.dir, 'out')).lines.length >= sent.length, 'every record written out');
   const b = balance(sent, keysOf(fileOutput(join(scope.dir, 'out')).lines));
@@ -209,4 +227,15 @@ test('exit 1: a spool locked by another live agent (SK_ERR_SPOOL_LOCKED), a metr
   assert.match(third.stderr(), /SK_ERR_LISTEN/);
   assert.match(third.stderr(), /agent\.metrics\.listen/);
   assert.equal(existsSync(scope.sock), false, 'nothing left behind');
+});
+
+test('hand-over leftovers of a previous run (<spool.dir>/handover) are removed by the first worker at start', async (t) => {
+  const scope = agentScope(t);
+  scope.writeConfig({});
+  const leftover = join(scope.dir, 'spool', 'handover', '4242-1.partial');
+  mkdirSync(join(scope.dir, 'spool', 'handover'), { recursive: true });
+  writeFileSync(leftover, 'x'.repeat(10_000)); // a worker died between handing a connection over and its adoption
+  const agent = await scope.startAgent();
+  assert.equal(existsSync(leftover), false);
+  assert.equal((await agent.stop()).code, 0);
 });

@@ -1,6 +1,7 @@
 // The Unix socket receiver's read coalescing (agent.ingest.coalesceMs) on a real socket: every line arrives, in
 // order, many per read; a connection napping when the memory budget runs out and recovers still reads to the end;
-// control lines (hello → state line, bye) go only to clients that said hello.
+// control lines (hello → state line, bye) go only to clients that said hello; unfinished lines keep to their share of
+// the memory budget (one connection read at a time past it).
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -137,4 +138,38 @@ test('a short-lived client that exits right after writing: every line it wrote i
   } finally {
     await r.close();
   }
+});
+
+test('unfinished lines keep to their share of the budget: 50 connections × 100 KB half-lines, then finished; all delivered', async (t) => {
+  // 1 MiB of budget: unfinished lines may hold 256 KiB; 50 × 100 KB would be 5 MB if every connection read on.
+  const budget = new MemoryBudget(1024 * 1024);
+  let peak = 0;
+  const add = budget.add.bind(budget);
+  budget.add = (pool, delta) => {
+    add(pool, delta);
+    peak = Math.max(peak, budget.pool('receiver'));
+  };
+  const r = await start(0, budget);
+  const socks: net.Socket[] = [];
+  t.after(async () => {
+    for (const s of socks) s.destroy();
+    await r.close();
+  });
+  for (let i = 0; i < 50; i++) {
+    const s = net.connect(r.path);
+    await once(s, 'connect');
+    s.write(`{"i":${i},"pad":"${'z'.repeat(100_000)}`);
+    socks.push(s);
+  }
+  await waitFor(() => budget.pool('receiver') > budget.partialLimit, 'unfinished lines past their share');
+  for (const s of socks) s.end('"}\n');
+  await waitFor(() => r.got.length === 50, 'all 50 lines', 30_000);
+  const share = budget.partialLimit;
+  // The share, plus the one connection being read (its line, ≤ 100 KB), plus one read (64 KiB).
+  assert.ok(peak <= share + 100_010 + 64 * 1024, `unfinished lines peaked at ${peak} bytes (share ${share})`);
+  assert.deepEqual(
+    r.got.map((l) => (JSON.parse(l) as { i: number }).i).sort((a, b) => a - b),
+    [...Array(50).keys()],
+  );
+  assert.equal(budget.pool('receiver'), 0);
 });

@@ -40,6 +40,8 @@ export interface AgentWorkerOptions {
   config: AgentConfig;
   /** Start at once, or load and wait for start() (a pre-forked replacement). */
   start: boolean;
+  /** The agent's first worker (see ToWorker 'init'). */
+  first?: boolean;
   log: Logger;
   onMessage(w: AgentWorker, msg: FromWorker, handle: unknown): void;
   onExit(w: AgentWorker, exit: WorkerExit): void;
@@ -87,7 +89,7 @@ export class AgentWorker {
       opts.onExit(this, { code, signal });
     });
     this.child.on('error', (err) => opts.log.error({ err, pid: this.pid }, 'agent worker process error'));
-    this.send({ t: 'init', config: opts.config, start: opts.start });
+    this.send({ t: 'init', config: opts.config, start: opts.start, ...(opts.first ? { first: true } : {}) });
     if (opts.start) this.state = 'starting';
   }
 

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import type { AgentWorker } from './agent-worker.js';
+import { dropStashedPartial } from './handover-partials.js';
 import {
   bindSharedSocket,
   type BoundHandle,
@@ -55,6 +56,9 @@ type ConnMessage = Extract<FromWorker, { t: 'conn' }>;
 export class HeldConnections {
   private held: { handle: unknown; msg: ConnMessage }[] = [];
 
+  /** `spoolDir`: where a long unfinished line waits in a file (handover-partials.ts), removed if never passed on. */
+  constructor(private readonly spoolDir: () => string) {}
+
   add(handle: unknown, msg: ConnMessage): void {
     this.held.push({ handle, msg });
   }
@@ -63,14 +67,23 @@ export class HeldConnections {
   forwardTo(target: AgentWorker | undefined, log: Logger): void {
     if (!target || target.state !== 'ready' || this.held.length === 0) return;
     for (const { handle, msg } of this.held.splice(0)) {
-      target.send({ t: 'conn', partial: msg.partial, discarding: msg.discarding }, handle, (err) => {
-        if (err) log.warn({ err: describeError(err) }, 'could not pass a connection to the new worker');
+      // The message as it came: the unfinished line inline, or the name of its file (never its bytes).
+      const { partial, partialFile, discarding } = msg;
+      const next = { t: 'conn' as const, partial, discarding, ...(partialFile ? { partialFile } : {}) };
+      target.send(next, handle, (err) => {
+        if (err) {
+          log.warn({ err: describeError(err) }, 'could not pass a connection to the new worker');
+          dropStashedPartial(this.spoolDir(), msg);
+        }
         closeHandle(handle); // the worker has its own copy now
       });
     }
   }
 
   closeAll(): void {
-    for (const h of this.held.splice(0)) closeHandle(h.handle);
+    for (const h of this.held.splice(0)) {
+      closeHandle(h.handle);
+      dropStashedPartial(this.spoolDir(), h.msg);
+    }
   }
 }

@@ -8,7 +8,9 @@
 //   inflight  — the batch being exported (its payload, plus its gzip copy)
 // Past maxBytes the receiver stops reading client sockets (the kernel socket buffers and then the clients' own
 // non-blocking drop counters absorb the burst) until usage falls back under the low-water mark (75%). Unfinished
-// lines alone never block (only reading on can finish them); each is capped by maxRecordBytes.
+// lines alone never block here (only reading on can finish them); each is capped by maxRecordBytes, and together they
+// have their own share, `partialLimit` (a quarter of maxBytes), which the receiver keeps by reading one connection at
+// a time while they are over it (receivers/unix-socket.ts, "Unfinished lines").
 import { EventEmitter } from 'node:events';
 
 export type MemoryPool = 'receiver' | 'spool' | 'inflight';
@@ -42,6 +44,16 @@ export class MemoryBudget extends EventEmitter {
 
   get used(): number {
     return this.total;
+  }
+
+  /** Bytes in one pool now. */
+  pool(name: MemoryPool): number {
+    return this.pools[name];
+  }
+
+  /** What unfinished lines may hold together before the receiver reads one connection at a time: maxBytes / 4. */
+  get partialLimit(): number {
+    return Math.floor(this.maxBytes / 4);
   }
 
   usage(): Record<MemoryPool, number> & { total: number; limit: number } {

@@ -8,7 +8,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import type { ListenAddress } from '../config/schema.js';
 
-export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control'] as const;
+export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control', 'stalled'] as const;
 export type InvalidReason = (typeof INVALID_REASONS)[number];
 export const DROP_REASONS = ['spool_full', 'spool_corrupt', 'disk_full', 'spool_removed'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -61,7 +61,7 @@ export interface AgentMetricsSnapshot {
 export function zeroCounters(): AgentCounterValues {
   return {
     received: 0,
-    invalid: { too_large: 0, not_json: 0, not_object: 0, bad_control: 0 },
+    invalid: { too_large: 0, not_json: 0, not_object: 0, bad_control: 0, stalled: 0 },
     spooled: 0,
     batched: 0,
     batchedBatches: 0,

@@ -33,13 +33,19 @@ import {
   type PipelineState,
 } from './pipeline-status.js';
 import { ClientStateFile, clientStateOf } from './client-state.js';
+import { clearHandoverDir } from './handover-partials.js';
 import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from './pipeline-config.js';
 import { Batcher } from './processors/batcher.js';
 import { MemoryBudget } from './memory-budget.js';
 import { Spool } from './queue/spool.js';
 import { SpillReceiver } from './receivers/spill.js';
 import type { ClientState } from './receivers/control.js';
-import { UnixSocketReceiver, type DetachedConnection } from './receivers/unix-socket.js';
+import {
+  effectiveBacklog,
+  LISTEN_BACKLOG,
+  UnixSocketReceiver,
+  type DetachedConnection,
+} from './receivers/unix-socket.js';
 
 export type { AgentPipelineStatus, PipelineState } from './pipeline-status.js';
 
@@ -48,6 +54,11 @@ export interface AgentPipelineOptions {
   log?: Logger;
   /** Accept on this inherited, already-bound socket fd (the supervisor's). */
   listenFd: number;
+  /**
+   * The agent's first worker: once it holds the spool (so no other agent uses the directory), it removes what a
+   * previous run left in `<spool.dir>/handover/` (a worker that died between handing over and adoption).
+   */
+  clearHandover?: boolean;
 }
 
 /** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
@@ -57,8 +68,6 @@ export interface PipelineStateEvent extends ClientState {
 
 /** How long start() waits for a spool lock still held by a previous owner that is shutting down. */
 export const SPOOL_LOCK_WAIT_MS = 5000;
-/** Accept backlog (capped by net.core.somaxconn): bursts of (re)connecting clients must queue, not fail. */
-const LISTEN_BACKLOG = 4096;
 /** At a final stop, after the socket file is gone: time for the event loop to accept what the backlog holds. */
 const BACKLOG_SETTLE_MS = 20;
 /** At a final stop, a connection that sent nothing this long after `bye` is done (idle FPM children, say). */
@@ -122,6 +131,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     try {
       const spool = await this.openSpool();
       this.spool = spool;
+      if (this.opts.clearHandover) clearHandoverDir(cfg.spool.dir);
       this.breaker = await ExporterBreaker.create({
         failures: cfg.breaker.failures,
         halfOpenAfterMs: cfg.breaker.halfOpenAfterMs,
@@ -169,7 +179,9 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       const fd = this.opts.listenFd;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ fd, backlog: LISTEN_BACKLOG }, () => {
+        // The backlog as its own argument: with a handle or fd, Node (20 and 24, lib/net.js) reads it only from there
+        // and ignores `backlog` inside the options object, listening with its default 511 instead.
+        server.listen({ fd }, LISTEN_BACKLOG, () => {
           server.off('error', reject);
           resolve();
         });
@@ -191,9 +203,18 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       await this.spill.start();
       this.startedAtMs = Date.now();
       this.stateName = 'running';
+      const backlog = effectiveBacklog(LISTEN_BACKLOG);
+      if (backlog.effective < backlog.requested)
+        this.log.warn(
+          { listenBacklog: backlog.effective, requested: backlog.requested, somaxconn: backlog.somaxconn },
+          `net.core.somaxconn (${backlog.somaxconn}) caps the agent socket's listen backlog at ${backlog.effective} ` +
+            `(${backlog.requested} asked for): while the worker is busy or between workers, connections past it are ` +
+            `refused (EAGAIN) and clients spill or drop; raise it with sysctl net.core.somaxconn=${backlog.requested}`,
+        );
       this.log.info(
         {
           socket: cfg.socket,
+          listenBacklog: backlog.effective,
           spool: cfg.spool.dir,
           backlog: spool.stats().pendingRecords,
           exporter: cfg.exporter.type,

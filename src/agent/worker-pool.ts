@@ -41,7 +41,7 @@ export class WorkerPool {
   /** Received/exported per second, sampled at each worker report (about once a second). */
   readonly rates = new RateWindow();
   private lastProgressLog = 0;
-  private readonly held = new HeldConnections();
+  private readonly held = new HeldConnections(() => this.opts.config().spool.dir);
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 30_000 });
   private restartTimer: NodeJS.Timeout | undefined;
   private recycling: Promise<void> | undefined;
@@ -68,7 +68,7 @@ export class WorkerPool {
 
   /** Starts the first worker and waits until it accepts; then publishes the socket file. Throws why it could not. */
   async start(): Promise<void> {
-    const w = this.spawn(true);
+    const w = this.spawn(true, this.listenerRef, true);
     this.currentRef = w;
     const ok = await settleWithin(Promise.race([w.ready, w.exited.then(() => false)]), START_TIMEOUT_MS);
     if (!ok) {
@@ -140,13 +140,14 @@ export class WorkerPool {
     }
   }
 
-  private spawn(start: boolean, listener = this.listenerRef): AgentWorker {
+  private spawn(start: boolean, listener = this.listenerRef, first = false): AgentWorker {
     const w = new AgentWorker({
       workerPath: this.opts.workerPath,
       listenFd: listener.handle.fd,
       generation: ++this.generation,
       config: this.opts.config(),
       start,
+      first,
       log: this.log,
       onMessage: (worker, msg, handle) => this.onMessage(worker, msg, handle),
       onExit: (worker, exit) => this.onExit(worker, exit),

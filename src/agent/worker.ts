@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { describeError, isSidekickError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
+import { stashPartial, takeStashedPartial } from './handover-partials.js';
 import { zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
 import { AgentPipeline } from './pipeline.js';
 import { WORKER_LISTEN_FD, type FromWorker, type ToWorker } from './worker-protocol.js';
@@ -33,9 +34,12 @@ export function runWorker(): void {
 
   const finish = (code: number): void => {
     if (statsTimer) clearInterval(statsTimer);
+    log.info({ code }, 'agent worker exiting');
     // Give the IPC channel a moment to deliver the last message, then leave.
     setTimeout(() => process.exit(code), 50).unref();
-    process.disconnect?.();
+    // Only while connected: on a closed channel (the supervisor died, which is what stopped us) disconnect() emits
+    // ERR_IPC_DISCONNECTED as an 'error' on process, an uncaught exception (a stack on stderr, exit code 1).
+    if (process.connected) process.disconnect?.();
   };
 
   const start = async (): Promise<void> => {
@@ -62,8 +66,18 @@ export function runWorker(): void {
       early.push({ handle, msg });
       return;
     }
+    let partial: Buffer;
+    let discarding = msg.discarding;
     try {
-      pipeline.adopt(handle, Buffer.from(msg.partial, 'base64'), msg.discarding);
+      partial = takeStashedPartial(pipeline.config.spool.dir, msg);
+    } catch (err) {
+      // Its file is gone (someone removed <spool.dir>/handover during the hand-over): skip to the next line.
+      log.error({ err, file: msg.partialFile }, 'the unfinished line of a handed-over connection is lost');
+      partial = Buffer.alloc(0);
+      discarding = true;
+    }
+    try {
+      pipeline.adopt(handle, partial, discarding);
     } catch (err) {
       log.error({ err }, 'could not adopt a handed-over connection');
     }
@@ -83,9 +97,10 @@ export function runWorker(): void {
     const sends: Promise<void>[] = [];
     await pipeline
       .handOver((conns) => {
+        const spoolDir = pipeline!.config.spool.dir;
         for (const c of conns)
           sends.push(
-            send({ t: 'conn', partial: c.partial.toString('base64'), discarding: c.discarding }, c.handle).then(() =>
+            send({ t: 'conn', ...stashPartial(spoolDir, c.partial), discarding: c.discarding }, c.handle).then(() =>
               (c.handle as { close(): void }).close(),
             ),
           );
@@ -99,7 +114,12 @@ export function runWorker(): void {
   process.on('message', (msg: ToWorker, handle: unknown) => {
     switch (msg.t) {
       case 'init':
-        pipeline = new AgentPipeline({ config: msg.config, listenFd: WORKER_LISTEN_FD, log });
+        pipeline = new AgentPipeline({
+          config: msg.config,
+          listenFd: WORKER_LISTEN_FD,
+          log,
+          clearHandover: msg.first === true,
+        });
         pipeline.on('state', (state) => void send({ t: 'state', state }));
         if (msg.start) void start();
         else void send({ t: 'standby' });

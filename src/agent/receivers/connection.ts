@@ -17,6 +17,10 @@ import { LineFramer, type LineSink } from './ndjson.js';
 
 /** What a connection needs of the receiver that holds it. */
 export interface ConnectionOwner {
+  /** False while this connection must not read (memory budget exhausted, or another one finishes its line). */
+  mayRead(conn: Connection): boolean;
+  /** The connection's unfinished line changed (size, or a line was let go of). */
+  partialsChanged(conn: Connection): void;
   readonly maxRecordBytes: number;
   readonly lineSink: LineSink;
   readonly budget: MemoryBudget;
@@ -43,6 +47,7 @@ const NAP_BELOW_BYTES = 32 * 1024;
 export class Connection {
   readonly framer: LineFramer;
   private held = 0;
+  private heldGen = 0;
   paused = false;
   lastDataAt = Date.now();
   detached = false;
@@ -69,7 +74,7 @@ export class Connection {
     this.lastDataAt = Date.now();
     this.framer.push(chunk);
     this.account();
-    if (this.receiver.budget.exhausted && !this.receiver.draining) this.pause();
+    if (!this.receiver.mayRead(this)) this.pause();
     else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
   }
 
@@ -111,10 +116,12 @@ export class Connection {
 
   account(): void {
     const now = this.framer.bufferedBytes;
-    if (now !== this.held) {
-      this.receiver.budget.add('receiver', now - this.held);
-      this.held = now;
-    }
+    const gen = this.framer.partialGen;
+    if (now === this.held && gen === this.heldGen) return;
+    this.receiver.budget.add('receiver', now - this.held);
+    this.held = now;
+    this.heldGen = gen;
+    if (!this.detached) this.receiver.partialsChanged(this);
   }
 
   /**
@@ -130,10 +137,17 @@ export class Connection {
     this.socket.end();
   }
 
+  /**
+   * Stops reading: the socket is taken out of the poll set (readStop), as for a nap, so a paused connection holds no
+   * more than what was read already (a JS-only pause lets Node's stream read on up to its high-water mark, per
+   * connection, outside the budget).
+   */
   pause(): void {
     if (this.paused || this.detached) return;
     this.paused = true;
     this.socket.pause();
+    const handle = streamHandleOf(this.socket);
+    if (handle && !this.socket.destroyed) stopHandleReading(handle);
   }
 
   resume(): void {

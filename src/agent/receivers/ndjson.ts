@@ -281,8 +281,10 @@ export class LineFramer {
   /** Bytes of an unfinished line carried from earlier chunks. */
   private partial: Buffer[] = [];
   private partialBytes = 0;
-  /** True while skipping the rest of an over-long line. */
+  /** True while skipping the rest of an over-long (or cut) line. */
   private discarding = false;
+  /** Counts the unfinished lines let go of (completed, skipped as too large, cut, ended): a finisher is done when it moves. */
+  partialGen = 0;
 
   constructor(
     private maxRecordBytes: number,
@@ -313,6 +315,21 @@ export class LineFramer {
     this.discarding = discarding;
   }
 
+  /**
+   * Cuts the unfinished line: its bytes are let go of and reported `stalled`, and the rest of it is skipped up to its
+   * newline (the receiver does this to a line whose client stopped sending in the middle of it while unfinished lines
+   * are over their memory share). False when there was none.
+   */
+  cutPartial(): boolean {
+    if (this.partialBytes === 0) return false;
+    this.sink.bad('stalled', this.sampleOfPartial());
+    this.partial = [];
+    this.partialBytes = 0;
+    this.discarding = true;
+    this.partialGen++;
+    return true;
+  }
+
   /** At end of stream: a final line without '\n' is a cut line, discarded and reported (see the header). */
   end(): void {
     if (this.discarding) {
@@ -324,6 +341,7 @@ export class LineFramer {
     const blank = this.partial.every((p) => p.every((b) => isSpace(b)));
     this.partial = [];
     this.partialBytes = 0;
+    this.partialGen++;
     if (!blank) this.sink.truncated(sample);
   }
 
@@ -351,6 +369,7 @@ export class LineFramer {
         this.partialBytes = 0;
         this.emitOne(line, 0, line.length - 1);
       }
+      this.partialGen++;
       pos = nl + 1;
     }
     // Runs of good lines go to the sink as one slice.
@@ -384,6 +403,7 @@ export class LineFramer {
     const rest = chunk.length - from;
     if (this.partialBytes + rest > this.maxRecordBytes) {
       this.sink.bad('too_large', this.partialBytes ? this.sampleOfPartial() : chunk.subarray(from, from + 64));
+      if (this.partialBytes > 0) this.partialGen++;
       this.partial = [];
       this.partialBytes = 0;
       this.discarding = true; // counted now; the rest of the line is skipped up to its newline

@@ -5,6 +5,17 @@
 // connection while the memory budget is exhausted. For a worker recycle, `detachAll()` stops reading every connection
 // at once and hands out the raw handles with their unfinished line, so the next worker continues each stream exactly
 // where this one stopped.
+//
+// Unfinished lines (the start of a line whose newline has not arrived) are held per connection, each up to
+// maxRecordBytes, and together they count against memory.maxBytes with their own share, `budget.partialLimit` (a
+// quarter). Pausing every connection would not free them (only reading on finishes a line: the deadlock of commit
+// 8160393), and reading all of them lets 300 slow clients hold 300 MB. So past the share the receiver reads *one*
+// connection at a time, the finisher: the one holding the largest unfinished line (the most to free). The others
+// stop reading (their clients' bytes wait in the kernel) until the finisher has let its line go (completed it, or
+// skipped it as too large), then the next largest is the finisher; under 75% of the share every connection reads
+// again. Held memory stays under the share plus one line (maxRecordBytes) plus one read. A finisher whose client sends
+// nothing for STALLED_LINE_MS in the middle of its line would hold everyone up: its line is cut, counted
+// `invalid{reason="stalled"}` (SK_ERR_RECORD_STALLED) and skipped up to its newline, and the next one goes on.
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
@@ -42,6 +53,10 @@ export interface ReceiverOptions {
   maxConnections?: number;
 }
 
+/** A finisher (see the header) that receives nothing this long in the middle of its line has its line cut. */
+export const STALLED_LINE_MS = 1000;
+const STALL_CHECK_MS = 250;
+
 /** File descriptors kept for everything that is not a client connection (spool, exporter, spill, node itself). */
 const FD_RESERVE = 128;
 
@@ -53,6 +68,29 @@ export function fdSoftLimit(): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Accept backlog asked for: bursts of (re)connecting clients (PHP connects once per request) must queue, not fail. */
+export const LISTEN_BACKLOG = 4096;
+
+/**
+ * The accept backlog in force on a socket listened with `requested`: Linux silently caps listen()'s backlog at
+ * net.core.somaxconn (per network namespace, read from /proc), and offers no way to read a Unix socket's backlog back
+ * but `ss -xl` (Send-Q of a listener). `somaxconn` is undefined where /proc cannot tell.
+ */
+export function effectiveBacklog(requested = LISTEN_BACKLOG): {
+  requested: number;
+  effective: number;
+  somaxconn: number | undefined;
+} {
+  let somaxconn: number | undefined;
+  try {
+    const v = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim());
+    if (Number.isInteger(v) && v > 0) somaxconn = v;
+  } catch {
+    // not Linux, or /proc not mounted
+  }
+  return { requested, effective: somaxconn === undefined ? requested : Math.min(requested, somaxconn), somaxconn };
 }
 
 /**
@@ -83,6 +121,16 @@ export class UnixSocketReceiver implements ConnectionOwner {
   private readonly sink: ReceiverSink;
   /** Most client connections held at once (see maxConnectionsFor). */
   readonly maxConnections: number;
+  /** Unfinished lines over their share (see the header): only `finisher` reads. */
+  private pressure = false;
+  private finisher: Connection | undefined;
+  private finisherGen = 0;
+  /** When the finisher was chosen, or the budget last let readers go on: the start of its stall clock. */
+  private finisherSince = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
+  /** Set while connections are detached for a hand-over: nobody is resumed. */
+  private detaching = false;
+  private readonly pressureLog: RateLimitedLog;
 
   constructor(opts: ReceiverOptions) {
     this.sink = opts.sink;
@@ -92,19 +140,28 @@ export class UnixSocketReceiver implements ConnectionOwner {
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
     this.capLog = new RateLimitedLog(opts.log, 1, 10_000);
+    this.pressureLog = new RateLimitedLog(opts.log, 1, 10_000);
     this.maxConnections = opts.maxConnections ?? maxConnectionsFor(fdSoftLimit());
     const sink = opts.sink;
     const printable = (b: Buffer): string => b.toString('utf8').replace(/[^\x20-\x7e]/g, '?');
     const bad = (reason: InvalidReason, sample: Buffer): void => {
       sink.invalid(reason, 1);
-      const code = reason === 'too_large' ? 'SK_ERR_RECORD_TOO_LARGE' : 'SK_ERR_RECORD_INVALID';
+      const code =
+        reason === 'too_large'
+          ? 'SK_ERR_RECORD_TOO_LARGE'
+          : reason === 'stalled'
+            ? 'SK_ERR_RECORD_STALLED'
+            : 'SK_ERR_RECORD_INVALID';
       this.badLog.warn(
         { code, reason, sample: printable(sample) },
         reason === 'too_large'
           ? `${code}: a line longer than maxRecordBytes (${this.maxRecordBytes}) was skipped`
-          : reason === 'bad_control'
-            ? `${code}: a control line this agent does not understand was skipped`
-            : `${code}: a line that is not a JSON object was skipped (${reason})`,
+          : reason === 'stalled'
+            ? `${code}: a client sent nothing for ${STALLED_LINE_MS} ms in the middle of a line while unfinished ` +
+              `lines held their share of memory.maxBytes; the line was cut and the rest of it is skipped`
+            : reason === 'bad_control'
+              ? `${code}: a control line this agent does not understand was skipped`
+              : `${code}: a line that is not a JSON object was skipped (${reason})`,
       );
     };
     this.lineSink = {
@@ -120,7 +177,8 @@ export class UnixSocketReceiver implements ConnectionOwner {
       },
     };
     this.budget.on('relief', () => {
-      for (const c of this.conns) c.resume();
+      this.finisherSince = Date.now();
+      for (const c of this.conns) if (this.mayRead(c)) c.resume();
     });
     this.budget.on('exhausted', () => {
       if (this.draining) return;
@@ -164,8 +222,78 @@ export class UnixSocketReceiver implements ConnectionOwner {
   private accept(socket: net.Socket): Connection {
     const conn = new Connection(socket, this);
     this.conns.add(conn);
-    if (this.budget.exhausted) conn.pause();
+    if (!this.mayRead(conn)) conn.pause();
     return conn;
+  }
+
+  /** Whether `conn` may read now: not while the budget is exhausted, nor while another one is the finisher. */
+  mayRead(conn: Connection): boolean {
+    if (this.draining) return true;
+    if (this.budget.exhausted || this.detaching) return false;
+    return !this.pressure || conn === this.finisher;
+  }
+
+  /** A connection's unfinished line changed: keep unfinished lines within their share (see the header). */
+  partialsChanged(conn: Connection): void {
+    if (this.detaching || this.draining) return;
+    const held = this.budget.pool('receiver');
+    const limit = this.budget.partialLimit;
+    if (!this.pressure) {
+      if (held > limit) this.enterPressure(held, limit);
+      return;
+    }
+    if (held <= limit * 0.75) this.leavePressure();
+    else if (conn === this.finisher && conn.framer.partialGen !== this.finisherGen) this.nextFinisher(conn);
+  }
+
+  private enterPressure(held: number, limit: number): void {
+    this.pressure = true;
+    this.finisher = undefined;
+    for (const c of this.conns) c.pause();
+    this.nextFinisher(undefined);
+    this.stallTimer = setInterval(() => this.checkStall(), STALL_CHECK_MS);
+    this.stallTimer.unref();
+    this.pressureLog.warn(
+      { held, limit, connections: this.conns.size },
+      `unfinished lines hold ${held} bytes, over their share of memory.maxBytes (${limit}): reading one ` +
+        `connection at a time until they are finished`,
+    );
+  }
+
+  private leavePressure(): void {
+    this.pressure = false;
+    this.finisher = undefined;
+    clearInterval(this.stallTimer);
+    this.stallTimer = undefined;
+    for (const c of this.conns) if (this.mayRead(c)) c.resume();
+  }
+
+  /** The next finisher: the largest unfinished line, another connection's before `prev`'s (so none is starved). */
+  private nextFinisher(prev: Connection | undefined): void {
+    let best: Connection | undefined;
+    for (const c of this.conns) {
+      if (c === prev || c.detached) continue;
+      if (!best || c.framer.bufferedBytes > best.framer.bufferedBytes) best = c;
+    }
+    if (prev && !prev.detached && this.conns.has(prev) && (!best || best.framer.bufferedBytes === 0)) best = prev;
+    this.finisher = best;
+    this.finisherGen = best?.framer.partialGen ?? 0;
+    this.finisherSince = Date.now();
+    if (prev && prev !== best) prev.pause();
+    if (best && this.mayRead(best)) best.resume();
+  }
+
+  /** A finisher whose client went quiet in the middle of its line: cut the line, go on with the next one. */
+  private checkStall(): void {
+    const f = this.finisher;
+    if (!this.pressure || this.budget.exhausted || this.draining || this.detaching) return;
+    if (!f) {
+      this.nextFinisher(undefined);
+      return;
+    }
+    if (Date.now() - Math.max(f.lastDataAt, this.finisherSince) < STALLED_LINE_MS) return;
+    if (f.framer.cutPartial()) f.account();
+    else this.nextFinisher(f); // nothing unfinished there (it went quiet between lines): someone else's turn
   }
 
   /** Adopts a connection detached by a previous worker (raw handle + its unfinished line). */
@@ -193,6 +321,9 @@ export class UnixSocketReceiver implements ConnectionOwner {
     this.nappers.delete(conn);
     if (!this.conns.delete(conn)) return;
     conn.release();
+    if (!this.pressure || this.detaching || this.draining) return;
+    if (this.budget.pool('receiver') <= this.budget.partialLimit * 0.75) this.leavePressure();
+    else if (conn === this.finisher) this.nextFinisher(undefined);
   }
 
   /** Handles one control line from a client (a hello from an older client is accepted and ignored). */
@@ -261,6 +392,8 @@ export class UnixSocketReceiver implements ConnectionOwner {
 
   /** Stops every connection at once and returns them for hand-over. */
   detachAll(): DetachedConnection[] {
+    this.detaching = true;
+    clearInterval(this.stallTimer);
     const out: DetachedConnection[] = [];
     for (const c of [...this.conns]) {
       const d = c.detach();
@@ -272,6 +405,7 @@ export class UnixSocketReceiver implements ConnectionOwner {
   }
 
   destroyAll(): void {
+    clearInterval(this.stallTimer);
     this.wakeAll();
     for (const c of [...this.conns]) {
       c.socket.destroy();
