@@ -50,8 +50,7 @@ export function createThreadLogLink(write: (line: string) => void): { link: Thre
 /** The link in a thread's workerData, if its creator gave it one. */
 export function threadLogLinkOf(workerData: unknown): ThreadLogLink | undefined {
   const link = (workerData as Record<string, unknown> | null | undefined)?.[THREAD_LOG_KEY] as
-    | ThreadLogLink
-    | undefined;
+    ThreadLogLink | undefined;
   return link?.port && link.counters ? link : undefined;
 }
 
