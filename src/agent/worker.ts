@@ -125,7 +125,13 @@ export function runWorker(): void {
         void stop(msg.timeoutMs);
         break;
       case 'snapshot':
-        if (pipeline) void send({ t: 'snapshot', id: msg.id, metrics: withLogCounts(pipeline.metrics()), status: pipeline.status() });
+        if (pipeline)
+          void send({
+            t: 'snapshot',
+            id: msg.id,
+            metrics: withLogCounts(pipeline.metrics()),
+            status: pipeline.status(),
+          });
         break;
     }
   });
