@@ -2,9 +2,9 @@
 //
 // Why not pino.destination({ fd: 2, sync: true }): a write(2) to a pipe, FIFO or socket nobody drains waits until the
 // reader reads, and a blocked log line then freezes the whole process (HTTP workers stop answering, the agent stops
-// exporting). sonic-boom's async mode is no cure: it grows its buffer without bound, or retries in a blocking loop.
-// And an fs.write() in the libuv threadpool would park a threadpool thread (the one DNS and file I/O share) per
-// blocked line.
+// exporting). sonic-boom's sync mode, given a non-blocking fd, sleeps 100 ms and retries on EAGAIN: still blocking.
+// Its async mode hands each write to fs.write in the libuv threadpool: on the inherited (blocking) fd 2 that parks one
+// of the four threadpool threads, which DNS lookups, fs and zlib share, until a reader comes.
 //
 // So: a non-blocking descriptor and our own bounded queue. Each line is written at once with a non-blocking write; a
 // pipe that is full answers EAGAIN in microseconds, and the line waits in the queue (up to `capBytes`); past the cap,
