@@ -278,7 +278,6 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
     const pool = this.pool;
     const w = pool?.current;
     const rates = pool?.rates.rates() ?? { receivedPerSec: 0, exportedPerSec: 0, windowMs: 0 };
-
     return {
       state: this.state().state,
       pid: process.pid,
