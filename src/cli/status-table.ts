@@ -90,6 +90,8 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
         ['handler errors', counter(app.handlerErrors)],
         ['handler timeouts', counter(app.handlerTimeouts)],
         ['task timeouts', counter(app.taskTimeouts)],
+        // only once it happened: stderr was not drained (README "Logs")
+        ...(app.logDropped ? [['log lines dropped', counter(app.logDropped)] as [string, Cell]] : []),
       ],
       color,
     )}`,
@@ -196,6 +198,7 @@ function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[
         ['dropped', { text: dropped, style: dropped !== '0' && dropped !== '-' ? 'warn' : undefined }],
         ['dead-lettered', counter(c?.deadLettered)],
         ['client drops', counter(c?.clientDropped)],
+        ...(c?.logDropped ? [['log lines dropped', counter(c.logDropped)] as [string, Cell]] : []),
       ],
       color,
     ),
@@ -224,6 +227,7 @@ export function formatStatus(status: LooseStatus, now: number, { color = false }
       ['reloads', num(status.reloads)],
     ];
     if (status.config) head.push(['config', status.config]);
+    if (status.log?.dropped) head.push(['log lines dropped', counter(status.log.dropped)]);
     blocks.push([`${paint('sidekick serve', 'bold', color)}  ${pairs(head, color)}`]);
     for (const app of status.apps) blocks.push(appBlock(app, now, color));
   }
