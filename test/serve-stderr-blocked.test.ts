@@ -13,7 +13,9 @@ import { agentScope } from './helpers/agent-scope.ts';
 import { dedupedByBatchId, keysOf, sendLoad, type AgentStatus } from './helpers/agent.ts';
 import {
   FIXTURES,
+  freePort,
   getJson,
+  httpGet,
   readEvents,
   startLoad,
   startServe,
@@ -64,6 +66,7 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
   const tmp = tempDir('sk-stderr-serve-');
   const fifo = new StderrFifo(tmp.dir);
   const flagsFile = join(tmp.dir, 'flags.json');
+  const metricsPort = await freePort();
   writeFileSync(flagsFile, JSON.stringify({ v: '0' }));
   const { serve, ports } = await startServe(
     tmp.dir,
@@ -82,7 +85,7 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
     ],
     // debug: the file source logs each publish from its thread
     { SIDEKICK_LOG_LEVEL: 'debug', SIDEKICK_LOG_BUFFER_BYTES: String(BUFFER_BYTES) },
-    {},
+    { metrics: { listen: metricsPort } },
     { stderrTo: fifo.writeFd },
   );
   t.after(async () => {
@@ -210,6 +213,13 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
         .join('; '),
   );
 
+  // The same counts on /metrics.
+  const text = (await httpGet(metricsPort, '/metrics')).text;
+  const dropped = await serve.status();
+  assert.match(text, new RegExp(`^sidekick_log_dropped_lines_total ${dropped.log.dropped}$`, 'm'));
+  const http = /^sidekick_http_log_dropped_lines_total\{app="web"\} (\d+)$/m.exec(text);
+  assert.ok(http && Number(http[1]) > 0, `HTTP workers' drops on /metrics: ${http?.[0]}`);
+
   // The last line of a stop reaches a stderr that is read.
   const stopped = await serve.stop().catch((err: Error) => {
     throw new Error(`${err.message}\n${tail(fifo)}`);
@@ -229,6 +239,7 @@ test('agent with a blocked stderr and a flapping central: every record is delive
     batch: { maxRecords: 50, maxDelayMs: 50 },
     retry: { initialDelayMs: 10, maxDelayMs: 50 },
     breaker: { failures: 1, halfOpenAfterMs: 50 },
+    metrics: { listen: `127.0.0.1:${await freePort()}` },
   });
   const agent = await scope.startAgent({
     stderrTo: fifo.writeFd,
@@ -266,6 +277,8 @@ test('agent with a blocked stderr and a flapping central: every record is delive
   await countsAddUp(fifo, 'agent worker', workerPid, workerLog);
   const final = await agent.status();
   assert.ok(final.counters.logDropped > 0, 'the agent dropped lines while stderr was blocked');
+  const metrics = (await httpGet(final.metrics!.port!, '/metrics')).text;
+  assert.match(metrics, new RegExp(`^sidekick_agent_log_dropped_lines_total ${final.counters.logDropped}$`, 'm'));
   t.diagnostic(
     `after draining: supervisor ${final.log!.lines} lines, ${final.log!.dropped} dropped; worker ` +
       `${final.counters.logLines - final.log!.lines} lines, ${final.counters.logDropped - final.log!.dropped} dropped`,
