@@ -10,6 +10,7 @@ import {
   type AgentMetricsSnapshot,
 } from './metrics.js';
 import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
+import type { LogCounts } from '../log/logger.js';
 
 /**
  * What the agent tells its host when it changes (event 'state'): `sidekick serve` turns it into the `agent` vars.
@@ -48,6 +49,8 @@ export interface AgentStatus {
   /** Present while a backlog of REPLAY_REPORT_MIN_RECORDS or more is waiting for central. */
   replay: ReplayProgress | undefined;
   pipeline: AgentPipelineStatus | undefined;
+  /** This (supervisor) process's log lines and drops; the workers' are in counters.logLines/logDropped. */
+  log: LogCounts;
 }
 
 /** Counter totals across the workers of one agent run. */

@@ -168,7 +168,7 @@ export class AgentWorker {
   /** Waits for the exit at most `ms`; if it does not come, kills (logging `why`). */
   async exitWithin(ms: number, log: Logger, why: string): Promise<void> {
     if (await settleWithin(this.exited, ms)) return;
-    log.error({ pid: this.pid, timeoutMs: ms }, why);
+    log.error({ workerPid: this.pid, timeoutMs: ms }, why);
     await this.kill();
   }
 }

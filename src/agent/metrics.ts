@@ -38,6 +38,12 @@ export interface AgentCounterValues {
   truncated: number;
   /** Records read from client spill files (written while the agent was unreachable) into the spool. */
   spillReplayed: number;
+  /**
+   * Log lines of the agent's worker processes (and of its supervisor when it runs alone), and those of them dropped
+   * because stderr was not drained (src/log/stderr-writer.ts). Set by the worker process, not the pipeline.
+   */
+  logLines: number;
+  logDropped: number;
 }
 
 /** Point-in-time values (gauges). */
@@ -77,6 +83,8 @@ export function zeroCounters(): AgentCounterValues {
     clientDropped: 0,
     truncated: 0,
     spillReplayed: 0,
+    logLines: 0,
+    logDropped: 0,
   };
 }
 
@@ -221,6 +229,11 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
     'truncated_lines_total',
     'Unterminated last lines discarded at the end of a connection (already counted by the client as dropped).',
     (c) => c.truncated,
+  );
+  counter(
+    'log_dropped_lines_total',
+    "Log lines the agent's processes dropped because stderr was not drained (inside serve: its worker processes).",
+    (c) => c.logDropped,
   );
   gauge('breaker_state', 'Exporter circuit breaker: 0 closed, 1 open, 2 half-open.', (g) => g.breakerState);
   gauge('spool_bytes', 'Bytes pending in the spool.', (g) => g.spoolBytes);

@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { AdminServer } from '../admin/server.js';
 import { parseListen, type AgentConfig } from '../config/schema.js';
 import { SidekickError, describeError } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, logCounts } from '../log/logger.js';
 import { replayProgress, type AgentState, type AgentStatus } from './agent-status.js';
 import { bindListener, type Listener } from './listener.js';
 import { MetricsServer, createAgentRegistry, zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
@@ -263,7 +263,14 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
   /** Fresh counters and status from the current worker (≤ 1 s old if it does not answer), plus retired totals. */
   async snapshot(): Promise<{ metrics: AgentMetricsSnapshot; status: AgentPipelineStatus | undefined }> {
     const snap = await this.pool?.snapshot(SNAPSHOT_TIMEOUT_MS);
-    return { metrics: snap?.metrics ?? { counters: zeroCounters(), gauges: zeroGauges() }, status: snap?.live?.status };
+    const metrics = snap?.metrics ?? { counters: zeroCounters(), gauges: zeroGauges() };
+    // Alone, this process's log lines are the agent's too; inside serve, serve reports them as its own.
+    if (this.adminSocket) {
+      const own = logCounts();
+      const c = metrics.counters;
+      metrics.counters = { ...c, logLines: c.logLines + own.lines, logDropped: c.logDropped + own.dropped };
+    }
+    return { metrics, status: snap?.live?.status };
   }
 
   async status(): Promise<AgentStatus> {
@@ -290,6 +297,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       rates,
       replay: replayProgress(snap.metrics.gauges.spoolRecords, rates.exportedPerSec),
       pipeline: snap.status,
+      log: logCounts(),
     };
   }
 }

@@ -187,7 +187,7 @@ export class WorkerPool {
     const message = w.fatal?.message;
     this.lastCrash = { at: Date.now(), code, signal, ...(message ? { message } : {}) };
     if (w !== this.currentRef) {
-      this.log.warn({ pid: w.pid, code, signal }, 'a standby agent worker exited');
+      this.log.warn({ workerPid: w.pid, code, signal }, 'a standby agent worker exited');
       return;
     }
     this.currentRef = undefined;

@@ -5,7 +5,7 @@
 // agent finds the socket free — and flushes quickly so the spool lock is released within a few seconds.
 import type { Logger } from 'pino';
 import { describeError, isSidekickError } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, logCounts } from '../log/logger.js';
 import { stashPartial, takeStashedPartial } from './handover-partials.js';
 import { zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
 import { AgentPipeline } from './pipeline.js';
@@ -54,7 +54,7 @@ export function runWorker(): void {
     for (const { handle, msg } of early.splice(0)) adopt(handle, msg);
     statsTimer = setInterval(() => {
       if (pipeline?.state === 'running')
-        void send({ t: 'stats', metrics: pipeline.metrics(), status: pipeline.status() });
+        void send({ t: 'stats', metrics: withLogCounts(pipeline.metrics()), status: pipeline.status() });
     }, STATS_INTERVAL_MS);
     statsTimer.unref();
     await send({ t: 'ready' });
@@ -87,7 +87,7 @@ export function runWorker(): void {
     if (ending) return;
     ending = true;
     if (pipeline) await pipeline.stop(timeoutMs).catch((err: unknown) => log.error({ err }, 'stop failed'));
-    await send({ t: 'stopped', metrics: pipeline?.metrics() ?? emptyMetrics() });
+    await send({ t: 'stopped', metrics: withLogCounts(pipeline?.metrics() ?? emptyMetrics()) });
     finish(0);
   };
 
@@ -107,7 +107,7 @@ export function runWorker(): void {
       })
       .catch((err: unknown) => log.error({ err }, 'hand-over failed'));
     await Promise.all(sends);
-    await send({ t: 'released', metrics: pipeline.metrics() });
+    await send({ t: 'released', metrics: withLogCounts(pipeline.metrics()) });
     finish(0);
   };
 
@@ -145,7 +145,13 @@ export function runWorker(): void {
         void stop(msg.timeoutMs);
         break;
       case 'snapshot':
-        if (pipeline) void send({ t: 'snapshot', id: msg.id, metrics: pipeline.metrics(), status: pipeline.status() });
+        if (pipeline)
+          void send({
+            t: 'snapshot',
+            id: msg.id,
+            metrics: withLogCounts(pipeline.metrics()),
+            status: pipeline.status(),
+          });
         break;
     }
   });
@@ -159,6 +165,12 @@ export function runWorker(): void {
     log.warn('agent supervisor went away; stopping');
     void stop(ORPHAN_STOP_MS);
   });
+}
+
+/** The pipeline's counters with this process's log counts (the pipeline keeps no process-global state). */
+function withLogCounts(m: AgentMetricsSnapshot): AgentMetricsSnapshot {
+  const { lines, dropped } = logCounts();
+  return { ...m, counters: { ...m.counters, logLines: lines, logDropped: dropped } };
 }
 
 function emptyMetrics(): AgentMetricsSnapshot {

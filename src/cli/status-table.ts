@@ -90,6 +90,8 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
         ['handler errors', counter(app.handlerErrors)],
         ['handler timeouts', counter(app.handlerTimeouts)],
         ['task timeouts', counter(app.taskTimeouts)],
+        // only once it happened: stderr was not drained (README "Logs")
+        ...(app.logDropped ? [['log lines dropped', counter(app.logDropped)] as [string, Cell]] : []),
       ],
       color,
     )}`,
@@ -104,6 +106,7 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
           ['rss', bytes(host.rss)],
           ['host restarts', counter(host.restarts)],
           ...(host.lastExit ? ([['last exit', { text: host.lastExit, style: 'warn' }]] as [string, Cell][]) : []),
+          ...(host.log?.dropped ? ([['log lines dropped', counter(host.log.dropped)]] as [string, Cell][]) : []),
         ],
         color,
       )}`,
@@ -211,6 +214,7 @@ function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[
         ['dropped', { text: dropped, style: dropped !== '0' && dropped !== '-' ? 'warn' : undefined }],
         ['dead-lettered', counter(c?.deadLettered)],
         ['client drops', counter(c?.clientDropped)],
+        ...(c?.logDropped ? [['log lines dropped', counter(c.logDropped)] as [string, Cell]] : []),
       ],
       color,
     ),
@@ -239,6 +243,7 @@ export function formatStatus(status: LooseStatus, now: number, { color = false }
       ['reloads', num(status.reloads)],
     ];
     if (status.config) head.push(['config', status.config]);
+    if (status.log?.dropped) head.push(['log lines dropped', counter(status.log.dropped)]);
     blocks.push([`${paint('sidekick serve', 'bold', color)}  ${pairs(head, color)}`]);
     for (const app of status.apps) blocks.push(appBlock(app, now, color));
   }

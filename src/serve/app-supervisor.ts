@@ -3,7 +3,7 @@
 // and rolls workers one at a time on reload (the new one listens before the old one drains).
 import cluster, { type Worker } from 'node:cluster';
 import { SidekickError, describeError, errorToData } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, type LogCounts } from '../log/logger.js';
 import type { AppConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { settleWithin, withDeadline } from '../common/async.js';
@@ -53,13 +53,22 @@ interface WorkerInfo {
 export interface AppStatus {
   name: string;
   listen: AppConfig['listen'];
-  workers: { pid: number | undefined; state: WorkerState; startedAt: string; rss: number | undefined }[];
+  workers: {
+    pid: number | undefined;
+    state: WorkerState;
+    startedAt: string;
+    rss: number | undefined;
+    /** Its log lines and drops, as of its last pong. */
+    log: LogCounts | undefined;
+  }[];
   workerRestarts: number;
   unresponsiveKills: number;
   recycles: number;
   handlerErrors: number;
   handlerTimeouts: number;
   taskTimeouts: number;
+  /** Log lines the app's HTTP workers dropped because stderr was not drained (gone workers included). */
+  logDropped: number;
   sidekicks: SidekickStatus[];
   /** The process the app's sidekick threads run in. */
   sidekickHost: SidekickHostStatus;
@@ -78,7 +87,7 @@ export class AppSupervisor {
   private unresponsiveKills = 0;
   private recycles = 0;
   /** Handler counters of workers that are gone (live workers report theirs in each pong). */
-  private retired = { handlerErrors: 0, handlerTimeouts: 0, taskTimeouts: 0 };
+  private retired = { handlerErrors: 0, handlerTimeouts: 0, taskTimeouts: 0, logDropped: 0 };
   private healthTimer: NodeJS.Timeout | undefined;
   /** A crashed HTTP worker's replacement waiting out its backoff: cancelled by stop(). */
   private replaceTimer: NodeJS.Timeout | undefined;
@@ -297,12 +306,13 @@ export class AppSupervisor {
       this.retired.handlerErrors += last.handlerErrors;
       this.retired.handlerTimeouts += last.handlerTimeouts;
       this.retired.taskTimeouts += last.taskTimeouts;
+      this.retired.logDropped += last.log.dropped;
     }
     if (this.stopping || info.state === 'draining' || info.state === 'starting') return;
     // An unplanned exit (or an unresponsive one we killed): the others keep serving; replace it after a backoff.
     this.restarts++;
     if (info.ending !== 'unresponsive') {
-      this.log.warn({ pid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
+      this.log.warn({ workerPid: info.worker.process.pid, code, signal }, 'HTTP worker died; restarting');
       this.lifecycle.record({
         kind: 'worker_died',
         app: this.config.name,
@@ -384,7 +394,10 @@ export class AppSupervisor {
         backstopMs,
       )) === undefined
     ) {
-      this.log.warn({ pid: info.worker.process.pid, backstopMs }, 'HTTP worker did not drain in time; killing it');
+      this.log.warn(
+        { workerPid: info.worker.process.pid, backstopMs },
+        'HTTP worker did not drain in time; killing it',
+      );
       info.worker.process.kill('SIGKILL');
       await exited;
     }
@@ -406,6 +419,7 @@ export class AppSupervisor {
       live.handlerErrors += w.health.latest?.handlerErrors ?? 0;
       live.handlerTimeouts += w.health.latest?.handlerTimeouts ?? 0;
       live.taskTimeouts += w.health.latest?.taskTimeouts ?? 0;
+      live.logDropped += w.health.latest?.log.dropped ?? 0;
     }
     return {
       name: this.config.name,
@@ -415,6 +429,7 @@ export class AppSupervisor {
         state: w.state,
         startedAt: new Date(w.startedAt).toISOString(),
         rss: w.health.latest?.rss,
+        log: w.health.latest?.log,
       })),
       workerRestarts: this.restarts,
       unresponsiveKills: this.unresponsiveKills,
@@ -422,6 +437,7 @@ export class AppSupervisor {
       handlerErrors: live.handlerErrors,
       handlerTimeouts: live.handlerTimeouts,
       taskTimeouts: live.taskTimeouts,
+      logDropped: live.logDropped,
       sidekicks: await this.registry.status(),
       sidekickHost: this.registry.hostStatus(),
     };

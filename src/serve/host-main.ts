@@ -9,7 +9,7 @@
 // This process only bridges its SidekickRegistry to the supervisor. Snapshots go up latest-wins: per sidekick at
 // most one `vars` message in flight (until the supervisor acks it) and one waiting, replaced by every newer one.
 import { describeError, errorToData } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, logCounts } from '../log/logger.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import type { Vars } from '../vars/snapshot.js';
 import type { FromHost, HostInit, ToHost } from './host-protocol.js';
@@ -70,7 +70,7 @@ function start(init: HostInit): void {
 }
 
 function pushStatus(id = 0): void {
-  send({ sk: 'status', id, sidekicks: registry?.status() ?? [], rss: process.memoryUsage.rss() });
+  send({ sk: 'status', id, sidekicks: registry?.status() ?? [], rss: process.memoryUsage.rss(), log: logCounts() });
 }
 
 function ensure(name: string): void {

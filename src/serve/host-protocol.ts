@@ -6,6 +6,7 @@
 import type { ErrorData } from '../errors.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { LifecycleKind } from '../common/lifecycle.js';
+import type { LogCounts } from '../log/logger.js';
 import type { SidekickResume, SidekickStatus } from '../sidekicks/instance.js';
 
 type Snapshot = Record<string, string>;
@@ -45,4 +46,4 @@ export type FromHost =
   | { sk: 'done'; id: number }
   /** Every sidekick stopped; the host exits next. */
   | { sk: 'stopped' }
-  | { sk: 'status'; id: number; sidekicks: SidekickStatus[]; rss: number };
+  | { sk: 'status'; id: number; sidekicks: SidekickStatus[]; rss: number; log: LogCounts };

@@ -17,6 +17,7 @@ import type { SidekickState, SidekickStatus } from '../sidekicks/instance.js';
 /** What a scrape reads from ServeRuntime.status() (a subset of its shape, so a test can feed it directly). */
 export interface ServeStatusView {
   reloads: number;
+  log?: { dropped: number } | undefined;
   agent?: Pick<AgentStatus, 'counters' | 'gauges'> | undefined;
   apps: AppStatusView[];
 }
@@ -31,6 +32,7 @@ type AppStatusView = Pick<
   | 'handlerErrors'
   | 'handlerTimeouts'
   | 'taskTimeouts'
+  | 'logDropped'
   | 'sidekicks'
 > &
   Partial<Pick<AppStatus, 'sidekickHost'>>;
@@ -198,6 +200,12 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
     ['app'],
     (v) => v.apps.flatMap((a): Sample[] => (a.sidekickHost ? [[{ app: a.name }, a.sidekickHost.restarts]] : [])),
   );
+  total(
+    'sidekick_host_log_dropped_lines_total',
+    "Log lines the app's sidekick host process (its sidekick threads included) dropped because stderr was not drained.",
+    ['app'],
+    (v) => v.apps.flatMap((a): Sample[] => (a.sidekickHost ? [[{ app: a.name }, a.sidekickHost.log.dropped]] : [])),
+  );
 
   // ---- HTTP workers, per app
   gauge('sidekick_http_workers', 'HTTP worker processes, by state.', ['app', 'state'], (v) =>
@@ -242,10 +250,23 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
     perApp((a) => a.taskTimeouts),
   );
 
+  total(
+    'sidekick_http_log_dropped_lines_total',
+    "Log lines the app's HTTP workers dropped because stderr was not drained.",
+    ['app'],
+    perApp((a) => a.logDropped),
+  );
+
   // ---- the instance
   total('sidekick_serve_reloads_total', 'Reloads (SIGHUP, or a file change with dev.watch).', [], (v) => [
     [{}, v.reloads],
   ]);
+  total(
+    'sidekick_log_dropped_lines_total',
+    'Log lines the serve process (its sidekick threads included) dropped because stderr was not drained.',
+    [],
+    (v) => [[{}, v.log?.dropped ?? 0]],
+  );
   return registry;
 }
 

@@ -3,7 +3,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import { SidekickError, describeError } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, logCounts, type LogCounts } from '../log/logger.js';
 import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin/server.js';
 import { StatusPageServer } from '../admin/page/server.js';
@@ -22,6 +22,8 @@ export interface ServeStatus {
   uptimeMs: number;
   config: string | undefined;
   reloads: number;
+  /** This (supervisor) process's log lines and drops, its sidekick threads included; the HTTP workers' are per app. */
+  log: LogCounts;
   apps: AppStatus[];
 }
 
@@ -195,6 +197,7 @@ export class ServeRuntime {
       uptimeMs: Date.now() - this.startedAt,
       config: this.loaded.file,
       reloads: this.reloads,
+      log: logCounts(),
       apps: await Promise.all([...this.apps.values()].map((a) => a.status())),
     };
   }

@@ -11,7 +11,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { SidekickError, describeError, errorFromData } from '../errors.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, type LogCounts } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { settleWithin, withDeadline } from '../common/async.js';
@@ -37,6 +37,8 @@ export interface SidekickHostStatus {
   restarts: number;
   /** How the last host that died ended, e.g. `signal SIGKILL` or `exit code 134`. */
   lastExit: string | undefined;
+  /** Log lines of the hosts (their sidekick threads' included) and those dropped because stderr was not drained. */
+  log: LogCounts;
 }
 
 interface Pending<T> {
@@ -63,6 +65,9 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
   /** ensure() calls that came while no host listened: sent to the next one. */
   private readonly ensures = new Set<string>();
   private rss: number | undefined;
+  /** Log counts of the current host as it last reported them, and the totals of the hosts before it. */
+  private logCounts: LogCounts = { lines: 0, dropped: 0 };
+  private retiredLog: LogCounts = { lines: 0, dropped: 0 };
   private startedAt: number | undefined;
   private restarts = 0;
   private lastExit: string | undefined;
@@ -113,7 +118,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       this.onExit(child, code, signal);
       onExit();
     });
-    this.log.debug({ pid: child.pid }, 'sidekick host started');
+    this.log.debug({ hostPid: child.pid }, 'sidekick host started');
   }
 
   private onMessage(child: ChildProcess, msg: FromHost, previousExit: string | undefined): void {
@@ -164,6 +169,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       }
       case 'status':
         this.rss = msg.rss;
+        this.logCounts = msg.log;
         for (const s of msg.sidekicks) {
           this.statuses.set(s.name, s);
           this.asked.add(s.name);
@@ -207,9 +213,14 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
     }
     this.restarts++;
     this.lastExit = how;
+    this.retiredLog = {
+      lines: this.retiredLog.lines + this.logCounts.lines,
+      dropped: this.retiredLog.dropped + this.logCounts.dropped,
+    };
+    this.logCounts = { lines: 0, dropped: 0 };
     const { delayMs, consecutive } = this.backoff.failed();
     this.log.error(
-      { pid: child.pid, code, signal, delayMs, consecutive, sidekicks: [...this.asked] },
+      { hostPid: child.pid, code, signal, delayMs, consecutive, sidekicks: [...this.asked] },
       `sidekick host died (${how}); its sidekicks restart in a new host, the last snapshots are still served`,
     );
     this.emit('host-died', how, child.pid);
@@ -313,7 +324,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       backstopMs,
     );
     if (done === undefined) {
-      this.log.warn({ pid: child.pid, backstopMs }, 'sidekick host did not stop in time; killing it');
+      this.log.warn({ hostPid: child.pid, backstopMs }, 'sidekick host did not stop in time; killing it');
       child.kill('SIGKILL');
       await this.exited;
     }
@@ -338,6 +349,10 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       startedAt: this.startedAt === undefined ? undefined : new Date(this.startedAt).toISOString(),
       restarts: this.restarts,
       lastExit: this.lastExit,
+      log: {
+        lines: this.retiredLog.lines + this.logCounts.lines,
+        dropped: this.retiredLog.dropped + this.logCounts.dropped,
+      },
     };
   }
 }

@@ -12,7 +12,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { Server as NetServer, type Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { installServeTransport, taskTimeouts } from '../sidekicks/api.js';
-import { childLogger } from '../log/logger.js';
+import { childLogger, logCounts } from '../log/logger.js';
 import { responseOfSocket } from '../common/node-internals.js';
 import { describeError } from '../errors.js';
 import { isSidekickMessage, type PrimaryToWorker, type WorkerToPrimary } from '../sidekicks/messages.js';
@@ -173,6 +173,7 @@ process.on('message', (msg: unknown) => {
       handlerErrors,
       handlerTimeouts,
       taskTimeouts: taskTimeouts(),
+      log: logCounts(),
     };
     process.send?.(pong);
   }

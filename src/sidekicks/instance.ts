@@ -3,7 +3,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { SidekickError, describeError, errorFromData } from '../errors.js';
-import { RateLimitedLog, type Logger } from '../log/logger.js';
+import { RateLimitedLog, threadLogging, type Logger } from '../log/logger.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { adoptSnapshot, sameVars, snapshotBytes, type Vars } from '../vars/snapshot.js';
 import type { SidekicksConfig } from '../config/schema.js';
@@ -153,8 +153,10 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       source: this.config.declare[this.name]?.source,
       previousVars: this.vars,
     };
+    const logging = threadLogging(); // its logs go through this process's bounded writer
     const worker = new Worker(THREAD_MAIN, {
-      workerData: data,
+      workerData: { ...data, ...logging.data },
+      transferList: logging.transferList,
       argv: [this.name],
       env: { ...process.env, SIDEKICK_NAME: this.name, SIDEKICK_APP: this.app },
       name: `sidekick:${this.app}/${this.name}`,

@@ -55,6 +55,8 @@ export interface HealthSample {
   handlerTimeouts: number;
   /** requestTask calls in this worker that ended SK_ERR_TIMEOUT. */
   taskTimeouts: number;
+  /** Log lines of this worker, and those dropped because stderr was not drained (src/log/stderr-writer.ts). */
+  log: { lines: number; dropped: number };
 }
 
 /** HTTP worker → supervisor */

@@ -296,18 +296,20 @@ class SentinelWatcher {
   }
 
   private apply(master: Master, replicas: string[]): void {
-    const moved = !this.master || this.master.host !== master.host || this.master.port !== master.port;
-    if (moved && this.master) {
-      this.log.info(
-        { from: joinHostPort(this.master.host, this.master.port), to: joinHostPort(master.host, master.port) },
-        'redis master switched',
-      );
-    }
+    const previous = this.master;
+    const moved = !previous || previous.host !== master.host || previous.port !== master.port;
     this.master = master;
     this.replicas = [...replicas].sort();
     const vars: Record<string, string> = { MASTER_HOST: master.host, MASTER_PORT: String(master.port) };
     if (this.config.replicas) vars.REPLICAS = this.replicas.join(',');
+    // Publish first, then log: the workers must move to the new master without waiting for a log line.
     this.ctx.setVars(vars);
+    if (moved && previous) {
+      this.log.info(
+        { from: joinHostPort(previous.host, previous.port), to: joinHostPort(master.host, master.port) },
+        'redis master switched',
+      );
+    }
     this.onFirstPublish?.();
     this.onFirstPublish = undefined;
     this.onAllFailed = undefined;

@@ -93,6 +93,8 @@ export interface AgentStatus {
   metrics?: { port?: number };
   counters: AgentCounterValues;
   gauges: AgentGaugeValues;
+  /** The supervisor process's log lines and drops (the workers' are in counters.logLines/logDropped). */
+  log?: { lines: number; dropped: number };
   pipeline?: {
     breaker?: { state: string };
     spool?: { pendingRecords: number; recoveredRecords: number; bufferedBytes: number; diskBytes: number };
@@ -119,16 +121,22 @@ export interface AgentProcess {
  */
 export async function startAgent(
   configFile: string,
-  opts: { ready?: boolean; env?: Record<string, string>; wrap?: string[]; bin?: string } = {},
+  opts: {
+    ready?: boolean;
+    env?: Record<string, string>;
+    wrap?: string[];
+    bin?: string;
+    stderrTo?: 'pipe' | number;
+  } = {},
 ): Promise<AgentProcess> {
   const argv = [...(opts.wrap ?? []), process.execPath, opts.bin ?? BIN, 'agent', '-c', configFile];
   const child = spawn(argv[0]!, argv.slice(1), {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', 'pipe', opts.stderrTo ?? 'pipe'],
     detached: true,
     env: { ...process.env, SIDEKICK_LOG_LEVEL: 'info', ...opts.env },
   });
   let err = '';
-  child.stderr!.on('data', (c: Buffer) => (err += c.toString('utf8')));
+  child.stderr?.on('data', (c: Buffer) => (err += c.toString('utf8')));
   child.stdout!.resume();
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
     child.on('exit', (code, signal) => r({ code, signal })),

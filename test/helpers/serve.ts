@@ -342,18 +342,21 @@ export interface SidekickStatusJson {
 
 export interface AppStatusJson {
   name: string;
-  workers: { pid: number; state: string; rss?: number }[];
+  workers: { pid: number; state: string; rss?: number; log?: { lines: number; dropped: number } }[];
   workerRestarts: number;
   unresponsiveKills: number;
   recycles: number;
   handlerErrors: number;
   handlerTimeouts: number;
+  logDropped: number;
   sidekicks: SidekickStatusJson[];
 }
 
 export interface StatusJson {
   pid: number;
   reloads: number;
+  /** The supervisor process's log lines and drops. */
+  log: { lines: number; dropped: number };
   apps: AppStatusJson[];
 }
 
@@ -446,14 +449,16 @@ export class ServeProcess {
     readonly dir: string,
     /** The CLI arguments; `['serve']` alone finds the config in `dir` (the working directory). */
     args: string[] = ['serve', '-c', configFile],
+    /** Its stderr: a pipe read into `stderr` (default), or a file descriptor of the test's (a FIFO). */
+    stderrTo: 'pipe' | number = 'pipe',
   ) {
     this.proc = spawn(process.execPath, [BIN, ...args], {
       cwd: dir,
       env: childEnv(env),
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', 'pipe', stderrTo],
     });
     this.proc.stdout!.on('data', (c: Buffer) => (this.stdout += c.toString('utf8')));
-    this.proc.stderr!.on('data', (c: Buffer) => (this.stderr += c.toString('utf8')));
+    this.proc.stderr?.on('data', (c: Buffer) => (this.stderr += c.toString('utf8')));
     this.exited = new Promise((resolve) =>
       this.proc.once('exit', (code, signal) => {
         this.exitInfo = { code, signal };
@@ -570,6 +575,7 @@ export async function startServe(
   apps: AppSpec[],
   env: Record<string, string> = {},
   configExtra: ServeConfigExtra = {},
+  { stderrTo = 'pipe' }: { stderrTo?: 'pipe' | number } = {},
 ): Promise<{ serve: ServeProcess; ports: Record<string, number>; configFile: string }> {
   const { file, ports, adminSocket } = await writeServeConfig(dir, apps, configExtra);
   const serve = new ServeProcess(
@@ -578,6 +584,8 @@ export async function startServe(
     Object.fromEntries(apps.map((a) => [a.name, a.workers])),
     { SIDEKICK_LOG_LEVEL: 'info', ...env, SK_TEST_DIR: dir },
     dir,
+    ['serve', '-c', file],
+    stderrTo,
   );
   return { serve, ports, configFile: file };
 }
