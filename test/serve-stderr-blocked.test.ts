@@ -91,7 +91,7 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
         sidekicks: {
           declare: {
             flags: { start: 'boot', source: { type: 'file', path: flagsFile } },
-            'crashloop.c': { start: 'boot' },
+            'crashswitch.c': { start: 'boot' },
           },
         },
       },
@@ -107,9 +107,9 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
     tmp.cleanup();
   });
   const port = ports.web!;
-  const crashloop = (s: StatusJson): number => serve.sidekick(s, 'web', 'crashloop.c')?.generation ?? -1;
+  const crashloop = (s: StatusJson): number => serve.sidekick(s, 'web', 'crashswitch.c')?.generation ?? -1;
   const ready = await serve.waitReady(
-    (s) => serve.sidekick(s, 'web', 'flags')?.ready === true && serve.sidekick(s, 'web', 'crashloop.c')?.ready === true,
+    (s) => serve.sidekick(s, 'web', 'flags')?.ready === true && serve.sidekick(s, 'web', 'crashswitch.c')?.ready === true,
   );
   const firstWorkers = serve.app(ready, 'web').workers.map((w) => w.pid!);
 
@@ -162,15 +162,15 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
       timeoutMs: 30_000,
     });
     await waitFor('the HTTP workers to see a crash-loop generation published', async () => {
-      const v = await getJson<{ generation?: string }>(port, '/vars?name=crashloop.c');
+      const v = await getJson<{ generation?: string }>(port, '/vars?name=crashswitch.c');
       return Number(v.generation) >= gen + 3;
     });
     unlinkSync(join(tmp.dir, 'crashloop.on'));
     const stays = await waitFor('the crash loop to end', () =>
-      readEvents(tmp.dir).find((e) => e.name === 'crashloop.c' && e.event === 'stays' && Number(e.generation) > gen),
+      readEvents(tmp.dir).find((e) => e.name === 'crashswitch.c' && e.event === 'stays' && Number(e.generation) > gen),
     );
     await waitFor('the last crash-loop generation to run', async () => {
-      const s = serve.sidekick(await serve.status(), 'web', 'crashloop.c');
+      const s = serve.sidekick(await serve.status(), 'web', 'crashswitch.c');
       return s?.state === 'running' && String(s.generation) === stays.generation;
     });
     await waitFor('the new workers to answer', () =>
