@@ -109,7 +109,8 @@ test('serve with a blocked stderr: requests, publishes, a reload and a crash loo
   const port = ports.web!;
   const crashloop = (s: StatusJson): number => serve.sidekick(s, 'web', 'crashswitch.c')?.generation ?? -1;
   const ready = await serve.waitReady(
-    (s) => serve.sidekick(s, 'web', 'flags')?.ready === true && serve.sidekick(s, 'web', 'crashswitch.c')?.ready === true,
+    (s) =>
+      serve.sidekick(s, 'web', 'flags')?.ready === true && serve.sidekick(s, 'web', 'crashswitch.c')?.ready === true,
   );
   const firstWorkers = serve.app(ready, 'web').workers.map((w) => w.pid!);
 
