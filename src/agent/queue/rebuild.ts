@@ -56,6 +56,7 @@ export async function rebuildDir(p: RebuildParts, lock: SpoolLock): Promise<Spoo
   // the table into it, which recovery would then find while the read-back below reads the same records through the
   // open file: delivered twice, under two batch ids.
   await writer.pause();
+  let rebuilt = false;
   try {
     await commit.idle();
     // The new directory next: nothing of the old state changes unless the spool can live there.
@@ -109,9 +110,10 @@ export async function rebuildDir(p: RebuildParts, lock: SpoolLock): Promise<Spoo
       },
       `SK_ERR_SPOOL_REMOVED: the spool directory was removed or replaced while running; recreated it and carried on (${salvaged} records read back through open files, ${kept?.records ?? 0} in flight kept in memory, ${lost} lost with the removed files, counted spool_removed)`,
     );
+    rebuilt = true;
     return next;
   } finally {
-    writer.resume();
+    writer.resume(rebuilt);
   }
 }
 
