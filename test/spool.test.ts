@@ -776,3 +776,24 @@ test('spool directory replaced before the check: segments the writer rolled into
   assert.deepEqual(await drainAll(again), []);
   await again.close();
 });
+
+test("spool directory replaced by one holding a same-name segment file that is not the spool's: recovered as found, never read back or removed as its own", async () => {
+  // e.g. a filesystem with an older spool mounted over the directory: only files this process created (same device
+  // and inode) are its segments; a file that merely has the name of one is what recovery finds there.
+  const dir = join(await tmp(), 'spool');
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log, { segmentBytes: 4096, syncIntervalMs: 0 }));
+  await appendFrames(s, 0, 40, 10); // seg 1: 0-19, seg 2: 20-39
+  await rename(dir, `${dir}.removed`);
+  await mkdir(dir);
+  await copyFile(join(`${dir}.removed`, segmentName(2)), join(dir, segmentName(2))); // the same name, another file
+  await rm(`${dir}.removed`, { recursive: true });
+  await appendFrames(s, 40, 20, 10); // seg 3 (40-59), in the new directory: the spool's own
+  await assert.rejects(s.nextBatch(100), { code: 'ENOENT' });
+  assert.deepEqual(await drainAll(s), [...range(20, 39), ...range(40, 59)]);
+  const st = s.stats();
+  assert.equal(st.recoveredRecords, 20, 'the other file, recovered from the new directory');
+  assert.equal(st.salvagedRecords, 20, 'its own segment 3, read back once');
+  assert.equal(st.removedDroppedRecords, 40, 'segments 1 and 2 of the removed directory, counted');
+  await s.close();
+});

@@ -4,19 +4,19 @@
 // recreates the directory (mkdir, LOCK, ledger via recovery, a fresh write segment) inside the reader's exclusive
 // section with the writer paused from before the mkdir (a roll opens its segment by path: it must never land in the new
 // directory mid-rebuild), and carries on; logged SK_ERR_SPOOL_REMOVED (error). Records that were on disk: the batch in
-// flight stays in memory and is handed out again under its id until acked (written into the spool at close if still
-// not acked); the records from the read position on that can be read back through an open file (the write segment,
-// segments waiting for their fsync, the segment the reader has open: salvage.ts), or through a file of the same name in
-// the new directory (the writer rolled into a directory recreated by someone else before the check noticed), are
-// written into the new directory ahead of the unwritten ones, and such same-name files are removed before recovery, so
-// no record is both read back and recovered (that was the same record under two batch ids); the rest (closed segments
-// no file is open on) is counted removedDroppedRecords (part of droppedRecords; dropped{reason="spool_removed"}),
-// exactly: the table knew how many records each held.
-// Unwritten records are untouched. Dead letters and side files in the old directory are gone (dead letters were counted
-// when written). If the directory cannot be recreated (parent gone, locked by another agent), that is logged and
-// retried with the next check; records wait in the bounded write buffer. At close, a directory still lost is recreated
-// first, so the final flush never lands in an unlinked file.
-import { mkdir } from 'node:fs/promises';
+// flight stays in memory and is handed out again under its id until acked (written into the spool at close if still not
+// acked); the records from the read position on that can be read back through an open file (the write segment, segments
+// waiting for their fsync, the segment the reader has open: salvage.ts), or through the segment's own file in the new
+// directory (the writer rolled into a directory recreated by someone else before the check noticed; same device and
+// inode as the file it created), are written into the new directory ahead of the unwritten ones, and such files are
+// removed before recovery, so no record is both read back and recovered (that was the same record under two batch ids);
+// the rest (closed segments no file is open on) is counted removedDroppedRecords (part of droppedRecords;
+// dropped{reason="spool_removed"}), exactly: the table knew how many records each held. Unwritten records are
+// untouched. Dead letters and side files in the old directory are gone (dead letters were counted when written). If the
+// directory cannot be recreated (parent gone, locked by another agent), that is logged and retried with the next check;
+// records wait in the bounded write buffer. At close, a directory still lost is recreated first, so the final flush
+// never lands in an unlinked file.
+import { mkdir, stat } from 'node:fs/promises';
 import { unlinkIfExists } from '../../common/atomic-file.js';
 import { describeError } from '../../errors.js';
 import { dirIdentity, type DirGuard } from './dir-guard.js';
@@ -28,7 +28,7 @@ import { recover, type Recovered } from './recovery.js';
 import { salvageSegment, type SalvagedFrame } from './salvage.js';
 import { SegmentReader, segmentPath } from './segment.js';
 import type { SegmentTable } from './segment-table.js';
-import type { SpoolCounters, SpoolLogs } from './types.js';
+import type { Segment, SpoolCounters, SpoolLogs } from './types.js';
 import type { SpoolWriter } from './writer.js';
 
 /** The parts of the spool a rebuild works on. */
@@ -72,9 +72,9 @@ export async function rebuildDir(p: RebuildParts, lock: SpoolLock): Promise<Spoo
     const inflight = t.inflight?.payload ? t.inflight : undefined; // kept in memory (keepInflight below)
     try {
       ({ frames, unread } = await readBack(p, inflight ? inflight.end : t.ackPos));
-      // Files of the table's segments in the new directory (rolled into it before the check noticed it was replaced,
-      // or copied there) were read back above: they go, so that recovery does not find the same records again.
-      for (const seg of t.segments) await unlinkIfExists(segmentPath(dir, seg.seq));
+      // Segment files of the table in the new directory (the writer rolled into it before the check noticed it was
+      // replaced) were read back above: they go, so that recovery does not find the same records again.
+      for (const seg of t.segments) if (await isHere(dir, seg)) await unlinkIfExists(segmentPath(dir, seg.seq));
       found = await recover(dir, logs);
     } catch (err) {
       await next.release().catch(() => {});
@@ -131,13 +131,9 @@ async function readBack(p: RebuildParts, from: Pos): Promise<{ frames: SalvagedF
     const open = reader.openReader(seg.seq);
     const fh = open ? undefined : t.handleFor(seg.seq);
     let r = open ?? (fh ? SegmentReader.borrow(seg.seq, fh) : undefined);
-    if (!r) {
-      // Not there: gone with the old directory. Anything else (EMFILE, EACCES) may pass: the rebuild is tried again.
-      r = await SegmentReader.open(dir, seg.seq).catch((err: unknown) => {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw err;
-      });
-    }
+    // No open file: the segment itself in the new directory, if the writer created it there (a same-name file that
+    // is not it, e.g. of a spool on a filesystem mounted over the directory, is never read or removed as ours).
+    if (!r && (await isHere(dir, seg))) r = await SegmentReader.open(dir, seg.seq);
     if (!r) {
       unread++;
       continue;
@@ -152,6 +148,18 @@ async function readBack(p: RebuildParts, from: Pos): Promise<{ frames: SalvagedF
     }
   }
   return { frames, unread };
+}
+
+/** The file of `seg`'s name in `dir` is that segment (the file this process created for it). */
+async function isHere(dir: string, seg: Segment): Promise<boolean> {
+  if (!seg.file) return false;
+  try {
+    const st = await stat(segmentPath(dir, seg.seq));
+    return st.dev === seg.file.dev && st.ino === seg.file.ino;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err; // EACCES, EIO: the rebuild fails and is tried again
+  }
 }
 
 /** Recreating the directory failed: logged; the next check tries again. */
