@@ -3,7 +3,7 @@ import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile, copyFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -11,6 +11,7 @@ import * as zlib from 'node:zlib';
 import { pino } from 'pino';
 import { Spool, type SpoolOptions } from '../src/agent/queue/spool.ts';
 import { crc32, crc32Js } from '../src/agent/queue/crc32.ts';
+import { segmentName } from '../src/agent/queue/segment.ts';
 import { processStartTime } from '../src/agent/queue/lock.ts';
 import { isSidekickError } from '../src/errors.ts';
 
@@ -740,4 +741,59 @@ test('unwritten-data cap: append reports back-pressure, then the oldest unwritte
   assert.ok(logLines.some((l) => l.code === 'SK_ERR_SPOOL_FULL'));
   await s.close();
   await rm(dir, { recursive: true });
+});
+
+test('spool directory replaced before the check: segments the writer rolled into the new directory are read back once, never also recovered', async () => {
+  // Removed and recreated empty (a cleanup job; or the spool's own rebuild, whose mkdir a writer roll could beat its
+  // pause to): until the check notices, the writer's rolls open seg-<n> by path, i.e. in the new directory. The
+  // rebuild used to recover those files from the new directory AND read the write segment back through its open
+  // file: the same records twice, under two batch ids (agent-spool-dir "rm -rf, central down" under load).
+  const dir = join(await tmp(), 'spool');
+  const { log, lines: logLines } = captureLog();
+  const s = await Spool.open(opts(dir, log, { segmentBytes: 4096, syncIntervalMs: 0 }));
+  await appendFrames(s, 0, 40, 10); // seg 1: 0-19, seg 2: 20-39 (two 10-record frames per 4 KiB segment)
+  await rename(dir, `${dir}.removed`);
+  await rm(`${dir}.removed`, { recursive: true });
+  await mkdir(dir);
+  await appendFrames(s, 40, 60, 10); // rolled into the new directory: 40-59, 60-79 (closed), 80-99 (write segment)
+  assert.deepEqual(await segFiles(dir), [3, 4, 5].map(segmentName), 'the writer rolled into the new directory');
+  // the reader opens segment 1 by path: ENOENT, the directory check fails, the rebuild runs before the next call
+  await assert.rejects(s.nextBatch(100), { code: 'ENOENT' });
+  const got = await drainAll(s);
+  assert.equal(new Set(got).size, got.length, `no record handed out twice: ${got.join(',')}`);
+  assert.deepEqual(got, range(40, 99), 'what the writer put into the new directory, once, in order');
+  const st = s.stats();
+  assert.equal(st.dirLost, 1);
+  assert.equal(st.removedDroppedRecords, 40, 'the closed segments of the removed directory, counted');
+  assert.equal(st.recoveredRecords, 0, 'nothing of its own recovered a second time from the new directory');
+  balance(s);
+  const removed = logLines.find((l) => l.code === 'SK_ERR_SPOOL_REMOVED' && l.level === 50);
+  assert.ok(removed, 'SK_ERR_SPOOL_REMOVED logged');
+  assert.equal(removed.salvagedRecords, 60);
+  await s.close();
+  // and a restart finds nothing twice either
+  const again = await Spool.open(opts(dir, log));
+  assert.deepEqual(await drainAll(again), []);
+  await again.close();
+});
+
+test("spool directory replaced by one holding a same-name segment file that is not the spool's: recovered as found, never read back or removed as its own", async () => {
+  // e.g. a filesystem with an older spool mounted over the directory: only files this process created (same device
+  // and inode) are its segments; a file that merely has the name of one is what recovery finds there.
+  const dir = join(await tmp(), 'spool');
+  const { log } = captureLog();
+  const s = await Spool.open(opts(dir, log, { segmentBytes: 4096, syncIntervalMs: 0 }));
+  await appendFrames(s, 0, 40, 10); // seg 1: 0-19, seg 2: 20-39
+  await rename(dir, `${dir}.removed`);
+  await mkdir(dir);
+  await copyFile(join(`${dir}.removed`, segmentName(2)), join(dir, segmentName(2))); // the same name, another file
+  await rm(`${dir}.removed`, { recursive: true });
+  await appendFrames(s, 40, 20, 10); // seg 3 (40-59), in the new directory: the spool's own
+  await assert.rejects(s.nextBatch(100), { code: 'ENOENT' });
+  assert.deepEqual(await drainAll(s), [...range(20, 39), ...range(40, 59)]);
+  const st = s.stats();
+  assert.equal(st.recoveredRecords, 20, 'the other file, recovered from the new directory');
+  assert.equal(st.salvagedRecords, 20, 'its own segment 3, read back once');
+  assert.equal(st.removedDroppedRecords, 40, 'segments 1 and 2 of the removed directory, counted');
+  await s.close();
 });

@@ -110,6 +110,12 @@ export class SegmentTable {
     }
     this.maxSeq = Math.max(this.maxSeq, s);
     const seg: Segment = { seq: s, size: 0, records: 0 };
+    try {
+      const st = await fh.stat();
+      seg.file = { dev: st.dev, ino: st.ino };
+    } catch {
+      // unknown: after a directory replacement it is only read back through this handle (rebuild.ts)
+    }
     this.segments.push(seg);
     this.writeSeg = seg;
     this.writeFh = fh;

@@ -114,6 +114,11 @@ export interface Segment {
   size: number;
   /** Records after the ack position (whole segment unless it is the head). */
   records: number;
+  /**
+   * The file's identity, taken when this process created it: after the directory was replaced, a file of this name in
+   * the new one is this segment only if it has the same device and inode (rebuild.ts). Unknown for recovered segments.
+   */
+  file?: { dev: number; ino: number };
 }
 
 /** The batch in flight: cut, and persisted in the ledger (its boundary) before it is handed out. */

@@ -246,7 +246,7 @@ export class SpoolWriter {
     this.lastError = err instanceof Error ? err : new Error(describeError(err));
     this.counters.writeErrors++;
     this.writeFailures++;
-    const delay = Math.min(5000, 50 * 2 ** Math.min(this.writeFailures, 7));
+    const delay = this.retryDelay();
     const fields = {
       dir: this.table.dir,
       err: describeError(err),
@@ -277,6 +277,11 @@ export class SpoolWriter {
         this.kick();
       }, delay);
     }
+  }
+
+  /** The backoff after `writeFailures` failed writes in a row: 100 ms doubling to 5 s. */
+  private retryDelay(): number {
+    return Math.min(5000, 50 * 2 ** Math.min(this.writeFailures, 7));
   }
 
   private wakeWaiters(ok: boolean): void {
@@ -354,12 +359,28 @@ export class SpoolWriter {
     await this.loop;
   }
 
-  /** Write again, at once (into the recreated directory). */
-  resume(): void {
+  /**
+   * Write again: at once into the recreated directory (`rebuilt`); else (recreating it failed, nothing changed) after
+   * the backoff of the failures so far, so a directory that cannot be recreated is not retried in a tight loop (each
+   * failed roll makes the spool check the directory and try the rebuild again).
+   */
+  resume(rebuilt = true): void {
     this.paused = false;
-    this.writeFailures = 0;
-    this.rollWanted = false; // the fresh write segment is empty
-    this.retryNow();
+    if (rebuilt) {
+      this.writeFailures = 0;
+      this.rollWanted = false; // the fresh write segment is empty
+      this.retryNow();
+      return;
+    }
+    if (this.writeFailures === 0 || this.stopped) {
+      this.kick();
+      return;
+    }
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.kick();
+    }, this.retryDelay());
   }
 
   /** Frames read back from the removed directory go ahead of everything unwritten (FrameQueue.prepend). */
