@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import { AgentSupervisor, type AgentState } from '../src/agent/supervisor.ts';
+import { AgentSupervisor, type AgentState } from '../src/agent/supervisor/supervisor.ts';
 import { validateConfig } from '../src/config/load.ts';
 import { agentConfigOf } from '../src/config/load.ts';
 import { agentConfig, fileOutput, keysOf, record, sendOnce, tmpDir, waitFor } from './helpers/agent.ts';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { pino } from 'pino';
-import { MemoryBudget } from '../src/agent/memory-budget.ts';
+import { MemoryBudget } from '../src/agent/worker/memory-budget.ts';
 import { HELLO_LINE } from '../src/agent/receivers/control.ts';
 import { UnixSocketReceiver } from '../src/agent/receivers/unix-socket.ts';
 import { waitFor } from './helpers/agent.ts';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { pino } from 'pino';
-import { MemoryBudget } from '../src/agent/memory-budget.ts';
+import { MemoryBudget } from '../src/agent/worker/memory-budget.ts';
 import type { LineSink } from '../src/agent/receivers/ndjson.ts';
 import { SpillReceiver } from '../src/agent/receivers/spill.ts';
 

@@ -7,8 +7,8 @@ import { ExporterBreaker, BreakerOpenError } from '../src/agent/breaker/breaker.
 import { parseRetryAfter } from '../src/agent/exporters/http.ts';
 import { RetryableExportError, countLines, splitPart } from '../src/agent/exporters/types.ts';
 import { addCounters, createAgentRegistry, zeroCounters, zeroGauges } from '../src/agent/metrics.ts';
-import { MemoryBudget } from '../src/agent/memory-budget.ts';
-import { RateWindow, replayProgress } from '../src/agent/agent-status.ts';
+import { MemoryBudget } from '../src/agent/worker/memory-budget.ts';
+import { RateWindow, replayProgress } from '../src/agent/supervisor/agent-status.ts';
 import { droppedLine, parseControl } from '../src/agent/receivers/control.ts';
 import { LineFramer, checkLine, isControlLine } from '../src/agent/receivers/ndjson.ts';
 

@@ -2,7 +2,7 @@
 import type { AgentConfig } from '../config/schema.js';
 import type { PartialRef } from './handover-partials.js';
 import type { AgentMetricsSnapshot } from './metrics.js';
-import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
+import type { AgentPipelineStatus, PipelineStateEvent } from './worker/pipeline.js';
 
 /** The inherited listening socket is fd 4 in the worker (stdio: ignore, inherit, inherit, ipc, <socket>). */
 export const WORKER_LISTEN_FD = 4;

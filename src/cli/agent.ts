@@ -6,7 +6,7 @@
 import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js';
 import type { AgentConfig } from '../config/schema.js';
 import { describeError, isSidekickError } from '../errors.js';
-import { AgentSupervisor } from '../agent/supervisor.js';
+import { AgentSupervisor } from '../agent/supervisor/supervisor.js';
 import { childLogger } from '../log/logger.js';
 import { checkNodeInternals } from '../common/node-internals.js';
 import { reportStartupError } from './check.js';

@@ -2,7 +2,7 @@
 // HTTP worker and per sidekick, one block for the agent), like `pm2 ls`. A pure function of the JSON and the time, so
 // it is tested without a running instance. Every field is optional here: the CLI may talk to an older or newer
 // instance than itself, and a missing field prints as `-` instead of failing.
-import type { AgentStatus } from '../agent/agent-status.js';
+import type { AgentStatus } from '../agent/supervisor/agent-status.js';
 import type { ListenAddress } from '../config/schema.js';
 import type { AppStatus } from '../serve/app-supervisor.js';
 import type { ServeStatus } from '../serve/serve-runtime.js';

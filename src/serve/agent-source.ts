@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import type { LifecycleLog } from '../common/lifecycle.js';
 import { SidekickError } from '../errors.js';
 import type { AgentConfig } from '../config/schema.js';
-import { AgentSupervisor, type AgentState, type AgentStatus } from '../agent/supervisor.js';
+import { AgentSupervisor, type AgentState, type AgentStatus } from '../agent/supervisor/supervisor.js';
 import { childLogger } from '../log/logger.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { VarsSource } from './app-supervisor.js';

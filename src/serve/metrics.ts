@@ -9,7 +9,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import type { ListenAddress } from '../config/schema.js';
 import { SidekickError, describeError } from '../errors.js';
-import type { AgentStatus } from '../agent/supervisor.js';
+import type { AgentStatus } from '../agent/supervisor/supervisor.js';
 import type { AppStatus } from './app-supervisor.js';
 import { createAgentRegistry, zeroCounters, zeroGauges } from '../agent/metrics.js';
 import type { SidekickState, SidekickStatus } from '../sidekicks/instance.js';

@@ -8,7 +8,7 @@ import { agentConfigOf, loadConfig, type LoadedConfig } from '../config/load.js'
 import { AdminServer } from '../admin/server.js';
 import { StatusPageServer } from '../admin/page/server.js';
 import { AppSupervisor, type AppStatus } from './app-supervisor.js';
-import type { AgentStatus } from '../agent/supervisor.js';
+import type { AgentStatus } from '../agent/supervisor/supervisor.js';
 import { AGENT_SIDEKICK, AgentVarsSource } from './agent-source.js';
 import { LifecycleLog } from '../common/lifecycle.js';
 import { maskVars } from '../vars/mask.js';

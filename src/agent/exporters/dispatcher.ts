@@ -18,7 +18,7 @@ import { RateLimitedLog } from '../../log/logger.js';
 import { BreakerOpenError, type ExporterBreaker } from '../breaker/breaker.js';
 import type { AgentCounterValues } from '../metrics.js';
 import type { Batcher, SpoolBatchLike } from '../processors/batcher.js';
-import type { MemoryBudget } from '../memory-budget.js';
+import type { MemoryBudget } from '../worker/memory-budget.js';
 import type { DeadLetterStore } from './dead-letter.js';
 import {
   RetryableExportError,

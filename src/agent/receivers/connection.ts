@@ -12,7 +12,7 @@ import {
   streamHandleOf,
   takeStreamHandle,
 } from '../../common/node-internals.js';
-import type { MemoryBudget } from '../memory-budget.js';
+import type { MemoryBudget } from '../worker/memory-budget.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 
 /** What a connection needs of the receiver that holds it. */

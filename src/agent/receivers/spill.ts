@@ -21,7 +21,7 @@ import { chmod, chown, mkdir, open, readFile, readdir, rename } from 'node:fs/pr
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { onceWithin } from '../../common/async.js';
-import type { MemoryBudget } from '../memory-budget.js';
+import type { MemoryBudget } from '../worker/memory-budget.js';
 import { writeFileAtomic, unlinkIfExists } from '../../common/atomic-file.js';
 import { LineFramer, type LineSink } from './ndjson.js';
 import { resolveGroup } from './socket-file.js';

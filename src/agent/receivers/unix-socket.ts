@@ -23,7 +23,7 @@ import { sleep } from '../../common/async.js';
 import { socketOverHandle } from '../../common/node-internals.js';
 import { RateLimitedLog } from '../../log/logger.js';
 import type { InvalidReason } from '../metrics.js';
-import type { MemoryBudget } from '../memory-budget.js';
+import type { MemoryBudget } from '../worker/memory-budget.js';
 import { Connection, type ConnectionOwner, type DetachedConnection } from './connection.js';
 import { parseControl } from './control.js';
 import type { LineSink } from './ndjson.js';

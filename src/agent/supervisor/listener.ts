@@ -5,17 +5,17 @@
 // to a socket nobody will serve. On a recycle the leaving worker hands its open connections back as raw handles with
 // their unfinished line; they wait here until the next worker accepts (see supervisor.ts).
 import type { Logger } from 'pino';
-import type { AgentConfig } from '../config/schema.js';
-import { describeError } from '../errors.js';
-import type { AgentWorker } from './agent-worker.js';
-import { dropStashedPartial } from './handover-partials.js';
+import type { AgentConfig } from '../../config/schema.js';
+import { describeError } from '../../errors.js';
+import type { WorkerHandle } from './worker-handle.js';
+import { dropStashedPartial } from '../handover-partials.js';
 import {
   bindSharedSocket,
   type BoundHandle,
   type OwnedSocketFile,
   type SharedSocket,
-} from './receivers/socket-file.js';
-import type { FromWorker } from './worker-protocol.js';
+} from '../receivers/socket-file.js';
+import type { FromWorker } from '../worker-protocol.js';
 
 export interface Listener {
   handle: BoundHandle;
@@ -64,7 +64,7 @@ export class HeldConnections {
   }
 
   /** Passes every held connection to `target` if it accepts (state 'ready'); our copy of each handle is closed. */
-  forwardTo(target: AgentWorker | undefined, log: Logger): void {
+  forwardTo(target: WorkerHandle | undefined, log: Logger): void {
     if (!target || target.state !== 'ready' || this.held.length === 0) return;
     for (const { handle, msg } of this.held.splice(0)) {
       // The message as it came: the unfinished line inline, or the name of its file (never its bytes).

@@ -1,14 +1,14 @@
 // The pipeline's read-outs (pipeline.ts): its status, and its counters and gauges for the metrics.
 // Reads only: what they return does not depend on how often they are called.
-import type { AgentConfig } from '../config/schema.js';
-import type { ExporterBreaker } from './breaker/breaker.js';
-import type { Dispatcher } from './exporters/dispatcher.js';
-import type { AgentCounterValues, AgentMetricsSnapshot } from './metrics.js';
+import type { AgentConfig } from '../../config/schema.js';
+import type { ExporterBreaker } from '../breaker/breaker.js';
+import type { Dispatcher } from '../exporters/dispatcher.js';
+import type { AgentCounterValues, AgentMetricsSnapshot } from '../metrics.js';
 import type { MemoryBudget } from './memory-budget.js';
-import type { Spool, SpoolStats } from './queue/spool.js';
-import type { ClientState } from './receivers/control.js';
-import type { SpillReceiver, SpillStats } from './receivers/spill.js';
-import type { UnixSocketReceiver } from './receivers/unix-socket.js';
+import type { Spool, SpoolStats } from '../queue/spool.js';
+import type { ClientState } from '../receivers/control.js';
+import type { SpillReceiver, SpillStats } from '../receivers/spill.js';
+import type { UnixSocketReceiver } from '../receivers/unix-socket.js';
 
 export type PipelineState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 

@@ -4,12 +4,12 @@
 // group) and when the IPC channel closes (the supervisor died): then it stops accepting at once — so a restarted
 // agent finds the socket free — and flushes quickly so the spool lock is released within a few seconds.
 import type { Logger } from 'pino';
-import { describeError, isSidekickError } from '../errors.js';
-import { childLogger, logCounts } from '../log/logger.js';
-import { stashPartial, takeStashedPartial } from './handover-partials.js';
-import { zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
+import { describeError, isSidekickError } from '../../errors.js';
+import { childLogger, logCounts } from '../../log/logger.js';
+import { stashPartial, takeStashedPartial } from '../handover-partials.js';
+import { zeroCounters, zeroGauges, type AgentMetricsSnapshot } from '../metrics.js';
 import { AgentPipeline } from './pipeline.js';
-import { WORKER_LISTEN_FD, type FromWorker, type ToWorker } from './worker-protocol.js';
+import { WORKER_LISTEN_FD, type FromWorker, type ToWorker } from '../worker-protocol.js';
 
 const ORPHAN_STOP_MS = 3000;
 const STATS_INTERVAL_MS = 1000;

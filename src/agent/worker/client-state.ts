@@ -2,10 +2,10 @@
 import { renameSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import type { AgentConfig } from '../config/schema.js';
-import { describeError } from '../errors.js';
-import type { BreakerStateName } from './breaker/breaker.js';
-import { stateTarget, type ClientState } from './receivers/control.js';
+import type { AgentConfig } from '../../config/schema.js';
+import { describeError } from '../../errors.js';
+import type { BreakerStateName } from '../breaker/breaker.js';
+import { stateTarget, type ClientState } from '../receivers/control.js';
 
 /** The clients' state file (profiling on/off, sample rate), beside the socket. */
 const STATE_FILE = 'agent.state';

@@ -1,6 +1,6 @@
 // What the agent reports about itself: the typed 'state' its host turns into vars, the `sidekick status` record, and
 // counters that stay monotonic across workers (a retired worker's totals are carried into the sum).
-import type { AgentWorker, WorkerReport, WorkerState } from './agent-worker.js';
+import type { WorkerHandle, WorkerReport, WorkerState } from './worker-handle.js';
 import {
   addCounters,
   zeroCounters,
@@ -8,9 +8,9 @@ import {
   type AgentCounterValues,
   type AgentGaugeValues,
   type AgentMetricsSnapshot,
-} from './metrics.js';
-import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
-import type { LogCounts } from '../log/logger.js';
+} from '../metrics.js';
+import type { AgentPipelineStatus, PipelineStateEvent } from '../worker/pipeline.js';
+import type { LogCounts } from '../../log/logger.js';
 
 /**
  * What the agent tells its host when it changes (event 'state'): `sidekick serve` turns it into the `agent` vars.
@@ -58,14 +58,14 @@ export class CounterTotals {
   private retired: AgentCounterValues = zeroCounters();
 
   /** A worker is gone: its last counters join the retired totals. */
-  retire(w: AgentWorker): void {
+  retire(w: WorkerHandle): void {
     this.retired = addCounters(this.retired, w.lastCounters ?? zeroCounters());
   }
 
   /** Retired totals + every live worker's (`current`'s from `live` when given); gauges from `live`. */
   sum(
-    workers: Iterable<AgentWorker>,
-    current: AgentWorker | undefined,
+    workers: Iterable<WorkerHandle>,
+    current: WorkerHandle | undefined,
     live: WorkerReport | undefined,
   ): AgentMetricsSnapshot {
     let counters = this.retired;

@@ -3,11 +3,11 @@
 // snapshot replies, final counters, fatal) and passes every message on to the supervisor.
 import { fork, type ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
-import { settleWithin } from '../common/async.js';
-import type { AgentConfig } from '../config/schema.js';
-import type { AgentMetricsSnapshot } from './metrics.js';
-import type { AgentPipelineStatus } from './pipeline.js';
-import type { FromWorker, ToWorker } from './worker-protocol.js';
+import { settleWithin } from '../../common/async.js';
+import type { AgentConfig } from '../../config/schema.js';
+import type { AgentMetricsSnapshot } from '../metrics.js';
+import type { AgentPipelineStatus } from '../worker/pipeline.js';
+import type { FromWorker, ToWorker } from '../worker-protocol.js';
 
 export type WorkerState = 'booting' | 'standby' | 'starting' | 'ready' | 'leaving' | 'exited';
 
@@ -32,7 +32,7 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve };
 }
 
-export interface AgentWorkerOptions {
+export interface WorkerHandleOptions {
   workerPath: string;
   /** The supervisor's bound socket; the worker inherits it as WORKER_LISTEN_FD. */
   listenFd: number;
@@ -43,11 +43,11 @@ export interface AgentWorkerOptions {
   /** The agent's first worker (see ToWorker 'init'). */
   first?: boolean;
   log: Logger;
-  onMessage(w: AgentWorker, msg: FromWorker, handle: unknown): void;
-  onExit(w: AgentWorker, exit: WorkerExit): void;
+  onMessage(w: WorkerHandle, msg: FromWorker, handle: unknown): void;
+  onExit(w: WorkerHandle, exit: WorkerExit): void;
 }
 
-export class AgentWorker {
+export class WorkerHandle {
   readonly generation: number;
   readonly child: ChildProcess;
   readonly pid: number | undefined;
@@ -70,7 +70,7 @@ export class AgentWorker {
   private snapshotSeq = 0;
   private readonly snapshotWaiters = new Map<number, (v: WorkerReport) => void>();
 
-  constructor(opts: AgentWorkerOptions) {
+  constructor(opts: WorkerHandleOptions) {
     this.generation = opts.generation;
     this.child = fork(opts.workerPath, [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc', opts.listenFd],

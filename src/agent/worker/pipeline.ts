@@ -10,20 +10,20 @@
 //                                                          │ 4xx ▶ DeadLetterStore (spool.dir/dead-letter)
 //
 // No process-global state: no signal handlers, no process.exit, no module singletons. It runs in an agent worker
-// process (worker.ts) under AgentSupervisor, accepting on the socket the supervisor bound. Everything accepted is in
+// process (worker-main.ts) under AgentSupervisor, accepting on the socket the supervisor bound. Everything accepted is in
 // the spool within milliseconds, so stop/handOver only have to flush the spool's write buffer.
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { join } from 'node:path';
-import { sleep } from '../common/async.js';
-import type { AgentConfig } from '../config/schema.js';
-import { isSidekickError } from '../errors.js';
-import { childLogger, type Logger } from '../log/logger.js';
-import { ExporterBreaker, type BreakerStateName } from './breaker/breaker.js';
-import { DeadLetterStore } from './exporters/dead-letter.js';
-import { Dispatcher } from './exporters/dispatcher.js';
-import { createExporter, type Exporter } from './exporters/index.js';
-import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from './metrics.js';
+import { sleep } from '../../common/async.js';
+import type { AgentConfig } from '../../config/schema.js';
+import { isSidekickError } from '../../errors.js';
+import { childLogger, type Logger } from '../../log/logger.js';
+import { ExporterBreaker, type BreakerStateName } from '../breaker/breaker.js';
+import { DeadLetterStore } from '../exporters/dead-letter.js';
+import { Dispatcher } from '../exporters/dispatcher.js';
+import { createExporter, type Exporter } from '../exporters/index.js';
+import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from '../metrics.js';
 import {
   metricsOf,
   RssGauge,
@@ -33,19 +33,19 @@ import {
   type PipelineState,
 } from './pipeline-status.js';
 import { ClientStateFile, clientStateOf } from './client-state.js';
-import { clearHandoverDir } from './handover-partials.js';
-import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from './pipeline-config.js';
-import { Batcher } from './processors/batcher.js';
+import { clearHandoverDir } from '../handover-partials.js';
+import { batchPolicy, restartOnlyChanges, retryPolicy, sendShape, spoolOptions } from '../pipeline-config.js';
+import { Batcher } from '../processors/batcher.js';
 import { MemoryBudget } from './memory-budget.js';
-import { Spool } from './queue/spool.js';
-import { SpillReceiver } from './receivers/spill.js';
-import type { ClientState } from './receivers/control.js';
+import { Spool } from '../queue/spool.js';
+import { SpillReceiver } from '../receivers/spill.js';
+import type { ClientState } from '../receivers/control.js';
 import {
   effectiveBacklog,
   LISTEN_BACKLOG,
   UnixSocketReceiver,
   type DetachedConnection,
-} from './receivers/unix-socket.js';
+} from '../receivers/unix-socket.js';
 
 export type { AgentPipelineStatus, PipelineState } from './pipeline-status.js';
 

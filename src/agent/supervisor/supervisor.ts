@@ -17,20 +17,21 @@
 //   would collide with `sidekick serve`'s own cluster of HTTP workers.
 //
 // The host talks to it one way: it passes a validated config (start, reload(config)) and listens to 'state'.
-// Files: worker-pool.ts (start, crash restarts, recycling), agent-worker.ts (one worker process), listener.ts (the
-// socket, held connections), agent-status.ts (state, status, counter totals).
+// Files (this folder: the supervisor's side): worker-pool.ts (start, crash restarts, recycling), worker-handle.ts (one
+// worker process), listener.ts (the socket, held connections), agent-status.ts (state, status, counter totals). The
+// worker process's side is ../worker/ (its entry is worker-main.ts); ../worker-protocol.ts is what passes between.
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { AdminServer } from '../admin/server.js';
-import { parseListen, type AgentConfig } from '../config/schema.js';
-import { SidekickError, describeError } from '../errors.js';
-import { childLogger, logCounts } from '../log/logger.js';
+import { AdminServer } from '../../admin/server.js';
+import { parseListen, type AgentConfig } from '../../config/schema.js';
+import { SidekickError, describeError } from '../../errors.js';
+import { childLogger, logCounts } from '../../log/logger.js';
 import { replayProgress, type AgentState, type AgentStatus } from './agent-status.js';
 import { bindListener, type Listener } from './listener.js';
-import { MetricsServer, createAgentRegistry, zeroCounters, zeroGauges, type AgentMetricsSnapshot } from './metrics.js';
-import type { AgentPipelineStatus, PipelineStateEvent } from './pipeline.js';
-import { restartOnlyChanges } from './pipeline-config.js';
+import { MetricsServer, createAgentRegistry, zeroCounters, zeroGauges, type AgentMetricsSnapshot } from '../metrics.js';
+import type { AgentPipelineStatus, PipelineStateEvent } from '../worker/pipeline.js';
+import { restartOnlyChanges } from '../pipeline-config.js';
 import { WorkerPool } from './worker-pool.js';
 
 export type { AgentState, AgentStatus } from './agent-status.js';
@@ -43,7 +44,7 @@ export interface AgentSupervisorOptions {
   /** The config file, for status only. */
   configFile?: string | undefined;
   log?: Logger;
-  /** Worker entry module (default: worker.js next to this file, or worker.ts under tsx). */
+  /** Worker entry module (default: ../worker/worker-main.js from this file, or .ts under tsx). */
   workerPath?: string;
 }
 
@@ -76,7 +77,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
     this.adminSocket = opts.adminSocket;
     this.log = opts.log ?? childLogger({ component: 'agent' });
     const here = fileURLToPath(import.meta.url);
-    this.workerPath = opts.workerPath ?? here.replace(/supervisor\.(ts|js)$/, 'worker.$1');
+    this.workerPath = opts.workerPath ?? here.replace(/supervisor\/supervisor\.(ts|js)$/, 'worker/worker-main.$1');
   }
 
   get config(): AgentConfig {

@@ -1,16 +1,16 @@
 // The agent's workers on its one socket: the first start, crash restarts with backoff, recycling (a strict hand-over
 // from the old worker to a pre-forked replacement, see supervisor.ts), moving to a new socket, and the stop.
 import type { Logger } from 'pino';
-import { settleWithin } from '../common/async.js';
-import { RestartBackoff } from '../common/backoff.js';
-import type { AgentConfig } from '../config/schema.js';
-import { ERROR_CODES, SidekickError, type ErrorCode } from '../errors.js';
+import { settleWithin } from '../../common/async.js';
+import { RestartBackoff } from '../../common/backoff.js';
+import type { AgentConfig } from '../../config/schema.js';
+import { ERROR_CODES, SidekickError, type ErrorCode } from '../../errors.js';
 import { CounterTotals, RateWindow, replayProgress, type AgentStatus } from './agent-status.js';
-import { AgentWorker, type WorkerExit, type WorkerReport } from './agent-worker.js';
+import { WorkerHandle, type WorkerExit, type WorkerReport } from './worker-handle.js';
 import { HeldConnections, closeListener, publishListener, type Listener } from './listener.js';
-import type { AgentMetricsSnapshot } from './metrics.js';
-import { SPOOL_LOCK_WAIT_MS, type PipelineStateEvent } from './pipeline.js';
-import type { FromWorker } from './worker-protocol.js';
+import type { AgentMetricsSnapshot } from '../metrics.js';
+import { SPOOL_LOCK_WAIT_MS, type PipelineStateEvent } from '../worker/pipeline.js';
+import type { FromWorker } from '../worker-protocol.js';
 
 const START_TIMEOUT_MS = 30_000 + SPOOL_LOCK_WAIT_MS;
 const STANDBY_TIMEOUT_MS = 15_000;
@@ -35,8 +35,8 @@ export class WorkerPool {
   private readonly opts: WorkerPoolOptions;
   private readonly log: Logger;
   private listenerRef: Listener;
-  private currentRef: AgentWorker | undefined;
-  private readonly workers = new Set<AgentWorker>();
+  private currentRef: WorkerHandle | undefined;
+  private readonly workers = new Set<WorkerHandle>();
   private readonly totals = new CounterTotals();
   /** Received/exported per second, sampled at each worker report (about once a second). */
   readonly rates = new RateWindow();
@@ -62,7 +62,7 @@ export class WorkerPool {
     return this.listenerRef;
   }
 
-  get current(): AgentWorker | undefined {
+  get current(): WorkerHandle | undefined {
     return this.currentRef;
   }
 
@@ -129,7 +129,7 @@ export class WorkerPool {
   }
 
   /** Feeds the rate window; while a large backlog is replayed, logs its progress every REPLAY_LOG_INTERVAL_MS. */
-  private sampleRates(w: AgentWorker): void {
+  private sampleRates(w: WorkerHandle): void {
     const now = Date.now();
     const { counters } = this.totals.sum(this.workers, w, undefined);
     this.rates.add(now, counters.received, counters.exported);
@@ -140,8 +140,8 @@ export class WorkerPool {
     }
   }
 
-  private spawn(start: boolean, listener = this.listenerRef, first = false): AgentWorker {
-    const w = new AgentWorker({
+  private spawn(start: boolean, listener = this.listenerRef, first = false): WorkerHandle {
+    const w = new WorkerHandle({
       workerPath: this.opts.workerPath,
       listenFd: listener.handle.fd,
       generation: ++this.generation,
@@ -156,7 +156,7 @@ export class WorkerPool {
     return w;
   }
 
-  private onMessage(w: AgentWorker, msg: FromWorker, handle: unknown): void {
+  private onMessage(w: WorkerHandle, msg: FromWorker, handle: unknown): void {
     switch (msg.t) {
       case 'ready':
         if (w === this.currentRef) this.backoff.started();
@@ -180,7 +180,7 @@ export class WorkerPool {
     }
   }
 
-  private onExit(w: AgentWorker, { code, signal }: WorkerExit): void {
+  private onExit(w: WorkerHandle, { code, signal }: WorkerExit): void {
     this.workers.delete(w);
     this.totals.retire(w);
     if (w.expectedExit || this.stopping) return;
@@ -205,7 +205,7 @@ export class WorkerPool {
     }, delayMs);
   }
 
-  private checkRecycle(w: AgentWorker): void {
+  private checkRecycle(w: WorkerHandle): void {
     if (w !== this.currentRef || w.state !== 'ready' || this.recycling || this.stopping || !w.last) return;
     const r = this.opts.config().recycle;
     const uptime = Date.now() - w.readyAt;
