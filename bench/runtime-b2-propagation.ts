@@ -2,13 +2,13 @@
 //
 // Target (DESIGN "Performance targets"): p99 ≤ 1 ms idle, ≤ 10 ms with the HTTP workers saturated.
 //
-// Method. bench/fixtures/b2.config.mjs: sidekick "stamp" (a worker thread in the supervisor) publishes
+// Method. bench/fixtures/b2.config.mjs: sidekick "stamp" (a thread in the app's sidekick host process) publishes
 // { t: process.hrtime.bigint(), seq } every BENCH_PERIOD (25 ms); each HTTP worker's onVars listener records
 // now − t with its own process.hrtime.bigint(). That is CLOCK_MONOTONIC on Linux (libuv uv_hrtime), one clock for the
 // whole machine, so readings from different processes and threads can be subtracted; the script checks it first: for
 // every worker, bench-before ≤ worker ≤ bench-after over 50 round trips. Latency is the whole path: setVars →
-// snapshot validation → postMessage to the supervisor's main thread → relay over cluster IPC (advanced
-// serialization) → worker decode and re-freeze → VarsStore.publish → listener.
+// snapshot validation → postMessage to the host's main thread → the host's IPC to the supervisor → relay over
+// cluster IPC (advanced serialization) → worker decode and re-freeze → VarsStore.publish → listener.
 // Phases per worker count, each on a fresh `sidekick serve`: idle (no HTTP load, RECORD_S seconds), then saturated
 // (load on the shared port with a handler that calls readVars per request: wrk -t2 -c64 for LOAD_S seconds, or the
 // Node fallback generator when wrk is missing; recording covers the middle RECORD_S seconds). ROUNDS rounds; the
