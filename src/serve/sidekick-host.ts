@@ -146,10 +146,10 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
         break;
       }
       case 'vars': {
-        this.post({ sk: 'vars-ack', name: msg.name });
         const vars = adoptSnapshot(msg.vars);
         this.latest.set(msg.name, { vars, generation: msg.generation });
-        this.emit('vars', msg.name, vars, msg.generation);
+        this.emit('vars', msg.name, vars, msg.generation); // on to the HTTP workers first: the ack can wait
+        this.post({ sk: 'vars-ack', name: msg.name });
         break;
       }
       case 'failed':
