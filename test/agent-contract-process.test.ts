@@ -22,19 +22,7 @@ import {
 } from './helpers/agent.ts';
 import { agentScope } from './helpers/agent-scope.ts';
 import { settleWithin } from '../src/common/async.ts';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); // a zombie has exited
-  } catch {
-    return false;
-  }
-}
+import { isAlive as alive } from './helpers/proc.ts';
 
 /** Sends records on 2 connections until `until()` (checked between chunks), then a last chunk; returns every key. */
 async function sendUntil(sock: string, prefix: string, until: () => Promise<boolean>): Promise<string[]> {

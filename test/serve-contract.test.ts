@@ -24,6 +24,7 @@ import {
   waitFor,
   type HttpResult,
 } from './helpers/serve.ts';
+import { isAlive as alive } from './helpers/proc.ts';
 
 const CONTRACT_APP = join(FIXTURES, 'contract-app.mjs');
 
@@ -67,15 +68,6 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
     return await Promise.race([promise, timeout]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -17,6 +17,7 @@ import {
   type ServeProcess,
   type StatusJson,
 } from './helpers/serve.ts';
+import { isAlive } from './helpers/proc.ts';
 
 const tmp = tempDir('sk-serve-host-');
 const serves: ServeProcess[] = [];
@@ -34,15 +35,6 @@ interface HostJson {
 }
 const hostOf = (s: StatusJson, app: string): HostJson =>
   (s.apps.find((a) => a.name === app) as unknown as { sidekickHost: HostJson }).sidekickHost;
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Two apps: `victim` with the sidekicks under test and a reader, `bystander` with one calm sidekick. */
 async function twoApps(

@@ -1,5 +1,5 @@
 // Finding a test's processes through Linux /proc (returns [] where it cannot look).
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 
 /** Pids of running processes (not this one) for which `keep(pid)` is true; a process gone meanwhile is skipped. */
 export function pidsWhere(keep: (pid: number) => boolean): number[] {
@@ -20,4 +20,18 @@ export function pidsWhere(keep: (pid: number) => boolean): number[] {
     }
   }
   return out;
+}
+
+/** True while `pid` runs: it exists (signal 0 sends nothing) and is not a zombie waiting to be reaped. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); // a zombie has exited
+  } catch {
+    return false;
+  }
 }
