@@ -263,7 +263,7 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
   ]);
   total(
     'sidekick_log_dropped_lines_total',
-    'Log lines the serve process (its sidekick threads included) dropped because stderr was not drained.',
+    'Log lines the serve supervisor dropped because stderr was not drained (sidekick hosts and HTTP workers: per app).',
     [],
     (v) => [[{}, v.log?.dropped ?? 0]],
   );

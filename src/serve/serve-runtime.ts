@@ -22,7 +22,7 @@ export interface ServeStatus {
   uptimeMs: number;
   config: string | undefined;
   reloads: number;
-  /** This (supervisor) process's log lines and drops, its sidekick threads included; the HTTP workers' are per app. */
+  /** The supervisor's own log lines and drops; each app's sidekick host and HTTP workers report theirs per app. */
   log: LogCounts;
   apps: AppStatus[];
 }
