@@ -24,7 +24,12 @@ interface Fed {
   replayed: number;
 }
 
-function receiver(dir: string, fed: Fed, budget = new MemoryBudget(1024 * 1024)): SpillReceiver {
+/**
+ * `grace.ms`: how long a draining file must be quiet before it is deleted, read at each scan (a test may change it).
+ * 0 by default; a test that must see a draining file before it is deleted holds it longer: the directory watcher can
+ * queue a second scan behind scanNow()'s (the rename is a change), which with 0 would delete the file at once.
+ */
+function receiver(dir: string, fed: Fed, budget = new MemoryBudget(1024 * 1024), grace = { ms: 0 }): SpillReceiver {
   const sink: LineSink = {
     good: (lines) => fed.good.push(...lines.toString('utf8').split('\n').filter(Boolean)),
     bad: (reason) => fed.bad.push(reason),
@@ -44,7 +49,9 @@ function receiver(dir: string, fed: Fed, budget = new MemoryBudget(1024 * 1024))
     budget,
     log: pino({ level: 'silent' }),
     onReplayed: (k) => (fed.replayed += k),
-    drainGraceMs: 0,
+    get drainGraceMs() {
+      return grace.ms;
+    },
   });
 }
 
@@ -59,7 +66,8 @@ function fresh(): { dir: string; spill: string; fed: Fed } {
 
 test('lines are fed in order, control and bad lines classified, the file rotated and then deleted', async () => {
   const { dir, spill, fed } = fresh();
-  const r = receiver(dir, fed);
+  const grace = { ms: 3_600_000 }; // the draining file stays until the test lets it go (below)
+  const r = receiver(dir, fed, undefined, grace);
   await r.start(); // creates the directory
   assert.equal(statSync(join(dir, 'spill')).mode & 0o7777, 0o2770, 'setgid, group-writable, no world access');
   appendFileSync(spill, '{"a":1}\n{"_sidekick":"dropped","count":2}\nnot json\n{"b":2}\n{"c":');
@@ -81,6 +89,7 @@ test('lines are fed in order, control and bad lines classified, the file rotated
   appendFileSync(join(dir, 'spill', draining[0]!), '{"late":1}\n');
   await r.scanNow();
   assert.deepEqual(fed.good.at(-1), '{"late":1}');
+  grace.ms = 0;
   await r.scanNow(); // grace 0: fully read and not growing → deleted
   assert.deepEqual(readdirSync(join(dir, 'spill')), []);
   assert.equal(r.snapshot().pendingBytes, 0);
