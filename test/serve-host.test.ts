@@ -72,6 +72,14 @@ test('a sidekick that aborts its process (large arrays past maxHeapMb 64) takes 
   });
   const first = await serve.status();
   const calmBefore = serve.sidekick(first, 'bystander', 'scoped.calm')!;
+  // The load starts once both HTTP workers hold scoped.steady's first snapshot: before it, readVars is SK_ERR_NOT_READY
+  // by contract (on a loaded machine the first publish can come after the host reported its pid).
+  const answered = new Set<number>();
+  await waitFor('both victim workers to read scoped.steady', async () => {
+    const r = await getJson<{ pid: number }>(ports.victim!, '/read?name=scoped.steady');
+    if (r._status === 200) answered.add(r.pid);
+    return answered.size >= 2;
+  });
   const load = startLoad({ port: ports.victim!, path: '/read?name=scoped.steady', concurrency: 4, maxMs: 60_000 });
   try {
     const s = await waitFor(
@@ -109,7 +117,11 @@ test('a sidekick that aborts its process (large arrays past maxHeapMb 64) takes 
   const r = await load.done;
   assert.ok(r.total > 0, 'the load ran');
   assert.deepEqual(r.failures, [], 'no request failed while the host died and restarted');
-  assert.equal(r.ok, r.total, `every request was answered 200 (${JSON.stringify(r.statuses)})`);
+  assert.equal(
+    r.ok,
+    r.total,
+    `every request was answered 200 (${JSON.stringify(r.statuses)} ${r.errorBodies.join(' | ')})`,
+  );
 });
 
 test('a host killed with SIGKILL (the OOM killer): requests keep being answered, tasks in it fail with SK_ERR_HOST_DIED', async () => {
@@ -160,7 +172,11 @@ test('a host killed with SIGKILL (the OOM killer): requests keep being answered,
   load.stop();
   const r = await load.done;
   assert.deepEqual(r.failures, [], 'no request failed');
-  assert.equal(r.ok, r.total, `every request was answered 200 (${JSON.stringify(r.statuses)})`);
+  assert.equal(
+    r.ok,
+    r.total,
+    `every request was answered 200 (${JSON.stringify(r.statuses)} ${r.errorBodies.join(' | ')})`,
+  );
   assert.equal(serve.exitInfo, undefined);
   assert.equal(isAlive(hostPid), false);
   const host = hostOf(s, 'victim');

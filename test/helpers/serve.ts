@@ -147,6 +147,8 @@ export interface LoadResult {
   ok: number;
   statuses: Record<number, number>;
   failures: LoadFailure[];
+  /** The first few bodies of responses other than 200 (up to 300 chars each), to say why in an assertion message. */
+  errorBodies: string[];
   /** Responses per worker pid. */
   byPid: Map<number, number>;
   /** First and last response time per pid. */
@@ -192,6 +194,7 @@ export function startLoad({
     ok: 0,
     statuses: {},
     failures: [],
+    errorBodies: [],
     byPid: new Map(),
     spanByPid: new Map(),
     elapsedMs: 0,
@@ -206,7 +209,14 @@ export function startLoad({
       const headers = newConnections ? { connection: 'close' } : {};
       const req = http.get({ host: '127.0.0.1', port, path, agent, headers, timeout: requestTimeoutMs }, (res) => {
         const pid = res.headers['x-pid'] ? Number(res.headers['x-pid']) : undefined;
-        res.resume();
+        if (res.statusCode !== 200 && result.errorBodies.length < 5) {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => result.errorBodies.push(`${res.statusCode}: ${body.slice(0, 300)}`));
+        } else {
+          res.resume();
+        }
         res.on('error', (err) => fail(err));
         res.on('end', () => {
           const now = Date.now();
