@@ -130,14 +130,16 @@ test('framer: partial line survives a hand-over (takePartial / restorePartial)',
 
 test('413 split: halves at line boundaries with derived, stable ids', () => {
   const payload = Buffer.from('{"a":1}\n{"a":2}\n{"a":3}\n{"a":4}\n{"a":5}\n');
-  const [x, y] = splitPart({ id: 'b1', payload, records: 5 })!;
-  assert.equal(x.id, 'b1.0');
-  assert.equal(y.id, 'b1.1');
+  const [x, y] = splitPart({ id: 'b1~1', payload, records: 5, batchId: 'b1', firstIndex: 100 })!;
+  assert.equal(x.id, 'b1~1.0');
+  assert.equal(y.id, 'b1~1.1');
   assert.equal(x.records, 2);
   assert.equal(y.records, 3);
+  // each half knows where its records sit in the spool batch (OTLP's sidekick.batch.index)
+  assert.deepEqual([x.batchId, x.firstIndex, y.batchId, y.firstIndex], ['b1', 100, 'b1', 102]);
   assert.equal(countLines(x.payload), 2);
   assert.equal(Buffer.concat([x.payload, y.payload]).toString(), payload.toString());
-  assert.equal(splitPart({ id: 'one', payload: Buffer.from('{}\n'), records: 1 }), undefined);
+  assert.equal(splitPart({ id: 'one', payload: Buffer.from('{}\n'), records: 1, batchId: 'one', firstIndex: 0 }), undefined);
 });
 
 test('Retry-After: seconds and HTTP dates', () => {

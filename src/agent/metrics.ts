@@ -15,6 +15,11 @@ export type DropReason = (typeof DROP_REASONS)[number];
 export const RETRY_REASONS = ['network', 'timeout', 'http_408', 'http_429', 'http_5xx', 'http_other'] as const;
 export type RetryReason = (typeof RETRY_REASONS)[number];
 
+/** Why records were dead-lettered: refused for good (4xx, a single record still 413), an OTLP partial success, lines
+ * that are not a JSON object (cannot become an OTLP LogRecord). */
+export const DEAD_LETTER_REASONS = ['rejected', 'otlp_partial', 'unmappable'] as const;
+export type DeadLetterReason = (typeof DEAD_LETTER_REASONS)[number];
+
 /** Monotonic counts (records unless the name says batches). See docs/agent.md "Counters". */
 export interface AgentCounterValues {
   received: number;
@@ -27,6 +32,10 @@ export interface AgentCounterValues {
   retried: Record<RetryReason, number>;
   deadLettered: number;
   deadLetteredBatches: number;
+  /** deadLettered by reason (they add up to it). */
+  deadLetteredBy: Record<DeadLetterReason, number>;
+  /** The otlp exporter: spans delivered, values cut or flattened by its limits, refusals (partial success). */
+  otlp: { spans: number; truncated: number; flattened: number; rejectedLogs: number; rejectedSpans: number };
   dropped: Record<DropReason, number>;
   spoolCorruptFrames: number;
   connections: number;
@@ -76,6 +85,8 @@ export function zeroCounters(): AgentCounterValues {
     retried: { network: 0, timeout: 0, http_408: 0, http_429: 0, http_5xx: 0, http_other: 0 },
     deadLettered: 0,
     deadLetteredBatches: 0,
+    deadLetteredBy: { rejected: 0, otlp_partial: 0, unmappable: 0 },
+    otlp: { spans: 0, truncated: 0, flattened: 0, rejectedLogs: 0, rejectedSpans: 0 },
     dropped: { spool_full: 0, spool_corrupt: 0, disk_full: 0, spool_removed: 0 },
     spoolCorruptFrames: 0,
     connections: 0,
@@ -195,13 +206,27 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
   );
   counter(
     'dead_lettered_records_total',
-    'Records rejected by central for good and kept on disk.',
-    (c) => c.deadLettered,
+    'Records rejected for good and kept on disk, by reason (rejected: a 4xx; otlp_partial: an OTLP partial success; unmappable: not a JSON object).',
+    (c) => c.deadLetteredBy,
+    'reason',
   );
   counter(
     'dead_lettered_batches_total',
     'Batches (or parts) written to the dead-letter directory.',
     (c) => c.deadLetteredBatches,
+  );
+  counter('otlp_spans_total', 'Request spans the otlp exporter delivered.', (c) => c.otlp.spans);
+  counter(
+    'otlp_limited_values_total',
+    'Attribute values the otlp exporter cut to maxValueLength (truncated) or sent as JSON text past maxDepth (flattened).',
+    (c) => ({ truncated: c.otlp.truncated, flattened: c.otlp.flattened }),
+    'action',
+  );
+  counter(
+    'otlp_rejected_total',
+    'Log records and spans the collector refused (partial success, or a refused span whose record rode on its log record).',
+    (c) => ({ logs: c.otlp.rejectedLogs, traces: c.otlp.rejectedSpans }),
+    'signal',
   );
   counter('dropped_records_total', 'Records dropped by a documented cap, by reason.', (c) => c.dropped, 'reason');
   counter(

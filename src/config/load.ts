@@ -6,7 +6,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { z } from 'zod';
 import { SidekickError, describeError } from '../errors.js';
-import { configSchema, type AgentConfig, type Config } from './schema.js';
+import { configSchema, type AgentConfig, type Config, type ExporterConfig } from './schema.js';
 import { defaultAgentSocketPath } from '../agent/socket-path.js';
 
 export const DEFAULT_CONFIG_NAMES = ['sidekick.config.mjs', 'sidekick.config.js', 'sidekick.config.json'];
@@ -83,7 +83,7 @@ export function validateConfig(raw: unknown, dir: string, file?: string): Loaded
       },
     );
   }
-  return { file, dir, config: resolvePaths(result.data, dir) };
+  return { file, dir, config: resolvePaths(result.data, dir, file) };
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
@@ -100,7 +100,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
-function resolvePaths(config: Config, dir: string): Config {
+function resolvePaths(config: Config, dir: string, file: string | undefined): Config {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(dir, p));
   for (const app of config.apps) {
     app.handler = abs(app.handler);
@@ -120,8 +120,34 @@ function resolvePaths(config: Config, dir: string): Config {
     // Clients assume spill/ beside the socket unless told otherwise (SIDEKICK_AGENT_SPILL_DIR).
     agent.spill.dir = agent.spill.dir ? abs(agent.spill.dir) : join(dirname(agent.socket), 'spill');
     if (agent.exporter.type === 'file') agent.exporter.dir = abs(agent.exporter.dir);
+    if (agent.exporter.type === 'otlp') resolveOtlp(agent.exporter, config.apps, file);
   }
   return config;
+}
+
+/**
+ * The otlp exporter's headers from the environment (a variable that is not set is a config error: an API key that
+ * silently went missing would only show as 401s), and its default service.name: the app's name when the config
+ * runs exactly one, `php-fpm` for a standalone agent (no apps: what it sits beside on most hosts), else `sidekick`.
+ */
+function resolveOtlp(
+  exporter: Extract<ExporterConfig, { type: 'otlp' }>,
+  apps: Config['apps'],
+  file: string | undefined,
+): void {
+  for (const [header, variable] of Object.entries(exporter.headersFromEnv)) {
+    const value = process.env[variable];
+    if (value === undefined) {
+      const field = `agent.exporter.headersFromEnv.${header}`;
+      throw new SidekickError(
+        'SK_ERR_CONFIG_INVALID',
+        `${file ?? 'config'}: ${field}: environment variable ${variable} is not set`,
+        { file, field, issues: [{ field, message: `environment variable ${variable} is not set` }] },
+      );
+    }
+    exporter.headers[header] = value;
+  }
+  exporter.resource['service.name'] ??= apps.length === 1 ? apps[0]!.name : apps.length === 0 ? 'php-fpm' : 'sidekick';
 }
 
 /** The agent section with its socket resolved (callers check `config.agent` exists first). */

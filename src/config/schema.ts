@@ -116,6 +116,50 @@ const exporterHttp = z
   })
   .strict();
 
+// OTLP/HTTP to an OpenTelemetry Collector (or anything that speaks it): docs/agent.md "Send to an OpenTelemetry
+// Collector". Records become LogRecords; request records also SERVER spans.
+const httpUrl = z.url({ protocol: /^https?$/ });
+const exporterOtlp = z
+  .object({
+    type: z.literal('otlp'),
+    // The base URL (http://collector:4318): logs go to <endpoint>/v1/logs, spans to <endpoint>/v1/traces.
+    endpoint: httpUrl.optional(),
+    // Per-signal URLs, used as they are (as OTEL_EXPORTER_OTLP_{LOGS,TRACES}_ENDPOINT are).
+    logsEndpoint: httpUrl.optional(),
+    tracesEndpoint: httpUrl.optional(),
+    protocol: z.enum(['http/protobuf', 'http/json']).default('http/protobuf'),
+    compression: z.enum(['gzip', 'none']).default('gzip'),
+    headers: z.record(z.string(), z.string()).default({}),
+    // Header name → environment variable holding its value (API keys stay out of the config file); a variable that
+    // is not set is a config error.
+    headersFromEnv: z.record(z.string(), z.string().min(1)).default({}),
+    timeoutMs: duration.default(10_000),
+    // Resource attributes of every export; service.name and host.name get defaults (docs/agent.md), these win.
+    resource: z.record(z.string().min(1), z.string()).default({}),
+    // What a request record (a string `method` and a numeric `duration_ms`) becomes: a LogRecord, a SERVER span, or both.
+    requestSignal: z.enum(['logs', 'traces', 'both']).default('both'),
+    limits: z
+      .object({
+        // String values longer than this many characters are cut (counted).
+        maxValueLength: z.number().int().min(16).max(1_048_576).default(4096),
+        // Objects and arrays nested deeper than this are sent as their JSON text (counted).
+        maxDepth: z.number().int().min(1).max(64).default(8),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict()
+  .superRefine((e, ctx) => {
+    if (!e.endpoint && !e.logsEndpoint)
+      ctx.addIssue({ code: 'custom', path: ['endpoint'], message: 'required (or logsEndpoint and tracesEndpoint)' });
+    if (!e.endpoint && !e.tracesEndpoint && e.requestSignal !== 'logs')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tracesEndpoint'],
+        message: "required without endpoint, unless requestSignal is 'logs'",
+      });
+  });
+
 export const agentSchema = z
   .object({
     socket: z.string().min(1).optional(),
@@ -168,7 +212,7 @@ export const agentSchema = z
       })
       .strict()
       .prefault({}),
-    exporter: z.discriminatedUnion('type', [exporterFile, exporterHttp]).prefault({ type: 'file' }),
+    exporter: z.discriminatedUnion('type', [exporterFile, exporterHttp, exporterOtlp]).prefault({ type: 'file' }),
     breaker: z
       .object({
         failures: z.number().int().min(1).max(1000).default(5),

@@ -4,6 +4,7 @@
 // counted (dead_lettered), and logged as SK_ERR_DEAD_LETTER.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { DeadLetterReason as DeadLetterCause } from '../metrics.js';
 import type { ExportPart } from './types.js';
 import { writeFileAtomic } from '../../common/atomic-file.js';
 
@@ -11,6 +12,10 @@ export interface DeadLetterReason {
   status: number;
   body: string;
   target: string;
+  /** Why (default `rejected`), and how many of the kept records were refused (default all: an OTLP partial
+   * success names a count, not which ones). */
+  reason?: DeadLetterCause;
+  rejected?: number;
 }
 
 export class DeadLetterStore {
@@ -33,6 +38,8 @@ export class DeadLetterStore {
       records: part.records,
       bytes: part.payload.length,
       status: why.status,
+      reason: why.reason ?? 'rejected',
+      rejected: why.rejected ?? part.records,
       body: why.body.slice(0, 1024),
       target: why.target,
       time: new Date().toISOString(),

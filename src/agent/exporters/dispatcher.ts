@@ -27,7 +27,9 @@ import {
   type ExportOutcome,
   type ExportPart,
   type Exporter,
+  type PartialRejection,
 } from './types.js';
+import { exporterTarget } from './target.js';
 
 export interface RetryPolicy {
   initialDelayMs: number;
@@ -303,9 +305,20 @@ export class Dispatcher {
       return { failed: r.err };
     }
     const outcome = r.outcome;
+    if (outcome.kind !== 'rejected' && outcome.rejections)
+      for (const rej of outcome.rejections) await this.deadLetter(exporter, part, rej);
     if (outcome.kind === 'delivered') {
-      counters.exported += part.records;
+      const lost = outcome.rejections?.reduce((n, x) => n + x.records, 0) ?? 0;
+      counters.exported += part.records - lost;
       counters.exportedBatches++;
+      if (outcome.stats) {
+        const o = counters.otlp;
+        o.spans += outcome.stats.spans;
+        o.truncated += outcome.stats.truncated;
+        o.flattened += outcome.stats.flattened;
+        o.rejectedLogs += outcome.stats.rejectedLogs;
+        o.rejectedSpans += outcome.stats.rejectedSpans;
+      }
     } else if (outcome.kind === 'too_large' && part.records > 1) {
       queue.unshift(...splitPart(part)!);
       this.deps.log.info(
@@ -313,21 +326,50 @@ export class Dispatcher {
         'central answered 413: splitting the batch in halves',
       );
     } else {
-      const target = this.describeTarget(exporter);
-      const file = await this.deps.deadLetters.write(part, { status: outcome.status, body: outcome.body, target });
-      counters.deadLettered += part.records;
-      counters.deadLetteredBatches++;
-      this.deps.log.error(
-        { code: 'SK_ERR_DEAD_LETTER', batchId: part.id, records: part.records, status: outcome.status, file },
-        `SK_ERR_DEAD_LETTER: central rejected ${part.records} record(s) with ${outcome.status}; kept in ${file}`,
-      );
+      await this.deadLetter(exporter, part, {
+        records: part.records,
+        reason: 'rejected',
+        status: outcome.status,
+        body: outcome.body,
+        payload: part.payload,
+        payloadRecords: part.records,
+      });
     }
     return undefined;
   }
 
-  private describeTarget(exporter: Exporter): string {
-    const c = exporter.config;
-    return c.type === 'http' ? c.url : c.dir;
+  /** Keeps records refused for good in the dead-letter directory (with the reason), counts and logs them. */
+  private async deadLetter(exporter: Exporter, part: ExportPart, rej: PartialRejection): Promise<void> {
+    const { counters } = this.deps;
+    const target = exporterTarget(exporter.config);
+    const kept: ExportPart = { ...part, payload: rej.payload, records: rej.payloadRecords };
+    const file = await this.deps.deadLetters.write(kept, {
+      status: rej.status,
+      body: rej.body,
+      target,
+      reason: rej.reason,
+      rejected: rej.records,
+    });
+    counters.deadLettered += rej.records;
+    counters.deadLetteredBy[rej.reason] += rej.records;
+    counters.deadLetteredBatches++;
+    const why =
+      rej.reason === 'unmappable'
+        ? `${rej.records} record(s) are not JSON objects (cannot be mapped)`
+        : rej.reason === 'otlp_partial'
+          ? `the collector rejected ${rej.records} record(s) (partial success: ${rej.body})`
+          : `central rejected ${rej.records} record(s) with ${rej.status}`;
+    this.deps.log.error(
+      {
+        code: 'SK_ERR_DEAD_LETTER',
+        batchId: part.id,
+        records: rej.records,
+        status: rej.status,
+        reason: rej.reason,
+        file,
+      },
+      `SK_ERR_DEAD_LETTER: ${why}; kept in ${file}`,
+    );
   }
 
   private nextDelay(retryAfterMs: number | undefined): number {

@@ -12,6 +12,7 @@
 import type { EventEmitter } from 'node:events';
 import { sleep } from '../../common/async.js';
 import type { AgentCounterValues } from '../metrics.js';
+import type { AcceptedTimes } from '../queue/types.js';
 
 export interface SpoolBatchLike {
   id: string;
@@ -19,6 +20,7 @@ export interface SpoolBatchLike {
   bytes: number;
   payload: Buffer;
   firstAppendedAt: number;
+  acceptedAt?: AcceptedTimes;
 }
 
 /** The slice of the Spool API batching needs. */

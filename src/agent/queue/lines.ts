@@ -2,6 +2,7 @@
 // one segment into a batch within record and byte limits.
 import type { Pos } from './ledger.js';
 import type { FrameRead, SegmentReader } from './segment.js';
+import type { AcceptedTimes } from './types.js';
 
 export type GoodFrame = Extract<FrameRead, { kind: 'frame' }>;
 
@@ -35,8 +36,10 @@ export async function collectLines(
   maxRecords: number,
   maxBytes: number,
   stopAt: Pos | undefined,
-): Promise<{ records: number; payload: Buffer; end: Pos }> {
+): Promise<{ records: number; payload: Buffer; end: Pos; acceptedAt: AcceptedTimes }> {
   const parts: Buffer[] = [];
+  // per frame read: the batch index of its first record and its append time (OTLP's observed time)
+  const acceptedAt: AcceptedTimes = { starts: [], times: [] };
   let records = 0;
   let bytes = 0;
   let r = first;
@@ -51,6 +54,8 @@ export async function collectLines(
     }
     let pos = Math.min(inner, p.length);
     const start = pos;
+    acceptedAt.starts.push(records);
+    acceptedAt.times.push(r.header.firstAppendedAt);
     let full = false;
     while (pos < bound) {
       if (!stopAt && records >= maxRecords) {
@@ -71,7 +76,7 @@ export async function collectLines(
     if (pos > start) parts.push(Buffer.from(p.subarray(start, pos))); // copy: the reader's chunk buffer is reused
     if (pos < p.length) {
       end = { seq, frame: r.off, inner: pos };
-      return { records, payload: concat(parts, bytes), end };
+      return { records, payload: concat(parts, bytes), end, acceptedAt };
     }
     end = { seq, frame: r.end, inner: 0 };
     if (full || (!stopAt && (records >= maxRecords || bytes >= maxBytes))) break;
@@ -81,7 +86,7 @@ export async function collectLines(
     r = next;
     inner = 0;
   }
-  return { records, payload: concat(parts, bytes), end: end ?? { ...from } };
+  return { records, payload: concat(parts, bytes), end: end ?? { ...from }, acceptedAt };
 }
 
 function concat(parts: Buffer[], bytes: number): Buffer {

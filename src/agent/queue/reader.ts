@@ -202,6 +202,7 @@ export class SpoolReader {
     if (again && again.id === f.id && t.ackPos.frame === f.start.frame && t.ackPos.inner === f.start.inner) {
       f.payload = again.payload;
       f.bytes = again.bytes;
+      f.acceptedAt = again.acceptedAt;
       return;
     }
     this.logs.log.warn(
@@ -275,6 +276,7 @@ export class SpoolReader {
         records: got.records,
         bytes: got.payload.length,
         firstAppendedAt: r.header.firstAppendedAt,
+        acceptedAt: got.acceptedAt,
         payload: got.payload,
         handedOut: false,
       };
@@ -407,5 +409,6 @@ function toBatch(f: Inflight): SpoolBatch {
     bytes: f.bytes,
     payload: f.payload!,
     firstAppendedAt: f.firstAppendedAt,
+    acceptedAt: f.acceptedAt,
   };
 }

@@ -18,6 +18,12 @@ export interface SpoolOptions {
   maxBufferedBytes?: number;
 }
 
+/** Append times of a spool batch: frame k's records start at batch index starts[k] and were appended at times[k]. */
+export interface AcceptedTimes {
+  starts: number[];
+  times: number[];
+}
+
 export interface SpoolBatch {
   /** Stable for this exact record range: the same after release() and after a restart. */
   id: string;
@@ -27,6 +33,8 @@ export interface SpoolBatch {
   payload: Buffer;
   /** Date.now() when the first record of the batch's first frame was appended (±2 ms). */
   firstAppendedAt: number;
+  /** The same per frame of the batch (absent for a batch salvaged without its frames). */
+  acceptedAt?: AcceptedTimes;
 }
 
 export interface SpoolStats {
@@ -130,6 +138,7 @@ export interface Inflight {
   records: number;
   bytes: number;
   firstAppendedAt: number;
+  acceptedAt?: AcceptedTimes;
   /** Undefined for a boundary recovered from the ledger until it is read back. */
   payload: Buffer | undefined;
   handedOut: boolean;

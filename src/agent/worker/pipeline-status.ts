@@ -3,6 +3,7 @@
 import type { AgentConfig } from '../../config/schema.js';
 import type { ExporterBreaker } from '../breaker/breaker.js';
 import type { Dispatcher } from '../exporters/dispatcher.js';
+import { exporterTarget } from '../exporters/target.js';
 import type { AgentCounterValues, AgentMetricsSnapshot } from '../metrics.js';
 import type { MemoryBudget } from './memory-budget.js';
 import type { Spool, SpoolStats } from '../queue/spool.js';
@@ -85,7 +86,7 @@ export function statusOf(p: PipelineParts): AgentPipelineStatus {
     startedAt: p.startedAt,
     socket: p.cfg.socket,
     connections: p.receiver?.connectionCount ?? 0,
-    exporter: { type: exp.type, target: exp.type === 'http' ? exp.url : exp.dir },
+    exporter: { type: exp.type, target: exporterTarget(exp) },
     breaker: p.breaker?.toJSON(),
     spool: st ? { ...st, dir: p.cfg.spool.dir } : undefined,
     spill: p.spill?.snapshot(),

@@ -22,7 +22,7 @@ import { childLogger, type Logger } from '../../log/logger.js';
 import { ExporterBreaker, type BreakerStateName } from '../breaker/breaker.js';
 import { DeadLetterStore } from '../exporters/dead-letter.js';
 import { Dispatcher } from '../exporters/dispatcher.js';
-import { createExporter, type Exporter } from '../exporters/index.js';
+import { createExporter, exportTimeoutMs, type Exporter } from '../exporters/index.js';
 import { zeroCounters, type AgentMetricsSnapshot, type InvalidReason } from '../metrics.js';
 import {
   metricsOf,
@@ -297,9 +297,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       this.log.error({ err }, 'spool flush at stop failed');
     }
     // Hand-over: finish the export in flight only (bounded by the exporter's timeout), no new batch.
-    const exportDeadline = final
-      ? deadline
-      : Math.min(deadline, Date.now() + (this.cfg.exporter.type === 'http' ? this.cfg.exporter.timeoutMs : 5000));
+    const exportDeadline = final ? deadline : Math.min(deadline, Date.now() + exportTimeoutMs(this.cfg.exporter));
     await this.dispatcher!.stop(exportDeadline, final);
     await this.teardown();
     this.stateName = 'stopped';
@@ -338,7 +336,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       const old = this.exporter;
       this.exporter = createExporter(next.exporter);
       // Let an export in flight on the old one finish (bounded by its timeout) before closing it.
-      const grace = prev.exporter.type === 'http' ? prev.exporter.timeoutMs + 1000 : 1000;
+      const grace = prev.exporter.type === 'file' ? 1000 : exportTimeoutMs(prev.exporter) + 1000;
       setTimeout(() => void old.close().catch(() => undefined), grace).unref();
     }
     this.log.info({ restartRequired }, 'agent config reloaded');

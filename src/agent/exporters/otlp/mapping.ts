@@ -1,0 +1,280 @@
+// The mapping from agent records (NDJSON lines) to OTLP LogRecords and SERVER spans: one deterministic function of
+// the part, so a retry (or a replay after a restart) sends the same LogRecords and the same span ids again, and a
+// receiver can drop the duplicate on (sidekick.batch.id, sidekick.batch.index). The table is in docs/agent.md
+// ("Send to an OpenTelemetry Collector"); both encoders (./protobuf.ts, ./json.ts) serialize this model as it is.
+//
+//   LogRecord   time = record.ts (Unix ms, or an ISO date) else the time the agent accepted it · observed time = the
+//               time the agent accepted it (its spool frame's append time) · severity ERROR (17) when status >= 500
+//               or an `error` field, else INFO (9) · event_name = type · attributes = every field of the record, plus
+//               sidekick.batch.id / sidekick.batch.index · trace/span id of the request's span, when there is one
+//   Span        for a request record (a string `method` and a numeric `duration_ms`: what the PHP client and the Node
+//               middleware send): SERVER, `METHOD route`, start = ts, end = ts + duration_ms, HTTP semantic
+//               conventions, status ERROR on 5xx or `error`; joins the W3C `traceparent` on the record if any.
+import { createHash } from 'node:crypto';
+import type { ExportPart } from '../types.js';
+
+/** An attribute value as JSON gave it, after the limits: encoders map string/bool/int/double/array/kvlist/empty. */
+export type AttrValue = string | number | boolean | null | AttrValue[] | KvList;
+/** A nested object, as an OTLP kvlist (key order kept). */
+export interface KvList {
+  kv: Attr[];
+}
+export type Attr = [key: string, value: AttrValue];
+
+export interface LogItem {
+  /** Unix ms (fractions allowed: the encoders keep them to the nanosecond). */
+  timeMs: number;
+  observedMs: number;
+  severityNumber: number;
+  severityText: string;
+  eventName: string;
+  attrs: Attr[];
+  traceId: Buffer | undefined;
+  spanId: Buffer | undefined;
+  flags: number;
+}
+
+export interface SpanItem {
+  traceId: Buffer;
+  spanId: Buffer;
+  parentSpanId: Buffer | undefined;
+  traceState: string;
+  name: string;
+  startMs: number;
+  endMs: number;
+  attrs: Attr[];
+  statusCode: number;
+  statusMessage: string;
+  flags: number;
+}
+
+export type RequestSignal = 'logs' | 'traces' | 'both';
+
+export interface MapOptions {
+  requestSignal: RequestSignal;
+  /** Strings longer than this many UTF-16 units are cut to it (counted). */
+  maxValueLength: number;
+  /** Objects and arrays nested deeper than this become their JSON text (counted). */
+  maxDepth: number;
+}
+
+export interface Mapped {
+  logs: LogItem[];
+  spans: SpanItem[];
+  /** Per record of the part, in order: where its outcome is decided (its LogRecord, else its span), or unmappable. */
+  primary: ('logs' | 'traces' | 'none')[];
+  /** Lines that are not a JSON object (cannot become a LogRecord): dead-lettered with reason `unmappable`. */
+  unmappable: Buffer[];
+  truncated: number;
+  flattened: number;
+}
+
+export const SEVERITY_INFO = 9;
+export const SEVERITY_ERROR = 17;
+export const SPAN_KIND_SERVER = 2;
+export const STATUS_UNSET = 0;
+export const STATUS_ERROR = 2;
+/** Span flags: the sampled trace flag, and "the parent's remoteness is known" (+ "it is remote" for a traceparent). */
+const FLAG_SAMPLED = 0x01;
+const FLAG_HAS_IS_REMOTE = 0x100;
+const FLAG_IS_REMOTE = 0x200;
+
+/** Fields the span carries as HTTP semantic conventions (or as its times, name, ids), not under their own names. */
+const SPAN_OWN_FIELDS = new Set(['ts', 'type', 'method', 'route', 'status', 'duration_ms', 'pid', 'traceparent']);
+
+/** The time the agent accepted record `index` of a spool batch: its frame's append time. */
+export function acceptedAt(part: ExportPart, i: number): number {
+  const t = part.acceptedAt;
+  if (!t || t.starts.length === 0) return part.firstAcceptedAt ?? Date.now();
+  const index = part.firstIndex + i;
+  // frames are few per batch: a linear scan from the end is cheap and has no edge cases
+  for (let k = t.starts.length - 1; k >= 0; k--) if (t.starts[k]! <= index) return t.times[k]!;
+  return t.times[0]!;
+}
+
+export class RecordMapper {
+  private truncated = 0;
+  private flattened = 0;
+
+  constructor(private readonly opts: MapOptions) {}
+
+  map(part: ExportPart): Mapped {
+    this.truncated = 0;
+    this.flattened = 0;
+    const logs: LogItem[] = [];
+    const spans: SpanItem[] = [];
+    const primary: Mapped['primary'] = [];
+    const unmappable: Buffer[] = [];
+    const ids = new SpanIds(part.batchId);
+    const p = part.payload;
+    let start = 0;
+    for (let i = 0; start < p.length; i++) {
+      let nl = p.indexOf(0x0a, start);
+      if (nl === -1) nl = p.length - 1;
+      const line = p.subarray(start, nl + 1);
+      start = nl + 1;
+      let rec: unknown;
+      try {
+        rec = JSON.parse(line.toString('utf8'));
+      } catch {
+        rec = undefined;
+      }
+      if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) {
+        unmappable.push(line);
+        primary.push('none');
+        continue;
+      }
+      const index = part.firstIndex + i;
+      const r = rec as Record<string, unknown>;
+      const observedMs = acceptedAt(part, i);
+      const timeMs = recordTime(r.ts) ?? observedMs;
+      const error = r.error !== undefined && r.error !== null && r.error !== false;
+      const status = typeof r.status === 'number' ? r.status : undefined;
+      const failed = error || (status !== undefined && status >= 500);
+      const parent = parseTraceparent(r.traceparent);
+      const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
+      const wantSpan = isRequest && this.opts.requestSignal !== 'logs';
+      const wantLog = !isRequest || this.opts.requestSignal !== 'traces';
+      let span: SpanItem | undefined;
+      if (wantSpan) {
+        span = this.span(r, index, part.batchId, timeMs, status, failed, parent, ids);
+        spans.push(span);
+      }
+      if (wantLog) {
+        const attrs = this.attrs(r, undefined);
+        attrs.push(['sidekick.batch.id', part.batchId], ['sidekick.batch.index', index]);
+        logs.push({
+          timeMs,
+          observedMs,
+          severityNumber: failed ? SEVERITY_ERROR : SEVERITY_INFO,
+          severityText: failed ? 'ERROR' : 'INFO',
+          eventName: typeof r.type === 'string' ? this.str(r.type) : '',
+          attrs,
+          // the log belongs to the request's span; without one, to the app's span named by the traceparent
+          traceId: span?.traceId ?? parent?.traceId,
+          spanId: span?.spanId ?? parent?.spanId,
+          flags: span ? span.flags & 0xff : (parent?.flags ?? 0),
+        });
+      }
+      primary.push(wantLog ? 'logs' : 'traces');
+    }
+    return { logs, spans, primary, unmappable, truncated: this.truncated, flattened: this.flattened };
+  }
+
+  private span(
+    r: Record<string, unknown>,
+    index: number,
+    batchId: string,
+    startMs: number,
+    status: number | undefined,
+    failed: boolean,
+    parent: Traceparent | undefined,
+    ids: SpanIds,
+  ): SpanItem {
+    const method = this.str(r.method as string);
+    const route = typeof r.route === 'string' ? this.str(r.route) : undefined;
+    const attrs: Attr[] = [['http.request.method', method]];
+    if (route !== undefined) attrs.push(['http.route', route]);
+    if (status !== undefined) attrs.push(['http.response.status_code', status]);
+    if (typeof r.pid === 'number') attrs.push(['process.pid', r.pid]);
+    if (failed) attrs.push(['error.type', status !== undefined && status >= 500 ? String(status) : '_OTHER']);
+    attrs.push(...this.attrs(r, SPAN_OWN_FIELDS));
+    attrs.push(['sidekick.batch.id', batchId], ['sidekick.batch.index', index]);
+    const own = ids.at(index);
+    const traceState = typeof r.tracestate === 'string' ? r.tracestate.slice(0, 512) : '';
+    return {
+      traceId: parent?.traceId ?? own.traceId,
+      spanId: own.spanId,
+      parentSpanId: parent?.spanId,
+      traceState: parent ? traceState : '',
+      name: route !== undefined ? `${method} ${route}` : method,
+      startMs,
+      endMs: startMs + Math.max(0, r.duration_ms as number),
+      attrs,
+      statusCode: failed ? STATUS_ERROR : STATUS_UNSET,
+      statusMessage: failed && typeof r.error === 'string' ? this.str(r.error) : '',
+      flags: parent ? (parent.flags & 0xff) | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE : FLAG_SAMPLED | FLAG_HAS_IS_REMOTE,
+    };
+  }
+
+  private attrs(r: Record<string, unknown>, skip: Set<string> | undefined): Attr[] {
+    const out: Attr[] = [];
+    for (const key in r) {
+      if (skip?.has(key)) continue;
+      out.push([key, this.value(r[key], 1)]);
+    }
+    return out;
+  }
+
+  private value(v: unknown, depth: number): AttrValue {
+    if (typeof v === 'string') return this.str(v);
+    if (typeof v !== 'object' || v === null) return v as AttrValue; // number, boolean, null (JSON has nothing else)
+    if (depth > this.opts.maxDepth) {
+      this.flattened++;
+      return this.str(JSON.stringify(v));
+    }
+    if (Array.isArray(v)) return v.map((x) => this.value(x, depth + 1));
+    const kv: Attr[] = [];
+    for (const key in v) kv.push([key, this.value((v as Record<string, unknown>)[key], depth + 1)]);
+    return { kv };
+  }
+
+  private str(s: string): string {
+    if (s.length <= this.opts.maxValueLength) return s;
+    this.truncated++;
+    let cut = this.opts.maxValueLength;
+    const last = s.charCodeAt(cut - 1);
+    if (last >= 0xd800 && last <= 0xdbff) cut--; // never split a surrogate pair (the encoders would emit U+FFFD)
+    return s.slice(0, cut);
+  }
+}
+
+/** ts as Unix ms: a finite number, or an ISO 8601 string; anything else is not a time (the accepted time is used). */
+function recordTime(ts: unknown): number | undefined {
+  if (typeof ts === 'number') return Number.isFinite(ts) && ts >= 0 ? ts : undefined;
+  if (typeof ts === 'string') {
+    const t = Date.parse(ts);
+    return Number.isNaN(t) || t < 0 ? undefined : t;
+  }
+  return undefined;
+}
+
+export interface Traceparent {
+  traceId: Buffer;
+  spanId: Buffer;
+  flags: number;
+}
+
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$/;
+
+/** A W3C traceparent (version 00, or a later one read as 00), or undefined when invalid (all-zero ids, version ff). */
+export function parseTraceparent(v: unknown): Traceparent | undefined {
+  if (typeof v !== 'string' || v.length > 512) return undefined;
+  const m = TRACEPARENT.exec(v.trim());
+  if (!m || m[1] === 'ff') return undefined;
+  if (m[1] === '00' && v.trim().length !== 55) return undefined;
+  if (/^0+$/.test(m[2]!) || /^0+$/.test(m[3]!)) return undefined;
+  return { traceId: Buffer.from(m[2]!, 'hex'), spanId: Buffer.from(m[3]!, 'hex'), flags: parseInt(m[4]!, 16) };
+}
+
+/**
+ * Span and trace ids for records without a traceparent: random-looking (a SHA-256 of the spool batch id, whose spool
+ * id part is random) and a pure function of (batch id, index), so a retry or a replay sends the very same span.
+ */
+class SpanIds {
+  private seed: Buffer | undefined;
+
+  constructor(private readonly batchId: string) {}
+
+  at(index: number): { traceId: Buffer; spanId: Buffer } {
+    this.seed ??= createHash('sha256').update(this.batchId).digest();
+    const traceId = Buffer.from(this.seed.subarray(0, 16));
+    const spanId = Buffer.from(this.seed.subarray(16, 24));
+    // index into the last 4 bytes of each: distinct within the batch, still never all-zero in practice
+    traceId.writeUInt32BE((traceId.readUInt32BE(12) ^ index) >>> 0, 12);
+    spanId.writeUInt32BE((spanId.readUInt32BE(4) ^ index) >>> 0, 4);
+    if (spanId.every((b) => b === 0)) spanId[0] = 1;
+    if (traceId.every((b) => b === 0)) traceId[0] = 1;
+    return { traceId, spanId };
+  }
+}
