@@ -29,7 +29,8 @@ function defaultRoute(req: RequestLike): string {
 /**
  * `app.use(agentMiddleware(client))`, or call it first in a plain handler: `mw(req, res)`. Sends one record per
  * request when the response finishes (or the connection closes first: `aborted: true`):
- * `{ ts, type, route, method, status, duration_ms, host, pid, [aborted], ...fields }`. Never throws.
+ * `{ ts, type, route, method, status, duration_ms, host, pid, [aborted], [traceparent, tracestate], ...fields }`
+ * (the W3C trace context headers when the request had them). Never throws.
  */
 export function agentMiddleware(
   client: Pick<AgentClient, 'send'>,
@@ -59,6 +60,10 @@ export function agentMiddleware(
           pid,
         };
         if (!res.writableFinished) record.aborted = true;
+        // W3C trace context of the incoming request: the otlp exporter's span for this record joins that trace
+        const { traceparent, tracestate } = req.headers;
+        if (typeof traceparent === 'string') record.traceparent = traceparent;
+        if (typeof tracestate === 'string') record.tracestate = tracestate;
         client.send(record);
       } catch {
         // telemetry must never break a response

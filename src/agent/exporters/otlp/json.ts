@@ -6,12 +6,14 @@ import type { Envelope } from './protobuf.js';
 
 type Json = Record<string, unknown>;
 
-/** Unix ms (fractions to the nanosecond) as the decimal string of its nanoseconds, exact. */
-export function nanosString(ms: number): string {
-  const whole = Math.floor(ms);
-  const fracNs = Math.round((ms - whole) * 1e6);
-  if (whole === 0) return String(fracNs);
-  return `${whole}${String(fracNs).padStart(6, '0')}`;
+/** Unix ms (fractions to the nanosecond) + `plusNs`, as the decimal string of its nanoseconds, exact. */
+export function nanosString(ms: number, plusNs = 0): string {
+  let whole = Math.floor(ms);
+  let ns = Math.round((ms - whole) * 1e6) + plusNs;
+  whole += Math.floor(ns / 1e6);
+  ns %= 1e6;
+  if (whole === 0) return String(ns);
+  return `${whole}${String(ns).padStart(6, '0')}`;
 }
 
 function anyValue(v: AttrValue): Json {
@@ -62,7 +64,7 @@ export function encodeTracesJson(env: Envelope, spans: SpanItem[]): Buffer {
     o.name = s.name;
     o.kind = 2; // SPAN_KIND_SERVER
     o.startTimeUnixNano = nanosString(s.startMs);
-    o.endTimeUnixNano = nanosString(s.endMs);
+    o.endTimeUnixNano = nanosString(s.startMs, s.durationNs);
     if (s.attrs.length) o.attributes = s.attrs.map(keyValue);
     if (s.statusCode || s.statusMessage) {
       const st: Json = {};

@@ -41,7 +41,8 @@ export interface SpanItem {
   traceState: string;
   name: string;
   startMs: number;
-  endMs: number;
+  /** Exact, in whole nanoseconds: start (a ~1.7e12 ms double) + duration would lose the sub-microsecond digits. */
+  durationNs: number;
   attrs: Attr[];
   statusCode: number;
   statusMessage: string;
@@ -189,7 +190,7 @@ export class RecordMapper {
       traceState: parent ? traceState : '',
       name: route !== undefined ? `${method} ${route}` : method,
       startMs,
-      endMs: startMs + Math.max(0, r.duration_ms as number),
+      durationNs: Math.round(Math.max(0, r.duration_ms as number) * 1e6),
       attrs,
       statusCode: failed ? STATUS_ERROR : STATUS_UNSET,
       statusMessage: failed && typeof r.error === 'string' ? this.str(r.error) : '',

@@ -63,12 +63,12 @@ class Writer {
     this.varint(tag(field, wire));
   }
 
-  /** A fixed64 of Unix ms (fractions kept to the nanosecond), exact: ms × 10^6 does not fit a double. */
-  fixed64Ms(field: number, ms: number): void {
+  /** A fixed64 of Unix ms (fractions kept to the nanosecond) + `plusNs`, exact: ms × 10^6 does not fit a double. */
+  fixed64Ms(field: number, ms: number, plusNs = 0): void {
     this.key(field, I64);
     this.ensure(8);
     const whole = Math.floor(ms);
-    const fracNs = Math.round((ms - whole) * 1e6);
+    const fracNs = Math.round((ms - whole) * 1e6) + plusNs;
     const wh = Math.floor(whole / 4294967296);
     const wl = whole - wh * 4294967296;
     const low = wl * 1e6 + fracNs; // < 2^53: exact
@@ -249,7 +249,7 @@ export function encodeTraces(env: Envelope, spans: SpanItem[]): Buffer {
     w.key(6, VARINT);
     w.varint(2); // SPAN_KIND_SERVER
     w.fixed64Ms(7, s.startMs);
-    w.fixed64Ms(8, s.endMs);
+    w.fixed64Ms(8, s.startMs, s.durationNs);
     for (const a of s.attrs) keyValue(w, 9, a);
     if (s.statusCode || s.statusMessage) {
       const st = w.message(15);
