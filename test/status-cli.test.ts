@@ -142,6 +142,20 @@ describe('formatStatus (pure: status JSON + now → text)', () => {
     ]);
   });
 
+  test('an otlp agent: dead letters by reason and an otlp line (spans, refusals, limited values)', () => {
+    const counters = {
+      ...AGENT_STATUS!.counters!,
+      deadLettered: 12,
+      deadLetteredBy: { rejected: 2, otlp_partial: 10, unmappable: 0 },
+      otlp: { spans: 9000, truncated: 3, flattened: 1, rejectedLogs: 10, rejectedSpans: 4 },
+    };
+    const pipeline = { ...AGENT_STATUS!.pipeline!, exporter: { type: 'otlp', target: 'http://otel:4318/v1/logs' } };
+    const out = formatStatus({ agent: { ...AGENT_STATUS, counters, pipeline } as LooseStatus['agent'] }, NOW);
+    assert.match(out, /exporter otlp http:\/\/otel:4318\/v1\/logs$/m);
+    assert.match(out, /dead-lettered 12 \(rejected 2, otlp_partial 10\)/);
+    assert.match(out, /^ {2}otlp {5}spans 9000 {2}rejected logs 10, spans 4 {2}\(values truncated 3, flattened 1\)$/m);
+  });
+
   test('colour only when asked; the columns stay aligned around the escapes', () => {
     const plain = formatStatus({ ...SERVE_STATUS, agent: AGENT_STATUS }, NOW);
     const color = formatStatus({ ...SERVE_STATUS, agent: AGENT_STATUS }, NOW, { color: true });

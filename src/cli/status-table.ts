@@ -212,13 +212,23 @@ function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[
     pairs(
       [
         ['dropped', { text: dropped, style: dropped !== '0' && dropped !== '-' ? 'warn' : undefined }],
-        ['dead-lettered', counter(c?.deadLettered)],
+        // by reason when the agent reports them (rejected, otlp_partial, unmappable); older agents: the total
+        ['dead-lettered', c?.deadLetteredBy ? withParts(c.deadLetteredBy) : counter(c?.deadLettered)],
         ['client drops', counter(c?.clientDropped)],
         ...(c?.logDropped ? [['log lines dropped', counter(c.logDropped)] as [string, Cell]] : []),
       ],
       color,
     ),
   ]);
+
+  if (p?.exporter?.type === 'otlp' && c?.otlp) {
+    const o = c.otlp;
+    rows.push([
+      'otlp',
+      `spans ${num(o.spans)}  rejected logs ${num(o.rejectedLogs)}, spans ${num(o.rejectedSpans)}` +
+        paint(`  (values truncated ${num(o.truncated)}, flattened ${num(o.flattened)})`, 'dim', color),
+    ]);
+  }
 
   if (a.replay) {
     const r = a.replay;

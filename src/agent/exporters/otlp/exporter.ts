@@ -6,7 +6,10 @@
 //   200                       delivered; a partial_success in the body counts its rejected records as dead-lettered
 //                             (reason otlp_partial: the part is kept in dead-letter/ with the collector's message)
 //   429, 502, 503, 504        retryable, Retry-After honoured (capped as for the http exporter); also network errors,
-//                             timeouts, 408 and 3xx (not the collector's final word)
+//                             timeouts, 408 and 3xx (not the collector's final word), and 500: the spec says final,
+//                             but Collectors before v0.97 answered 500 when their memory_limiter refused data
+//                             (open-telemetry/opentelemetry-collector#9337, #9636), and the Collector's own otlphttp
+//                             exporter lost data by taking that at its word (#8132)
 //   413                       too large: the dispatcher splits the part in halves
 //   400 and any other status  refused for good: the records whose outcome rides on that signal are dead-lettered
 //                             with the collector's message (google.rpc.Status)
@@ -35,7 +38,7 @@ type Signal = 'logs' | 'traces';
 const SCOPE_NAME = 'sidekick-agent';
 /** Parts whose first signal was taken while the other is still to go, kept at most (oldest forgotten first). */
 const MAX_REMEMBERED_PARTS = 4096;
-const RETRYABLE = new Set([429, 502, 503, 504, 408]);
+const RETRYABLE = new Set([429, 500, 502, 503, 504, 408]);
 const OWN_HEADERS = new Set(['content-type', 'content-encoding', 'content-length']);
 
 /** <endpoint>/v1/logs as the OTLP exporter configuration spec joins them (a '/' added when the base has none). */
