@@ -122,18 +122,16 @@ export class OtlpExporter implements Exporter {
       // remember a signal the collector took, so the retry (or the halves) do not send it again
       for (const [signal, answer] of answers) if (answer.kind !== 'too_large') this.remember(part.id, signal, answer);
       if (failure !== undefined) throw failure;
-      // The halves inherit the signal taken, not its refusals: those are settled here, once.
-      const taken = [...answers].filter(([, a]) => a.kind !== 'too_large');
-      const settledHere = this.outcome(part, m, new Map(taken));
-      for (const [signal, answer] of taken) this.remember(part.id, signal, { ...answer, kind: 'ok', rejected: 0 });
+      // The halves inherit the signal taken. A partial success's count is settled here, once (the halves could
+      // not split it); a refusal for good is inherited as it is, so each half dead-letters its own lines.
+      const partial = new Map([...answers].filter(([, a]) => a.kind === 'ok' && a.rejected > 0));
+      const settledHere = partial.size ? this.outcome(part, { ...m, unmappable: [] }, partial) : undefined;
+      for (const [signal, answer] of partial) this.remember(part.id, signal, { ...answer, rejected: 0 });
       return {
         kind: 'too_large',
         status: 413,
         body: tooLarge!.message,
-        // (unmappable lines are settled by the halves, which carry them)
-        rejections: (settledHere.kind === 'delivered' ? (settledHere.rejections ?? []) : []).filter(
-          (r) => r.reason !== 'unmappable',
-        ),
+        ...(settledHere?.kind === 'delivered' && settledHere.rejections ? { rejections: settledHere.rejections } : {}),
       };
     }
     this.forget(part.id);
