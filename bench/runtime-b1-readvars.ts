@@ -88,7 +88,7 @@ class RespClient {
 }
 
 // Resolved at run time to dist/ (what ships); typed from the sources so typechecking does not need a build.
-const SPEC = 'sidekick';
+const SPEC = 'sidekick-runtime';
 const sk = (await import(SPEC)) as typeof import('../src/index.js');
 const { SNAPSHOT } = (await import(join(FIXTURES, 'cfg-sidekicks.mjs'))) as { SNAPSHOT: Record<string, string> };
 

@@ -1,4 +1,4 @@
-// Public facade: everything users import from 'sidekick'. Internals are not exported.
+// Public facade: everything users import from 'sidekick-runtime'. Internals are not exported.
 export { SidekickError, ERROR_CODES, isSidekickError, type ErrorCode } from './errors.js';
 export {
   getVars,

@@ -44,7 +44,7 @@ test('source errors name the field; source and entrypoint are exclusive; secrets
 });
 
 test('library mode: configure({ declare }) with only a built-in source needs no entrypoint', async () => {
-  const { configure, getVars, shutdown } = await import('sidekick');
+  const { configure, getVars, shutdown } = await import('sidekick-runtime');
   const file = join(dir, 'only-source.json');
   writeFileSync(file, JSON.stringify({ GREETING: 'hi', PORT: 8080 }));
   configure({ app: 'src-only', declare: { cfg: { start: 'boot', source: { type: 'file', path: file } } } });
@@ -56,7 +56,7 @@ test('library mode: configure({ declare }) with only a built-in source needs no 
 });
 
 test('code wraps a built-in source: sources.file(...) with its own setVars adds a computed key; bad options name the field', async () => {
-  const { configure, getVars, onVars, shutdown } = await import('sidekick');
+  const { configure, getVars, onVars, shutdown } = await import('sidekick-runtime');
   const file = join(dir, 'wrapped.json');
   writeFileSync(file, JSON.stringify({ name: 'ada' }));
   process.env.SK_WRAP_FILE = file;
@@ -78,7 +78,7 @@ test('code wraps a built-in source: sources.file(...) with its own setVars adds 
   } finally {
     await shutdown();
   }
-  const { sources } = await import('sidekick');
+  const { sources } = await import('sidekick-runtime');
   const ctx = { signal: new AbortController().signal } as Parameters<ReturnType<typeof sources.file>>[0];
   await assert.rejects(sources.file({ path: '' })(ctx), /sources\.file\(\): path/);
 });

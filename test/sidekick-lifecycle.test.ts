@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { configure, getVars, shutdown } from 'sidekick';
+import { configure, getVars, shutdown } from 'sidekick-runtime';
 import { RestartBackoff } from '../src/common/backoff.ts';
 import { ENTRYPOINT, FIXTURES, readEvents, runNode, tempDir, waitFor } from './helpers/serve.ts';
 

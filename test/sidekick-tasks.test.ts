@@ -2,7 +2,7 @@
 // reaching the handler, timeout, abort, a throwing handler, and the bounded queue.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { configure, requestTask, sendTask, shutdown } from 'sidekick';
+import { configure, requestTask, sendTask, shutdown } from 'sidekick-runtime';
 import { ENTRYPOINT, readEvents, tempDir, waitFor } from './helpers/serve.ts';
 
 const tmp = tempDir('sk-lib-tasks-');

@@ -18,7 +18,7 @@ import {
   shutdown,
   stopSignal,
   type Vars,
-} from 'sidekick';
+} from 'sidekick-runtime';
 import { BINARY_VARS } from './fixtures/serve/binary-values.mjs';
 import { ENTRYPOINT, readEvents, tempDir, waitFor } from './helpers/serve.ts';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
-import { configure, getVars, peekVars, shutdown, type Vars } from 'sidekick';
+import { configure, getVars, peekVars, shutdown, type Vars } from 'sidekick-runtime';
 import { EtcdServer, etcdMissing } from './helpers/etcd.ts';
 import { ENTRYPOINT, freePort, waitFor } from './helpers/serve.ts';
 import { recordVars as record, varsWhere } from './helpers/vars.ts';

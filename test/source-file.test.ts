@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { configure, getVars, onVars, peekVars, shutdown, type LibraryOptions, type Vars } from 'sidekick';
+import { configure, getVars, onVars, peekVars, shutdown, type LibraryOptions, type Vars } from 'sidekick-runtime';
 import { ENTRYPOINT, freePort, startServe, tempDir, waitFor, type SidekickStatusJson } from './helpers/serve.ts';
 
 const tmp = tempDir('sk-source-file-');

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { configure, getVars, peekVars, shutdown } from 'sidekick';
+import { configure, getVars, peekVars, shutdown } from 'sidekick-runtime';
 import { ENTRYPOINT, freePort, waitFor } from './helpers/serve.ts';
 import { recordVars as record, varsWhere } from './helpers/vars.ts';
 

@@ -1,7 +1,7 @@
 // The demo app: a plain Node request listener (an Express app works the same way, see examples/express).
 // Vars are read synchronously on every request; getVars only waits the very first time.
-import { getVars, peekVars, readVars } from 'sidekick';
-import { createAgentClient, agentMiddleware } from 'sidekick/client';
+import { getVars, peekVars, readVars } from 'sidekick-runtime';
+import { createAgentClient, agentMiddleware } from 'sidekick-runtime/client';
 
 // Telemetry: one record per request to the local agent (see the `agent` section of the config); the records land
 // as NDJSON files in examples/demo/var/out. Sending never blocks or throws, even when the agent is down.

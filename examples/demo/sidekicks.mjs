@@ -1,6 +1,6 @@
 // The demo's sidekick entrypoint: one module dispatching by name (like FrankenPHP's sidekick_entrypoint).
 // Only "clock" is code; "flags" is declared as a built-in file source in sidekick.config.mjs and needs none.
-import { setVars } from 'sidekick';
+import { setVars } from 'sidekick-runtime';
 
 const sidekicks = {
   // Declared with `every: '1s'` in the config: called on that schedule, never overlapping.

@@ -1,7 +1,7 @@
 // An Express app under `sidekick serve`: an Express app *is* a Node request listener, so export it as it is.
 //   cd examples/express && npm install && npx sidekick serve
 import express from 'express';
-import { getVars, readVars } from 'sidekick';
+import { getVars, readVars } from 'sidekick-runtime';
 
 const app = express();
 

@@ -1,4 +1,4 @@
-import { setVars, stopSignal } from 'sidekick';
+import { setVars, stopSignal } from 'sidekick-runtime';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export default async function flags() {

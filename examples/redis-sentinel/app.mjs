@@ -1,7 +1,7 @@
 // Every request counts a visit on the current master. readVars('redis') is a synchronous in-process read, so the
 // master is looked up per request at no cost; a failover changes it within milliseconds in every worker.
 import { Redis } from 'ioredis';
-import { onVars, readVars } from 'sidekick';
+import { onVars, readVars } from 'sidekick-runtime';
 
 // One connection per master address. When the master moves, the old connection is closed: the old master is now a
 // replica (writes there fail with READONLY) or gone.

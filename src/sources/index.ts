@@ -1,5 +1,5 @@
 // Built-in sources: ready-made sidekicks a config declares with `source: { type, … }` (src/config/sources.ts), or code
-// wraps: `import { sources } from 'sidekick'; export default (ctx) => sources.file({ path: './flags.json' })(ctx)`.
+// wraps: `import { sources } from 'sidekick-runtime'; export default (ctx) => sources.file({ path: './flags.json' })(ctx)`.
 // Each is an event-driven watcher (no polling where the system can push) that publishes with ctx.setVars, ends when
 // ctx.signal aborts, and throws on a failure it cannot ride out, so the sidekick restarts with backoff like any
 // other. Each module is loaded only when a sidekick uses it (a Redis client is not loaded for a file watcher).

@@ -1,5 +1,5 @@
 // Waiting on vars in library-mode tests (the sources' tests): events with a deadline, never polling with sleeps.
-import { onVars, peekVars, type Vars } from 'sidekick';
+import { onVars, peekVars, type Vars } from 'sidekick-runtime';
 
 /** Resolves with the first snapshot of `name` (the current one included) that `pred` accepts; rejects after `ms`. */
 export function varsWhere(name: string, pred: (v: Vars) => boolean, what: string, ms = 15_000): Promise<Vars> {

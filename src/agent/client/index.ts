@@ -1,4 +1,4 @@
-// Sidekick agent client for Node (`import { createAgentClient } from 'sidekick/client'`).
+// Sidekick agent client for Node (`import { createAgentClient } from 'sidekick-runtime/client'`).
 //
 // Fire-and-forget NDJSON records over the agent's Unix stream socket:
 // - `send()` never throws and never blocks: it serialises the record, appends it to a bounded in-memory buffer and
