@@ -139,7 +139,10 @@ test('413 split: halves at line boundaries with derived, stable ids', () => {
   assert.deepEqual([x.batchId, x.firstIndex, y.batchId, y.firstIndex], ['b1', 100, 'b1', 102]);
   assert.equal(countLines(x.payload), 2);
   assert.equal(Buffer.concat([x.payload, y.payload]).toString(), payload.toString());
-  assert.equal(splitPart({ id: 'one', payload: Buffer.from('{}\n'), records: 1, batchId: 'one', firstIndex: 0 }), undefined);
+  assert.equal(
+    splitPart({ id: 'one', payload: Buffer.from('{}\n'), records: 1, batchId: 'one', firstIndex: 0 }),
+    undefined,
+  );
 });
 
 test('Retry-After: seconds and HTTP dates', () => {
