@@ -11,7 +11,15 @@
 // Several pools (B7 runs one with the client and one without, side by side): `pools: [{ name, client }]`; each pool
 // gets its own FPM socket, its own nginx server block on its own loopback port and its own access log.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants as fsConstants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { Agent as HttpAgent, request } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { delimiter, join, resolve } from 'node:path';
@@ -123,6 +131,8 @@ export interface PhpStack {
   fpmPid: number;
   /** One entry per request nginx logged (all pools, or one). Read from disk at each call. */
   accessLogLines(pool?: string): AccessLine[];
+  /** Pids of the php-fpm master's live children (its pool workers), read from /proc at each call (Linux). */
+  workerPids(): number[];
   /** PHP's own error log (warnings, notices, fatals of the pages and of the client). */
   phpErrors(): string;
   /** php-fpm's and nginx's error logs, for failure messages. */
@@ -181,6 +191,24 @@ async function stopProc(p: Proc | undefined, timeoutMs: number): Promise<void> {
     // nothing left
   }
   if (alive(p)) await Promise.race([p.exited, new Promise((r) => setTimeout(r, 2000))]);
+}
+
+/** Live (not zombie) children of `pid`, from /proc/<n>/stat (Linux). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // pid (comm) state ppid …: comm may hold spaces and parentheses, so read after the last ')'
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(ppid) === pid && state !== 'Z') out.push(Number(name));
+  }
+  return out.sort((a, b) => a - b);
 }
 
 /** GET over loopback without keep-alive; status or an error. Bounded. */
@@ -367,6 +395,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
       }
       return out;
     },
+    workerPids: () => childrenOf(fpm.child.pid!),
     phpErrors: () => readText(join(dir, 'php-errors.log')),
     logs,
     stop,
@@ -394,6 +423,11 @@ export interface LoadOptions {
   requestTimeoutMs?: number;
   /** Pace: request n starts no earlier than n / ratePerSec seconds after the start (default: as fast as answered). */
   ratePerSec?: number;
+  /**
+   * Request n as something else than `GET <url><prefix>/<n>`: its path (starting with '/', relative to `url`), method
+   * (default GET, sent without a body) and extra headers.
+   */
+  request?: (n: number) => { path: string; method?: string; headers?: Record<string, string> };
 }
 
 export interface LoadRun {
@@ -429,9 +463,9 @@ export function runLoad(opts: LoadOptions): LoadRun {
   let t1 = 0;
   const until = Date.now() + opts.maxMs;
   const timeout = opts.requestTimeoutMs ?? 15_000;
-  const one = (path: string): Promise<void> =>
+  const one = (path: string, method = 'GET', headers: Record<string, string> = {}): Promise<void> =>
     new Promise((res) => {
-      const req = request(`${opts.url}${path.slice(1)}`, { agent, timeout }, (r) => {
+      const req = request(`${opts.url}${path.slice(1)}`, { agent, timeout, method, headers }, (r) => {
         r.resume();
         r.on('end', () => {
           completed++;
@@ -461,7 +495,8 @@ export function runLoad(opts: LoadOptions): LoadRun {
         const wait = t0 + (n / opts.ratePerSec) * 1000 - performance.now();
         if (wait > 1) await new Promise((r) => setTimeout(r, wait)); // pacing, not synchronisation
       }
-      await one(`/${opts.prefix}/${n}`);
+      const r = opts.request?.(n);
+      await (r ? one(r.path, r.method, r.headers) : one(`/${opts.prefix}/${n}`));
     }
   };
   const done = Promise.all(Array.from({ length: opts.concurrency }, loop)).then(() => {
