@@ -4,7 +4,8 @@
 // ("Send to an OpenTelemetry Collector"); both encoders (./protobuf.ts, ./json.ts) serialize this model as it is.
 //
 //   LogRecord   time = record.ts (Unix ms, or an ISO date) else the time the agent accepted it · observed time = the
-//               time the agent accepted it (its spool frame's append time) · severity ERROR (17) when status >= 500
+//               time the agent accepted it (its spool frame's append time; never before the record's time, or for a
+//               request its end) · severity ERROR (17) when status >= 500
 //               or an `error` field, else INFO (9) · event_name = type · attributes = every field of the record, plus
 //               sidekick.batch.id / sidekick.batch.index · trace/span id of the request's span, when there is one
 //   Span        for a request record (a string `method` and a numeric `duration_ms`: what the PHP client and the Node
@@ -81,7 +82,17 @@ const FLAG_HAS_IS_REMOTE = 0x100;
 const FLAG_IS_REMOTE = 0x200;
 
 /** Fields the span carries as HTTP semantic conventions (or as its times, name, ids), not under their own names. */
-const SPAN_OWN_FIELDS = new Set(['ts', 'type', 'method', 'route', 'status', 'duration_ms', 'pid', 'traceparent']);
+const SPAN_OWN_FIELDS = new Set([
+  'ts',
+  'type',
+  'method',
+  'route',
+  'status',
+  'duration_ms',
+  'pid',
+  'traceparent',
+  'tracestate',
+]);
 
 /** The time the agent accepted record `index` of a spool batch: its frame's append time. */
 export function acceptedAt(part: ExportPart, i: number): number {
@@ -127,13 +138,16 @@ export class RecordMapper {
       }
       const index = part.firstIndex + i;
       const r = rec as Record<string, unknown>;
-      const observedMs = acceptedAt(part, i);
-      const timeMs = recordTime(r.ts) ?? observedMs;
+      const accepted = acceptedAt(part, i);
+      const timeMs = recordTime(r.ts) ?? accepted;
+      const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
+      // A spool frame is stamped with its first line's arrival, up to ~2 ms before a later line of it: never report
+      // a record observed before it happened (a request, before it ended).
+      const observedMs = Math.max(accepted, isRequest ? timeMs + Math.max(0, r.duration_ms as number) : timeMs);
       const error = r.error !== undefined && r.error !== null && r.error !== false;
       const status = typeof r.status === 'number' ? r.status : undefined;
       const failed = error || (status !== undefined && status >= 500);
       const parent = parseTraceparent(r.traceparent);
-      const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
       const wantSpan = isRequest && this.opts.requestSignal !== 'logs';
       const wantLog = !isRequest || this.opts.requestSignal !== 'traces';
       let span: SpanItem | undefined;
