@@ -82,6 +82,14 @@ const FLAG_IS_REMOTE = 0x200;
 
 /** Fields the span carries as HTTP semantic conventions (or as its times, name, ids), not under their own names. */
 const SPAN_OWN_FIELDS = new Set(['ts', 'type', 'method', 'route', 'status', 'duration_ms', 'pid', 'traceparent']);
+/** Attributes the agent sets itself: a record field of that name is left out (OTLP attribute keys MUST be unique). */
+const BATCH_KEYS = new Set(['sidekick.batch.id', 'sidekick.batch.index']);
+const SPAN_SET_KEYS = ['http.request.method', 'http.route', 'http.response.status_code', 'process.pid', 'error.type'];
+const SPAN_SKIP = new Set([...SPAN_OWN_FIELDS, ...BATCH_KEYS]);
+/** Times past 2^63 ns (year 2262: a ts in µs or ns, say) fit no receiver's timestamp (the protobuf encoder threw). */
+const MAX_TIME_MS = 9_223_372_036_854;
+/** Durations are capped (a bogus 1e400 is Infinity) so that start + duration stays an exact, representable time. */
+const MAX_DURATION_MS = 30 * 86_400_000;
 
 /** The time the agent accepted record `index` of a spool batch: its frame's append time. */
 export function acceptedAt(part: ExportPart, i: number): number {
@@ -142,7 +150,7 @@ export class RecordMapper {
         spans.push(span);
       }
       if (wantLog) {
-        const attrs = this.attrs(r, undefined);
+        const attrs = this.attrs(r, BATCH_KEYS);
         attrs.push(['sidekick.batch.id', part.batchId], ['sidekick.batch.index', index]);
         logs.push({
           timeMs,
@@ -179,7 +187,10 @@ export class RecordMapper {
     if (status !== undefined) attrs.push(['http.response.status_code', status]);
     if (typeof r.pid === 'number') attrs.push(['process.pid', r.pid]);
     if (failed) attrs.push(['error.type', status !== undefined && status >= 500 ? String(status) : '_OTHER']);
-    attrs.push(...this.attrs(r, SPAN_OWN_FIELDS));
+    for (const a of this.attrs(r, SPAN_SKIP)) {
+      if (SPAN_SET_KEYS.includes(a[0]) && attrs.some((b) => b[0] === a[0])) continue; // the agent's value wins
+      attrs.push(a);
+    }
     attrs.push(['sidekick.batch.id', batchId], ['sidekick.batch.index', index]);
     const own = ids.at(index);
     const traceState = typeof r.tracestate === 'string' ? r.tracestate.slice(0, 512) : '';
@@ -190,7 +201,7 @@ export class RecordMapper {
       traceState: parent ? traceState : '',
       name: route !== undefined ? `${method} ${route}` : method,
       startMs,
-      durationNs: Math.round(Math.max(0, r.duration_ms as number) * 1e6),
+      durationNs: Math.round(Math.min(Math.max(0, r.duration_ms as number), MAX_DURATION_MS) * 1e6),
       attrs,
       statusCode: failed ? STATUS_ERROR : STATUS_UNSET,
       statusMessage: failed && typeof r.error === 'string' ? this.str(r.error) : '',
@@ -198,10 +209,10 @@ export class RecordMapper {
     };
   }
 
-  private attrs(r: Record<string, unknown>, skip: Set<string> | undefined): Attr[] {
+  private attrs(r: Record<string, unknown>, skip: Set<string>): Attr[] {
     const out: Attr[] = [];
     for (const key in r) {
-      if (skip?.has(key)) continue;
+      if (skip.has(key)) continue;
       out.push([key, this.value(r[key], 1)]);
     }
     return out;
@@ -232,10 +243,10 @@ export class RecordMapper {
 
 /** ts as Unix ms: a finite number, or an ISO 8601 string; anything else is not a time (the accepted time is used). */
 function recordTime(ts: unknown): number | undefined {
-  if (typeof ts === 'number') return Number.isFinite(ts) && ts >= 0 ? ts : undefined;
+  if (typeof ts === 'number') return ts >= 0 && ts < MAX_TIME_MS ? ts : undefined;
   if (typeof ts === 'string') {
     const t = Date.parse(ts);
-    return Number.isNaN(t) || t < 0 ? undefined : t;
+    return t >= 0 && t < MAX_TIME_MS ? t : undefined; // (NaN compares false)
   }
   return undefined;
 }
