@@ -142,8 +142,9 @@ const exporterOtlp = z
       .object({
         // String values longer than this many characters are cut (counted).
         maxValueLength: z.number().int().min(16).max(1_048_576).default(4096),
-        // Objects and arrays nested deeper than this are sent as their JSON text (counted).
-        maxDepth: z.number().int().min(1).max(64).default(8),
+        // Objects and arrays nested deeper than this are sent as their JSON text (counted). At most 30: each level is
+        // three protobuf messages deep, and protobuf readers refuse past 100 (protoc's and protobufjs's default).
+        maxDepth: z.number().int().min(1).max(30).default(8),
       })
       .strict()
       .prefault({}),

@@ -18,7 +18,11 @@ export function nanosString(ms: number, plusNs = 0): string {
 
 function anyValue(v: AttrValue): Json {
   if (typeof v === 'string') return { stringValue: v };
-  if (typeof v === 'number') return Number.isSafeInteger(v) ? { intValue: String(v) } : { doubleValue: v };
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v)) return { intValue: String(v) };
+    // proto3 JSON spells the non-finite doubles as strings (JSON.parse gives ±Infinity for 1e400; stringify, null)
+    return { doubleValue: Number.isFinite(v) ? v : String(v) };
+  }
   if (typeof v === 'boolean') return { boolValue: v };
   if (Array.isArray(v)) return { arrayValue: { values: v.map(anyValue) } };
   if (v === null) return {};

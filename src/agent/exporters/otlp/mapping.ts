@@ -93,6 +93,14 @@ const SPAN_OWN_FIELDS = new Set([
   'traceparent',
   'tracestate',
 ]);
+/** Attributes the agent sets itself: a record field of that name is left out (OTLP attribute keys MUST be unique). */
+const BATCH_KEYS = new Set(['sidekick.batch.id', 'sidekick.batch.index']);
+const SPAN_SET_KEYS = ['http.request.method', 'http.route', 'http.response.status_code', 'process.pid', 'error.type'];
+const SPAN_SKIP = new Set([...SPAN_OWN_FIELDS, ...BATCH_KEYS]);
+/** Times past 2^63 ns (year 2262: a ts in µs or ns, say) fit no receiver's timestamp (the protobuf encoder threw). */
+const MAX_TIME_MS = 9_223_372_036_854;
+/** Durations are capped (a bogus 1e400 is Infinity) so that start + duration stays an exact, representable time. */
+const MAX_DURATION_MS = 30 * 86_400_000;
 
 /** The time the agent accepted record `index` of a spool batch: its frame's append time. */
 export function acceptedAt(part: ExportPart, i: number): number {
@@ -143,8 +151,9 @@ export class RecordMapper {
       const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
       // A spool frame is stamped with its first line's arrival, up to ~2 ms before a later line of it: never report
       // a record observed before it happened (a request, before it ended).
-      const observedMs = Math.max(accepted, isRequest ? timeMs + Math.max(0, r.duration_ms as number) : timeMs);
-      const error = r.error !== undefined && r.error !== null && r.error !== false;
+      const ended = isRequest ? timeMs + Math.min(Math.max(0, r.duration_ms as number), MAX_DURATION_MS) : timeMs;
+      const observedMs = Math.min(Math.max(accepted, ended), MAX_TIME_MS);
+      const error = Boolean(r.error); // a message, true, an object; not null, false, 0 or ''
       const status = typeof r.status === 'number' ? r.status : undefined;
       const failed = error || (status !== undefined && status >= 500);
       const parent = parseTraceparent(r.traceparent);
@@ -156,7 +165,7 @@ export class RecordMapper {
         spans.push(span);
       }
       if (wantLog) {
-        const attrs = this.attrs(r, undefined);
+        const attrs = this.attrs(r, BATCH_KEYS);
         attrs.push(['sidekick.batch.id', part.batchId], ['sidekick.batch.index', index]);
         logs.push({
           timeMs,
@@ -193,7 +202,10 @@ export class RecordMapper {
     if (status !== undefined) attrs.push(['http.response.status_code', status]);
     if (typeof r.pid === 'number') attrs.push(['process.pid', r.pid]);
     if (failed) attrs.push(['error.type', status !== undefined && status >= 500 ? String(status) : '_OTHER']);
-    attrs.push(...this.attrs(r, SPAN_OWN_FIELDS));
+    for (const a of this.attrs(r, SPAN_SKIP)) {
+      if (SPAN_SET_KEYS.includes(a[0]) && attrs.some((b) => b[0] === a[0])) continue; // the agent's value wins
+      attrs.push(a);
+    }
     attrs.push(['sidekick.batch.id', batchId], ['sidekick.batch.index', index]);
     const own = ids.at(index);
     const traceState = typeof r.tracestate === 'string' ? r.tracestate.slice(0, 512) : '';
@@ -202,9 +214,9 @@ export class RecordMapper {
       spanId: own.spanId,
       parentSpanId: parent?.spanId,
       traceState: parent ? traceState : '',
-      name: route !== undefined ? `${method} ${route}` : method,
+      name: route ? `${method} ${route}` : method,
       startMs,
-      durationNs: Math.round(Math.max(0, r.duration_ms as number) * 1e6),
+      durationNs: Math.round(Math.min(Math.max(0, r.duration_ms as number), MAX_DURATION_MS) * 1e6),
       attrs,
       statusCode: failed ? STATUS_ERROR : STATUS_UNSET,
       statusMessage: failed && typeof r.error === 'string' ? this.str(r.error) : '',
@@ -212,10 +224,10 @@ export class RecordMapper {
     };
   }
 
-  private attrs(r: Record<string, unknown>, skip: Set<string> | undefined): Attr[] {
+  private attrs(r: Record<string, unknown>, skip: Set<string>): Attr[] {
     const out: Attr[] = [];
     for (const key in r) {
-      if (skip?.has(key)) continue;
+      if (skip.has(key)) continue;
       out.push([key, this.value(r[key], 1)]);
     }
     return out;
@@ -246,10 +258,10 @@ export class RecordMapper {
 
 /** ts as Unix ms: a finite number, or an ISO 8601 string; anything else is not a time (the accepted time is used). */
 function recordTime(ts: unknown): number | undefined {
-  if (typeof ts === 'number') return Number.isFinite(ts) && ts >= 0 ? ts : undefined;
+  if (typeof ts === 'number') return ts >= 0 && ts < MAX_TIME_MS ? ts : undefined;
   if (typeof ts === 'string') {
     const t = Date.parse(ts);
-    return Number.isNaN(t) || t < 0 ? undefined : t;
+    return t >= 0 && t < MAX_TIME_MS ? t : undefined; // (NaN compares false)
   }
   return undefined;
 }
