@@ -347,6 +347,8 @@ test('400 and 500 are final, 429 waits for Retry-After, 413 splits, a refused or
       case 'splitrej': // logs refused for good, traces too large: the halves send only traces
         if (req.signal === 'logs') return { status: 400, errorMessage: 'splitrej: logs refused' };
         return items.length > 1 ? { status: 413 } : {};
+      case 'lone': // one record: logs refused, traces too large (no halves)
+        return req.signal === 'logs' ? { status: 400, errorMessage: 'lone: logs refused' } : { status: 413 };
       case 'splitpart': // 1 LogRecord of the part rejected, traces too large
         if (req.signal === 'logs') return { partialSuccess: { rejected: 1, message: 'splitpart: one bad record' } };
         return items.length > 1 ? { status: 413 } : {};
@@ -503,6 +505,14 @@ test('400 and 500 are final, 429 waits for Retry-After, 413 splits, a refused or
       .sort(),
     [...p.keys].sort(),
     'each refused record kept once',
+  );
+
+  // the same for a lone request record: no halves, dead-lettered once
+  p = await phase('lone', 1);
+  assert.deepEqual(requestCounts('lone'), [1, 1]);
+  assert.equal(
+    p.d((s) => s.counters.deadLettered),
+    1,
   );
 
   // 1 of the LogRecords rejected (partial success) while traces are too large: 1 dead-lettered, 3 exported
