@@ -305,9 +305,8 @@ export class Dispatcher {
       return { failed: r.err };
     }
     const outcome = r.outcome;
-    if (outcome.kind !== 'rejected' && outcome.rejections)
-      for (const rej of outcome.rejections) await this.deadLetter(exporter, part, rej);
     if (outcome.kind === 'delivered') {
+      for (const rej of outcome.rejections ?? []) await this.deadLetter(exporter, part, rej);
       const lost = outcome.rejections?.reduce((n, x) => n + x.records, 0) ?? 0;
       counters.exported += part.records - lost;
       counters.exportedBatches++;

@@ -64,7 +64,7 @@ export interface PartialRejection {
 export type ExportOutcome =
   | { kind: 'delivered'; status?: number; rejections?: PartialRejection[]; stats?: ExportStats }
   /** Central said 413: split and retry the halves; a single record still 413 is dead-lettered. */
-  | { kind: 'too_large'; status: number; body: string; rejections?: PartialRejection[] }
+  | { kind: 'too_large'; status: number; body: string }
   /** Central rejected it for good (4xx other than 408/413/429): dead-letter. */
   | { kind: 'rejected'; status: number; body: string };
 

@@ -14,7 +14,8 @@
 //   400 and any other status  refused for good: the records whose outcome rides on that signal are dead-lettered
 //                             with the collector's message (google.rpc.Status)
 // The two signals of a part are settled separately: a signal the collector already took is not sent again when the
-// other one is retried, or when the part is split after a 413 (the halves inherit what their parent delivered).
+// other one is retried, or when the part is split after a 413 (the halves inherit the collector's answer to it, each
+// settling its own records).
 import http from 'node:http';
 import { hostname } from 'node:os';
 import type { ExporterConfig } from '../../../config/schema.js';
@@ -22,6 +23,7 @@ import { gzipFast } from '../http.js';
 import { HttpPoster, keepAliveAgent, parseRetryAfter } from '../http-post.js';
 import {
   RetryableExportError,
+  splitPart,
   type ExportOutcome,
   type ExportPart,
   type ExportStats,
@@ -68,7 +70,7 @@ export class OtlpExporter implements Exporter {
   private readonly mapper: RecordMapper;
   private readonly env: Envelope;
   private readonly json: boolean;
-  /** Signals already delivered, by part id, while the part's other signal is still to go. */
+  /** Signals already answered, by part id (a 413 half: its share of the parent's answer), while the other is to go. */
   private readonly delivered = new Map<string, { signal: Signal; answer: SignalAnswer }>();
 
   constructor(
@@ -118,21 +120,26 @@ export class OtlpExporter implements Exporter {
       else failure ??= r.reason;
     });
     const tooLarge = [...answers.values()].find((a) => a.kind === 'too_large');
-    if (failure !== undefined || tooLarge) {
-      // remember a signal the collector took, so the retry (or the halves) do not send it again
+    if (failure !== undefined) {
+      // remember a signal the collector took, so the retry does not send it again
       for (const [signal, answer] of answers) if (answer.kind !== 'too_large') this.remember(part.id, signal, answer);
-      if (failure !== undefined) throw failure;
-      // The halves inherit the signal taken. A partial success's count is settled here, once (the halves could
-      // not split it); a refusal for good is inherited as it is, so each half dead-letters its own lines.
-      const partial = new Map([...answers].filter(([, a]) => a.kind === 'ok' && a.rejected > 0));
-      const settledHere = partial.size ? this.outcome(part, { ...m, unmappable: [] }, partial) : undefined;
-      for (const [signal, answer] of partial) this.remember(part.id, signal, { ...answer, rejected: 0 });
-      return {
-        kind: 'too_large',
-        status: 413,
-        body: tooLarge!.message,
-        ...(settledHere?.kind === 'delivered' && settledHere.rejections ? { rejections: settledHere.rejections } : {}),
-      };
+      throw failure;
+    }
+    if (tooLarge) {
+      // The halves send only the signal still to go. They inherit the answer to the signal taken, refusal and
+      // partial rejections included, each for its own records: settled once, by the half that carries them (settled
+      // here, those records would count twice: dead-lettered by this part, exported by its halves). A lone record has
+      // no halves: the dispatcher dead-letters it, once.
+      this.forget(part.id);
+      const halves = splitPart(part);
+      for (const [signal, answer] of answers) {
+        if (answer.kind === 'too_large' || !halves) continue;
+        const firstOwns = m.primary.slice(0, halves[0].records).filter((p) => p === signal).length;
+        const first = Math.min(answer.rejected, firstOwns);
+        this.remember(halves[0].id, signal, { ...answer, rejected: first });
+        this.remember(halves[1].id, signal, { ...answer, rejected: answer.rejected - first });
+      }
+      return { kind: 'too_large', status: 413, body: tooLarge.message };
     }
     this.forget(part.id);
     return this.outcome(part, m, answers);
@@ -244,15 +251,9 @@ export class OtlpExporter implements Exporter {
     };
   }
 
+  /** What the collector already said of one signal of this part (or, for a 413 half, of its parent's records). */
   private rememberedFor(id: string): { signal: Signal; answer: SignalAnswer } | undefined {
-    // a 413 half (<id>.0, <id>.1.0, …) inherits what its parent delivered
-    for (let k = id; ;) {
-      const got = this.delivered.get(k);
-      if (got) return got;
-      const cut = k.lastIndexOf('.');
-      if (cut <= 0 || !/^\.[01]$/.test(k.slice(cut))) return undefined;
-      k = k.slice(0, cut);
-    }
+    return this.delivered.get(id);
   }
 
   private remember(id: string, signal: Signal, answer: SignalAnswer): void {
