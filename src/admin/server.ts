@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { childLogger } from '../log/logger.js';
 import { probeUnixSocket } from './probe.js';
 import { SidekickError, errorToData, type ErrorCode } from '../errors.js';
+import { answerHealth, type HealthProbes } from '../common/health.js';
 
 /** HTTP status for the errors a handler is expected to throw; any other error is a 500. */
 const STATUS_OF: Partial<Record<ErrorCode, number>> = { SK_ERR_NOT_READY: 404, SK_ERR_INVALID_NAME: 400 };
@@ -17,7 +18,11 @@ export class AdminServer {
   private listener: HttpListener | undefined;
   private readonly log = childLogger({ component: 'admin' });
 
-  constructor(readonly socketPath: string) {}
+  /** `health`: answers GET /healthz and /readyz here too (`curl --unix-socket`, `sidekick health`). */
+  constructor(
+    readonly socketPath: string,
+    private readonly health?: HealthProbes,
+  ) {}
 
   /** `route('status', fn)` serves GET /status; `route('vars', fn)` also serves GET /vars/a/b with params ['a','b']. */
   route(name: string, handler: AdminHandler): void {
@@ -41,6 +46,7 @@ export class AdminServer {
       // absent: nothing to clean
     }
     this.listener = await listenHttp({ kind: 'unix', path: this.socketPath }, (req, res) => {
+      if (answerHealth(req, res, this.health)) return;
       const reply = (status: number, body: unknown): void => {
         res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
       };

@@ -7,6 +7,7 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import type { ListenAddress } from '../config/schema.js';
+import { answerHealth, type HealthProbes } from '../common/health.js';
 
 export const INVALID_REASONS = ['too_large', 'not_json', 'not_object', 'bad_control', 'stalled'] as const;
 export type InvalidReason = (typeof INVALID_REASONS)[number];
@@ -280,17 +281,22 @@ export function createAgentRegistry(snapshot: () => Promise<AgentMetricsSnapshot
   return registry;
 }
 
-/** A tiny HTTP server: GET /metrics → Prometheus text. Loopback (or a Unix socket) only, by configuration. */
+/**
+ * A tiny HTTP server: GET /metrics → Prometheus text, and the agent's /healthz and /readyz (`health`). Loopback (or a
+ * Unix socket) only, by configuration.
+ */
 export class MetricsServer {
   private listener: HttpListener | undefined;
 
   constructor(
     private readonly address: ListenAddress,
     private readonly registry: Registry,
+    private readonly health?: HealthProbes,
   ) {}
 
   async start(): Promise<void> {
     this.listener = await listenHttp(this.address, (req, res) => {
+      if (answerHealth(req, res, this.health)) return;
       if ((req.url ?? '/').split('?')[0] !== '/metrics') {
         res.writeHead(404).end('not found\n');
         return;

@@ -1,6 +1,7 @@
-// `sidekick status` and `sidekick vars APP/NAME`: read a running instance through its admin socket. A person gets
-// aligned text (status-table.ts); `--json` gives the socket's JSON as it is, for scripts.
-import { adminGet } from '../admin/client.js';
+// `sidekick status`, `sidekick vars APP/NAME` and `sidekick health`: read a running instance through its admin socket.
+// A person gets aligned text (status-table.ts); `--json` gives the socket's JSON as it is, for scripts.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { adminGet, adminRequest } from '../admin/client.js';
 import { loadConfig } from '../config/load.js';
 import { reportStartupError } from './check.js';
 import { hasControl, paint, table } from './format.js';
@@ -87,5 +88,42 @@ export async function varsCommand(opts: { config?: string; json?: boolean }, tar
     return 0;
   } catch (err) {
     return reportStartupError(err);
+  }
+}
+
+/**
+ * `sidekick health [--ready] [--wait SECONDS]`: GET /healthz (or /readyz) on the admin socket, print its JSON line,
+ * exit 0 on 200 and 1 otherwise, so systemd's ExecStartPost and Docker's HEALTHCHECK need no curl. `--wait` polls
+ * (also while nothing answers yet) until 200 or the deadline: for ExecStartPost, which runs as soon as the process
+ * is forked, before it is ready.
+ */
+export async function healthCommand(opts: { config?: string; ready?: boolean; wait?: string }): Promise<number> {
+  const waitS = opts.wait === undefined ? 0 : Number(opts.wait);
+  if (!Number.isFinite(waitS) || waitS < 0) {
+    process.stderr.write(`sidekick: --wait expects seconds (a number >= 0), not ${JSON.stringify(opts.wait)}\n`);
+    return 2;
+  }
+  let socket: string;
+  try {
+    socket = await adminSocket(opts.config);
+  } catch (err) {
+    return reportStartupError(err);
+  }
+  const path = opts.ready ? '/readyz' : '/healthz';
+  const deadline = Date.now() + waitS * 1000;
+  for (;;) {
+    let answer: { status: number | undefined; text: string } | undefined;
+    let failure: unknown;
+    try {
+      answer = await adminRequest(socket, path, 5000);
+    } catch (err) {
+      failure = err;
+    }
+    if (answer?.status === 200 || Date.now() >= deadline) {
+      if (!answer) return reportStartupError(failure);
+      process.stdout.write(answer.text.endsWith('\n') ? answer.text : `${answer.text}\n`);
+      return answer.status === 200 ? 0 : 1;
+    }
+    await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
   }
 }

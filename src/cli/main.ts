@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { checkCommand } from './check.js';
 import { serveCommand } from './serve.js';
 import { agentCommand } from './agent.js';
-import { statusCommand, varsCommand } from './inspect.js';
+import { healthCommand, statusCommand, varsCommand } from './inspect.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -54,6 +54,15 @@ export function buildProgram(): Command {
     .option('-c, --config <file>', 'config file naming the admin socket')
     .option('--json', 'print the JSON reply')
     .action(run(varsCommand));
+  program
+    .command('health')
+    .description(
+      'ask a running instance whether it is alive (GET /healthz) or, with --ready, ready (GET /readyz) via its admin socket; print the JSON line, exit 0 if so, 1 if not',
+    )
+    .option('-c, --config <file>', 'config file naming the admin socket')
+    .option('--ready', 'readiness: apps listening, boot sidekicks published, the agent taking records')
+    .option('--wait <seconds>', 'poll until the answer is 200 or this many seconds pass (ExecStartPost)')
+    .action(run(healthCommand));
   return program;
 }
 

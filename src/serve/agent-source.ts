@@ -8,6 +8,7 @@ import { SidekickError } from '../errors.js';
 import type { AgentConfig } from '../config/schema.js';
 import { AgentSupervisor, type AgentState, type AgentStatus } from '../agent/supervisor/supervisor.js';
 import { childLogger } from '../log/logger.js';
+import type { HealthVerdict } from '../common/health.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { VarsSource } from './app-supervisor.js';
 
@@ -81,6 +82,10 @@ export class AgentVarsSource
 
   async stop(): Promise<void> {
     await this.supervisor.stop();
+  }
+
+  readiness(): HealthVerdict {
+    return this.supervisor.readiness();
   }
 
   status(): Promise<AgentStatus> {

@@ -413,6 +413,29 @@ export class AppSupervisor {
     await this.registry.stop();
   }
 
+  /**
+   * Why this app cannot take traffic now (undefined: it can). Read on every /readyz, so it only looks at what the
+   * supervisor holds (no round trip to a child):
+   * - at least one HTTP worker listening (not every one: while one is replaced after a crash or rolled in a reload,
+   *   the others serve; the app's port is refused only when none listens);
+   * - every `start: 'boot'` sidekick has published at least once (the supervisor holds its last snapshot; a later
+   *   crash or a dead sidekick host does not undo it, the snapshot keeps being served).
+   */
+  readiness(): string | undefined {
+    const workers = [...this.workers.values()];
+    if (!workers.some((w) => w.state === 'listening')) {
+      const starting = workers.filter((w) => w.state === 'starting').length;
+      return `no HTTP worker listening (${starting} starting, ${this.restarts} restarts)`;
+    }
+    for (const [name, decl] of Object.entries(this.config.sidekicks.declare)) {
+      if (decl.start !== 'boot' || this.registry.current(name)) continue;
+      const st = this.registry.lastStatus(name);
+      const why = st?.lastError ? `${st.state}: ${st.lastError}` : (st?.state ?? 'starting');
+      return `sidekick ${name} has not published (${why})`;
+    }
+    return undefined;
+  }
+
   async status(): Promise<AppStatus> {
     const live = { ...this.retired };
     for (const w of this.workers.values()) {

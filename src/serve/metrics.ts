@@ -7,6 +7,7 @@
 // agent's counters and gauges come in the same status read), so one scrape gets the whole instance.
 import { Counter, Gauge, Registry } from 'prom-client';
 import { listenHttp, type HttpListener } from '../common/http-listen.js';
+import { answerHealth, type HealthProbes } from '../common/health.js';
 import type { ListenAddress } from '../config/schema.js';
 import { SidekickError, describeError } from '../errors.js';
 import type { AgentStatus } from '../agent/supervisor/supervisor.js';
@@ -270,7 +271,7 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
   return registry;
 }
 
-/** GET /metrics on `metrics.listen`: serve's series, then the agent's when it runs inside serve. */
+/** GET /metrics on `metrics.listen`: serve's series, then the agent's when it runs inside serve; /healthz, /readyz. */
 export class ServeMetrics {
   private view: ServeStatusView = { reloads: 0, apps: [] };
   private readonly serve = createServeRegistry(() => this.view);
@@ -292,11 +293,13 @@ export class ServeMetrics {
   static async start(
     address: ListenAddress | undefined,
     status: () => Promise<ServeStatusView>,
+    health?: HealthProbes,
   ): Promise<ServeMetrics | undefined> {
     if (!address) return undefined;
     const metrics = new ServeMetrics(status);
     try {
       metrics.listener = await listenHttp(address, (req, res) => {
+        if (answerHealth(req, res, health)) return;
         if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/metrics') {
           res.writeHead(404).end('not found\n');
           return;

@@ -14,6 +14,7 @@ import { LifecycleLog } from '../common/lifecycle.js';
 import { maskVars } from '../vars/mask.js';
 import { ServeMetrics } from './metrics.js';
 import { Coalesced } from '../common/coalesce.js';
+import type { HealthProbes, HealthVerdict } from '../common/health.js';
 
 /** `sidekick status` of a `sidekick serve` instance (GET /status on the admin socket). */
 export interface ServeStatus {
@@ -47,6 +48,11 @@ export class ServeRuntime {
   );
   private readonly startedAt = Date.now();
   private reloads = 0;
+  /** Readiness: false until start() has every HTTP worker listening; `stopping` from the first line of stop(). */
+  private started = false;
+  private stopping = false;
+  /** /healthz and /readyz on the admin socket and `metrics.listen`. */
+  private readonly health: HealthProbes = { ready: () => this.readiness() };
   /** Crashes, restarts, reloads, breaker changes: the timeline `GET /events` and the status page show. */
   readonly lifecycle = new LifecycleLog();
 
@@ -54,7 +60,7 @@ export class ServeRuntime {
 
   async start(): Promise<void> {
     const { config } = this.loaded;
-    this.admin = new AdminServer(config.admin.socket!);
+    this.admin = new AdminServer(config.admin.socket!, this.health);
     this.admin.route('status', () => this.status());
     this.admin.route('vars', ([app, name]) => {
       const cur =
@@ -73,7 +79,7 @@ export class ServeRuntime {
     await this.admin.start();
     try {
       // /metrics first: a taken address fails the start before anything else is spawned.
-      this.metrics = await ServeMetrics.start(config.metrics.listen, () => this.status());
+      this.metrics = await ServeMetrics.start(config.metrics.listen, () => this.status(), this.health);
       if (config.agent) {
         // The agent first, so the apps' first requests already have somewhere to send their records.
         this.agent = new AgentVarsSource(agentConfigOf(config), this.loaded.file, this.lifecycle);
@@ -98,6 +104,7 @@ export class ServeRuntime {
       await this.stop();
       throw err;
     }
+    this.started = true;
     if (config.dev.watch) this.watchFiles();
     this.log.info({ apps: config.apps.map((a) => ({ name: a.name, workers: a.workers })) }, 'sidekick serve ready');
   }
@@ -178,6 +185,9 @@ export class ServeRuntime {
   }
 
   async stop(): Promise<void> {
+    // Not ready from here on: a load balancer takes the instance out while in-flight requests drain, before the
+    // workers stop accepting (the admin socket and metrics.listen close last, so they answer 503 meanwhile).
+    this.stopping = true;
     for (const w of this.watchers) w.close();
     this.watchers = [];
     await this.reloadRuns.close(); // a reload under way finishes; a queued one is skipped
@@ -188,6 +198,23 @@ export class ServeRuntime {
     await this.agent?.stop();
     await this.metrics?.stop();
     await this.admin?.stop();
+  }
+
+  /**
+   * Can this instance take traffic (/readyz)? Not while starting or stopping; then the first app that cannot
+   * (app-supervisor.ts readiness()), then the agent's (agent/supervisor/readiness.ts: its breaker open is a warning,
+   * not a failure). Reads only what the supervisor holds: no round trip to a child, so a slow child cannot time it out.
+   */
+  readiness(): HealthVerdict {
+    if (this.stopping) return { ok: false, reason: 'stopping: draining HTTP workers' };
+    if (!this.started) return { ok: false, reason: 'starting: HTTP workers not listening yet' };
+    for (const [name, app] of this.apps) {
+      const why = app.readiness();
+      if (why) return { ok: false, reason: `app ${name}: ${why}` };
+    }
+    const agent = this.agent?.readiness();
+    if (agent && !agent.ok) return { ok: false, reason: `agent: ${agent.reason ?? 'not ready'}` };
+    return { ok: true, warning: agent?.warning && `agent: ${agent.warning}` };
   }
 
   async status(): Promise<ServeStatus> {

@@ -332,6 +332,11 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
   }
 
   /** Each sidekick's status, fresh from the host when it answers in time, else as it last reported it. */
+  /** The last status the host reported for `name` (no round trip: readiness reads it on every probe). */
+  lastStatus(name: string): SidekickStatus | undefined {
+    return this.statuses.get(name);
+  }
+
   async status(): Promise<SidekickStatus[]> {
     if (this.child && this.helloed) {
       await withDeadline(this.request({ sk: 'status' }), STATUS_DEADLINE_MS, 'sidekick host status').catch(

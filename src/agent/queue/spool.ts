@@ -274,6 +274,7 @@ export class Spool extends EventEmitter {
       diskBytes: this.table.diskBytes,
       bufferedBytes: this.writer.bufferedBytes,
       diskFull: this.writer.diskFull,
+      writeError: this.writer.lastError?.message,
     };
   }
 

@@ -67,6 +67,8 @@ export interface SpoolStats {
   diskFullDroppedRecords: number;
   /** The last write failed with ENOSPC/EDQUOT and none has succeeded since (the spool is reclaiming and retrying). */
   diskFull: boolean;
+  /** The last write's error while none has succeeded since (read-only, inaccessible, full), else undefined. */
+  writeError: string | undefined;
   /** Of droppedRecords: records in segment files removed with the spool directory that could not be read back
    *  through an open file. Metrics: dropped{reason="spool_removed"}. */
   removedDroppedRecords: number;

@@ -96,6 +96,16 @@ export class OwnedSocketFile {
     if (group !== undefined) chownSync(this.path, -1, resolveGroup(group));
   }
 
+  /** The path still names the socket we bound (not removed, not replaced by another file or agent). One stat. */
+  isInPlace(): boolean {
+    try {
+      const st = statSync(this.path);
+      return st.ino === this.ino && st.dev === this.dev;
+    } catch {
+      return false;
+    }
+  }
+
   /** Unlinks the path if it is still the socket we bound (never a newer agent's). */
   unlinkIfOurs(): void {
     try {

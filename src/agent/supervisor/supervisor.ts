@@ -33,6 +33,8 @@ import { MetricsServer, createAgentRegistry, zeroCounters, zeroGauges, type Agen
 import type { AgentPipelineStatus, PipelineStateEvent } from '../worker/pipeline.js';
 import { restartOnlyChanges } from '../pipeline-config.js';
 import { WorkerPool } from './worker-pool.js';
+import { agentReadiness } from './readiness.js';
+import type { HealthProbes, HealthVerdict } from '../../common/health.js';
 
 export type { AgentState, AgentStatus } from './agent-status.js';
 
@@ -65,6 +67,10 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
   private readonly registry = createAgentRegistry(() => this.snapshot().then((s) => s.metrics));
   private pipelineState: PipelineStateEvent | undefined;
   private lastState: string | undefined;
+  /** The first worker accepted and the socket was published (readiness). */
+  private started = false;
+  /** /healthz and /readyz on the admin socket and agent.metrics.listen. */
+  private readonly health: HealthProbes = { ready: () => this.readiness() };
   private readonly startedAt = Date.now();
   private markStopped!: () => void;
   /** Resolves once the supervisor has fully stopped. */
@@ -104,6 +110,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       await this.startAdmin();
       await this.startMetrics();
       await pool.start();
+      this.started = true;
     } catch (err) {
       await this.closeResources();
       throw err;
@@ -123,7 +130,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
   private async startAdmin(): Promise<void> {
     const socket = this.adminSocket;
     if (!socket) return;
-    const admin = new AdminServer(socket);
+    const admin = new AdminServer(socket, this.health);
     admin.route('status', async () => ({ agent: await this.status() }));
     try {
       await admin.start();
@@ -145,7 +152,7 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       throw new SidekickError('SK_ERR_CONFIG_INVALID', `agent.metrics.listen: cannot parse "${listen}"`, {
         field: 'agent.metrics.listen',
       });
-    const server = new MetricsServer(address, this.registry);
+    const server = new MetricsServer(address, this.registry, this.health);
     try {
       await server.start();
     } catch (err) {
@@ -251,6 +258,22 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       reason: p ? p.reason : profiling.enabled ? 'ok' : 'disabled',
       socket: this.cfg.socket,
     };
+  }
+
+  /** Can the agent take records now (/readyz)? See readiness.ts; reads only what this process holds. */
+  readiness(): HealthVerdict {
+    const pool = this.pool;
+    const file = pool?.listener.file;
+    const spool = pool?.current?.last?.status.spool;
+    return agentReadiness({
+      stopping: this.stopRequested,
+      started: this.started,
+      socket: this.cfg.socket,
+      socketInPlace: file ? file.isInPlace() : true,
+      worker: pool?.current?.state,
+      breaker: this.state().breaker,
+      spool: spool && { dir: spool.dir, diskFull: spool.diskFull, writeError: spool.writeError },
+    });
   }
 
   private publishState(): void {
