@@ -170,7 +170,9 @@ test('an open breaker survives a restart: no request while it reports open, then
   const scope = agentScope(t);
   const dir = scope.dir;
   const port = await scope.deadPort();
-  const halfOpenAfterMs = 3000;
+  // long enough that a stop and a start on a loaded machine fit inside it (3 s did not, once: the breaker had
+  // already half-opened by the time the new worker reported)
+  const halfOpenAfterMs = 8000;
   scope.writeConfig({
     exporter: { type: 'http', url: `http://127.0.0.1:${port}/ingest`, timeoutMs: 10_000 },
     breaker: { failures: 2, halfOpenAfterMs },
@@ -204,7 +206,7 @@ test('an open breaker survives a restart: no request while it reports open, then
       return central.delivered.length === 20 && breaker.state === 'closed';
     },
     'the breaker to close and the backlog to be delivered',
-    15_000,
+    30_000,
   );
   assert.equal(states[0], 'open');
   assert.equal(states.at(-1), 'closed', `breaker states: ${states.join(' → ')}`);
