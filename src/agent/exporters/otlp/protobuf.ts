@@ -59,8 +59,13 @@ class Writer {
     b[this.pos++] = v;
   }
 
+  /** A field key: one byte for field numbers below 16 (all but Span.flags 16 here). */
   key(field: number, wire: number): void {
-    this.varint(tag(field, wire));
+    const t = tag(field, wire);
+    if (t < 0x80) {
+      this.ensure(1);
+      this.buf[this.pos++] = t;
+    } else this.varint(t);
   }
 
   /** A fixed64 of Unix ms (fractions kept to the nanosecond) + `plusNs`, exact: ms × 10^6 does not fit a double. */
@@ -94,8 +99,28 @@ class Writer {
 
   string(field: number, s: string): void {
     this.key(field, LEN);
-    // ASCII fast path: the length is known before writing; otherwise write, then prefix the length
-    const max = s.length * 3;
+    // Short ASCII (keys, most values): copied here, one char a byte, the length known up front (< 128: one byte).
+    // Buffer#write is a call into C++ whose fixed cost is many times that of copying a short string in JS.
+    const n = s.length;
+    if (n < 0x80) {
+      this.ensure(n + 1);
+      const b = this.buf;
+      const at = this.pos + 1;
+      let i = 0;
+      for (; i < n; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        b[at + i] = c;
+      }
+      if (i === n) {
+        b[this.pos] = n;
+        this.pos = at + n;
+        return;
+      }
+      // not ASCII: written again below (what was copied is overwritten)
+    }
+    // otherwise: the length is known before writing when it fits one byte; else write, then prefix the length
+    const max = n * 3;
     this.ensure(max + 5);
     if (max < 128) {
       const at = this.pos++;
@@ -111,10 +136,13 @@ class Writer {
 
   bytes(field: number, b: Buffer): void {
     this.key(field, LEN);
-    this.varint(b.length);
-    this.ensure(b.length);
-    b.copy(this.buf, this.pos);
-    this.pos += b.length;
+    const n = b.length;
+    this.varint(n);
+    this.ensure(n);
+    // ids (8 and 16 bytes): a loop is cheaper than Buffer#copy's call into C++
+    if (n <= 32) for (let i = 0; i < n; i++) this.buf[this.pos + i] = b[i]!;
+    else b.copy(this.buf, this.pos);
+    this.pos += n;
   }
 
   /** Opens a length-delimited body: returns where its (one-byte, for now) length goes. */
