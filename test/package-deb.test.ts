@@ -254,7 +254,7 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     else {
       const r = run('bash', [join(ROOT, 'scripts', 'package-deb.sh')], 420_000);
       assert.equal(r.code, 0, `npm run package:deb failed:\n${r.out}`);
-      deb = r.out.trim().split('\n').at(-1)!;
+      deb = r.stdout.trim().split('\n').at(-1)!; // the script's last line of output: the .deb's path
     }
     console.log(`[package-deb] ${deb}`);
   });
