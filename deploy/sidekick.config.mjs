@@ -1,6 +1,9 @@
-// Example /etc/sidekick/sidekick.config.mjs for the agent as a system service (deploy/sidekick-agent.service or
-// deploy/supervisord.conf). Every path is absolute: under systemd's ProtectSystem=strict only /run/sidekick and
-// /var/lib/sidekick are writable. Validate with: sidekick check -c /etc/sidekick/sidekick.config.mjs
+// /etc/sidekick/sidekick.config.mjs: the agent as a system service (deploy/sidekick-agent.service or
+// deploy/supervisord.conf). The Debian package installs this file as its default config (a conffile: an upgrade never
+// overwrites your edits), root:www-data 0640 so the `sidekick` user (group www-data) can read it.
+// Every path is absolute: under systemd's ProtectSystem=strict only /run/sidekick and /var/lib/sidekick are writable.
+// Validate as the service user: runuser -u sidekick -- sidekick check -c /etc/sidekick/sidekick.config.mjs
+// Apply a change: systemctl reload sidekick-agent (SIGHUP; an invalid file is logged and the old config kept).
 export default {
   admin: { socket: '/run/sidekick/admin.sock' }, // `sidekick status -c /etc/sidekick/sidekick.config.mjs`
   agent: {
@@ -11,11 +14,15 @@ export default {
     batch: { maxRecords: 100, maxDelayMs: 5000 },
     memory: { maxBytes: 67108864 },
     spool: { dir: '/var/lib/sidekick/spool', maxBytes: 1073741824, syncIntervalMs: 100 },
-    exporter: { type: 'http', url: 'http://127.0.0.1:4318/ingest', timeoutMs: 5000, gzip: true },
-    // or keep records on this host: exporter: { type: 'file', dir: '/var/lib/sidekick/out' },
+    // Out of the box, records stay on this host: one NDJSON file per batch in /var/lib/sidekick/out (the agent never
+    // deletes them; whatever consumes them removes them). To ship them instead, replace the line with one of:
+    //   exporter: { type: 'http', url: 'https://central.example.com/ingest', timeoutMs: 5000, gzip: true },
+    //   exporter: { type: 'otlp', endpoint: 'http://collector:4318' },   // an OpenTelemetry Collector (docs/agent.md)
+    exporter: { type: 'file', dir: '/var/lib/sidekick/out' },
     breaker: { failures: 5, halfOpenAfterMs: 60000 },
     recycle: { maxRssBytes: 268435456, maxRecords: 0, maxUptimeMs: 86400000 },
     stopTimeoutMs: 25000, // keep below TimeoutStopSec / stopwaitsecs (30 s) — see deploy/README.md
-    metrics: { listen: '127.0.0.1:9464' },
+    // Prometheus text at http://127.0.0.1:9464/metrics; off by default (a taken port would stop the agent starting):
+    // metrics: { listen: '127.0.0.1:9464' },
   },
 };

@@ -98,8 +98,17 @@ export interface PoolOptions {
 }
 
 export interface PhpStackOptions {
-  /** The agent's socket: env[SIDEKICK_AGENT_SOCKET] of every pool. */
-  agentSocket: string;
+  /**
+   * The agent's socket: env[SIDEKICK_AGENT_SOCKET] of every pool. Absent: no such line, so the client finds the socket
+   * by its default rule (/run/sidekick/agent.sock when /run/sidekick exists), as on a host with the Debian package.
+   */
+  agentSocket?: string;
+  /**
+   * An `include = <file>` line in every pool (after the pool's own lines): the Debian package's one-line setup
+   * (`include = /etc/sidekick/php-fpm-include.conf`). Pair it with `client: false` so the repo's client is not
+   * prepended as well.
+   */
+  poolInclude?: string;
   /** Extra env[...] lines for every pool (FPM clears the environment: only what is listed here reaches PHP). */
   env?: Record<string, string>;
   /** pm.max_children per pool (pm = static). Default 4. */
@@ -240,7 +249,11 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
     client: p.client ?? true,
     children: p.children ?? opts.children ?? 4,
     page: resolve(p.page ?? opts.page ?? PHP_FPM_PAGE),
-    env: { SIDEKICK_AGENT_SOCKET: opts.agentSocket, ...opts.env, ...p.env }, // a pool's own setting wins
+    env: {
+      ...(opts.agentSocket === undefined ? {} : { SIDEKICK_AGENT_SOCKET: opts.agentSocket }),
+      ...opts.env,
+      ...p.env, // a pool's own setting wins
+    } as Record<string, string>,
     socket: join(dir, `fpm-${p.name}.sock`),
     accessLog: join(dir, `access-${p.name}.log`),
     port: 0,
@@ -278,6 +291,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
       'php_admin_flag[display_errors] = off',
       'php_admin_value[error_reporting] = -1',
       `php_admin_value[error_log] = ${iniQuote(join(dir, 'php-errors.log'))}`,
+      ...(opts.poolInclude === undefined ? [] : [`include = ${opts.poolInclude}`]),
       '',
     );
   }
