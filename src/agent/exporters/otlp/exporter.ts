@@ -18,8 +18,8 @@
 // settling its own records).
 import http from 'node:http';
 import { hostname } from 'node:os';
-import type { Logger } from 'pino';
 import type { ExporterConfig } from '../../../config/schema.js';
+import { gzipFast } from '../http.js';
 import { HttpPoster, keepAliveAgent, parseRetryAfter } from '../http-post.js';
 import {
   RetryableExportError,
@@ -30,11 +30,9 @@ import {
   type Exporter,
   type PartialRejection,
 } from '../types.js';
-import type { EncodedPart } from './encode-part.js';
-import { EncoderThread } from './encoder-thread.js';
-import { decodePartialSuccessJson } from './json.js';
-import type { Mapped } from './mapping.js';
-import { decodePartialSuccess, decodeStatusMessage } from './protobuf.js';
+import { decodePartialSuccessJson, encodeLogsJson, encodeTracesJson } from './json.js';
+import { RecordMapper, type Mapped } from './mapping.js';
+import { decodePartialSuccess, decodeStatusMessage, encodeLogs, encodeTraces, type Envelope } from './protobuf.js';
 
 export type OtlpConfig = Extract<ExporterConfig, { type: 'otlp' }>;
 type Signal = 'logs' | 'traces';
@@ -69,7 +67,8 @@ interface SignalAnswer {
 export class OtlpExporter implements Exporter {
   private readonly agent: http.Agent;
   private readonly posters: Record<Signal, HttpPoster>;
-  private readonly encoder: EncoderThread;
+  private readonly mapper: RecordMapper;
+  private readonly env: Envelope;
   private readonly json: boolean;
   /** Signals already answered, by part id (a 413 half: its share of the parent's answer), while the other is to go. */
   private readonly delivered = new Map<string, { signal: Signal; answer: SignalAnswer }>();
@@ -77,8 +76,6 @@ export class OtlpExporter implements Exporter {
   constructor(
     readonly config: OtlpConfig,
     version: string,
-    log?: Logger,
-    { encoderThread = true }: { encoderThread?: boolean } = {},
   ) {
     this.json = config.protocol === 'http/json';
     this.agent = keepAliveAgent(signalUrl(config, 'logs'));
@@ -95,20 +92,12 @@ export class OtlpExporter implements Exporter {
         agent: this.agent,
       });
     this.posters = { logs: poster('logs'), traces: poster('traces') };
-    this.encoder = new EncoderThread(
-      {
-        map: {
-          requestSignal: config.requestSignal,
-          maxValueLength: config.limits.maxValueLength,
-          maxDepth: config.limits.maxDepth,
-        },
-        env: { resource: resourceOf(config), scopeName: SCOPE_NAME, scopeVersion: version },
-        json: this.json,
-        gzip: config.compression === 'gzip',
-      },
-      log,
-      encoderThread,
-    );
+    this.mapper = new RecordMapper({
+      requestSignal: config.requestSignal,
+      maxValueLength: config.limits.maxValueLength,
+      maxDepth: config.limits.maxDepth,
+    });
+    this.env = { resource: resourceOf(config), scopeName: SCOPE_NAME, scopeVersion: version };
   }
 
   overheadBytes(part: ExportPart): number {
@@ -117,13 +106,12 @@ export class OtlpExporter implements Exporter {
   }
 
   async export(part: ExportPart, stop: AbortSignal): Promise<ExportOutcome> {
-    const m = await this.encoder.encode(part);
-    if (stop.aborted) throw stop.reason;
+    const m = this.mapper.map(part);
     const already = this.rememberedFor(part.id);
     const todo: Signal[] = [];
-    if (m.logs && already?.signal !== 'logs') todo.push('logs');
-    if (m.traces && already?.signal !== 'traces') todo.push('traces');
-    const settled = await Promise.allSettled(todo.map((s) => this.send(s, m[s]!, stop)));
+    if (m.logs.length > 0 && already?.signal !== 'logs') todo.push('logs');
+    if (m.spans.length > 0 && already?.signal !== 'traces') todo.push('traces');
+    const settled = await Promise.allSettled(todo.map((s) => this.send(s, m, stop)));
     const answers = new Map<Signal, SignalAnswer>();
     if (already) answers.set(already.signal, already.answer);
     let failure: unknown;
@@ -157,10 +145,19 @@ export class OtlpExporter implements Exporter {
     return this.outcome(part, m, answers);
   }
 
-  /** Posts one signal's body; throws RetryableExportError for what the spec says to retry. */
-  private async send(signal: Signal, body: Uint8Array, stop: AbortSignal): Promise<SignalAnswer> {
+  /** Encodes, compresses and posts one signal; throws RetryableExportError for what the spec says to retry. */
+  private async send(signal: Signal, m: Mapped, stop: AbortSignal): Promise<SignalAnswer> {
+    const raw =
+      signal === 'logs'
+        ? this.json
+          ? encodeLogsJson(this.env, m.logs)
+          : encodeLogs(this.env, m.logs)
+        : this.json
+          ? encodeTracesJson(this.env, m.spans)
+          : encodeTraces(this.env, m.spans);
+    const body = this.config.compression === 'gzip' ? await gzipFast(raw) : raw;
     const poster = this.posters[signal];
-    const answer = await poster.post(Buffer.from(body.buffer, body.byteOffset, body.byteLength), [], stop);
+    const answer = await poster.post(body, [], stop);
     const { status } = answer;
     const type = answer.contentType ?? (this.json ? 'application/json' : 'application/x-protobuf');
     if (status >= 200 && status < 300) {
@@ -189,7 +186,7 @@ export class OtlpExporter implements Exporter {
   }
 
   /** Every signal answered 2xx or refused for good: which records are delivered, which dead-lettered, and why. */
-  private outcome(part: ExportPart, m: EncodedPart, answers: Map<Signal, SignalAnswer>): ExportOutcome {
+  private outcome(part: ExportPart, m: Mapped, answers: Map<Signal, SignalAnswer>): ExportOutcome {
     const logs = answers.get('logs');
     const traces = answers.get('traces');
     const count = (p: 'logs' | 'traces'): number => m.primary.reduce((n, x) => n + (x === p ? 1 : 0), 0);
@@ -197,7 +194,7 @@ export class OtlpExporter implements Exporter {
     const stats: ExportStats = {
       truncated: m.truncated,
       flattened: m.flattened,
-      spans: traces?.kind === 'ok' ? m.spanCount - traces.rejected : 0,
+      spans: traces?.kind === 'ok' ? m.spans.length - traces.rejected : 0,
       rejectedLogs: 0,
       rejectedSpans: 0,
     };
@@ -218,8 +215,8 @@ export class OtlpExporter implements Exporter {
       if (!a) continue;
       const owned = count(signal); // records whose outcome this signal decides
       if (a.kind === 'refused') {
-        if (signal === 'logs') stats.rejectedLogs += m.logCount;
-        else stats.rejectedSpans += m.spanCount;
+        if (signal === 'logs') stats.rejectedLogs += m.logs.length;
+        else stats.rejectedSpans += m.spans.length;
         if (owned > 0)
           rejections.push({
             records: owned,
@@ -238,7 +235,7 @@ export class OtlpExporter implements Exporter {
             records: n,
             reason: 'otlp_partial',
             status: a.status,
-            body: `${a.rejected} of ${signal === 'logs' ? m.logCount : m.spanCount} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
+            body: `${a.rejected} of ${signal === 'logs' ? m.logs.length : m.spans.length} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
             // which ones the collector does not say: the whole part is kept, beside the collector's message
             payload: part.payload,
             payloadRecords: part.records,
@@ -270,7 +267,6 @@ export class OtlpExporter implements Exporter {
 
   async close(): Promise<void> {
     this.agent.destroy();
-    await this.encoder.close();
   }
 }
 
