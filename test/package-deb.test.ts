@@ -4,7 +4,8 @@
 // Environment; CI has no systemd), put nginx + PHP-FPM in front with the one pool line the package documents
 // (`include = /etc/sidekick/php-fpm-include.conf`: the installed PHP client, no socket setting) and count N requests →
 // N records in the default config's file exporter output; then a reinstall (edited conffile kept, spool and a record
-// spilled while the agent was down kept and delivered), `dpkg -r` and `dpkg --purge`.
+// spilled while the agent was down kept and delivered), the repo's agent delivery and otlp suites against the installed
+// agent, `dpkg -r` and `dpkg --purge`.
 //
 // It changes the system (a package, a user, /run/sidekick — which also changes the default socket path of every other
 // test), so it is not part of `npm test`: `npm run test:package` runs it, as root (.ci/run does, between the Node 24
@@ -423,6 +424,43 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     assert.equal(routesOut().filter((r) => r === '/deb/while-down').length, 1);
     assert.equal(await stopAgent(agent), 0);
     agent = undefined;
+  });
+
+  // "The agent started from it passes the same agent tests as the one started from the repo": the delivery and otlp
+  // suites, their agents started as /usr/bin/sidekick (the package's node and dist), not the checkout's.
+  test("the installed agent passes the repo's agent delivery and otlp suites", async () => {
+    const suites = ['test/agent-delivery.test.ts', 'test/agent-otlp.test.ts'];
+    const unitAgent = new Set(packagedNodes()); // the agent the previous test started as the unit
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--test', '--test-reporter=tap', '--test-concurrency=1', ...suites],
+      {
+        cwd: ROOT,
+        // without NODE_TEST_CONTEXT: the child is a test run of its own, not this runner's subprocess
+        env: {
+          ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_TEST_CONTEXT')),
+          SIDEKICK_TEST_AGENT_CMD: '/usr/bin/sidekick',
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    child.stderr!.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    clearTimeout(timer);
+    const pass = Number(/^# pass (\d+)$/m.exec(out)?.[1] ?? 0);
+    const fail = Number(/^# fail (\d+)$/m.exec(out)?.[1] ?? -1);
+    console.log(`[package-deb] installed agent: ${suites.join(', ')}: pass ${pass}, fail ${fail}`);
+    assert.equal(code, 0, out.slice(-6000));
+    assert.equal(fail, 0);
+    assert.ok(pass >= 10, `the suites ran (${pass} passed)`);
+    assert.deepEqual(
+      packagedNodes().filter((pid) => !unitAgent.has(pid)),
+      [],
+      'every agent the suites started is gone',
+    );
   });
 
   test('dpkg -r keeps config, spool and user; dpkg --purge removes them', async () => {

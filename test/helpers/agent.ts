@@ -118,6 +118,7 @@ export interface AgentProcess {
  * Starts `node bin/sidekick.js agent -c FILE` in its own process group. With `ready`, waits for status 'running'.
  * `wrap`: a command that execs the rest, e.g. `['prlimit', '--nofile=256:256', '--']` (the agent keeps its pid).
  * `bin`: another bin/sidekick.js, e.g. an installedCopy() that a user other than the checkout's owner can read.
+ * Without `bin`, env SIDEKICK_TEST_AGENT_CMD names a `sidekick` command to run instead (an installed package's).
  */
 export async function startAgent(
   configFile: string,
@@ -129,7 +130,11 @@ export async function startAgent(
     stderrTo?: 'pipe' | number;
   } = {},
 ): Promise<AgentProcess> {
-  const argv = [...(opts.wrap ?? []), process.execPath, opts.bin ?? BIN, 'agent', '-c', configFile];
+  // SIDEKICK_TEST_AGENT_CMD: run another installation's `sidekick` (the Debian package's /usr/bin/sidekick, which
+  // carries its own node): test/package-deb.test.ts runs agent suites against the installed agent with it.
+  const installed = opts.bin ? undefined : process.env.SIDEKICK_TEST_AGENT_CMD;
+  const cmd = installed ? [installed] : [process.execPath, opts.bin ?? BIN];
+  const argv = [...(opts.wrap ?? []), ...cmd, 'agent', '-c', configFile];
   const child = spawn(argv[0]!, argv.slice(1), {
     stdio: ['ignore', 'pipe', opts.stderrTo ?? 'pipe'],
     detached: true,
