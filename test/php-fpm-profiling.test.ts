@@ -19,10 +19,9 @@ import {
   type AgentProcess,
   type FakeCentral,
 } from './helpers/agent.ts';
-import { PHP_FPM_MISSING, startPhpStack, type PhpStack } from './helpers/php-fpm.ts';
+import { PHP_FPM_SKIP, startPhpStack, type PhpStack } from './helpers/php-fpm.ts';
 
-const CI = process.env.CI === 'true';
-const SKIP = PHP_FPM_MISSING && !CI ? PHP_FPM_MISSING : false;
+const SKIP = PHP_FPM_SKIP; // skipped outside CI without php-fpm/nginx
 const CHILDREN = 4;
 const PAGE = join(import.meta.dirname, 'fixtures', 'php-fpm', 'profiling.php');
 
