@@ -36,12 +36,17 @@
  * that FIN before the next write, PHP closes the connection and connects again, so nothing written is lost at an
  * agent restart, at no extra cost per request. A write that fails on a connection that looked alive is retried on a new
  * connection once per request. A fresh connection is made non-blocking and gets a larger send buffer (the agent can
- * be off the CPU for tens of milliseconds on a busy host; the default buffer holds ~170 records).
+ * be off the CPU for tens of milliseconds on a busy host; the default buffer holds ~170 records), and is marked as
+ * set up, with the pid of the process that did it, in the stream's chunk size (kept by PHP across requests): a later
+ * request of an FPM or Apache worker takes its "pid" from there instead of a getpid(2). Per request, on a working
+ * connection: PHP's liveness poll, one write(2), and nothing else of the kernel's (with APCu; without it, one more
+ * uname(2) for the host name).
  *
  * RECORD (one JSON object, one line):
  *   {"ts": Unix epoch ms at include, "type": "php_request", "route": REQUEST_URI path without the query (script name
  *    on the CLI), "method", "status": http_response_code() (null on the CLI when never set), "duration_ms",
- *    "memory_peak_bytes": memory_get_peak_usage(true), "host": gethostname(), "pid", "sapi", ["error": last fatal
+ *    "memory_peak_bytes": memory_get_peak_usage(true), "host": gethostname() (with APCu, shared by the pool and
+ *    re-read every 10 s), "pid", "sapi", ["error": last fatal
  *    error message when one ended the request], ...fields added with Agent::tag()}
  *
  * API (namespace Sidekick)
@@ -100,6 +105,14 @@ if (!\class_exists(Agent::class, false)) {
         public const DEFAULT_SPILL_MAX_BYTES = 67108864;
         /** Longer records are dropped rather than spilled: every append stays one small, whole write. */
         public const SPILL_MAX_LINE_BYTES = 65536;
+        /** APCu key of the host name, shared by the pool's requests for HOST_TTL_S seconds (one uname(2) per TTL). */
+        public const APCU_HOST_KEY = 'sidekick.agent.host';
+        public const HOST_TTL_S = 10;
+        /**
+         * A connection this process set up carries CONNECTED_MARK + its pid as its stream chunk size (connection()):
+         * above any line this client writes, and it never reads from the stream: the chunk size changes nothing.
+         */
+        private const CONNECTED_MARK = 0x1000000;
 
         private static bool $booted = false;
         /** Sends from its destructor when exit() in another shutdown function skipped ours (finish() runs once). */
@@ -129,6 +142,10 @@ if (!\class_exists(Agent::class, false)) {
         /** @var resource|null this request's handle on the process's persistent connection */
         private static $conn = null;
         private static int $connects = 0;
+        /** A connect failed during the current send: the send does not try again (the spill takes the line). */
+        private static bool $connectFailed = false;
+        /** The pid of the process that set up the current connection (see connection()). */
+        private static int $connPid = 0;
         /** @var array{profiling: bool, sampleRate: float}|null the agent's last state, parsed when asked */
         private static ?array $state = null;
         /** This request's profiling decision, once asked. */
@@ -143,7 +160,8 @@ if (!\class_exists(Agent::class, false)) {
             self::$booted = true;
             self::$startNs = \hrtime(true);
             self::$startMs = \microtime(true) * 1000.0;
-            if (self::flag('SIDEKICK_AGENT_DISABLE', 'sidekick.agent_disable')) {
+            self::$switchedOff = self::flag('SIDEKICK_AGENT_DISABLE', 'sidekick.agent_disable');
+            if (self::$switchedOff) {
                 self::$disabled = true;
                 return;
             }
@@ -264,29 +282,31 @@ if (!\class_exists(Agent::class, false)) {
         /** Builds this request's record and sends it. Never throws, never prints. */
         public static function finish(): void
         {
+            if (self::$finished) {
+                return;
+            }
+            self::$finished = true;
+            if (self::$disabled) {
+                self::persistUnreported(); // drops of this request's Agent::send() calls
+                return;
+            }
+            self::$disabled = true; // one record per request, whatever happens next
+            // Silence everything in here, including user error handlers (the @ operator alone still calls them).
+            \set_error_handler(static fn (): bool => true);
             try {
-                if (self::$finished) {
-                    return;
-                }
-                self::$finished = true;
-                if (self::$disabled) {
-                    self::persistUnreported(); // drops of this request's Agent::send() calls
-                    return;
-                }
-                self::$disabled = true; // one record per request, whatever happens next
                 $durationMs = (\hrtime(true) - self::$startNs) / 1e6;
                 $status = \http_response_code();
                 $record = [];
                 $record['ts'] = (int) self::$startMs;
                 $record['type'] = 'php_request';
                 $record['route'] = self::$route ?? self::defaultRoute();
-                $record['method'] = isset($_SERVER['REQUEST_METHOD']) && \is_string($_SERVER['REQUEST_METHOD'])
-                    ? $_SERVER['REQUEST_METHOD'] : (\PHP_SAPI === 'cli' ? 'CLI' : null);
+                $method = \getenv('REQUEST_METHOD');
+                $record['method'] = \is_string($method) ? $method : (\PHP_SAPI === 'cli' ? 'CLI' : null);
                 $record['status'] = \is_int($status) ? $status : null;
                 $record['duration_ms'] = \round($durationMs, 3);
                 $record['memory_peak_bytes'] = \memory_get_peak_usage(true);
-                $record['host'] = (string) \gethostname();
-                $record['pid'] = \getmypid();
+                $record['host'] = self::host();
+                $record['pid'] = 0; // below, after fastcgi_finish_request(): it may come with the connection
                 $record['sapi'] = \PHP_SAPI;
                 if (self::$profiling !== null) {
                     $record['sampled'] = self::$profiling;
@@ -302,9 +322,13 @@ if (!\class_exists(Agent::class, false)) {
                     && self::flag('SIDEKICK_AGENT_FINISH_REQUEST', 'sidekick.agent_finish_request')) {
                     \fastcgi_finish_request();
                 }
-                self::send($record);
+                self::$connectFailed = false;
+                $record['pid'] = self::pid();
+                self::deliver($record);
             } catch (\Throwable) {
                 self::countDrop();
+            } finally {
+                \restore_error_handler();
             }
             self::persistUnreported();
         }
@@ -325,6 +349,21 @@ if (!\class_exists(Agent::class, false)) {
             }
             // Silence everything in here, including user error handlers (the @ operator alone still calls them).
             \set_error_handler(static fn (): bool => true);
+            try {
+                self::$connectFailed = false;
+                return self::deliver($record);
+            } finally {
+                \restore_error_handler();
+            }
+        }
+
+        /**
+         * send() without the switch and the error-handler swap (the caller silenced errors).
+         *
+         * @param array<string, mixed> $record
+         */
+        private static function deliver(array $record): bool
+        {
             try {
                 $line = \json_encode(
                     $record,
@@ -357,8 +396,6 @@ if (!\class_exists(Agent::class, false)) {
                 return self::drop();
             } catch (\Throwable) {
                 return self::drop();
-            } finally {
-                \restore_error_handler();
             }
         }
 
@@ -434,7 +471,7 @@ if (!\class_exists(Agent::class, false)) {
             if (self::$conn !== null) {
                 return self::$conn;
             }
-            if (self::$connects >= self::MAX_CONNECTS_PER_REQUEST) {
+            if (self::$connectFailed || self::$connects >= self::MAX_CONNECTS_PER_REQUEST) {
                 return null;
             }
             self::$connects++;
@@ -449,14 +486,59 @@ if (!\class_exists(Agent::class, false)) {
                 \STREAM_CLIENT_CONNECT | \STREAM_CLIENT_PERSISTENT,
             );
             if (!\is_resource($conn)) {
+                self::$connectFailed = true;
                 return null;
             }
-            if (@\ftell($conn) === 0) {
-                // Nothing was ever written on it: a fresh connection (a reused one has a position > 0).
+            // PHP keeps a persistent stream's chunk size from request to request, and nothing reads from this one
+            // (PHP's liveness check peeks one byte with recv(2) itself): the request that sets the connection up marks
+            // it there with its pid, so a later request knows, without a system call, that it is set up and which
+            // process did it. Reading the mark means setting a value: the mark is put back at once.
+            $mark = @\stream_set_chunk_size($conn, self::CONNECTED_MARK);
+            if (\is_int($mark) && $mark > self::CONNECTED_MARK) {
+                @\stream_set_chunk_size($conn, $mark);
+                self::$connPid = $mark - self::CONNECTED_MARK;
+            } else {
+                // A fresh connection (or one set up by an older version of this file).
                 @\stream_set_blocking($conn, false);
                 self::tuneSendBuffer($conn);
+                self::$connPid = (int) \getmypid();
+                @\stream_set_chunk_size($conn, self::CONNECTED_MARK + self::$connPid);
             }
             return self::$conn = $conn;
+        }
+
+        /**
+         * This process's pid without a system call when it can: the pid that set up the persistent connection is this
+         * process's as long as no process was forked from this one with the connection open. An FPM (or Apache)
+         * worker is forked by a master that never runs PHP requests, so never holds this connection, and a worker
+         * cannot fork without pcntl (Debian builds it for the CLI only); where pcntl_fork() exists, and on the CLI,
+         * getmypid() it is.
+         */
+        private static function pid(): int
+        {
+            if (\PHP_SAPI !== 'cli' && \PHP_SAPI !== 'phpdbg' && !\function_exists('pcntl_fork')
+                && self::connection() !== null) {
+                return self::$connPid;
+            }
+            return (int) \getmypid();
+        }
+
+        /**
+         * gethostname(), shared by the pool through APCu for HOST_TTL_S seconds where APCu serves many processes
+         * (a renamed host shows in the records within that time); else one uname(2) per request.
+         */
+        private static function host(): string
+        {
+            if (self::apcu()) {
+                $host = @\apcu_fetch(self::APCU_HOST_KEY);
+                if (\is_string($host)) {
+                    return $host;
+                }
+                $host = (string) \gethostname();
+                @\apcu_store(self::APCU_HOST_KEY, $host, self::HOST_TTL_S);
+                return $host;
+            }
+            return (string) \gethostname();
         }
 
         /**
@@ -669,12 +751,16 @@ if (!\class_exists(Agent::class, false)) {
 
         private static function defaultRoute(): string
         {
-            $uri = $_SERVER['REQUEST_URI'] ?? null;
+            // getenv() asks the SAPI first (FastCGI params under FPM, Apache's CGI variables), then the environment:
+            // what $_SERVER holds, without naming $_SERVER in this file. Naming it would make PHP build it for every
+            // request, whether the page needs it or not (opcache builds the request globals a cached file names).
+            $uri = \getenv('REQUEST_URI');
             if (\is_string($uri) && $uri !== '') {
                 $cut = \strcspn($uri, '?#');
                 return \substr($uri, 0, \min($cut, 2048));
             }
-            $script = $_SERVER['SCRIPT_NAME'] ?? $_SERVER['PHP_SELF'] ?? null;
+            $server = $GLOBALS['_SERVER'] ?? null; // built now if not yet: the CLI, or no REQUEST_URI
+            $script = \is_array($server) ? ($server['SCRIPT_NAME'] ?? $server['PHP_SELF'] ?? null) : null;
             return \is_string($script) ? $script : '';
         }
 
@@ -692,15 +778,14 @@ if (!\class_exists(Agent::class, false)) {
             return (\is_string($cwd) ? $cwd : '.') . '/var/agent.sock';
         }
 
-        /** A setting from env (getenv(), then a FastCGI param in $_SERVER), else php.ini; null when unset or empty. */
+        /**
+         * A setting from env or a FastCGI param (getenv(): the SAPI's request variables, then the environment), else
+         * php.ini; null when unset or empty.
+         */
         private static function setting(?string $env, ?string $ini): ?string
         {
             if ($env !== null) {
                 $v = \getenv($env);
-                if (\is_string($v) && $v !== '') {
-                    return $v;
-                }
-                $v = $_SERVER[$env] ?? null;
                 if (\is_string($v) && $v !== '') {
                     return $v;
                 }
