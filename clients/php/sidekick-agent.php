@@ -79,12 +79,21 @@
  * request: at its end one control line with the request's drops goes to the spill file, allowed up to 64 KiB past
  * the cap. Per process: Agent::stats(); pool-wide with APCu: 'sidekick.agent.dropped'. docs/clients.md "Drops".
  *
+ * EXTENSION. clients/php/ext is this client in C (the same record, settings, spill, drops and API, at a few µs per
+ * request): when it is loaded this file does nothing, so keeping the prepend is harmless. docs/clients.md.
+ *
  * Requires PHP >= 8.1 (tested with Debian's PHP 8.2 CLI). Docs: docs/clients.md.
  */
 
 declare(strict_types=1);
 
 namespace Sidekick;
+
+// The extension (clients/php/ext) is this client in C: when it is loaded it measures and sends every request itself
+// and provides \Sidekick\Agent, so this file steps aside (one record per request, never two).
+if (\extension_loaded('sidekick')) {
+    return;
+}
 
 if (!\class_exists(Agent::class, false)) {
     final class Agent

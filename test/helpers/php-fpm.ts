@@ -98,6 +98,11 @@ export interface PoolOptions {
   client?: boolean;
   /** The file to prepend instead of the repo's client (another version of it, for a same-run comparison). */
   prepend?: string;
+  /**
+   * A PHP extension this pool's children load (`php_admin_value[extension]`): the client's extension
+   * (test/helpers/php-ext.ts). With it and `client` left unset, the pool does not prepend the userland file.
+   */
+  extension?: string;
   /** pm.max_children (pm = static). Default: the stack's `children`, else 4. */
   children?: number;
   /** The script every request runs (SCRIPT_FILENAME). Default: the stack's `page`. */
@@ -118,6 +123,11 @@ export interface PhpStackOptions {
    * prepended as well.
    */
   poolInclude?: string;
+  /**
+   * The client's extension (sidekick.so): every pool with the client loads it instead of prepending the userland file
+   * (the extension variant of a test; see test/helpers/php-ext.ts). A pool's own `extension` or `prepend` wins.
+   */
+  extension?: string;
   /** Extra env[...] lines for every pool (FPM clears the environment: only what is listed here reaches PHP). */
   env?: Record<string, string>;
   /** pm.max_children per pool (pm = static). Default 4. */
@@ -253,25 +263,32 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
   const detached = opts.detached ?? true;
   const tmp = tmpDir('sk-php-');
   const dir = tmp.dir;
-  const pools = (opts.pools ?? [{ name: 'app' }]).map((p) => ({
-    name: p.name,
-    client: p.client ?? true,
-    prepend: resolve(p.prepend ?? PHP_CLIENT),
-    children: p.children ?? opts.children ?? 4,
-    page: resolve(p.page ?? opts.page ?? PHP_FPM_PAGE),
-    env: {
-      ...(opts.agentSocket === undefined ? {} : { SIDEKICK_AGENT_SOCKET: opts.agentSocket }),
-      ...opts.env,
-      ...p.env, // a pool's own setting wins
-    } as Record<string, string>,
-    socket: join(dir, `fpm-${p.name}.sock`),
-    accessLog: join(dir, `access-${p.name}.log`),
-    port: 0,
-  }));
+  const pools = (opts.pools ?? [{ name: 'app' }]).map((p) => {
+    const extension = p.extension ?? (p.client !== false && !p.prepend ? opts.extension : undefined);
+    return {
+      name: p.name,
+      // the extension replaces the prepend unless the pool asks for both
+      client: p.client ?? extension === undefined,
+      extension,
+      prepend: resolve(p.prepend ?? PHP_CLIENT),
+      children: p.children ?? opts.children ?? 4,
+      page: resolve(p.page ?? opts.page ?? PHP_FPM_PAGE),
+      env: {
+        ...(opts.agentSocket === undefined ? {} : { SIDEKICK_AGENT_SOCKET: opts.agentSocket }),
+        ...opts.env,
+        ...p.env, // a pool's own setting wins
+      } as Record<string, string>,
+      socket: join(dir, `fpm-${p.name}.sock`),
+      accessLog: join(dir, `access-${p.name}.log`),
+      port: 0,
+    };
+  });
   for (const p of pools) {
     if (!/^[a-z0-9_-]+$/.test(p.name)) throw new Error(`pool name ${p.name}: use [a-z0-9_-]+`);
     if (!existsSync(p.page)) throw new Error(`page ${p.page} does not exist`);
     if (p.client && !existsSync(p.prepend)) throw new Error(`prepend file ${p.prepend} does not exist`);
+    if (p.extension !== undefined && !existsSync(p.extension))
+      throw new Error(`extension ${p.extension} does not exist`);
     p.port = await freePort();
   }
 
@@ -297,6 +314,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
       'decorate_workers_output = no',
       // clear_env stays yes (the default): the pool's environment is exactly the env[] lines below.
       ...Object.entries(p.env).map(([k, v]) => `env[${k}] = ${iniQuote(v)}`),
+      ...(p.extension === undefined ? [] : [`php_admin_value[extension] = ${iniQuote(p.extension)}`]),
       ...(p.client ? [`php_admin_value[auto_prepend_file] = ${iniQuote(p.prepend)}`] : []),
       'php_admin_flag[log_errors] = on',
       'php_admin_flag[display_errors] = off',
