@@ -28,15 +28,16 @@
 
 /* This process's pid: set at MINIT and in every forked child (pthread_atfork), so a request needs no getpid(2). */
 pid_t sk_pid;
-/* The process that loaded the extension: when requests run in other processes, they are its forked children. */
-static pid_t minit_pid;
 /*
- * Drops not yet reported to the agent, shared by every process forked from the one that loaded the extension (the
- * FPM master, loading it from php.ini): the userland client's APCu key 'sidekick.agent.unreported', without APCu. Any
- * child's next send that works takes them all (an atomic exchange: one sender gets them) and writes them in front of
- * its line; a write that fails gives them back. NULL when the mapping failed.
+ * Drops not yet reported to the agent, shared by every PHP process that spills to the same directory: the userland
+ * client's APCu key 'sidekick.agent.unreported', without APCu. A file of 8 bytes beside the spill file
+ * (<spill dir>/drops.unreported, group-writable like it; the agent ignores it), mapped shared by each process once:
+ * any process's next send that works takes the count (an atomic exchange: one sender gets it) and writes it in front
+ * of its line; a write that fails gives it back. It outlives FPM restarts. Not on the CLI, where, as with the userland
+ * client, a request's drops end in the spill file at the end of the request.
  */
 static _Atomic int64_t *pool_unreported;
+static uint64_t pool_key;
 
 /* Per process, re-read every SK_PROCESS_CACHE_NS: one uname(2) (and one stat(2) for the default socket) per 10 s. */
 static char host[256];
@@ -54,9 +55,7 @@ static uint64_t now_ns(void)
 
 void sk_transport_minit(void)
 {
-	sk_pid = minit_pid = getpid();
-	void *p = mmap(NULL, sizeof(*pool_unreported), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	pool_unreported = p == MAP_FAILED ? NULL : (_Atomic int64_t *)p;
+	sk_pid = getpid();
 }
 
 void sk_transport_mshutdown(void)
@@ -78,12 +77,6 @@ void sk_transport_atfork_child(void)
 	}
 }
 
-/* The pool shares drop counts only in a forked child of the loading process, and never on the CLI (see above). */
-static bool shared(void)
-{
-	return pool_unreported && sk_pid != minit_pid && strcmp(sapi_module.name, "cli") != 0
-		&& strcmp(sapi_module.name, "phpdbg") != 0;
-}
 
 /* ------------------------------------------------------------------------------------------------ settings */
 
@@ -273,57 +266,6 @@ bool sk_apcu_enabled(void)
 
 /* ------------------------------------------------------------------------------------------------ drops */
 
-/* Counts one drop: in stats(), in APCu's pool total when APCu is on, and as not reported yet. */
-static void count_drop(void)
-{
-	SKG(dropped)++;
-	if (sk_apcu_enabled()) {
-		zval ret, key;
-		ZVAL_STRINGL(&key, SK_APCU_DROPPED_KEY, sizeof(SK_APCU_DROPPED_KEY) - 1);
-		if (sk_call("apcu_inc", 1, &key, &ret)) {
-			zval_ptr_dtor(&ret);
-		}
-		zval_ptr_dtor(&key);
-	}
-	if (shared()) {
-		atomic_fetch_add(pool_unreported, 1);
-	} else {
-		SKG(unreported)++;
-	}
-}
-
-/* Takes every drop not reported yet (this request's, and the pool's); the caller writes them or gives them back. */
-static zend_long take_unreported(void)
-{
-	zend_long n = SKG(unreported);
-	SKG(unreported) = 0;
-	/* A plain load first: the usual answer is 0, and it leaves the shared cache line alone. */
-	if (shared() && atomic_load_explicit(pool_unreported, memory_order_relaxed) > 0) {
-		n += (zend_long)atomic_exchange(pool_unreported, 0);
-	}
-	return n;
-}
-
-static void give_back(zend_long n)
-{
-	if (n <= 0) {
-		return;
-	}
-	if (shared()) {
-		atomic_fetch_add(pool_unreported, n);
-	} else {
-		SKG(unreported) += n;
-	}
-}
-
-static size_t dropped_line(char *buf, size_t size, zend_long count)
-{
-	return count > 0 ? (size_t)snprintf(buf, size, "{\"_sidekick\":\"dropped\",\"count\":" ZEND_LONG_FMT "}\n", count)
-					 : 0;
-}
-
-/* ------------------------------------------------------------------------------------------------ spill */
-
 /* mkdir -p with the userland client's mode (2770 under umask 0007). */
 static void mkdir_p(char *dir)
 {
@@ -336,6 +278,103 @@ static void mkdir_p(char *dir)
 	}
 	mkdir(dir, 02770);
 }
+
+/* The shared count of drops not reported yet (see pool_unreported), or NULL: this request keeps them. */
+static _Atomic int64_t *shared(void)
+{
+	if (strcmp(sapi_module.name, "cli") == 0 || strcmp(sapi_module.name, "phpdbg") == 0) {
+		return NULL;
+	}
+	zend_string *dir = sk_spill_dir();
+	uint64_t key = 14695981039346656037ULL; /* FNV-1a of the spill dir: a cheap "same as last time?" */
+	for (size_t i = 0; i < ZSTR_LEN(dir); i++) {
+		key = (key ^ (unsigned char)ZSTR_VAL(dir)[i]) * 1099511628211ULL;
+	}
+	if (pool_unreported && key == pool_key) {
+		return pool_unreported;
+	}
+	sk_transport_mshutdown();
+	zend_string *file = zend_string_concat2(ZSTR_VAL(dir), ZSTR_LEN(dir), ZEND_STRL("/drops.unreported"));
+	mode_t mask = umask(0007);
+	int fd = open(ZSTR_VAL(file), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+	if (fd < 0 && errno == ENOENT) {
+		char *d = estrndup(ZSTR_VAL(dir), ZSTR_LEN(dir));
+		mkdir_p(d);
+		efree(d);
+		fd = open(ZSTR_VAL(file), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+	}
+	umask(mask);
+	zend_string_release(file);
+	if (fd < 0) {
+		return NULL;
+	}
+	struct stat st;
+	void *p = MAP_FAILED;
+	/* A new file is empty: grow it to 8 zero bytes (a concurrent creator does the same; an old one keeps its count). */
+	if (fstat(fd, &st) == 0 && (st.st_size >= (off_t)sizeof(int64_t) || ftruncate(fd, sizeof(int64_t)) == 0)) {
+		p = mmap(NULL, sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	}
+	close(fd);
+	if (p == MAP_FAILED) {
+		return NULL;
+	}
+	pool_key = key;
+	return pool_unreported = (_Atomic int64_t *)p;
+}
+
+/* Counts one drop: in stats(), in APCu's pool total when APCu is on, and as not reported yet. */
+static void count_drop(void)
+{
+	SKG(dropped)++;
+	if (sk_apcu_enabled()) {
+		zval ret, key;
+		ZVAL_STRINGL(&key, SK_APCU_DROPPED_KEY, sizeof(SK_APCU_DROPPED_KEY) - 1);
+		if (sk_call("apcu_inc", 1, &key, &ret)) {
+			zval_ptr_dtor(&ret);
+		}
+		zval_ptr_dtor(&key);
+	}
+	_Atomic int64_t *pool = shared();
+	if (pool) {
+		atomic_fetch_add(pool, 1);
+	} else {
+		SKG(unreported)++;
+	}
+}
+
+/* Takes every drop not reported yet (this request's, and the pool's); the caller writes them or gives them back. */
+static zend_long take_unreported(void)
+{
+	zend_long n = SKG(unreported);
+	SKG(unreported) = 0;
+	/* A plain load first: the usual answer is 0, and it leaves the shared cache line alone. */
+	_Atomic int64_t *pool = shared();
+	if (pool && atomic_load_explicit(pool, memory_order_relaxed) > 0) {
+		n += (zend_long)atomic_exchange(pool, 0);
+	}
+	return n;
+}
+
+static void give_back(zend_long n)
+{
+	if (n <= 0) {
+		return;
+	}
+	_Atomic int64_t *pool = shared();
+	if (pool) {
+		atomic_fetch_add(pool, n);
+	} else {
+		SKG(unreported) += n;
+	}
+}
+
+static size_t dropped_line(char *buf, size_t size, zend_long count)
+{
+	return count > 0 ? (size_t)snprintf(buf, size, "{\"_sidekick\":\"dropped\",\"count\":" ZEND_LONG_FMT "}\n", count)
+					 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ spill */
 
 /*
  * Appends whole lines to <spill dir>/spill.ndjson in one O_APPEND write, no lock: $capped bytes of them must fit
