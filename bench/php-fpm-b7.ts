@@ -10,13 +10,19 @@
 // Reports (RESULT lines, see bench/run.ts): PHP req/s with and without the client (medians), their ratio (median of
 // the per-round ratios; target >= 0.85), the FPM CPU per request the client adds (median of the per-round differences
 // client − bare, from /proc; target <= 5 µs), and records lost = requests the client pool's nginx logged with 200 minus
-// records central received (deduplicated by X-Sidekick-Batch-Id; target 0), after the agent has drained. Also FPM CPU
+// records central received (deduplicated by X-Sidekick-Batch-Id; target 0), after the agent has drained (for the
+// client pool, and for each variant pool beside it). Also FPM CPU
 // per request of each pool (less noisy than req/s on a shared machine) and the load average per run.
 //
 //   node --import tsx bench/php-fpm-b7.ts [--rounds 5] [--seconds 8] [--threads 2] [--connections 16] [--diagnose]
 //                                         [--coalesce-ms N]   (agent.ingest.coalesceMs; default: the agent's)
 //                                         [--variant NAME=FILE]... (one more pool per flag, FILE as its prepend: another
-//                                          version of the client, measured in the same rounds; e.g. the last commit's)
+//                                          version of the client, measured in the same rounds; e.g. the last commit's.
+//                                          FILE `ext`: the client's extension (clients/php/ext, built with phpize) loaded
+//                                          by the pool instead of the prepend; `ext+prepend`: the extension and the
+//                                          userland prepend, which then steps aside; `ext-off`: the extension loaded
+//                                          and switched off (its cost without the send); a path ending in .so: that
+//                                          extension build, no prepend)
 //   npm run bench -- --only b7
 //
 // Needs php-fpm, nginx and wrk (apt-get install php-fpm nginx-light wrk): without them it prints SKIP and exits 0.
@@ -31,7 +37,8 @@ import { gunzipSync } from 'node:zlib';
 import { adminGet } from '../src/admin/client.ts';
 import type { AgentCounterValues, AgentGaugeValues } from '../src/agent/metrics.ts';
 import { tmpDir } from '../test/helpers/agent.ts';
-import { PHP_FPM_MISSING, startPhpStack, type PhpStack } from '../test/helpers/php-fpm.ts';
+import { phpExtension } from '../test/helpers/php-ext.ts';
+import { PHP_FPM_MISSING, startPhpStack, type PhpStack, type PoolOptions } from '../test/helpers/php-fpm.ts';
 import { SIDEKICK_BIN, arg, median, report, run, skip, sleep, treeCpuSeconds, which } from './fixtures/runtime-util.ts';
 
 const BENCH = 'B7';
@@ -56,6 +63,19 @@ const VARIANTS = process.argv.flatMap((a, i) => {
     throw new Error('--variant NAME=FILE (NAME: [a-z0-9_-]+)');
   return [{ name: m[1]!, file: m[2]! }];
 });
+
+/** The pool of a --variant: a prepend file, or the client's extension (built here), with or without the prepend. */
+function variantPool(name: string, file: string): PoolOptions {
+  if (file === 'ext' || file === 'ext+prepend' || file === 'ext-off') {
+    const ext = phpExtension();
+    if ('missing' in ext) throw new Error(`--variant ${name}=${file}: ${ext.missing}`);
+    // ext-off: loaded and switched off (SIDEKICK_AGENT_DISABLE=1): what the extension costs without its send
+    const env = file === 'ext-off' ? { SIDEKICK_AGENT_DISABLE: '1' } : undefined;
+    return { name, extension: ext.so, client: file === 'ext+prepend', ...(env ? { env } : {}) };
+  }
+  if (file.endsWith('.so')) return { name, extension: file, client: false };
+  return { name, client: true, prepend: file };
+}
 
 function load(): string {
   return loadavg()
@@ -310,7 +330,7 @@ async function main(): Promise<void> {
               },
             ]
           : []),
-        ...VARIANTS.map((v) => ({ name: v.name, client: true, prepend: v.file })),
+        ...VARIANTS.map((v) => variantPool(v.name, v.file)),
       ],
       detached: false,
     });
@@ -365,15 +385,19 @@ async function main(): Promise<void> {
     // Drain: every record of the client pool reaches central, or the agent goes idle with nothing left to send.
     // Every line nginx logged for the client pool ran PHP: 200s, and 499s (wrk closed the connection at the end of a
     // run while the request was in FastCGI; PHP still ran it to the end, shutdown functions and the send included).
-    const logged = (): number => stack!.accessLogLines('client').length;
+    // Every pool that sends records: the client pool and the variants (each child's records told apart by pid).
+    const senders = ['client', ...VARIANTS.map((v) => v.name)];
+    const pidsOf = new Map(senders.map((p) => [p, poolPids(p)])); // pm = static, no max_requests: same children
+    const logged = (pool = 'client'): number => stack!.accessLogLines(pool).length;
+    const delivered = (pool = 'client'): number =>
+      pidsOf.get(pool)!.reduce((a, pid) => a + (central!.byPid.get(pid) ?? 0), 0);
     const until = Date.now() + 60_000;
     let lastReceived = -1;
     let quiet = 0;
     let st = await agent.status();
-    const clientPids = poolPids('client'); // pm = static, no max_requests: the same children all along
-    const delivered = (): number => clientPids.reduce((a, pid) => a + (central!.byPid.get(pid) ?? 0), 0);
+    const clientPids = pidsOf.get('client')!;
     while (Date.now() < until) {
-      if (delivered() >= logged()) break;
+      if (senders.every((p) => delivered(p) >= logged(p))) break;
       st = await agent.status();
       quiet = st.gauges.spoolRecords === 0 && st.counters.received === lastReceived ? quiet + 1 : 0;
       lastReceived = st.counters.received;
@@ -387,6 +411,11 @@ async function main(): Promise<void> {
     const others = central.records - delivered();
     const c = st.counters;
     const invalid = Object.values(c.invalid).reduce((a, b) => a + b, 0);
+    for (const pool of senders.slice(1))
+      console.log(
+        `variant pool ${pool}: nginx logged ${logged(pool)}, central received ${delivered(pool)} from its ` +
+          `${pidsOf.get(pool)!.length} children: lost ${logged(pool) - delivered(pool)}`,
+      );
 
     const withC = runs.filter((w) => w.pool === 'client');
     const without = runs.filter((w) => w.pool === 'bare');
@@ -468,6 +497,15 @@ async function main(): Promise<void> {
       unit: 'records',
       target: { op: '<=', value: 0 },
     });
+    for (const pool of senders.slice(1))
+      report({
+        bench: BENCH,
+        metric: `records lost, pool ${pool} (nginx-logged − delivered)`,
+        value: logged(pool) - delivered(pool),
+        unit: 'records',
+        target: { op: '<=', value: 0 },
+        note: `logged ${logged(pool)}, delivered ${delivered(pool)}; client_dropped (all pools) ${c.clientDropped}`,
+      });
     if (pools.length > 2)
       for (const pool of pools) {
         const rs = runs.filter((w) => w.pool === pool);
@@ -479,6 +517,23 @@ async function main(): Promise<void> {
             `added ${median(rs.map((w) => w.cpuUsPerReq - bare(w.round).cpuUsPerReq)).toFixed(1)} µs/req ` +
             `(medians of ${rs.length} rounds)`,
         );
+        if (!VARIANTS.some((v) => v.name === pool)) continue;
+        const added = rs.map((w) => w.cpuUsPerReq - bare(w.round).cpuUsPerReq);
+        report({
+          bench: BENCH,
+          metric: `FPM CPU per request added, pool ${pool} (median of rounds, ${pool} − bare)`,
+          value: Number(median(added).toFixed(1)),
+          unit: 'µs',
+          target: { op: '<=', value: 5 },
+          note: `rounds ${added.map((x) => x.toFixed(1)).join(', ')}`,
+        });
+        report({
+          bench: BENCH,
+          metric: `req/s ratio ${pool} / bare (median of rounds)`,
+          value: Number(median(rs.map((w) => w.rps / bare(w.round).rps)).toFixed(3)),
+          unit: 'x',
+          target: { op: '>=', value: 0.85 },
+        });
       }
     console.log(`\nload avg at the end ${load()}`);
   } finally {

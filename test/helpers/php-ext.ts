@@ -5,11 +5,13 @@
 //   for (const v of PHP_CLIENT_VARIANTS) describe(`… [${v.name}]`, { skip: v.skip }, () => { … v.cliArgs() … });
 //
 // The extension is built once per source version into a cache directory under the system temp dir (keyed by a hash
-// of its sources and of the PHP API version), so concurrent test files share one build; a build takes ~20 s. Without
-// php-dev the extension variant is skipped, except under CI (CI=true), where a missing or failing build fails it.
+// of its sources and of the PHP API version), so concurrent test files share one build (scripts/build-php-ext.sh,
+// ~20 s). Without php-dev the extension variant is skipped, except under CI (CI=true), where a missing or failing
+// build fails it. SIDEKICK_TEST_PHP_VARIANTS=userland (a comma list) runs only the variants named (.ci/run's second
+// suite run: the PHP side does not change with the Node version).
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -24,9 +26,8 @@ function sh(cmd: string, args: string[], cwd: string): { ok: boolean; out: strin
 
 /** The built sidekick.so (cached), or why it could not be built. Synchronous: the first call may take ~20 s. */
 export function buildPhpExtension(): { so: string } | { missing: string } {
-  const api = sh('php-config', ['--extension-dir'], REPO_ROOT);
-  if (!api.ok || !existsSync('/usr/bin/phpize'))
-    return { missing: 'phpize/php-config not found (apt-get install php-dev)' };
+  const api = sh('php-config', ['--extension-dir'], REPO_ROOT); // names the PHP API (…-20220829)
+  if (!api.ok) return { missing: 'php-config not found (apt-get install php-dev)' };
   const hash = createHash('sha256').update(api.out);
   for (const f of readdirSync(PHP_EXT_SRC)
     .filter((n) => /\.(c|h|m4)$/.test(n))
@@ -35,32 +36,21 @@ export function buildPhpExtension(): { so: string } | { missing: string } {
   const cache = join(tmpdir(), `sidekick-php-ext-${hash.digest('hex').slice(0, 16)}`);
   const so = join(cache, 'sidekick.so');
   if (existsSync(so)) return { so };
-  // Build in a private copy, then move the result into place: concurrent builders each finish, one rename wins.
-  const work = mkdtempSync(join(tmpdir(), 'sidekick-php-ext-build-'));
-  try {
-    cpSync(PHP_EXT_SRC, work, { recursive: true, filter: (src) => !/\/(\.libs|modules|autom4te\.cache)$/.test(src) });
-    for (const [cmd, args] of [
-      ['phpize', []],
-      ['./configure', ['--quiet']],
-      ['make', ['--silent']],
-    ] as const) {
-      const r = sh(cmd, [...args], work);
-      if (!r.ok) return { missing: `the PHP extension did not build (${cmd}):\n${r.out.slice(-4000)}` };
-    }
-    const built = join(work, 'modules', 'sidekick.so');
-    const staged = mkdtempSync(join(tmpdir(), 'sidekick-php-ext-stage-'));
-    cpSync(built, join(staged, 'sidekick.so'));
-    chmodSync(staged, 0o755); // FPM children and tests that run PHP as nobody load it
-    chmodSync(join(staged, 'sidekick.so'), 0o755);
-    try {
-      renameSync(staged, cache);
-    } catch {
-      rmSync(staged, { recursive: true, force: true }); // another builder won: same sources, same result
-    }
-    return existsSync(so) ? { so } : { missing: `the PHP extension build left no ${so}` };
-  } finally {
-    rmSync(work, { recursive: true, force: true });
+  // scripts/build-php-ext.sh builds in a private copy; the result moves into place whole: concurrent builders each
+  // finish, one rename wins.
+  const staged = mkdtempSync(join(tmpdir(), 'sidekick-php-ext-build-'));
+  const r = sh(join(REPO_ROOT, 'scripts', 'build-php-ext.sh'), [staged], REPO_ROOT);
+  if (!r.ok) {
+    rmSync(staged, { recursive: true, force: true });
+    return { missing: `the PHP extension did not build (scripts/build-php-ext.sh):\n${r.out.slice(-4000)}` };
   }
+  chmodSync(staged, 0o755); // FPM children and tests that run PHP as nobody load it
+  try {
+    renameSync(staged, cache);
+  } catch {
+    rmSync(staged, { recursive: true, force: true }); // another builder won: same sources, same result
+  }
+  return existsSync(so) ? { so } : { missing: `the PHP extension build left no ${so}` };
 }
 
 let built: { so: string } | { missing: string } | undefined;
@@ -92,6 +82,8 @@ function variants(): PhpClientVariant[] {
     missing: false,
     cliArgs: (prepend = PHP_CLIENT_FILE) => ['-d', `auto_prepend_file=${prepend}`],
   };
+  const only = process.env.SIDEKICK_TEST_PHP_VARIANTS?.split(',').filter(Boolean);
+  if (only?.length && !only.includes('extension')) return [userland];
   const ext = phpExtension();
   const missing = 'missing' in ext ? ext.missing : false;
   const extension: PhpClientVariant = {
@@ -106,6 +98,7 @@ function variants(): PhpClientVariant[] {
       `auto_prepend_file=${prepend}`,
     ],
   };
+  if (only?.length && !only.includes('userland')) return [extension];
   if (extension.skip) console.log(`PHP extension variant skipped: ${extension.skip}`);
   return [userland, extension];
 }

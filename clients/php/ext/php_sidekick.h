@@ -26,6 +26,8 @@ extern zend_module_entry sidekick_module_entry;
 #define SK_DEFAULT_ROOT_SOCKET "/run/sidekick/agent.sock"
 #define SK_SPILL_FILE "spill.ndjson"
 #define SK_APCU_DROPPED_KEY "sidekick.agent.dropped"
+/* A reused connection is peeked for the agent's "bye" at most this often (transport.c: alive()). */
+#define SK_ALIVE_CHECK_NS (100 * 1000000ULL)
 /* The host name and the default socket are re-read this often per process (a renamed host shows within it). */
 #define SK_PROCESS_CACHE_NS (10 * 1000000000ULL)
 
