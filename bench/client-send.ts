@@ -32,6 +32,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAgentClient } from '../src/agent/client/index.ts';
+import { phpExtension } from '../test/helpers/php-ext.ts';
 import { arg, machine, percentile, report, skip, which } from './fixtures/runtime-util.ts';
 
 const BENCH = 'B5';
@@ -63,6 +64,7 @@ interface PhpOut {
 }
 const VARIANT_LABEL: Record<string, string> = {
   client: '`Agent::send()`, first send of a request (persistent connection)',
+  client_ext: '`Agent::send()`, extension (clients/php/ext)',
   raw_persistent: 'raw persistent `stream_socket_client` + `fwrite` (baseline)',
   raw: 'raw `stream_socket_client` + `fwrite` + `fclose` (connection per record)',
 };
@@ -164,8 +166,9 @@ async function staleFile(path: string): Promise<{ close: () => Promise<void> }> 
 // ---------------------------------------------------------------------------------------------------------------
 // PHP
 
-async function runPhp(path: string): Promise<PhpOut> {
-  const child = spawn('php', [PHP_SCRIPT, path, String(N), '1000', String(PACE_US)], {
+async function runPhp(path: string, extension?: string): Promise<PhpOut> {
+  const load = extension ? ['-d', `extension=${extension}`] : [];
+  const child = spawn('php', [...load, PHP_SCRIPT, path, String(N), '1000', String(PACE_US)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let out = '';
@@ -208,12 +211,16 @@ async function php(): Promise<void> {
     { name: 'hung-accept', setup: neverAccepting },
   ];
   let version = '';
-  for (const sc of scenarios) {
+  // The userland client, then (when it builds here) the extension: each scenario runs once per client.
+  const ext = phpExtension();
+  if ('missing' in ext) console.log(`PHP extension not measured: ${ext.missing}`);
+  const clients = ['userland', ...('so' in ext ? [ext.so] : [])];
+  for (const sc of scenarios.flatMap((s) => clients.map((c) => ({ ...s, ext: c === 'userland' ? undefined : c })))) {
     const path = join(dir, `${sc.name}.sock`);
     const env = await sc.setup(path);
     let out: PhpOut;
     try {
-      out = await runPhp(path);
+      out = await runPhp(path, sc.ext);
       if (env.check) {
         // Let the listener drain what php wrote before it exited (bounded).
         for (let i = 0; i < 200; i++) await new Promise<void>((r) => setImmediate(r));
@@ -230,7 +237,8 @@ async function php(): Promise<void> {
       const sum = out[v] as Summary;
       row('php', sc.name, VARIANT_LABEL[v] ?? v, sum);
       parts.push(`${v} p50 ${us(sum.p50)} p99 ${us(sum.p99)} µs (ok ${sum.ok}/${sum.n})`);
-      const isClient = v === 'client';
+      const isClient = v === 'client' || v === 'client_ext';
+      if (sc.ext && !isClient) continue; // the baselines are reported once, from the userland run
       for (const [p, q] of [
         ['p50', sum.p50],
         ['p99', sum.p99],
@@ -244,7 +252,7 @@ async function php(): Promise<void> {
         });
       }
     }
-    console.log(`php ${sc.name}: ${parts.join('; ')}; clock ${out.clock.p50} ns`);
+    console.log(`php ${sc.name}${sc.ext ? ' (extension)' : ''}: ${parts.join('; ')}; clock ${out.clock.p50} ns`);
   }
   console.log(`PHP ${version}`);
 }

@@ -386,7 +386,7 @@ async function main(): Promise<void> {
     // Every line nginx logged for the client pool ran PHP: 200s, and 499s (wrk closed the connection at the end of a
     // run while the request was in FastCGI; PHP still ran it to the end, shutdown functions and the send included).
     // Every pool that sends records: the client pool and the variants (each child's records told apart by pid).
-    const senders = ['client', ...VARIANTS.map((v) => v.name)];
+    const senders = ['client', ...VARIANTS.filter((v) => v.file !== 'ext-off').map((v) => v.name)];
     const pidsOf = new Map(senders.map((p) => [p, poolPids(p)])); // pm = static, no max_requests: same children
     const logged = (pool = 'client'): number => stack!.accessLogLines(pool).length;
     const delivered = (pool = 'client'): number =>
