@@ -6,5 +6,5 @@ PHP_ARG_ENABLE([sidekick],
 
 if test "$PHP_SIDEKICK" != "no"; then
   AC_DEFINE(HAVE_SIDEKICK, 1, [Whether the Sidekick agent client is enabled])
-  PHP_NEW_EXTENSION(sidekick, sidekick.c transport.c, $ext_shared,, -std=gnu11 -Wall -Wextra -Wno-unused-parameter)
+  PHP_NEW_EXTENSION(sidekick, sidekick.c record.c transport.c drops.c settings.c, $ext_shared,, -std=gnu11 -Wall -Wextra -Wno-unused-parameter)
 fi

@@ -2,8 +2,11 @@
  * Sidekick agent client for PHP, as an extension: the request's record built and sent in C at request end.
  * Same record, settings, spill, drop reporting and public API as clients/php/sidekick-agent.php (docs/clients.md).
  *
- *   sidekick.c    the module: lifecycle, \Sidekick\Agent's methods, the request's record
- *   transport.c   the persistent connection, the bounded write, the spill file, drop accounting, settings
+ *   sidekick.c    the module: lifecycle, \Sidekick\Agent's methods
+ *   record.c      the request's record, built and sent at RSHUTDOWN
+ *   transport.c   the persistent connection and the bounded write of a line
+ *   drops.c       drop accounting (reported to the agent) and the spill file
+ *   settings.c    settings, the socket path and spill dir, per-process facts (host), PHP function calls
  */
 #ifndef PHP_SIDEKICK_H
 #define PHP_SIDEKICK_H
@@ -56,20 +59,43 @@ ZEND_END_MODULE_GLOBALS(sidekick)
 ZEND_EXTERN_MODULE_GLOBALS(sidekick)
 #define SKG(v) ZEND_MODULE_GLOBALS_ACCESSOR(sidekick, v)
 
+/* json_encode() flags of the userland client: the same bytes for the same record (needs ext/json/php_json.h). */
+#define SK_JSON_FLAGS                                                                                                  \
+	(PHP_JSON_UNESCAPED_SLASHES | PHP_JSON_UNESCAPED_UNICODE | PHP_JSON_INVALID_UTF8_SUBSTITUTE                        \
+		| PHP_JSON_PARTIAL_OUTPUT_ON_ERROR | PHP_JSON_PRESERVE_ZERO_FRACTION)
+#define SK_JSON_DEPTH 512
+
+/* record.c */
+bool sk_switched_off(void);
+void sk_finish(void);
+
+/* settings.c */
+uint64_t sk_now_ns(void);
+zend_string *sk_setting(const char *env, const char *ini);
+bool sk_flag(const char *env, const char *ini);
+zend_long sk_setting_long(const char *env, const char *ini, zend_long def);
+zend_string *sk_socket_path(void);
+zend_string *sk_spill_dir(void);
+const char *sk_host(size_t *len);
+void sk_settings_atfork_child(void);
+zval *sk_call(const char *fn, uint32_t argc, zval *argv, zval *ret);
+bool sk_apcu_enabled(void);
+
+/* drops.c */
+void sk_count_drop(void);
+zend_long sk_take_unreported(void);
+void sk_give_back(zend_long n);
+size_t sk_dropped_line(char *buf, size_t size, zend_long count);
+bool sk_spill(const char *lines, size_t len, size_t capped, bool allowance);
+void sk_persist_unreported(void);
+void sk_drops_mshutdown(void);
+
 /* transport.c */
+extern pid_t sk_pid;
 void sk_transport_minit(void);
 void sk_transport_mshutdown(void);
 void sk_transport_atfork_child(void);
-zend_string *sk_setting(const char *env, const char *ini);
-bool sk_flag(const char *env, const char *ini);
-zend_string *sk_socket_path(void);
-zend_string *sk_spill_dir(void);
 int sk_connection(void);
 bool sk_deliver(smart_str *line, bool ok);
-void sk_persist_unreported(void);
-zval *sk_call(const char *fn, uint32_t argc, zval *argv, zval *ret);
-bool sk_apcu_enabled(void);
-const char *sk_host(size_t *len);
-extern pid_t sk_pid;
 
 #endif
