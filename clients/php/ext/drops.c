@@ -29,6 +29,8 @@
  */
 static _Atomic int64_t *pool_unreported;
 static uint64_t pool_key;
+/* A directory where the file could not be mapped is tried again after SK_PROCESS_CACHE_NS, not on every send. */
+static uint64_t failed_key, failed_at;
 
 /* mkdir -p with the userland client's mode (2770 under umask 0007). */
 static void mkdir_p(char *dir)
@@ -57,6 +59,9 @@ static _Atomic int64_t *shared(void)
 	if (pool_unreported && key == pool_key) {
 		return pool_unreported;
 	}
+	if (failed_at && key == failed_key && sk_now_ns() - failed_at < SK_PROCESS_CACHE_NS) {
+		return NULL;
+	}
 	sk_drops_mshutdown();
 	zend_string *file = zend_string_concat2(ZSTR_VAL(dir), ZSTR_LEN(dir), ZEND_STRL("/drops.unreported"));
 	mode_t mask = umask(0007);
@@ -69,6 +74,8 @@ static _Atomic int64_t *shared(void)
 	}
 	umask(mask);
 	zend_string_release(file);
+	failed_key = key;
+	failed_at = sk_now_ns();
 	if (fd < 0) {
 		return NULL;
 	}
@@ -82,6 +89,7 @@ static _Atomic int64_t *shared(void)
 	if (p == MAP_FAILED) {
 		return NULL;
 	}
+	failed_at = 0;
 	pool_key = key;
 	return pool_unreported = (_Atomic int64_t *)p;
 }
