@@ -103,7 +103,7 @@ test('JSON: top-level keys, strings as they are, other values as JSON text; an i
     F.json,
     JSON.stringify({ s: 'on', n: 8080, f: 1.5, t: true, z: null, o: { a: [1, 'x'] }, arr: [1, 2], e: '' }),
   );
-  const vars = await getVars('json', { timeout: 5000 });
+  const vars = await getVars('json', { timeout: 30_000 });
   assert.deepEqual(plain(vars), {
     s: 'on',
     n: '8080',
@@ -121,7 +121,7 @@ test('JSON: top-level keys, strings as they are, other values as JSON text; an i
 
 test('write-to-temp + rename over, and vim backup-and-rename, both publish', async () => {
   writeFileSync(F.rename, '{"v":"1"}');
-  await getVars('rename', { timeout: 5000 });
+  await getVars('rename', { timeout: 30_000 });
   let next = until('rename', (v) => v.v === '2');
   const temp = join(tmp.dir, 'rename', '.flags.json.tmp-123');
   writeFileSync(temp, '{"v":"2"}');
@@ -137,7 +137,7 @@ test('write-to-temp + rename over, and vim backup-and-rename, both publish', asy
 
 test('YAML and .env: parsed and mapped, updates published', async () => {
   writeFileSync(F.yaml, 'greeting: hello\nport: 8080\nenabled: false\nempty:\nlist: [a, b]\nnested:\n  k: v\n');
-  assert.deepEqual(plain(await getVars('yaml', { timeout: 5000 })), {
+  assert.deepEqual(plain(await getVars('yaml', { timeout: 30_000 })), {
     greeting: 'hello',
     port: '8080',
     enabled: 'false',
@@ -150,7 +150,7 @@ test('YAML and .env: parsed and mapped, updates published', async () => {
   assert.deepEqual(plain(await next), { greeting: 'hi' });
 
   writeFileSync(F.env, '# comment\nDB_HOST=db.local\nexport DB_PORT=5432\nQUOTED="a b"\nREF=${DB_HOST}\n');
-  assert.deepEqual(plain(await getVars('env', { timeout: 5000 })), {
+  assert.deepEqual(plain(await getVars('env', { timeout: 30_000 })), {
     DB_HOST: 'db.local',
     DB_PORT: '5432',
     QUOTED: 'a b',
@@ -170,8 +170,8 @@ test('a Kubernetes ConfigMap volume: the ..data symlink swap is seen by a file a
   symlinkSync('..2024_01_01_00_00_00.1', join(F.k8s, '..data'));
   symlinkSync('..data/app.yaml', join(F.k8s, 'app.yaml'));
   symlinkSync('..data/extra.json', join(F.k8s, 'extra.json'));
-  assert.deepEqual(plain(await getVars('k8s.file', { timeout: 5000 })), { mode: 'one' });
-  assert.deepEqual(plain(await getVars('k8s.folder', { timeout: 5000 })), { mode: 'one', x: '1' });
+  assert.deepEqual(plain(await getVars('k8s.file', { timeout: 30_000 })), { mode: 'one' });
+  assert.deepEqual(plain(await getVars('k8s.folder', { timeout: 30_000 })), { mode: 'one', x: '1' });
 
   const file = until('k8s.file', (v) => v.mode === 'two');
   const folder = until('k8s.folder', (v) => v.mode === 'two');
@@ -188,7 +188,7 @@ test('a Kubernetes ConfigMap volume: the ..data symlink swap is seen by a file a
 
 test('deleted: the last snapshot stays; re-created: published again', async () => {
   writeFileSync(F.gone, '{"v":"before"}');
-  const first = await getVars('gone', { timeout: 5000 });
+  const first = await getVars('gone', { timeout: 30_000 });
   const rec = record('gone');
   const next = until('gone', (v) => v.v === 'after');
   unlinkSync(F.gone);
@@ -205,7 +205,7 @@ test('deleted: the last snapshot stays; re-created: published again', async () =
 
 test('invalid JSON, a non-object and an empty file are kept out: the last good snapshot stays', async () => {
   writeFileSync(F.bad, '{"v":"good"}');
-  const good = await getVars('bad', { timeout: 5000 });
+  const good = await getVars('bad', { timeout: 30_000 });
   const rec = record('bad');
   const next = until('bad', (v) => v.v === 'fixed');
   writeFileSync(F.bad, '{"v": "half-wri');
@@ -224,7 +224,7 @@ test('invalid JSON, a non-object and an empty file are kept out: the last good s
 
 test('a burst of writes within debounceMs publishes once or a few times, ending on the final content', async () => {
   writeFileSync(F.burst, '{"n":"0"}');
-  await getVars('burst', { timeout: 5000 });
+  await getVars('burst', { timeout: 30_000 });
   const rec = record('burst');
   const last = until('burst', (v) => v.n === '50');
   for (let n = 1; n <= 50; n++) writeFileSync(F.burst, JSON.stringify({ n: String(n) }));
@@ -239,7 +239,7 @@ test('a folder: its JSON/YAML/.env files merged in name order (the last name win
   writeFileSync(join(F.folder, '20-site.yaml'), 'b: site\nc: site\n');
   writeFileSync(join(F.folder, '.hidden.json'), '{"a":"hidden"}');
   writeFileSync(join(F.folder, 'README.txt'), 'not config');
-  assert.deepEqual(plain(await getVars('folder', { timeout: 5000 })), { a: 'base', b: 'site', c: 'site' });
+  assert.deepEqual(plain(await getVars('folder', { timeout: 30_000 })), { a: 'base', b: 'site', c: 'site' });
 
   let next = until('folder', (v) => v.d === 'env');
   writeFileSync(join(F.folder, '30-last.env'), 'c=env\nd=env\n');

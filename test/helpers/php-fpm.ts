@@ -489,6 +489,8 @@ export interface LoadRun {
   stop(): void;
   /** Resolves once every loop has ended (count, time or stop()). */
   readonly done: Promise<void>;
+  /** True once `done` has resolved. */
+  readonly finished: boolean;
   readonly ms: number;
 }
 
@@ -563,6 +565,9 @@ export function runLoad(opts: LoadOptions): LoadRun {
       stopped = true;
     },
     done,
+    get finished() {
+      return t1 !== 0;
+    },
     get ms() {
       return (t1 || performance.now()) - t0;
     },

@@ -127,6 +127,7 @@ export class RecordMapper {
     const unmappable: Buffer[] = [];
     const ids = new SpanIds(part.batchId);
     const p = part.payload;
+    const parsed = parseAll(p);
     let start = 0;
     for (let i = 0; start < p.length; i++) {
       let nl = p.indexOf(0x0a, start);
@@ -134,10 +135,13 @@ export class RecordMapper {
       const line = p.subarray(start, nl + 1);
       start = nl + 1;
       let rec: unknown;
-      try {
-        rec = JSON.parse(line.toString('utf8'));
-      } catch {
-        rec = undefined;
+      if (parsed) rec = parsed[i];
+      else {
+        try {
+          rec = JSON.parse(line.toString('utf8'));
+        } catch {
+          rec = undefined;
+        }
       }
       if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) {
         unmappable.push(line);
@@ -253,6 +257,25 @@ export class RecordMapper {
     const last = s.charCodeAt(cut - 1);
     if (last >= 0xd800 && last <= 0xdbff) cut--; // never split a surrogate pair (the encoders would emit U+FFFD)
     return s.slice(0, cut);
+  }
+}
+
+/**
+ * Every line of the part in one JSON.parse, as the elements of an array: a third cheaper per record than a
+ * toString + JSON.parse per line (per-call costs). The spool holds only lines the receiver found to be one JSON
+ * object each (receivers/ndjson.ts, exact to JSON.parse) and a raw newline cannot occur inside a JSON value, so lines
+ * and elements correspond. Undefined when the text is not one valid array of one value per line (a line that is not
+ * JSON): the caller then parses line by line and finds the bad one.
+ */
+function parseAll(p: Buffer): unknown[] | undefined {
+  if (p.length === 0 || p[p.length - 1] !== 0x0a) return undefined;
+  let lines = 0;
+  for (let at = p.indexOf(0x0a); at !== -1; at = p.indexOf(0x0a, at + 1)) lines++;
+  try {
+    const all: unknown = JSON.parse(`[${p.toString('utf8', 0, p.length - 1).replaceAll('\n', ',')}]`);
+    return Array.isArray(all) && all.length === lines ? all : undefined;
+  } catch {
+    return undefined;
   }
 }
 
