@@ -363,9 +363,9 @@ for (const variant of PHP_CLIENT_VARIANTS)
           atUp = load.completed;
           // keep the load on the new agent for a while (bounded by the load's own limits too)
           await waitFor(
-            () => load.completed >= atUp + 3000 || load.started >= 20_000,
+            () => load.completed >= atUp + 3000 || load.finished,
             'load to go on after the restart',
-            15_000,
+            60_000,
             10,
           );
           console.log(

@@ -38,7 +38,8 @@ test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids re
   const ready = await s.waitReady((st) => s.sidekick(st, 'web', 'gen.r')?.ready === true);
   const pids0 = s.app(ready, 'web').workers.map((w) => w.pid);
 
-  const load = startLoad({ port, path: '/hello', concurrency: 8, maxMs: 20_000, maxRequests: 300_000 });
+  // bounded by count and time; stopped below once the last reload is covered (generous: reloads under a loaded machine)
+  const load = startLoad({ port, path: '/hello', concurrency: 8, maxMs: 90_000, maxRequests: 300_000 });
   let pids2: number[] = [];
   try {
     await waitFor('the load to run', () => (load.result.ok > 50 ? true : undefined));
@@ -63,12 +64,16 @@ test('SIGHUP twice under keep-alive load: zero failed requests, all 200, pids re
       { what: 'reload 2 to complete' },
     );
     pids2 = s.app(after2, 'web').workers.map((w) => w.pid);
-    await waitFor('the newest workers to serve the load', () =>
-      pids2.every((p) => (load.result.byPid.get(p) ?? 0) > 0) ? true : undefined,
+    await waitFor(
+      'the newest workers to serve the load',
+      () => (pids2.every((p) => (load.result.byPid.get(p) ?? 0) > 0) ? true : undefined),
+      { timeoutMs: 60_000 },
     );
     // Keep the load on a little longer so the last drains are covered too (bounded: stop() below).
     const total = load.result.total;
-    await waitFor('more requests after the last reload', () => (load.result.total > total + 200 ? true : undefined));
+    await waitFor('more requests after the last reload', () => (load.result.total > total + 200 ? true : undefined), {
+      timeoutMs: 60_000,
+    });
   } finally {
     load.stop();
   }
