@@ -8,7 +8,7 @@ import type { SidekicksConfig } from '../config/schema.js';
 import type { Vars } from '../vars/snapshot.js';
 import type { InstanceEvents, SidekickResume, SidekickStatus } from './instance.js';
 import { SidekickPool } from './pool.js';
-import { failedTask, type TaskCall, type TaskHandle } from './task-handle.js';
+import type { TaskCall, TaskHandle } from './task-handle.js';
 import { assertName } from './names.js';
 
 export interface RegistryEvents {
@@ -126,13 +126,9 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     return out;
   }
 
-  /** Sends a task, starting the sidekick lazily if needed. */
+  /** Sends a task, starting the sidekick lazily if needed; throws (synchronously) what ensure() throws. */
   task(name: string, payload: unknown, call: TaskCall): TaskHandle {
-    try {
-      this.ensure(name);
-    } catch (err) {
-      return failedTask(err as Error);
-    }
+    this.ensure(name);
     return this.instances.get(name)!.task(payload, call);
   }
 
