@@ -127,13 +127,15 @@ test('serve: a pool thread that dies fails only its own task; the host and the o
   const s = await serve.status();
   assert.equal((s.apps[0] as unknown as { sidekickHost: { pid: number } }).sidekickHost.pid, hostPid, 'same host');
   assert.equal(after.pool.threads, 2);
-  // Both threads take tasks again.
-  const threads = new Set<number>();
-  await waitFor('tasks on both threads', async () => {
-    const r = await task<{ value: { thread: number } }>({ op: 'whoami' });
-    threads.add(r.value.thread);
-    return threads.size === 2;
-  });
+  // Both threads take tasks again: two at once, on threads 0 and 1, the replaced one at generation 1.
+  const both = [0, 1].map(() =>
+    task<{ ok: boolean; value: { thread: number; generation: number } }>({ op: 'gate', tag: 'rec' }, '&timeout=30000'),
+  );
+  await waitFor('both tasks to run', () => readEvents(tmp.dir).filter((e) => e.event === 'gate-wait rec').length === 2);
+  writeFileSync(join(tmp.dir, 'gate-rec'), '');
+  const answers = await Promise.all(both);
+  assert.deepEqual(answers.map((a) => a.value.thread).sort(), [0, 1], JSON.stringify(answers));
+  assert.deepEqual(answers.map((a) => a.value.generation).sort(), [0, 1]);
 });
 
 test('serve: status and /metrics show the pool (threads, busy, queue depth, durations, cancellations)', async () => {

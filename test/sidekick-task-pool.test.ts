@@ -125,13 +125,12 @@ test('a pool of 4 runs 4 CPU-bound tasks at once: each sees the other 3 begin, a
 test('only thread 0 of a pool publishes; setVars elsewhere throws SK_ERR_VARS_NOT_PUBLISHER', async () => {
   const vars = await getVars('pool.cpu', { timeout: 20_000 });
   assert.equal(vars.generation, '0');
-  // Idle threads take tasks in turn, so 4 tasks in a row visit every thread.
-  const seen = new Map<number, { code: string | null }>();
-  for (let i = 0; i < 8 && seen.size < 4; i++) {
-    const r = (await requestTask('pool.cpu', { op: 'set-here' })) as { thread: number; code: string | null };
-    seen.set(r.thread, r);
-  }
-  assert.equal(seen.size, 4, 'tasks went round every thread');
+  // 4 tasks that wait for each other: one per thread.
+  const all = (await Promise.all(
+    Array.from({ length: 4 }, () => requestTask('pool.cpu', { op: 'set-here', tag: 'pub', n: 4 }, { timeout: 20_000 })),
+  )) as { thread: number; code: string | null }[];
+  const seen = new Map(all.map((r) => [r.thread, r]));
+  assert.equal(seen.size, 4, 'one task per thread');
   assert.equal(seen.get(0)!.code, null);
   for (const t of [1, 2, 3]) assert.equal(seen.get(t)!.code, 'SK_ERR_VARS_NOT_PUBLISHER', `thread ${t}`);
   const who = (await requestTask('pool.cpu', { op: 'whoami' })) as { env: string; thread: number };
@@ -153,7 +152,7 @@ test('the pool queue holds: 1 thread busy + 2 waiting, the next one → SK_ERR_T
     return true;
   });
   writeFileSync(join(tmp.dir, 'gate-cap'), '');
-  assert.deepEqual(await running, { gate: 'cap', thread: 0 });
+  assert.deepEqual(await running, { gate: 'cap', thread: 0, generation: 0 });
   assert.equal(((await waiting[0]) as { thread: number }).thread, 0);
   assert.equal(((await waiting[1]) as { thread: number }).thread, 0);
 });
@@ -172,14 +171,15 @@ test('a thread that dies fails only its own task (SK_ERR_TASK_CRASHED); the othe
   const survived = (await other) as { thread: number };
   const died = readEvents(tmp.dir).find((e) => e.name === name && e.event.startsWith('dying '))!;
   assert.notEqual(String(survived.thread), died.event.split(' ')[1], 'the other thread finished its task');
-  // Replaced: both threads answer again, the dead one with generation 1.
-  const gens = new Map<number, number>();
-  await waitFor('both threads to answer, the replaced one at generation 1', async () => {
-    const r = (await requestTask(name, { op: 'whoami' }, { timeout: 20_000 })) as {
-      thread: number;
-      generation: number;
-    };
-    gens.set(r.thread, r.generation);
-    return gens.size === 2 && [...gens.values()].includes(1);
-  });
+  // Replaced: two tasks at once run on both threads again, the replaced one at generation 1 (the second task waits
+  // in the queue until the new thread is up).
+  const both = [0, 1].map(() => requestTask(name, { op: 'gate', tag: 'recover' }, { timeout: 30_000 }));
+  await waitFor(
+    'both tasks to run',
+    () => readEvents(tmp.dir).filter((e) => e.event === 'gate-wait recover').length === 2,
+  );
+  writeFileSync(join(tmp.dir, 'gate-recover'), '');
+  const answers = (await Promise.all(both)) as { thread: number; generation: number }[];
+  assert.deepEqual(answers.map((a) => a.thread).sort(), [0, 1]);
+  assert.deepEqual(answers.map((a) => a.generation).sort(), [0, 1], 'one thread was replaced (generation 1)');
 });
