@@ -9,7 +9,10 @@
 // Then 4 CPU-bound tasks at once: wall time with a pool of 4 threads vs one thread (median of --cpu-rounds,
 // interleaved), and their ratio (the ideal is 1/min(4, cores)).
 //
-//   npm run build && node --import tsx bench/tasks-pool.ts [--rounds 20000] [--block 500] [--spin 30000000]
+//   npm run build && node --import tsx bench/tasks-pool.ts [--rounds 20000] [--block 500] [--spin 150000000]
+//                                                          [--cpu-rounds 5] [--threads N]
+// Beside each latency: the CPU time of this whole process (main thread and every worker thread) per round trip,
+// which carries across machines better than a latency on a shared 2-core VM.
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
@@ -22,8 +25,8 @@ const arg = (name: string, def: number): number => {
 };
 const ROUNDS = arg('rounds', 20_000);
 const BLOCK = arg('block', 500);
-const SPIN = arg('spin', 30_000_000);
-const CPU_ROUNDS = arg('cpu-rounds', 3);
+const SPIN = arg('spin', 150_000_000);
+const CPU_ROUNDS = arg('cpu-rounds', 5);
 const THREADS = arg('threads', availableParallelism());
 const entry = (f: string): string => fileURLToPath(new URL(`./fixtures/${f}`, import.meta.url));
 
@@ -67,34 +70,47 @@ for (const v of variants) for (let i = 0; i < 2000; i++) await v.run(null);
 await Promise.all(Array.from({ length: 8 }, () => requestTask('pool4', null)));
 
 const samples = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+const cpuMicros = new Map<string, number>(variants.map((v) => [v.name, 0]));
 for (let done = 0; done < ROUNDS; done += BLOCK) {
   for (const v of variants) {
     const out = samples.get(v.name)!;
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < BLOCK; i++) {
       const t0 = process.hrtime.bigint();
       await v.run(null);
       out.push(Number(process.hrtime.bigint() - t0) / 1000);
     }
+    const cpu = process.cpuUsage(cpu0);
+    cpuMicros.set(v.name, cpuMicros.get(v.name)! + cpu.user + cpu.system);
   }
 }
 for (const v of variants) {
   const s = samples.get(v.name)!.sort((a, b) => a - b);
   const p50 = pct(s, 0.5);
   const p99 = pct(s, 0.99);
+  const cpu = cpuMicros.get(v.name)! / s.length;
   console.log(
-    `empty task round trip  ${v.name.padEnd(18)} p50 ${p50.toFixed(1)} µs  p99 ${p99.toFixed(1)} µs  (n=${s.length})`,
+    `empty task round trip  ${v.name.padEnd(18)} p50 ${p50.toFixed(1)} µs  p99 ${p99.toFixed(1)} µs  CPU ${cpu.toFixed(1)} µs/task  (n=${s.length})`,
   );
+  report({ bench: 'tasks', metric: `empty round trip CPU ${v.name}`, value: Number(cpu.toFixed(1)), unit: 'µs/task' });
   report({ bench: 'tasks', metric: `empty round trip p50 ${v.name}`, value: Number(p50.toFixed(1)), unit: 'µs' });
   report({ bench: 'tasks', metric: `empty round trip p99 ${v.name}`, value: Number(p99.toFixed(1)), unit: 'µs' });
 }
 
 // 4 CPU-bound tasks at once.
 const wall = { pool4: [] as number[], one: [] as number[] };
+// Cores the process kept busy during the round (CPU time of all its threads / wall time): what the pool buys when
+// other processes share the cores, where the wall-time ratio alone mostly measures the neighbours.
+const cores = { pool4: [] as number[], one: [] as number[] };
 for (let r = 0; r < CPU_ROUNDS; r++) {
   for (const name of ['pool4', 'one'] as const) {
     const t0 = performance.now();
+    const cpu0 = process.cpuUsage();
     await Promise.all(Array.from({ length: 4 }, () => requestTask(name, { spin: SPIN }, { timeout: 600_000 })));
-    wall[name].push(performance.now() - t0);
+    const ms = performance.now() - t0;
+    const cpu = process.cpuUsage(cpu0);
+    wall[name].push(ms);
+    cores[name].push((cpu.user + cpu.system) / 1000 / ms);
   }
 }
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -103,6 +119,21 @@ const w1 = median(wall.one);
 console.log(
   `4 CPU-bound tasks: pool of 4 ${w4.toFixed(0)} ms (${wall.pool4.map((x) => x.toFixed(0)).join(', ')}), one thread ${w1.toFixed(0)} ms (${wall.one.map((x) => x.toFixed(0)).join(', ')}), ratio ${(w4 / w1).toFixed(2)} (ideal ${(1 / Math.min(4, cpus().length)).toFixed(2)} on ${cpus().length} CPUs)`,
 );
+console.log(
+  `cores busy during the round: pool of 4 ${median(cores.pool4).toFixed(2)} (${cores.pool4.map((x) => x.toFixed(2)).join(', ')}), one thread ${median(cores.one).toFixed(2)} (${cores.one.map((x) => x.toFixed(2)).join(', ')})`,
+);
+report({
+  bench: 'tasks',
+  metric: '4 CPU tasks cores busy, pool of 4',
+  value: Number(median(cores.pool4).toFixed(2)),
+  unit: 'cores',
+});
+report({
+  bench: 'tasks',
+  metric: '4 CPU tasks cores busy, one thread',
+  value: Number(median(cores.one).toFixed(2)),
+  unit: 'cores',
+});
 report({ bench: 'tasks', metric: '4 CPU tasks wall, pool of 4', value: Math.round(w4), unit: 'ms' });
 report({ bench: 'tasks', metric: '4 CPU tasks wall, one thread', value: Math.round(w1), unit: 'ms' });
 report({ bench: 'tasks', metric: '4 CPU tasks wall ratio pool4/one', value: Number((w4 / w1).toFixed(3)), unit: 'x' });
