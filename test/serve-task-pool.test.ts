@@ -1,7 +1,8 @@
 // Tasks under `sidekick serve` (issue 21): the task pool lives in the app's sidekick host process. Progress crosses
 // every hop (thread → host → supervisor → HTTP worker) in order and before the result; a caller's timeout and an HTTP
 // worker that dies both abort the handler's signal in the host; a pool thread that dies fails only its own task
-// (SK_ERR_TASK_CRASHED) while the host and the other thread go on, and is replaced; status and /metrics show the pool.
+// (SK_ERR_TASK_CRASHED) while the host and the other thread go on, and is replaced; status and /metrics show the pool;
+// the pool survives a host killed with SIGKILL (resumed in the new host) and a reload.
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -176,4 +177,64 @@ test("serve: an HTTP worker killed while it waits for a task: the handler's sign
   // The supervisor replaces the worker and serves on.
   await serve.waitReady();
   assert.equal(serve.exitInfo, undefined);
+});
+
+test('serve: a sidekick host killed with SIGKILL: the pool comes back in the new host with both threads, counters kept', async () => {
+  const before = await pool();
+  const s0 = await serve.status();
+  const hostPid = (s0.apps[0] as unknown as { sidekickHost: { pid: number } }).sidekickHost.pid;
+  process.kill(hostPid, 'SIGKILL');
+  await waitFor(
+    'a new host with both pool threads running again',
+    async () => {
+      const s = await serve.status();
+      const host = (s.apps[0] as unknown as { sidekickHost: { pid: number } }).sidekickHost;
+      const p = serve.sidekick(s, 'tp', NAME) as unknown as TaskSidekickJson;
+      return host.pid !== hostPid && p.state === 'running' && p.pool.members[0]?.state === 'running';
+    },
+    { timeoutMs: 30_000 },
+  );
+  const both = [0, 1].map(() =>
+    task<{ ok: boolean; value: { thread: number } }>({ op: 'gate', tag: 'host' }, '&timeout=30000'),
+  );
+  await waitFor(
+    'both tasks to run',
+    () => readEvents(tmp.dir).filter((e) => e.event === 'gate-wait host').length === 2,
+  );
+  writeFileSync(join(tmp.dir, 'gate-host'), '');
+  assert.deepEqual((await Promise.all(both)).map((a) => a.value.thread).sort(), [0, 1]);
+  const after = await pool();
+  assert.ok(after.tasks.sent >= before.tasks.sent + 2, `sent carried over: ${before.tasks.sent} → ${after.tasks.sent}`);
+  assert.ok(after.pool.durations.count >= before.pool.durations.count, 'the histogram carried over');
+});
+
+test('serve: a reload (SIGHUP) restarts every pool thread (generation + 1); tasks keep working', async () => {
+  const before = await pool();
+  const gens = {
+    own: (before as unknown as { generation: number }).generation,
+    t1: before.pool.members[0]!.generation,
+  };
+  serve.signal('SIGHUP');
+  await waitFor(
+    'both threads at their next generation, running',
+    async () => {
+      const p = (await pool()) as TaskSidekickJson & { generation: number };
+      return (
+        p.generation > gens.own &&
+        p.pool.members[0]!.generation > gens.t1 &&
+        p.state === 'running' &&
+        p.pool.members[0]!.state === 'running'
+      );
+    },
+    { timeoutMs: 30_000 },
+  );
+  const both = [0, 1].map(() =>
+    task<{ ok: boolean; value: { thread: number } }>({ op: 'gate', tag: 'reload' }, '&timeout=30000'),
+  );
+  await waitFor(
+    'both tasks to run',
+    () => readEvents(tmp.dir).filter((e) => e.event === 'gate-wait reload').length === 2,
+  );
+  writeFileSync(join(tmp.dir, 'gate-reload'), '');
+  assert.deepEqual((await Promise.all(both)).map((a) => a.value.thread).sort(), [0, 1]);
 });
