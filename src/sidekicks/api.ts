@@ -262,23 +262,22 @@ export async function requestTask(name: string, payload: unknown, options?: Requ
     handle.cancel(error);
     return error;
   };
-  try {
-    return await withDeadline(handle.result, timeoutMs, `requestTask("${name}")`, {
-      signal,
-      timeoutError: () => {
-        state.taskTimeouts++; // `task timeouts` in sidekick status (it was never counted before)
-        return giveUp(
-          new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
-            name,
-            timeoutMs,
-          }),
-        );
-      },
-      abortError: () => giveUp(new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name })),
-    });
-  } finally {
-    settled = true;
-  }
+  const result = withDeadline(handle.result, timeoutMs, `requestTask("${name}")`, {
+    signal,
+    timeoutError: () => {
+      state.taskTimeouts++; // `task timeouts` in sidekick status (it was never counted before)
+      return giveUp(
+        new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
+          name,
+          timeoutMs,
+        }),
+      );
+    },
+    abortError: () => giveUp(new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name })),
+  });
+  if (!onProgress) return result;
+  // After a timeout or an abort the caller's onProgress hears nothing more.
+  return result.finally(() => (settled = true));
 }
 
 /** Internal: requestTask calls of this process that timed out. */

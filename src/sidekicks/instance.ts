@@ -12,6 +12,7 @@ import type { LifecycleKind } from '../common/lifecycle.js';
 import type { FromThread, ThreadData, ToThread } from './messages.js';
 import type { TaskCall, TaskHandle } from './task-handle.js';
 import type { SidekickState, SidekickStatus } from './status.js';
+import { TaskStats } from './task-stats.js';
 
 const THREAD_MAIN = new URL('./thread-main.js', import.meta.url);
 
@@ -23,7 +24,15 @@ type PendingTask = {
   reject: (e: Error) => void;
   reply: boolean;
   onProgress: ((value: unknown) => void) | undefined;
+  /** performance.now() when it was sent: its run time goes to the pool's histogram. */
+  sentAt: number;
+  cancelled?: boolean;
 };
+
+/** A thread's task: `cancel` says whether this call cancelled it (it was not answered nor cancelled before). */
+export interface InstanceTaskHandle extends TaskHandle {
+  cancel(reason: Error): boolean;
+}
 
 /** Where this instance sits in its task pool (pool.ts); `{ thread: 0, threads: 1, pooled: false }` without one. */
 export interface PoolSeat {
@@ -31,6 +40,10 @@ export interface PoolSeat {
   threads: number;
   /** Declared with `tasks`: handleTasks counts as "up" (a pool thread need not publish), like a first publish. */
   pooled: boolean;
+  /** Where its tasks are counted: the pool's, shared by its threads. */
+  stats: TaskStats;
+  /** Called after each of its tasks is answered (or failed), when it has room again: the pool's next dispatch. */
+  onTaskDone?: () => void;
 }
 
 export interface InstanceEvents {
@@ -73,7 +86,6 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private readonly restarts = { crash: 0, boot_failure: 0, clean_exit: 0, reload: 0 };
   private publishes = 0;
   private bytes = 0;
-  private readonly taskCounts = { sent: 0, completed: 0, failed: 0 };
   private readonly fastLog: RateLimitedLog;
 
   constructor(
@@ -83,7 +95,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     private readonly config: SidekicksConfig,
     private readonly log: Logger,
     private readonly unref: boolean,
-    readonly seat: PoolSeat = { thread: 0, threads: 1, pooled: false },
+    readonly seat: PoolSeat = { thread: 0, threads: 1, pooled: false, stats: new TaskStats() },
   ) {
     super();
     this.fastLog = new RateLimitedLog(log, 1, 10_000);
@@ -214,13 +226,16 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       const pending = this.tasks.get(msg.id);
       if (!pending) return;
       this.tasks.delete(msg.id);
+      const stats = this.seat.stats;
       if (msg.ok) {
-        this.taskCounts.completed++;
+        stats.counts.completed++;
+        stats.observe((performance.now() - pending.sentAt) / 1000);
         pending.resolve(msg.value);
       } else {
-        this.taskCounts.failed++;
+        stats.counts.failed++;
         pending.reject(errorFromData(msg.error));
       }
+      this.seat.onTaskDone?.();
     }
   }
 
@@ -317,7 +332,6 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     this.starts = prev.starts;
     this.publishes = prev.publishes;
     Object.assign(this.restarts, prev.restarts);
-    Object.assign(this.taskCounts, prev.tasks);
     if (prev.state === 'running' || prev.state === 'starting') {
       this.state = 'starting';
       this.publishedThisRun = prev.state === 'running';
@@ -384,36 +398,38 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
    * each sending process holds at most `taskQueue` per sidekick in flight (api.ts), so this queue holds at most
    * taskQueue × senders; a task pool (pool.ts) hands a thread only what it can run.
    */
-  task(payload: unknown, call: TaskCall): TaskHandle {
+  task(payload: unknown, call: TaskCall): InstanceTaskHandle {
     if (this.state === 'stopping' || this.state === 'stopped') {
       const result = Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
-      return { result, cancel: () => {} };
+      return { result, cancel: () => false };
     }
     const id = this.nextTaskId++;
-    this.taskCounts.sent++;
+    this.seat.stats.counts.sent++;
     const { reply, onProgress } = call;
     const progress = onProgress !== undefined;
     const result = new Promise<unknown>((resolve, reject) => {
-      this.tasks.set(id, { resolve, reject, reply, onProgress });
+      this.tasks.set(id, { resolve, reject, reply, onProgress, sentAt: performance.now() });
       if (this.worker) this.post({ sk: 'task', id, payload, reply, progress });
       else this.queued.push({ id, payload, reply, progress });
     });
     return { result, cancel: (reason) => this.cancel(id, reason) };
   }
 
-  private cancel(id: number, reason: Error): void {
+  private cancel(id: number, reason: Error): boolean {
     const pending = this.tasks.get(id);
-    if (!pending) return; // answered already
+    if (!pending || pending.cancelled) return false; // answered, or cancelled already
+    pending.cancelled = true;
     const i = this.queued.findIndex((q) => q.id === id);
     if (i >= 0) {
       // Never reached a thread: it never runs.
       this.queued.splice(i, 1);
       this.tasks.delete(id);
       pending.reject(reason);
-      return;
+      return true;
     }
     // The thread aborts the handler's signal; its answer still comes (and frees the thread in a pool's count).
     this.post({ sk: 'task-cancel', id, reason: errorToData(reason) });
+    return true;
   }
 
   private post(msg: ToThread): void {
@@ -422,17 +438,22 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   private failTasksInFlight(error: SidekickError): void {
     const queuedIds = new Set(this.queued.map((q) => q.id));
+    let failed = 0;
     for (const [id, pending] of this.tasks) {
       if (queuedIds.has(id)) continue;
       this.tasks.delete(id);
+      failed++;
       pending.reject(error);
     }
+    this.seat.stats.counts.failed += failed;
+    if (failed > 0) this.seat.onTaskDone?.();
   }
 
   private failQueuedTasks(error: Error): void {
     for (const q of this.queued.splice(0)) {
       const pending = this.tasks.get(q.id);
       this.tasks.delete(q.id);
+      this.seat.stats.counts.failed++;
       pending?.reject(error);
     }
   }
@@ -456,7 +477,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       starts: this.starts,
       restarts: { ...this.restarts },
       publishes: this.publishes,
-      tasks: { ...this.taskCounts },
+      tasks: { ...this.seat.stats.counts },
       tasksInFlight: this.tasks.size,
     };
   }

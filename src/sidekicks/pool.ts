@@ -10,7 +10,7 @@ import { SidekickError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { Vars } from '../vars/snapshot.js';
-import { SidekickInstance, type InstanceEvents, type SidekickStatus } from './instance.js';
+import { SidekickInstance, type InstanceEvents, type InstanceTaskHandle, type SidekickStatus } from './instance.js';
 import type { TaskCall, TaskHandle } from './task-handle.js';
 import { TaskStats } from './task-stats.js';
 
@@ -20,7 +20,7 @@ interface Waiting {
   resolve(v: unknown): void;
   reject(e: Error): void;
   /** Set once a thread took it. */
-  handle?: TaskHandle;
+  handle?: InstanceTaskHandle;
   settled: boolean;
   cancelled: boolean;
 }
@@ -52,6 +52,9 @@ export class SidekickPool extends EventEmitter<InstanceEvents> {
           thread,
           threads,
           pooled: this.pooled,
+          stats: this.stats,
+          // A thread with room again takes the next waiting task (no queue without a pool).
+          onTaskDone: this.pooled ? () => this.dispatch() : undefined,
         }),
     );
     this.members.forEach((m, thread) => {
@@ -95,14 +98,14 @@ export class SidekickPool extends EventEmitter<InstanceEvents> {
   }
 
   task(payload: unknown, call: TaskCall): TaskHandle {
-    if (!this.pooled) return this.track(this.members[0]!.task(payload, call), true, false);
+    if (!this.pooled) return this.counted(this.members[0]!.task(payload, call));
     if (this.stopping) {
       const result = Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
       return { result, cancel: () => {} };
     }
     // The common case first: nothing waits and a thread is idle, so the task goes straight to it.
     const idle = this.waiting.length === 0 ? this.idleMember() : undefined;
-    if (idle) return this.track(idle.task(payload, call), true, true);
+    if (idle) return this.counted(idle.task(payload, call));
     const { queue } = this.limits;
     if (this.waiting.length >= queue) {
       const result = Promise.reject(
@@ -125,7 +128,6 @@ export class SidekickPool extends EventEmitter<InstanceEvents> {
         reject(e);
       };
     });
-    this.stats.counts.sent++;
     this.waiting.push(entry);
     return { result, cancel: (reason) => this.cancel(entry, reason) };
   }
@@ -147,44 +149,17 @@ export class SidekickPool extends EventEmitter<InstanceEvents> {
       const chosen = this.idleMember();
       if (!chosen) return;
       const entry = this.waiting.shift()!;
-      const handle = this.track(chosen.task(entry.payload, entry.call), false, true);
-      entry.handle = handle;
-      handle.result.then(entry.resolve, entry.reject);
+      entry.handle = chosen.task(entry.payload, entry.call);
+      entry.handle.result.then(entry.resolve, entry.reject);
     }
   }
 
-  /**
-   * Counts a task a thread took: its answer and run time; `fresh`: also as sent, and its cancel (a queued task counts
-   * those in `task`); `redispatch`: its thread is free again when it answers, so waiting tasks may go.
-   */
-  private track(handle: TaskHandle, fresh: boolean, redispatch: boolean): TaskHandle {
-    if (fresh) this.stats.counts.sent++;
-    const started = performance.now();
-    let answered = false;
-    const result = handle.result.then(
-      (value) => {
-        answered = true;
-        this.stats.counts.completed++;
-        this.stats.observe((performance.now() - started) / 1000);
-        if (redispatch) this.dispatch();
-        return value;
-      },
-      (err: unknown) => {
-        answered = true;
-        this.stats.counts.failed++;
-        if (redispatch) this.dispatch();
-        throw err;
-      },
-    );
-    if (!fresh) return { result, cancel: handle.cancel };
-    let cancelled = false;
+  /** A thread's handle whose cancel is counted (by the thread's own verdict: once, and only before the answer). */
+  private counted(handle: InstanceTaskHandle): TaskHandle {
     return {
-      result,
+      result: handle.result,
       cancel: (reason) => {
-        if (answered || cancelled) return;
-        cancelled = true;
-        this.stats.counts.cancelled++;
-        handle.cancel(reason);
+        if (handle.cancel(reason)) this.stats.counts.cancelled++;
       },
     };
   }
@@ -192,8 +167,11 @@ export class SidekickPool extends EventEmitter<InstanceEvents> {
   private cancel(entry: Waiting, reason: Error): void {
     if (entry.settled || entry.cancelled) return;
     entry.cancelled = true;
+    if (entry.handle) {
+      if (entry.handle.cancel(reason)) this.stats.counts.cancelled++;
+      return;
+    }
     this.stats.counts.cancelled++;
-    if (entry.handle) return entry.handle.cancel(reason);
     const i = this.waiting.indexOf(entry);
     if (i >= 0) this.waiting.splice(i, 1); // never runs
     entry.reject(reason);

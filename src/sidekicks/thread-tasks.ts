@@ -92,7 +92,7 @@ export class ThreadTasks {
       };
     }
     this.running.delete(task.id);
-    this.progress.end(task.id); // the last progress value goes before the result
+    if (task.progress) this.progress.end(task.id); // the last progress value goes before the result
     try {
       this.post(done);
     } catch (err) {
