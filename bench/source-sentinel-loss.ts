@@ -244,6 +244,7 @@ try {
     app: 'bench',
     name: 'redis',
     generation: 0,
+    thread: 0,
     signal: source.signal,
     previousVars: undefined,
     setVars: (vars) => {

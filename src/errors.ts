@@ -21,6 +21,9 @@ export const ERROR_CODES = {
   SK_ERR_HOST_DIED: "an app's sidekick host process died while a task was in it",
   SK_ERR_NO_TASK_HANDLER: 'a task was sent to a sidekick that never called handleTasks',
   SK_ERR_TASK_FAILED: 'the task handler threw',
+  SK_ERR_TASK_CRASHED: 'the sidekick thread running a task died before answering it',
+  SK_ERR_VARS_NOT_PUBLISHER:
+    "setVars in a task pool thread other than thread 0 (only thread 0 publishes the pool's vars)",
   SK_ERR_ABORTED: 'the operation was aborted by its signal',
   SK_ERR_SOURCE: 'a built-in source could not reach, read or parse its data',
   // runtime / admin

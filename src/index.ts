@@ -21,6 +21,7 @@ export {
   stopSignal,
   handleTasks,
   type SidekickContext,
+  type TaskContext,
   type TaskHandler,
 } from './sidekicks/context.js';
 export type { Config, AppConfig, AgentConfig } from './config/schema.js';

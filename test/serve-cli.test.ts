@@ -79,6 +79,28 @@ const BAD: { name: string; content: unknown; field: RegExp; code: string }[] = [
     field: /apps\[0\]\.sidekicks\.declare\.f\.every/,
     code: 'SK_ERR_CONFIG_INVALID',
   },
+  {
+    name: 'pool-threads-zero',
+    content: { apps: [app({ sidekicks: { entrypoint: ENTRYPOINT, declare: { r: { tasks: { threads: 0 } } } } })] },
+    field: /apps\[0\]\.sidekicks\.declare\.r\.tasks\.threads/,
+    code: 'SK_ERR_CONFIG_INVALID',
+  },
+  {
+    name: 'pool-unknown-field',
+    content: { apps: [app({ sidekicks: { entrypoint: ENTRYPOINT, declare: { r: { tasks: { thread: 4 } } } } })] },
+    field: /apps\[0\]\.sidekicks\.declare\.r\.tasks.*"thread"/,
+    code: 'SK_ERR_CONFIG_INVALID',
+  },
+  {
+    name: 'pool-on-a-source',
+    content: {
+      apps: [
+        app({ sidekicks: { declare: { r: { source: { type: 'file', path: '/x.json' }, tasks: { threads: 2 } } } } }),
+      ],
+    },
+    field: /apps\[0\]\.sidekicks\.declare\.r\.tasks: a built-in source takes no tasks/,
+    code: 'SK_ERR_CONFIG_INVALID',
+  },
   { name: 'duplicate-app', content: { apps: [app(), app()] }, field: /apps\[1\]\.name/, code: 'SK_ERR_CONFIG_INVALID' },
   { name: 'not-json', content: '{ "apps": [', field: /not-json/, code: 'SK_ERR_CONFIG_LOAD' },
 ];

@@ -50,6 +50,7 @@ function runSource(options: Record<string, unknown>, main = createSource) {
     app: 'test',
     name: 'redis',
     generation: 0,
+    thread: 0,
     signal: ac.signal,
     previousVars: undefined,
     setVars: (vars) => published.push({ ...vars }),

@@ -150,6 +150,8 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
     ),
   );
   for (const s of sidekicks) {
+    const tasks = taskLine(s, color);
+    if (tasks) lines.push(`  ${s.name ?? '?'}: ${tasks}`);
     // A source whose data is bad right now (it keeps serving its last good snapshot): what to fix, in red.
     if (s.sourceError)
       lines.push(`  ${s.name ?? '?'}: ${paint(`source error: ${oneLine(s.sourceError)}`, 'bad', color)}`);
@@ -158,6 +160,30 @@ function appBlock(app: Loose<AppStatusJson>, now: number, color: boolean): strin
     lines.push(`  ${s.name ?? '?'}: ${paint(`last error: ${oneLine(s.lastError)}`, style, color)}`);
   }
   return lines;
+}
+
+/** A sidekick's tasks, once it was sent any (or is a pool): its threads, what they do, how long tasks take. */
+function taskLine(s: Loose<AppStatusJson['sidekicks'][number]>, color: boolean): string | undefined {
+  const p = s.pool;
+  const t = s.tasks;
+  if (!p || (!t?.sent && (p.threads ?? 1) <= 1)) return undefined;
+  const d = p.durations;
+  const mean = d?.count
+    ? `${((d.sum ?? 0) / d.count) * 1000 < 1 ? '<1' : Math.round(((d.sum ?? 0) / d.count) * 1000)} ms`
+    : '-';
+  return pairs(
+    [
+      ['tasks: threads', num(p.threads)],
+      ['busy', num(p.busy)],
+      ['queued', num(p.queued)],
+      ['sent', num(t?.sent)],
+      ['failed', counter(t?.failed)],
+      ['cancelled', num(t?.cancelled)],
+      ['thread crashes', counter(p.crashes)],
+      ['mean run', mean],
+    ],
+    color,
+  );
 }
 
 function agentBlock(a: Loose<AgentStatus>, now: number, color: boolean): string[] {

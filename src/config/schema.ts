@@ -42,6 +42,24 @@ export function parseListen(v: string | number): ListenAddress | undefined {
   return p === undefined ? undefined : { kind: 'tcp', host: m[1], port: p };
 }
 
+// A task pool. Without it a sidekick is one thread that runs every task it is sent at once (async handlers overlap);
+// with it, each of `threads` threads runs `concurrency` tasks at a time, and tasks that find every thread busy wait
+// in one FIFO queue of at most `queue` (past it: SK_ERR_TASK_QUEUE_FULL). Thread 0 publishes the vars.
+const taskPool = z
+  .object({
+    threads: z
+      .number()
+      .int()
+      .min(1)
+      .max(256)
+      .default(() => availableParallelism()),
+    // Tasks waiting for a free thread (the ones running are not counted).
+    queue: z.number().int().min(0).max(1_000_000).default(1000),
+    // Tasks a thread runs at once: 1 for CPU-bound work; more for handlers that mostly await I/O.
+    concurrency: z.number().int().min(1).max(10_000).default(1),
+  })
+  .strict();
+
 const declaredSidekick = z
   .object({
     start: z.enum(['boot', 'lazy']).default('lazy'),
@@ -50,11 +68,17 @@ const declaredSidekick = z
     entrypoint: z.string().min(1).optional(),
     /** A built-in source instead of code: a file, Redis Sentinel, an HTTP/SSE URL or an etcd prefix. */
     source: sourceSchema.optional(),
+    /** A task pool: `threads` threads of this sidekick's entrypoint share its tasks (src/sidekicks/pool.ts). */
+    tasks: taskPool.optional(),
   })
   .strict()
   .refine((d) => !(d.source && d.entrypoint), {
     message: 'a sidekick has either a source or an entrypoint, not both',
     path: ['source'],
+  })
+  .refine((d) => !(d.source && d.tasks), {
+    message: 'a built-in source takes no tasks: a task pool needs code (an entrypoint)',
+    path: ['tasks'],
   });
 
 export const sidekicksSchema = z
@@ -295,6 +319,7 @@ export const configSchema = z
 
 /** A `declare` entry as a user writes it (durations as strings, defaults not applied). */
 export type DeclaredSidekickInput = z.input<typeof declaredSidekick>;
+export type TaskPoolConfig = z.output<typeof taskPool>;
 export type Config = z.output<typeof configSchema>;
 export type AppConfig = Config['apps'][number];
 export type SidekicksConfig = AppConfig['sidekicks'];

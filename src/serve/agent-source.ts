@@ -11,6 +11,7 @@ import { childLogger } from '../log/logger.js';
 import type { HealthVerdict } from '../common/health.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
 import type { VarsSource } from './app-supervisor.js';
+import { failedTask, type TaskHandle } from '../sidekicks/task-handle.js';
 
 export const AGENT_SIDEKICK = 'agent';
 
@@ -76,8 +77,8 @@ export class AgentVarsSource
     return this.vars ? { vars: this.vars, generation: 0 } : undefined;
   }
 
-  task(): Promise<unknown> {
-    return Promise.reject(new SidekickError('SK_ERR_NO_TASK_HANDLER', 'the agent sidekick takes no tasks'));
+  task(): TaskHandle {
+    return failedTask(new SidekickError('SK_ERR_NO_TASK_HANDLER', 'the agent sidekick takes no tasks'));
   }
 
   async stop(): Promise<void> {

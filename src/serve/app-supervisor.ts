@@ -2,7 +2,7 @@
 // Relays snapshots to every worker, answers their ensure/task requests, restarts crashed workers with backoff,
 // and rolls workers one at a time on reload (the new one listens before the old one drains).
 import cluster, { type Worker } from 'node:cluster';
-import { SidekickError, describeError, errorToData } from '../errors.js';
+import { SidekickError, describeError, errorFromData, errorToData } from '../errors.js';
 import { childLogger, type LogCounts } from '../log/logger.js';
 import type { AppConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
@@ -20,6 +20,7 @@ import {
   type WorkerToPrimary,
 } from '../sidekicks/messages.js';
 import type { Vars } from '../vars/snapshot.js';
+import { failedTask, type TaskCall, type TaskHandle } from '../sidekicks/task-handle.js';
 
 /** Vars published by something other than this app's registry (the built-in agent), relayed to every app. */
 export interface VarsSource {
@@ -27,7 +28,7 @@ export interface VarsSource {
   on(event: 'failed', fn: (name: string, error: SidekickError) => void): unknown;
   declares(name: string): boolean;
   ensure(name: string): void;
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown>;
+  task(name: string, payload: unknown, call: TaskCall): TaskHandle;
   snapshots(): { name: string; vars: Vars; generation: number }[];
 }
 
@@ -47,6 +48,8 @@ interface WorkerInfo {
   ending?: 'unresponsive' | 'recycle';
   listenError?: string;
   channel: WorkerChannel;
+  /** Its requestTasks in flight, by its own ids: cancelled when it asks, or when it dies (the asker is gone). */
+  tasks: Map<number, TaskHandle>;
 }
 
 /** One app in `sidekick status` (and what /metrics and the status page read). */
@@ -215,6 +218,7 @@ export class AppSupervisor {
       startedAt: Date.now(),
       health: new WorkerHealth(Date.now()),
       channel: new WorkerChannel(worker, this.log),
+      tasks: new Map(),
     };
     this.workers.set(worker.id, info);
     worker.on('message', (msg: unknown) => {
@@ -276,18 +280,31 @@ export class AppSupervisor {
         }
         break;
       case 'task': {
-        let result: Promise<unknown>;
+        const { id } = msg;
+        const onProgress = msg.progress ? (value: unknown) => info.channel.sendProgress(id, value) : undefined;
+        let handle: TaskHandle;
         try {
-          result = this.registryFor(msg.name).task(msg.name, msg.payload, msg.reply);
+          handle = this.registryFor(msg.name).task(msg.name, msg.payload, { reply: msg.reply, onProgress });
         } catch (err) {
-          result = Promise.reject(err as Error);
+          handle = failedTask(err as Error);
         }
-        result.then(
-          (value) => info.channel.send({ sk: 'task-done', id: msg.id, ok: true, value }),
-          (err: unknown) => info.channel.send({ sk: 'task-done', id: msg.id, ok: false, error: errorToData(err) }),
+        // Fire-and-forget tasks outlive their sender; a requestTask is cancelled if its HTTP worker dies.
+        if (msg.reply) info.tasks.set(id, handle);
+        handle.result.then(
+          (value) => {
+            info.tasks.delete(id);
+            info.channel.sendTaskDone({ sk: 'task-done', id, ok: true, value });
+          },
+          (err: unknown) => {
+            info.tasks.delete(id);
+            info.channel.sendTaskDone({ sk: 'task-done', id, ok: false, error: errorToData(err) });
+          },
         );
         break;
       }
+      case 'task-cancel':
+        info.tasks.get(msg.id)?.cancel(errorFromData(msg.reason));
+        break;
       case 'listen-error':
         info.listenError = msg.message;
         break;
@@ -301,6 +318,17 @@ export class AppSupervisor {
 
   private onWorkerExit(info: WorkerInfo, code: number | null, signal: string | null): void {
     this.workers.delete(info.worker.id);
+    // Nobody waits for the answers of its requestTasks any more: their handlers' signals abort.
+    if (info.tasks.size > 0) {
+      const how = signal ? `signal ${signal}` : `exit code ${code}`;
+      const gone = new SidekickError(
+        'SK_ERR_ABORTED',
+        `the HTTP worker that asked for this task (pid ${info.worker.process.pid}) exited (${how})`,
+        { app: this.config.name, pid: info.worker.process.pid },
+      );
+      for (const handle of info.tasks.values()) handle.cancel(gone);
+      info.tasks.clear();
+    }
     const last = info.health.latest;
     if (last) {
       this.retired.handlerErrors += last.handlerErrors;

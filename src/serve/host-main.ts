@@ -8,10 +8,12 @@
 //
 // This process only bridges its SidekickRegistry to the supervisor. Snapshots go up latest-wins: per sidekick at
 // most one `vars` message in flight (until the supervisor acks it) and one waiting, replaced by every newer one.
-import { describeError, errorToData } from '../errors.js';
+import { describeError, errorFromData, errorToData } from '../errors.js';
 import { childLogger, logCounts } from '../log/logger.js';
 import { SidekickRegistry } from '../sidekicks/registry.js';
 import type { Vars } from '../vars/snapshot.js';
+import { LatestSlot } from '../sidekicks/latest-slot.js';
+import { failedTask, type TaskHandle } from '../sidekicks/task-handle.js';
 import type { FromHost, HostInit, ToHost } from './host-protocol.js';
 
 const log = childLogger({ component: 'sidekick-host' });
@@ -81,16 +83,31 @@ function ensure(name: string): void {
   }
 }
 
+// Tasks in this host by the supervisor's id (to cancel them), and their progress, latest-wins per task toward the
+// supervisor: one value being written to the channel, one waiting (a newer one replaces it).
+const tasks = new Map<number, TaskHandle>();
+const progress = new LatestSlot<number, FromHost>((msg, done) => send(msg, done));
+
 function task(msg: Extract<ToHost, { sk: 'task' }>): void {
-  let result: Promise<unknown>;
+  const { id } = msg;
+  const onProgress = msg.progress
+    ? (value: unknown): void => progress.send(id, { sk: 'task-progress', id, value })
+    : undefined;
+  let handle: TaskHandle;
   try {
-    result = registry!.task(msg.name, msg.payload, msg.reply);
+    handle = registry!.task(msg.name, msg.payload, { reply: msg.reply, onProgress });
   } catch (err) {
-    result = Promise.reject(err as Error);
+    handle = failedTask(err as Error);
   }
-  result.then(
-    (value) => send({ sk: 'task-done', id: msg.id, ok: true, value }),
-    (err: unknown) => send({ sk: 'task-done', id: msg.id, ok: false, error: errorToData(err) }),
+  tasks.set(id, handle);
+  const done = (answer: FromHost): void => {
+    tasks.delete(id);
+    progress.end(id); // its last progress value goes before the answer
+    send(answer);
+  };
+  handle.result.then(
+    (value) => done({ sk: 'task-done', id, ok: true, value }),
+    (err: unknown) => done({ sk: 'task-done', id, ok: false, error: errorToData(err) }),
   );
 }
 
@@ -115,6 +132,9 @@ process.on('message', (msg: ToHost) => {
       break;
     case 'task':
       task(msg);
+      break;
+    case 'task-cancel':
+      tasks.get(msg.id)?.cancel(errorFromData(msg.reason));
       break;
     case 'vars-ack':
       varsAcked(msg.name);

@@ -25,7 +25,9 @@ export interface HostInit {
 export type ToHost =
   | { sk: 'host-init'; init: HostInit }
   | { sk: 'ensure'; name: string }
-  | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
+  | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean; progress: boolean }
+  /** The caller gave up (its deadline, its signal, its HTTP worker died): the handler's signal aborts. */
+  | { sk: 'task-cancel'; id: number; reason: ErrorData }
   /** The last `vars` message of `name` was taken: the host may send the next one (latest-wins flow control). */
   | { sk: 'vars-ack'; name: string }
   | { sk: 'reconfigure'; config: SidekicksConfig }
@@ -43,6 +45,7 @@ export type FromHost =
   | { sk: 'lifecycle'; name: string; kind: LifecycleKind; generation: number; detail: string | undefined }
   | { sk: 'task-done'; id: number; ok: true; value: unknown }
   | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
+  | { sk: 'task-progress'; id: number; value: unknown }
   | { sk: 'done'; id: number }
   /** Every sidekick stopped; the host exits next. */
   | { sk: 'stopped' }

@@ -6,6 +6,7 @@
 // HTTP worker replacements. When the agent runs inside serve its `sidekick_agent_*` series are in the same text (the
 // agent's counters and gauges come in the same status read), so one scrape gets the whole instance.
 import { Counter, Gauge, Registry } from 'prom-client';
+import { taskDurationMetric } from './task-metrics.js';
 import { listenHttp, type HttpListener } from '../common/http-listen.js';
 import { answerHealth, type HealthProbes } from '../common/health.js';
 import type { ListenAddress } from '../config/schema.js';
@@ -180,9 +181,42 @@ export function createServeRegistry(view: () => ServeStatusView): Registry {
   );
   gauge(
     'sidekick_tasks_in_flight',
-    'Tasks sent and not answered yet, queued or running (the queue depth).',
+    'Tasks sent and not answered yet, queued or running.',
     SK,
     perSidekick((s) => s.tasksInFlight),
+  );
+  total(
+    'sidekick_tasks_cancelled_total',
+    "Tasks whose caller gave up before the answer (its deadline, its signal, its HTTP worker died): the handler's signal aborted, or the task was dropped before a thread took it.",
+    SK,
+    perSidekick((s) => s.tasks.cancelled ?? 0),
+  );
+  gauge(
+    'sidekick_task_threads',
+    'Threads of the task pool (declare.NAME.tasks.threads; 1 without a pool).',
+    SK,
+    perSidekick((s) => s.pool?.threads),
+  );
+  gauge(
+    'sidekick_task_threads_busy',
+    'Threads of the task pool running at least one task.',
+    SK,
+    perSidekick((s) => s.pool?.busy),
+  );
+  gauge(
+    'sidekick_task_queue_depth',
+    'Tasks waiting for a free thread of the task pool (at most declare.NAME.tasks.queue).',
+    SK,
+    perSidekick((s) => s.pool?.queued),
+  );
+  total(
+    'sidekick_task_thread_crashes_total',
+    'Deaths of the task pool threads (each failed its own tasks with SK_ERR_TASK_CRASHED and was replaced).',
+    SK,
+    perSidekick((s) => s.pool?.crashes),
+  );
+  registry.registerMetric(
+    taskDurationMetric(() => view().apps.flatMap((a) => a.sidekicks.map((s) => ({ app: a.name, status: s })))),
   );
 
   // ---- the sidekick host process, per app

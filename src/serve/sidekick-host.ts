@@ -10,7 +10,7 @@
 // so it is not sent again); tasks and ensures that arrive meanwhile wait for the next host.
 import { fork, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { SidekickError, describeError, errorFromData } from '../errors.js';
+import { SidekickError, describeError, errorFromData, errorToData } from '../errors.js';
 import { childLogger, type LogCounts } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import { RestartBackoff } from '../common/backoff.js';
@@ -19,6 +19,7 @@ import { adoptSnapshot, type Vars } from '../vars/snapshot.js';
 import type { RegistryEvents } from '../sidekicks/registry.js';
 import type { SidekickStatus } from '../sidekicks/instance.js';
 import type { FromHost, ToHost } from './host-protocol.js';
+import type { TaskCall, TaskHandle } from '../sidekicks/task-handle.js';
 
 const HOST_MAIN = new URL('./host-main.js', import.meta.url);
 /** How long `status()` waits for the host's fresh answer before it reports the last one it had. */
@@ -44,6 +45,10 @@ export interface SidekickHostStatus {
 interface Pending<T> {
   resolve(v: T): void;
   reject(e: Error): void;
+}
+
+interface PendingTask extends Pending<unknown> {
+  onProgress: TaskCall['onProgress'];
 }
 
 export type SidekickHostEvents = RegistryEvents & {
@@ -74,7 +79,7 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
   private readonly backoff = new RestartBackoff({ baseMs: 100, maxMs: 5000, stableAfterMs: 10_000 });
   private restartTimer: NodeJS.Timeout | undefined;
   private nextId = 1;
-  private readonly tasks = new Map<number, Pending<unknown>>();
+  private readonly tasks = new Map<number, PendingTask>();
   private readonly requests = new Map<number, Pending<FromHost>>();
   private exited: Promise<void> = Promise.resolve();
   private readonly log;
@@ -158,6 +163,9 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
       case 'lifecycle':
         this.asked.add(msg.name);
         this.emit('lifecycle', msg.name, { kind: msg.kind, generation: msg.generation, detail: msg.detail });
+        break;
+      case 'task-progress':
+        this.tasks.get(msg.id)?.onProgress?.(msg.value);
         break;
       case 'task-done': {
         const pending = this.tasks.get(msg.id);
@@ -272,16 +280,34 @@ export class SidekickHost extends EventEmitter<SidekickHostEvents> {
     else this.ensures.add(name);
   }
 
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown> {
+  task(name: string, payload: unknown, { reply, onProgress }: TaskCall): TaskHandle {
     if (this.state === 'stopping' || this.state === 'stopped') {
-      return Promise.reject(new SidekickError('SK_ERR_STOPPED', `app "${this.app}" is stopping`, { app: this.app }));
+      const result = Promise.reject(
+        new SidekickError('SK_ERR_STOPPED', `app "${this.app}" is stopping`, { app: this.app }),
+      );
+      return { result, cancel: () => {} };
     }
     this.asked.add(name);
     const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.tasks.set(id, { resolve, reject });
-      this.post({ sk: 'task', id, name, payload, reply });
+    const result = new Promise<unknown>((resolve, reject) => {
+      this.tasks.set(id, { resolve, reject, onProgress });
+      this.post({ sk: 'task', id, name, payload, reply, progress: onProgress !== undefined });
     });
+    return { result, cancel: (reason) => this.cancelTask(id, reason) };
+  }
+
+  /** A task still waiting for a host never goes; one in the host gets its handler's signal aborted. */
+  private cancelTask(id: number, reason: Error): void {
+    const pending = this.tasks.get(id);
+    if (!pending) return;
+    const i = this.outbox.findIndex((m) => m.sk === 'task' && m.id === id);
+    if (i >= 0) {
+      this.outbox.splice(i, 1);
+      this.tasks.delete(id);
+      pending.reject(reason);
+      return;
+    }
+    this.post({ sk: 'task-cancel', id, reason: errorToData(reason) });
   }
 
   current(name: string): { vars: Vars; generation: number } | undefined {

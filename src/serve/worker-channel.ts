@@ -4,14 +4,18 @@ import type { Worker } from 'node:cluster';
 import { describeError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import type { PrimaryToWorker } from '../sidekicks/messages.js';
+import { LatestSlot } from '../sidekicks/latest-slot.js';
 
 type VarsMessage = Extract<PrimaryToWorker, { sk: 'vars' }>;
+type TaskDone = Extract<PrimaryToWorker, { sk: 'task-done' }>;
 
 export class WorkerChannel {
   /** Names whose last snapshot is still being written to the channel … */
   private readonly varsInFlight = new Set<string>();
   /** … and the newest snapshot waiting behind it (a newer one replaces it). */
   private readonly varsWaiting = new Map<string, VarsMessage>();
+  /** Progress of its tasks, latest-wins per task like snapshots: one value being written, one waiting. */
+  private readonly progress = new LatestSlot<number, PrimaryToWorker>((msg, done) => this.write(msg, done));
 
   constructor(
     private readonly worker: Worker,
@@ -23,14 +27,31 @@ export class WorkerChannel {
   }
 
   send(msg: PrimaryToWorker): void {
-    if (!this.worker.isConnected()) return;
+    this.write(msg, () => {});
+  }
+
+  /** `done` runs once the message is written (or could not be: the worker is gone). */
+  private write(msg: PrimaryToWorker, done: () => void): void {
+    if (!this.worker.isConnected()) return done();
     try {
       this.worker.send(msg, undefined, undefined, (err: Error | null) => {
         if (err) this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+        done();
       });
     } catch (err) {
       this.log.debug({ err: describeError(err) }, 'send to HTTP worker failed');
+      done();
     }
+  }
+
+  sendProgress(id: number, value: unknown): void {
+    this.progress.send(id, { sk: 'task-progress', id, value });
+  }
+
+  /** The task's answer, after its last progress value. */
+  sendTaskDone(msg: TaskDone): void {
+    this.progress.end(msg.id);
+    this.send(msg);
   }
 
   /**

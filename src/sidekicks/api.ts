@@ -12,6 +12,7 @@ import { withDeadline } from '../common/async.js';
 import { assertName } from './names.js';
 import { SidekickRegistry } from './registry.js';
 import { IpcTransport, LocalTransport, type Transport } from './transport.js';
+import type { TaskCall, TaskHandle } from './task-handle.js';
 
 export type { Vars, VarsListener };
 
@@ -21,9 +22,15 @@ export interface GetVarsOptions {
 }
 
 export interface RequestTaskOptions {
-  /** Milliseconds to wait for the result; default 30 000. */
+  /** Milliseconds to wait for the result; default 30 000. Past it the handler's signal aborts too (SK_ERR_TIMEOUT). */
   timeout?: number;
+  /** Aborting it rejects with SK_ERR_ABORTED and aborts the handler's signal. */
   signal?: AbortSignal;
+  /**
+   * Called with each value the handler passes to `progress(value)`: in order, all before the result, latest-wins
+   * (values produced faster than they are delivered are skipped, never the last one before the result).
+   */
+  onProgress?: (value: unknown) => void;
 }
 
 export type LibraryOptions = Partial<Omit<SidekicksConfig, 'declare'>> & {
@@ -209,10 +216,13 @@ function reserveTask(name: string): () => void {
   return () => state.inFlight.set(name, (state.inFlight.get(name) ?? 1) - 1);
 }
 
-function submitTask(name: string, payload: unknown, reply: boolean): Promise<unknown> {
+function submitTask(name: string, payload: unknown, call: TaskCall): TaskHandle {
   const release = reserveTask(name);
   try {
-    return transport().task(name, payload, reply).finally(release);
+    const handle = transport().task(name, payload, call);
+    // The slot is held until the sidekick answers, also after the caller gave up: a handler that ignores its signal
+    // still counts against the bound.
+    return { result: handle.result.finally(release), cancel: handle.cancel };
   } catch (err) {
     release();
     throw err;
@@ -222,7 +232,7 @@ function submitTask(name: string, payload: unknown, reply: boolean): Promise<unk
 /** Fire-and-forget task. Throws SK_ERR_TASK_QUEUE_FULL at once when the bounded queue is full. */
 export function sendTask(name: string, payload: unknown): void {
   assertName(name);
-  submitTask(name, payload, false).catch((err: unknown) =>
+  submitTask(name, payload, { reply: false }).result.catch((err: unknown) =>
     taskLog.warn({ sidekick: name, err: describeError(err) }, 'fire-and-forget task failed'),
   );
 }
@@ -233,16 +243,41 @@ export async function requestTask(name: string, payload: unknown, options?: Requ
   const timeoutMs = timeoutOf(options);
   const signal = options?.signal;
   if (signal?.aborted) throw new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") aborted before it was sent`);
-  const result = submitTask(name, payload, true);
-  return withDeadline(result, timeoutMs, `requestTask("${name}")`, {
+  const listener = options?.onProgress;
+  if (listener !== undefined && typeof listener !== 'function') throw new TypeError('onProgress must be a function');
+  let settled = false;
+  const onProgress =
+    listener &&
+    ((value: unknown): void => {
+      if (settled) return; // after a timeout or an abort the caller hears nothing more
+      try {
+        listener(value);
+      } catch (err) {
+        taskLog.warn({ sidekick: name, err: describeError(err) }, 'onProgress listener threw');
+      }
+    });
+  const handle = submitTask(name, payload, { reply: true, onProgress });
+  // The caller's deadline or signal ends the wait here and, with the same error, the handler's signal there.
+  const giveUp = (error: SidekickError): SidekickError => {
+    handle.cancel(error);
+    return error;
+  };
+  const result = withDeadline(handle.result, timeoutMs, `requestTask("${name}")`, {
     signal,
-    timeoutError: () =>
-      new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
-        name,
-        timeoutMs,
-      }),
-    abortError: () => new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name }),
+    timeoutError: () => {
+      state.taskTimeouts++; // `task timeouts` in sidekick status (it was never counted before)
+      return giveUp(
+        new SidekickError('SK_ERR_TIMEOUT', `requestTask("${name}") timed out after ${timeoutMs} ms`, {
+          name,
+          timeoutMs,
+        }),
+      );
+    },
+    abortError: () => giveUp(new SidekickError('SK_ERR_ABORTED', `requestTask("${name}") was aborted`, { name })),
   });
+  if (!onProgress) return result;
+  // After a timeout or an abort the caller's onProgress hears nothing more.
+  return result.finally(() => (settled = true));
 }
 
 /** Internal: requestTask calls of this process that timed out. */

@@ -5,12 +5,29 @@
 import { SidekickError } from '../errors.js';
 import type { Vars } from '../vars/snapshot.js';
 
-export type TaskHandler = (payload: unknown) => unknown | Promise<unknown>;
+/** The second argument of a task handler (a one-argument handler simply ignores it). */
+export interface TaskContext {
+  /**
+   * Aborts when the caller gave up: its `requestTask` deadline passed (reason: SK_ERR_TIMEOUT), its signal aborted or
+   * the HTTP worker that asked died (SK_ERR_ABORTED), or the sidekick is stopping (SK_ERR_STOPPED). The result of a
+   * cancelled task goes nowhere: stop the work.
+   */
+  signal: AbortSignal;
+  /**
+   * Sends a progress value (structured-cloneable) to the caller's `onProgress`: latest-wins (a newer value replaces one
+   * not delivered yet, so a tight loop costs no memory), in order, all before the result. No-op without `onProgress`.
+   */
+  progress(value: unknown): void;
+}
+
+export type TaskHandler = (payload: unknown, task: TaskContext) => unknown;
 
 export interface SidekickRuntime {
   app: string;
   name: string;
   generation: number;
+  /** This thread's index in its task pool (`declare.NAME.tasks.threads`); 0 without a pool. Thread 0 publishes. */
+  thread: number;
   signal: AbortSignal;
   setVars(vars: Record<string, string>): void;
   shouldStop(): boolean;

@@ -2,7 +2,7 @@
 // failures vs crashes, graceful stop with a grace period then forced termination, and its task queue.
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { SidekickError, describeError, errorFromData } from '../errors.js';
+import { SidekickError, describeError, errorFromData, errorToData } from '../errors.js';
 import { RateLimitedLog, threadLogging, type Logger } from '../log/logger.js';
 import { RestartBackoff } from '../common/backoff.js';
 import { adoptSnapshot, sameVars, snapshotBytes, type Vars } from '../vars/snapshot.js';
@@ -10,50 +10,41 @@ import type { SidekicksConfig } from '../config/schema.js';
 import { settleWithin } from '../common/async.js';
 import type { LifecycleKind } from '../common/lifecycle.js';
 import type { FromThread, ThreadData, ToThread } from './messages.js';
+import type { TaskCall, TaskHandle } from './task-handle.js';
+import type { SidekickState, SidekickStatus } from './status.js';
+import { TaskStats } from './task-stats.js';
 
 const THREAD_MAIN = new URL('./thread-main.js', import.meta.url);
 
-export type SidekickState = 'starting' | 'running' | 'backoff' | 'failed' | 'stopping' | 'stopped';
-
-export interface SidekickStatus {
-  app: string;
-  name: string;
-  state: SidekickState;
-  ready: boolean;
-  generation: number;
-  bootFailures: number;
-  crashes: number;
-  consecutiveFailures: number;
-  /** Boot failures in a row (reset by a publish); at sidekicks.maxBootFailures waiting callers get SK_ERR_BOOT_FAILED. */
-  consecutiveBootFailures: number;
-  lastError: string | undefined;
-  /** A built-in source's current problem with its data (bad file, …) while it keeps serving its last snapshot. */
-  sourceError: string | undefined;
-  publishedAt: number | undefined;
-  keys: number;
-  /** UTF-8 bytes of the latest snapshot's keys and values. */
-  bytes: number;
-  /** Threads started (first start, restarts, reloads). */
-  starts: number;
-  /** Why threads were started again: each counts one restart. */
-  restarts: { crash: number; boot_failure: number; clean_exit: number; reload: number };
-  /** Snapshots with new content (identical re-publishes are not counted). */
-  publishes: number;
-  tasks: { sent: number; completed: number; failed: number };
-  tasksInFlight: number;
-}
-
-/** A sidekick as a dead sidekick host left it: where a new host takes it over (SidekickInstance.resume). */
-export interface SidekickResume {
-  status: SidekickStatus;
-  vars: Vars | undefined;
-}
+// The status shapes live in status.ts (the supervisor, metrics and the CLI read them without this class).
+export type { Histogram, PoolStatus, SidekickResume, SidekickState, SidekickStatus, TaskCounts } from './status.js';
 
 type PendingTask = {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   reply: boolean;
+  onProgress: ((value: unknown) => void) | undefined;
+  /** performance.now() when it was sent: its run time goes to the pool's histogram. */
+  sentAt: number;
+  cancelled?: boolean;
 };
+
+/** A thread's task: `cancel` says whether this call cancelled it (it was not answered nor cancelled before). */
+export interface InstanceTaskHandle extends TaskHandle {
+  cancel(reason: Error): boolean;
+}
+
+/** Where this instance sits in its task pool (pool.ts); `{ thread: 0, threads: 1, pooled: false }` without one. */
+export interface PoolSeat {
+  thread: number;
+  threads: number;
+  /** Declared with `tasks`: handleTasks counts as "up" (a pool thread need not publish), like a first publish. */
+  pooled: boolean;
+  /** Where its tasks are counted: the pool's, shared by its threads. */
+  stats: TaskStats;
+  /** Called after each of its tasks is answered (or failed), when it has room again: the pool's next dispatch. */
+  onTaskDone?: () => void;
+}
 
 export interface InstanceEvents {
   vars: [vars: Vars, generation: number];
@@ -87,7 +78,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private readonly backoff = new RestartBackoff();
   private nextTaskId = 1;
   private readonly tasks = new Map<number, PendingTask>();
-  private readonly queued: { id: number; payload: unknown; reply: boolean }[] = [];
+  private readonly queued: { id: number; payload: unknown; reply: boolean; progress: boolean }[] = [];
   private exited: Promise<void> = Promise.resolve();
   /** Snapshots the thread replaced before they could be delivered (latest-wins); logged at most 1 line / 10 s. */
   private skippedSnapshots = 0;
@@ -95,7 +86,6 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   private readonly restarts = { crash: 0, boot_failure: 0, clean_exit: 0, reload: 0 };
   private publishes = 0;
   private bytes = 0;
-  private readonly taskCounts = { sent: 0, completed: 0, failed: 0 };
   private readonly fastLog: RateLimitedLog;
 
   constructor(
@@ -105,6 +95,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     private readonly config: SidekicksConfig,
     private readonly log: Logger,
     private readonly unref: boolean,
+    readonly seat: PoolSeat = { thread: 0, threads: 1, pooled: false, stats: new TaskStats() },
   ) {
     super();
     this.fastLog = new RateLimitedLog(log, 1, 10_000);
@@ -112,6 +103,21 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
 
   get current(): { vars: Vars; generation: number } | undefined {
     return this.vars ? { vars: this.vars, generation: this.generation } : undefined;
+  }
+
+  /** `sidekick "x"`, or `sidekick "x" thread 2` in a pool: what error messages name. */
+  private get label(): string {
+    return this.seat.threads > 1 ? `sidekick "${this.name}" thread ${this.seat.thread}` : `sidekick "${this.name}"`;
+  }
+
+  /** A thread is up or starting (not in backoff, failed or stopping): a pool may hand it tasks. */
+  get hasThread(): boolean {
+    return this.worker !== undefined && !this.stopRequested;
+  }
+
+  /** Tasks sent to this thread and not answered yet. */
+  get inFlight(): number {
+    return this.tasks.size;
   }
 
   private get entrypoint(): string {
@@ -152,14 +158,21 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       taskQueue: this.config.taskQueue,
       source: this.config.declare[this.name]?.source,
       previousVars: this.vars,
+      thread: this.seat.thread,
+      threads: this.seat.threads,
     };
     const logging = threadLogging(); // its logs go through this process's bounded writer
     const worker = new Worker(THREAD_MAIN, {
       workerData: { ...data, ...logging.data },
       transferList: logging.transferList,
       argv: [this.name],
-      env: { ...process.env, SIDEKICK_NAME: this.name, SIDEKICK_APP: this.app },
-      name: `sidekick:${this.app}/${this.name}`,
+      env: {
+        ...process.env,
+        SIDEKICK_NAME: this.name,
+        SIDEKICK_APP: this.app,
+        SIDEKICK_THREAD: String(this.seat.thread),
+      },
+      name: `sidekick:${this.app}/${this.name}${this.seat.threads > 1 ? `#${this.seat.thread}` : ''}`,
       // A runaway sidekick (a leak, an allocation loop) hits its own limit and is restarted; the supervisor and the
       // other sidekicks go on.
       resourceLimits: { maxOldGenerationSizeMb: this.config.maxHeapMb },
@@ -194,12 +207,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
           `sidekick "${this.name}" publishes faster than its snapshots can be delivered: intermediate snapshots were skipped, the latest is always delivered`,
         );
       }
-      const first = !this.publishedThisRun;
-      this.publishedThisRun = true;
-      if (first) {
-        if (!this.stopRequested) this.state = 'running';
-        this.consecutiveBootFailures = 0;
-      }
+      this.up();
       const snapshot = adoptSnapshot(msg.vars);
       if (sameVars(this.vars, snapshot)) return; // identical content: no new snapshot, no broadcast
       this.vars = snapshot;
@@ -207,30 +215,58 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       this.publishes++;
       this.bytes = snapshotBytes(snapshot);
       this.emit('vars', snapshot, this.generation);
+    } else if (msg.sk === 'tasks-ready') {
+      if (this.seat.pooled) this.up();
+    } else if (msg.sk === 'task-progress') {
+      this.post({ sk: 'progress-ack', id: msg.id }); // the thread may send this task's next value (latest-wins)
+      this.tasks.get(msg.id)?.onProgress?.(msg.value);
     } else if (msg.sk === 'source-error') {
       this.sourceError = msg.error;
     } else if (msg.sk === 'task-done') {
       const pending = this.tasks.get(msg.id);
       if (!pending) return;
       this.tasks.delete(msg.id);
+      const stats = this.seat.stats;
       if (msg.ok) {
-        this.taskCounts.completed++;
+        stats.counts.completed++;
+        stats.observe((performance.now() - pending.sentAt) / 1000);
         pending.resolve(msg.value);
       } else {
-        this.taskCounts.failed++;
+        stats.counts.failed++;
         pending.reject(errorFromData(msg.error));
       }
+      this.seat.onTaskDone?.();
     }
   }
 
+  /** The first publish of this run (or, in a task pool, handleTasks): from now on an exit is a crash. */
+  private up(): void {
+    if (this.publishedThisRun) return;
+    this.publishedThisRun = true;
+    if (!this.stopRequested) this.state = 'running';
+    this.consecutiveBootFailures = 0;
+  }
+
   private onExit(code: number): void {
-    this.failTasksInFlight(`sidekick "${this.name}" exited before finishing the task`);
+    const err = this.lastThreadError;
+    const reason = err !== undefined ? describeError(err) : `exited with code ${code}`;
     if (this.stopRequested || this.state === 'stopping' || this.state === 'stopped') {
+      this.failTasksInFlight(
+        new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" exited before finishing the task`, {
+          name: this.name,
+        }),
+      );
       this.state = 'stopped';
       return;
     }
-    const err = this.lastThreadError;
-    const reason = err !== undefined ? describeError(err) : `exited with code ${code}`;
+    // Only this thread's tasks: a pool's other threads go on with theirs.
+    this.failTasksInFlight(
+      new SidekickError(
+        'SK_ERR_TASK_CRASHED',
+        `${this.label} died while running the task (${reason}); it is restarted, the task is not sent again`,
+        { name: this.name, thread: this.seat.thread, reason },
+      ),
+    );
     const clean = err === undefined && code === 0;
     const { delayMs } = this.backoff.failed();
     if (!this.publishedThisRun) {
@@ -296,7 +332,6 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
     this.starts = prev.starts;
     this.publishes = prev.publishes;
     Object.assign(this.restarts, prev.restarts);
-    Object.assign(this.taskCounts, prev.tasks);
     if (prev.state === 'running' || prev.state === 'starting') {
       this.state = 'starting';
       this.publishedThisRun = prev.state === 'running';
@@ -361,38 +396,64 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
   /**
    * Queue a task; `reply` false = fire-and-forget (resolves when the handler finished). Bounded where tasks are sent:
    * each sending process holds at most `taskQueue` per sidekick in flight (api.ts), so this queue holds at most
-   * taskQueue × senders.
+   * taskQueue × senders; a task pool (pool.ts) hands a thread only what it can run.
    */
-  task(payload: unknown, reply: boolean): Promise<unknown> {
+  task(payload: unknown, call: TaskCall): InstanceTaskHandle {
     if (this.state === 'stopping' || this.state === 'stopped') {
-      return Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
+      const result = Promise.reject(new SidekickError('SK_ERR_STOPPED', `sidekick "${this.name}" is stopped`));
+      return { result, cancel: () => false };
     }
     const id = this.nextTaskId++;
-    this.taskCounts.sent++;
-    return new Promise((resolve, reject) => {
-      this.tasks.set(id, { resolve, reject, reply });
-      if (this.worker) this.post({ sk: 'task', id, payload, reply });
-      else this.queued.push({ id, payload, reply });
+    this.seat.stats.counts.sent++;
+    const { reply, onProgress } = call;
+    const progress = onProgress !== undefined;
+    const result = new Promise<unknown>((resolve, reject) => {
+      this.tasks.set(id, { resolve, reject, reply, onProgress, sentAt: performance.now() });
+      if (this.worker) this.post({ sk: 'task', id, payload, reply, progress });
+      else this.queued.push({ id, payload, reply, progress });
     });
+    return { result, cancel: (reason) => this.cancel(id, reason) };
+  }
+
+  private cancel(id: number, reason: Error): boolean {
+    const pending = this.tasks.get(id);
+    if (!pending || pending.cancelled) return false; // answered, or cancelled already
+    pending.cancelled = true;
+    const i = this.queued.findIndex((q) => q.id === id);
+    if (i >= 0) {
+      // Never reached a thread: it never runs.
+      this.queued.splice(i, 1);
+      this.tasks.delete(id);
+      pending.reject(reason);
+      return true;
+    }
+    // The thread aborts the handler's signal; its answer still comes (and frees the thread in a pool's count).
+    this.post({ sk: 'task-cancel', id, reason: errorToData(reason) });
+    return true;
   }
 
   private post(msg: ToThread): void {
     this.worker?.postMessage(msg);
   }
 
-  private failTasksInFlight(why: string): void {
+  private failTasksInFlight(error: SidekickError): void {
     const queuedIds = new Set(this.queued.map((q) => q.id));
+    let failed = 0;
     for (const [id, pending] of this.tasks) {
       if (queuedIds.has(id)) continue;
       this.tasks.delete(id);
-      pending.reject(new SidekickError('SK_ERR_STOPPED', why, { name: this.name }));
+      failed++;
+      pending.reject(error);
     }
+    this.seat.stats.counts.failed += failed;
+    if (failed > 0) this.seat.onTaskDone?.();
   }
 
   private failQueuedTasks(error: Error): void {
     for (const q of this.queued.splice(0)) {
       const pending = this.tasks.get(q.id);
       this.tasks.delete(q.id);
+      this.seat.stats.counts.failed++;
       pending?.reject(error);
     }
   }
@@ -416,7 +477,7 @@ export class SidekickInstance extends EventEmitter<InstanceEvents> {
       starts: this.starts,
       restarts: { ...this.restarts },
       publishes: this.publishes,
-      tasks: { ...this.taskCounts },
+      tasks: { ...this.seat.stats.counts },
       tasksInFlight: this.tasks.size,
     };
   }

@@ -18,12 +18,21 @@ export interface ThreadData {
   taskQueue: number;
   /** A built-in source runs instead of the entrypoint. */
   source: SourceConfig | undefined;
+  /** Index of this thread in its task pool (0 when there is no pool); only thread 0 may publish. */
+  thread: number;
+  /** Threads of its task pool (1 without a pool). */
+  threads: number;
 }
 
 /** main thread → sidekick thread */
 export type ToThread =
   | { sk: 'stop' }
-  | { sk: 'task'; id: number; payload: unknown; reply: boolean }
+  /** `progress`: the caller listens for progress values (without it, progress() in the handler is a no-op). */
+  | { sk: 'task'; id: number; payload: unknown; reply: boolean; progress: boolean }
+  /** The caller gave up: the handler's signal aborts with this reason. */
+  | { sk: 'task-cancel'; id: number; reason: ErrorData }
+  /** The last `task-progress` of task `id` was taken: the thread may post the next one (latest-wins). */
+  | { sk: 'progress-ack'; id: number }
   /** The last `vars` message was taken: the thread may post the next one (latest-wins flow control). */
   | { sk: 'vars-ack' };
 
@@ -33,6 +42,9 @@ export type FromThread =
   | { sk: 'vars'; vars: Snapshot; skipped: number }
   | { sk: 'task-done'; id: number; ok: true; value: unknown }
   | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
+  | { sk: 'task-progress'; id: number; value: unknown }
+  /** handleTasks was called: a task pool thread is up (it never publishes, so this is its "first publish"). */
+  | { sk: 'tasks-ready' }
   /** A built-in source rides out bad data, keeping its last snapshot (src/sources/report.ts); undefined: fine again. */
   | { sk: 'source-error'; error: string | undefined };
 
@@ -63,7 +75,9 @@ export interface HealthSample {
 export type WorkerToPrimary =
   | { sk: 'hello' }
   | { sk: 'ensure'; name: string }
-  | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean }
+  | { sk: 'task'; id: number; name: string; payload: unknown; reply: boolean; progress: boolean }
+  /** The requestTask's deadline passed or its signal aborted. */
+  | { sk: 'task-cancel'; id: number; reason: ErrorData }
   | { sk: 'listen-error'; message: string }
   /** The answer to `ping`: the event loop is turning. Counters are totals since the worker started. */
   | ({ sk: 'pong'; id: number } & HealthSample);
@@ -75,6 +89,7 @@ export type PrimaryToWorker =
   | { sk: 'failed'; name: string; error: ErrorData }
   | { sk: 'task-done'; id: number; ok: true; value: unknown }
   | { sk: 'task-done'; id: number; ok: false; error: ErrorData }
+  | { sk: 'task-progress'; id: number; value: unknown }
   | { sk: 'drain' }
   | { sk: 'ping'; id: number };
 

@@ -6,7 +6,9 @@ import { SidekickError, describeError } from '../errors.js';
 import { childLogger } from '../log/logger.js';
 import type { SidekicksConfig } from '../config/schema.js';
 import type { Vars } from '../vars/snapshot.js';
-import { SidekickInstance, type InstanceEvents, type SidekickResume, type SidekickStatus } from './instance.js';
+import type { InstanceEvents, SidekickResume, SidekickStatus } from './instance.js';
+import { SidekickPool } from './pool.js';
+import type { TaskCall, TaskHandle } from './task-handle.js';
 import { assertName } from './names.js';
 
 export interface RegistryEvents {
@@ -16,7 +18,7 @@ export interface RegistryEvents {
 }
 
 export class SidekickRegistry extends EventEmitter<RegistryEvents> {
-  private readonly instances = new Map<string, SidekickInstance>();
+  private readonly instances = new Map<string, SidekickPool>();
   private lazyCount = 0;
   private stopped = false;
   private readonly log;
@@ -59,7 +61,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     }
   }
 
-  private create(name: string): SidekickInstance {
+  private create(name: string): SidekickPool {
     if (!this.config.entrypoint && !this.config.declare[name]?.entrypoint && !this.config.declare[name]?.source) {
       throw new SidekickError(
         'SK_ERR_NO_ENTRYPOINT',
@@ -81,7 +83,7 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
       }
       this.lazyCount++;
     }
-    const instance = new SidekickInstance(
+    const instance = new SidekickPool(
       this.app,
       name,
       this.config,
@@ -124,10 +126,10 @@ export class SidekickRegistry extends EventEmitter<RegistryEvents> {
     return out;
   }
 
-  /** Sends a task, starting the sidekick lazily if needed. */
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown> {
+  /** Sends a task, starting the sidekick lazily if needed; throws (synchronously) what ensure() throws. */
+  task(name: string, payload: unknown, call: TaskCall): TaskHandle {
     this.ensure(name);
-    return this.instances.get(name)!.task(payload, reply);
+    return this.instances.get(name)!.task(payload, call);
   }
 
   /** Reload: every running sidekick moves to its next generation; snapshots stay served meanwhile. */

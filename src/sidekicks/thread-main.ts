@@ -8,24 +8,25 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
-import { SidekickError, errorToData } from '../errors.js';
+import { SidekickError, errorFromData } from '../errors.js';
 import { makeSnapshot, sameVars, type Vars } from '../vars/snapshot.js';
-import { bindSidekickRuntime, type SidekickContext, type TaskHandler } from './context.js';
+import { bindSidekickRuntime, type SidekickContext } from './context.js';
 import type { FromThread, ThreadData, ToThread } from './messages.js';
+import { ThreadTasks } from './thread-tasks.js';
 
 const data = workerData as ThreadData & { previousVars?: Record<string, string> };
 const port = parentPort!;
-const who = `sidekick "${data.name}" (app "${data.app}")`;
+const who =
+  data.threads > 1
+    ? `sidekick "${data.name}" (app "${data.app}", thread ${data.thread})`
+    : `sidekick "${data.name}" (app "${data.app}")`;
 const controller = new AbortController();
 let stopping = false;
 let mainSettled = false;
 let lastPublished: Vars | undefined;
-let taskHandler: TaskHandler | undefined;
-/** Set once the sidekick published without having called handleTasks: tasks then fail at once instead of waiting. */
-let noHandler = false;
-const earlyTasks: Extract<ToThread, { sk: 'task' }>[] = [];
 
 const post = (msg: FromThread): void => port.postMessage(msg);
+const tasks = new ThreadTasks(post, who, data.taskQueue);
 
 // Latest-wins toward the supervisor: at most one `vars` message on its way (until the supervisor acknowledges it)
 // and at most one waiting behind it, replaced by every newer publish. A sidekick publishing in a loop costs memory
@@ -57,22 +58,6 @@ process.on('exit', () => {
   if (varsWaiting) post({ sk: 'vars', vars: varsWaiting, skipped: varsSkipped });
 });
 
-async function runTask(task: Extract<ToThread, { sk: 'task' }>, fn: TaskHandler): Promise<void> {
-  try {
-    const value = await fn(task.payload);
-    post({ sk: 'task-done', id: task.id, ok: true, value: task.reply ? value : undefined });
-  } catch (err) {
-    post({
-      sk: 'task-done',
-      id: task.id,
-      ok: false,
-      error: errorToData(
-        new SidekickError('SK_ERR_TASK_FAILED', `${who}: task handler threw: ${errorToData(err).message}`),
-      ),
-    });
-  }
-}
-
 function exitIfDone(): void {
   // process.exit in a worker thread ends only this thread.
   if (stopping && mainSettled) setImmediate(() => process.exit(0));
@@ -84,23 +69,18 @@ port.on('message', (msg: ToThread) => {
   } else if (msg.sk === 'stop') {
     if (stopping) return;
     stopping = true;
-    controller.abort(new SidekickError('SK_ERR_STOPPED', `${who} is stopping`));
+    const reason = new SidekickError('SK_ERR_STOPPED', `${who} is stopping`);
+    controller.abort(reason);
+    tasks.abortAll(reason);
     exitIfDone();
   } else if (msg.sk === 'task') {
-    if (taskHandler) void runTask(msg, taskHandler);
-    else if (!noHandler && earlyTasks.length < data.taskQueue) earlyTasks.push(msg);
-    else rejectNoHandler(msg);
+    tasks.onTask(msg);
+  } else if (msg.sk === 'task-cancel') {
+    tasks.onCancel(msg.id, errorFromData(msg.reason));
+  } else if (msg.sk === 'progress-ack') {
+    tasks.progressAcked(msg.id);
   }
 });
-
-function rejectNoHandler(task: Extract<ToThread, { sk: 'task' }>): void {
-  post({
-    sk: 'task-done',
-    id: task.id,
-    ok: false,
-    error: errorToData(new SidekickError('SK_ERR_NO_TASK_HANDLER', `${who} has not called handleTasks`)),
-  });
-}
 
 /**
  * Tasks that arrive before the sidekick is up wait for handleTasks. A sidekick that publishes without having called
@@ -108,20 +88,24 @@ function rejectNoHandler(task: Extract<ToThread, { sk: 'task' }>): void {
  * waiting out the caller's timeout. Calling handleTasks later still works for later tasks.
  */
 function settleEarlyTasks(): void {
-  setImmediate(() => {
-    if (taskHandler) return;
-    noHandler = true;
-    for (const task of earlyTasks.splice(0)) rejectNoHandler(task);
-  });
+  setImmediate(() => tasks.settleWithoutHandler());
 }
 
 const ctx: SidekickContext = {
   app: data.app,
   name: data.name,
   generation: data.generation,
+  thread: data.thread,
   signal: controller.signal,
   previousVars: data.previousVars ? makeSnapshot(data.previousVars, Infinity, who) : undefined,
   setVars(vars) {
+    if (data.thread > 0) {
+      throw new SidekickError(
+        'SK_ERR_VARS_NOT_PUBLISHER',
+        `${who}: only thread 0 of a task pool publishes its vars (one snapshot per sidekick); check ctx.thread`,
+        { name: data.name, thread: data.thread },
+      );
+    }
     const snapshot = makeSnapshot(vars, data.maxVarsBytes, who);
     if (sameVars(lastPublished, snapshot)) return;
     if (lastPublished === undefined) settleEarlyTasks();
@@ -131,10 +115,10 @@ const ctx: SidekickContext = {
   shouldStop: () => stopping,
   handleTasks(fn) {
     if (typeof fn !== 'function') throw new TypeError('handleTasks expects a function');
-    taskHandler = fn;
-    noHandler = false;
+    const first = !tasks.hasHandler;
     port.ref(); // a task handler keeps the thread up to answer, even after the default export returned
-    for (const task of earlyTasks.splice(0)) void runTask(task, fn);
+    tasks.setHandler(fn);
+    if (first) post({ sk: 'tasks-ready' });
   },
 };
 bindSidekickRuntime(ctx);
@@ -167,5 +151,5 @@ mainSettled = true;
 // The port's message listener would keep this thread alive for ever, so a default export that returned with nothing
 // left in its event loop would never end: the clean exit the supervisor reruns (instance.ts) could not happen. Once
 // the main has settled, the port alone no longer holds the thread, unless the sidekick serves tasks (handleTasks).
-if (!taskHandler) port.unref();
+if (!tasks.hasHandler) port.unref();
 exitIfDone();

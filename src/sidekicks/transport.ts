@@ -1,9 +1,10 @@
 // How the app-side API reaches sidekicks. In `sidekick serve` an HTTP worker talks to the supervisor over IPC;
 // in library mode the registry lives in this process and its threads.
 import type { SidekickError } from '../errors.js';
+import type { TaskCall, TaskHandle } from './task-handle.js';
 import type { VarsStore } from '../vars/store.js';
 import type { SidekickRegistry } from './registry.js';
-import { errorFromData } from '../errors.js';
+import { errorFromData, errorToData } from '../errors.js';
 import { isSidekickMessage, type PrimaryToWorker, type WorkerSettings, type WorkerToPrimary } from './messages.js';
 import { adoptSnapshot } from '../vars/snapshot.js';
 
@@ -13,7 +14,7 @@ export interface Transport {
   readonly taskQueue: number;
   /** Start `name` if needed. Problems are reported by throwing (local) or by failing the store's waiters (IPC). */
   ensure(name: string): void;
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown>;
+  task(name: string, payload: unknown, call: TaskCall): TaskHandle;
   stop(): Promise<void>;
 }
 
@@ -38,8 +39,8 @@ export class LocalTransport implements Transport {
     this.registry.ensure(name);
   }
 
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown> {
-    return this.registry.task(name, payload, reply);
+  task(name: string, payload: unknown, call: TaskCall): TaskHandle {
+    return this.registry.task(name, payload, call);
   }
 
   stop(): Promise<void> {
@@ -50,7 +51,10 @@ export class LocalTransport implements Transport {
 /** HTTP worker side of `sidekick serve`: the supervisor answers `hello` with this worker's settings and every snapshot. */
 export class IpcTransport implements Transport {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; onProgress: TaskCall['onProgress'] }
+  >();
   private initialised!: (settings: WorkerSettings) => void;
   /** Resolves with the worker's settings once the supervisor sent them and every existing snapshot. */
   readonly ready = new Promise<WorkerSettings>((resolve) => (this.initialised = resolve));
@@ -86,6 +90,9 @@ export class IpcTransport implements Transport {
       case 'failed':
         this.store.fail(msg.name, errorFromData(msg.error));
         break;
+      case 'task-progress':
+        this.pending.get(msg.id)?.onProgress?.(msg.value);
+        break;
       case 'task-done': {
         const p = this.pending.get(msg.id);
         if (!p) return;
@@ -107,12 +114,17 @@ export class IpcTransport implements Transport {
     this.send({ sk: 'ensure', name });
   }
 
-  task(name: string, payload: unknown, reply: boolean): Promise<unknown> {
+  task(name: string, payload: unknown, { reply, onProgress }: TaskCall): TaskHandle {
     const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.send({ sk: 'task', id, name, payload, reply });
+    const result = new Promise<unknown>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onProgress });
+      this.send({ sk: 'task', id, name, payload, reply, progress: onProgress !== undefined });
     });
+    // The answer still comes (the handler sees its signal abort and ends); the slot is freed by it.
+    const cancel = (reason: Error): void => {
+      if (this.pending.has(id)) this.send({ sk: 'task-cancel', id, reason: errorToData(reason) });
+    };
+    return { result, cancel };
   }
 
   async stop(): Promise<void> {}
