@@ -264,6 +264,22 @@ export class Spool extends EventEmitter {
     this.reader.release(id);
   }
 
+  /**
+   * stats().pendingRecords and droppedRecords without the rest of stats() (which copies every counter): the batcher
+   * asks for them each time it looks at the spool.
+   */
+  pending(): { pendingRecords: number; droppedRecords: number } {
+    return {
+      pendingRecords: this.table.pendingOnDisk().records + this.writer.bufferedRecords + this.reader.orphanRecords,
+      droppedRecords: this.counters.droppedRecords,
+    };
+  }
+
+  /** stats().bufferedBytes alone: appended, not yet written to the OS (the memory budget's 'spool' pool). */
+  get bufferedBytes(): number {
+    return this.writer.bufferedBytes;
+  }
+
   stats(): SpoolStats {
     const disk = this.table.pendingOnDisk();
     return {

@@ -154,7 +154,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         shape: sendShape(cfg),
       });
       // The spool's write buffer counts against the memory bound; it shrinks as writes land ('data').
-      spool.on('data', () => this.budget.set('spool', spool.stats().bufferedBytes));
+      spool.on('data', () => this.budget.set('spool', spool.bufferedBytes));
       spool.on('drain', () => this.budget.release('spool'));
       this.receiver = new UnixSocketReceiver({
         maxRecordBytes: cfg.maxRecordBytes,
