@@ -117,6 +117,11 @@ export class SpoolWriter {
     return this.queue.append(lines);
   }
 
+  /** See Spool.writeSoon. */
+  writeSoon(): void {
+    if (!this.stopped) this.queue.seal();
+  }
+
   private kick(): void {
     if (this.writing || this.retryTimer || this.stopped || this.paused) return;
     if (this.queue.length === 0 && !this.rollWanted) return;

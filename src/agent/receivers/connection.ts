@@ -53,6 +53,10 @@ export class Connection {
   detached = false;
   /** Not reading for a moment (read coalescing), see nap(). */
   private napping = false;
+  /** Reads since the last wake (a woken connection that read nothing naps again at once: see renap()). */
+  readsSinceWake = 0;
+  /** Wakes in a row that found nothing to read (see renap()). */
+  emptyWakes = 0;
 
   constructor(
     readonly socket: net.Socket,
@@ -72,6 +76,8 @@ export class Connection {
 
   private onData(chunk: Buffer): void {
     this.lastDataAt = Date.now();
+    this.readsSinceWake++;
+    this.emptyWakes = 0;
     this.framer.push(chunk);
     this.account();
     if (!this.receiver.mayRead(this)) this.pause();
@@ -95,11 +101,29 @@ export class Connection {
     this.receiver.napping(this);
   }
 
-  wake(): void {
-    if (!this.napping) return;
+  /** Reads again (the nap is over); false when it does not (paused, detached, closed, or it was not napping). */
+  wake(): boolean {
+    if (!this.napping) return false;
     this.napping = false;
-    if (this.paused || this.detached || this.socket.destroyed) return;
+    if (this.paused || this.detached || this.socket.destroyed) return false;
+    this.readsSinceWake = 0;
     this.readAgain();
+    return true;
+  }
+
+  /**
+   * Called one event-loop turn after wake() (the poll phase in between read whatever the client had written): a
+   * connection that read nothing naps again at once, rather than stay in the poll set where its client's next write
+   * would wake the agent for that one record. So while clients write, the agent reads every connection once per
+   * coalescing window, whatever the number of connections and however their writes are spread. A connection that
+   * found nothing `maxEmpty` times in a row is left reading (its client went quiet: its next write wakes the agent,
+   * and no timer runs for idle connections). True when it napped again.
+   */
+  renap(maxEmpty: number): boolean {
+    if (this.napping || this.readsSinceWake > 0) return false;
+    if (++this.emptyWakes > maxEmpty) return false;
+    this.nap();
+    return this.napping;
   }
 
   /**

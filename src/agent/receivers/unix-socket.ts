@@ -32,6 +32,12 @@ export type { DetachedConnection } from './connection.js';
 
 export interface ReceiverSink {
   append(lines: Buffer, records: number): void;
+  /**
+   * The end of the event-loop turn in which the nap timer woke the napping connections and they read: what they
+   * appended may be written now (one spool write per coalescing window, without one more wake-up for the spool's
+   * flush timer).
+   */
+  turnDone?(): void;
   invalid(reason: InvalidReason, records: number): void;
   connection(): void;
   /** A new connection was closed at once: this worker holds as many as its file-descriptor limit allows. */
@@ -52,6 +58,12 @@ export interface ReceiverOptions {
   /** Most client connections held at once; default: from the process's file-descriptor limit (maxConnectionsFor). */
   maxConnections?: number;
 }
+
+/**
+ * A woken connection that read nothing naps again (Connection.renap) up to this many times in a row; then it is left
+ * reading, so a quiet client costs no timer (20 × the 5 ms default window: 100 ms without a record).
+ */
+const MAX_EMPTY_WAKES = 20;
 
 /** A finisher (see the header) that receives nothing this long in the middle of its line has its line cut. */
 export const STALLED_LINE_MS = 1000;
@@ -114,6 +126,10 @@ export class UnixSocketReceiver implements ConnectionOwner {
   coalesceMs: number;
   private readonly nappers = new Set<Connection>();
   private napTimer: NodeJS.Timeout | undefined;
+  /** Connections woken by the last wakeAll(): the ones that read nothing nap again one turn later (renap). */
+  private woken: Connection[] = [];
+  /** The end-of-turn callback is scheduled (setImmediate: after this turn's poll phase). */
+  private turnScheduled = false;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
   private readonly capLog: RateLimitedLog;
@@ -306,16 +322,48 @@ export class UnixSocketReceiver implements ConnectionOwner {
   /** One timer for every napping connection: they all read again when it fires. */
   napping(conn: Connection): void {
     this.nappers.add(conn);
-    this.napTimer ??= setTimeout(() => this.wakeAll(), this.coalesceMs);
+    this.napTimer ??= setTimeout(this.onNapTimer, this.coalesceMs);
   }
 
-  private wakeAll(): void {
+  private readonly onNapTimer = (): void => {
+    this.napTimer = undefined;
+    this.wakeAll(true);
+    this.scheduleTurnEnd();
+  };
+
+  /**
+   * Every napping connection reads again. From the nap timer (`tick`), the ones woken are remembered: those that read
+   * nothing in this turn nap again at its end (Connection.renap), so that an idle-but-active connection does not wake
+   * the agent for each record its client writes before the next tick.
+   */
+  private wakeAll(tick = false): void {
     clearTimeout(this.napTimer);
     this.napTimer = undefined;
+    if (this.nappers.size === 0) return;
     const all = [...this.nappers];
     this.nappers.clear();
-    for (const c of all) c.wake();
+    for (const c of all) if (c.wake() && tick) this.woken.push(c);
   }
+
+  private scheduleTurnEnd(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(this.onTurnEnd);
+  }
+
+  /** Runs after the poll phase of the nap timer's turn (where the woken connections read): renap, then a flush. */
+  private readonly onTurnEnd = (): void => {
+    this.turnScheduled = false;
+    const woken = this.woken;
+    if (woken.length > 0) {
+      this.woken = [];
+      // draining, detaching or pressure: nobody naps again (renap is a no-op for paused or detached connections)
+      if (this.coalesceMs > 0 && !this.draining && !this.detaching && !this.pressure) {
+        for (const c of woken) if (this.conns.has(c)) c.renap(MAX_EMPTY_WAKES);
+      }
+    }
+    this.sink.turnDone?.();
+  };
 
   forget(conn: Connection): void {
     this.nappers.delete(conn);

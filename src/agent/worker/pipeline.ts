@@ -163,6 +163,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         log: this.log.child({ part: 'receiver' }),
         sink: {
           append: (lines, records) => this.append(lines, records),
+          turnDone: () => this.spool!.writeSoon(),
           invalid: (reason: InvalidReason, n: number) => {
             this.counters.received += n;
             this.counters.invalid[reason] += n;
