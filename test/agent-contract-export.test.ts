@@ -175,7 +175,8 @@ test('a failing half-open probe re-opens the breaker; a good probe closes it and
   assert.ok(s.counters.retried.http_5xx >= 4);
   good = true;
   await waitFor(() => central.delivered.length >= sent.length, 'the backlog delivered after a good probe', 20_000);
-  assert.ok(events().includes('closed'));
+  // the breaker's log line comes through the worker's stderr, after the delivery the test saw: wait for it too
+  await waitFor(() => events().includes('closed'), 'the breaker to log that it closed', 10_000);
   const b = balance(sent, keysOf(central.delivered));
   assert.deepEqual(b.missing, []);
   assert.equal(b.duplicates, 0);

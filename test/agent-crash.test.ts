@@ -143,7 +143,11 @@ test('a torn tail and a corrupted frame: the agent starts, skips and counts them
   assert.equal(b.missing.length, lost);
   assert.deepEqual(b.missing.sort(), lostKeys.sort(), 'exactly the corrupt frame is missing');
   assert.equal(b.duplicates, 0);
-  assert.ok(agent.logs().some((l) => l.code === 'SK_ERR_SPOOL_CORRUPT'));
+  await waitFor(
+    () => agent.logs().some((l) => l.code === 'SK_ERR_SPOOL_CORRUPT'),
+    'SK_ERR_SPOOL_CORRUPT logged',
+    10_000,
+  );
   assert.equal((await agent.stop()).code, 0);
 });
 
@@ -184,6 +188,6 @@ test('spool cap: the oldest data is dropped and counted; delivered + dropped = s
   assert.equal(b.missing.length, dropped, 'sent = delivered + dropped(spool_full)');
   assert.deepEqual(b.missing, sent.slice(0, dropped), 'the oldest records are the ones dropped');
   assert.equal(s.counters.exported + dropped, 2000);
-  assert.ok(agent.logs().some((l) => l.code === 'SK_ERR_SPOOL_FULL'));
+  await waitFor(() => agent.logs().some((l) => l.code === 'SK_ERR_SPOOL_FULL'), 'SK_ERR_SPOOL_FULL logged', 10_000);
   assert.equal((await agent.stop()).code, 0);
 });

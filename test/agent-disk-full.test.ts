@@ -152,7 +152,9 @@ test(
       usedFull = Math.max(usedFull, fsUsed(mnt));
       await new Promise((r) => setTimeout(r, 100));
     }
-    assert.ok(usedFull > FS_BYTES * 0.95, `the tmpfs filled up (${usedFull} of ${FS_BYTES} bytes used)`);
+    // "Full" is the first ENOSPC: a frame bigger than what is left fails while some blocks stay free (a CI run saw
+    // 94.9% used), so the bound is 90%, not the last block.
+    assert.ok(usedFull > FS_BYTES * 0.9, `the tmpfs filled up (${usedFull} of ${FS_BYTES} bytes used)`);
     assert.equal(held.state, 'running');
     assert.equal(held.restarts, 0, 'the worker did not crash');
     assert.equal(held.worker?.pid, first.worker?.pid);

@@ -96,6 +96,8 @@ export interface PoolOptions {
   name: string;
   /** Load the PHP client as auto_prepend_file (default true). */
   client?: boolean;
+  /** The file to prepend instead of the repo's client (another version of it, for a same-run comparison). */
+  prepend?: string;
   /** pm.max_children (pm = static). Default: the stack's `children`, else 4. */
   children?: number;
   /** The script every request runs (SCRIPT_FILENAME). Default: the stack's `page`. */
@@ -254,6 +256,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
   const pools = (opts.pools ?? [{ name: 'app' }]).map((p) => ({
     name: p.name,
     client: p.client ?? true,
+    prepend: resolve(p.prepend ?? PHP_CLIENT),
     children: p.children ?? opts.children ?? 4,
     page: resolve(p.page ?? opts.page ?? PHP_FPM_PAGE),
     env: {
@@ -268,6 +271,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
   for (const p of pools) {
     if (!/^[a-z0-9_-]+$/.test(p.name)) throw new Error(`pool name ${p.name}: use [a-z0-9_-]+`);
     if (!existsSync(p.page)) throw new Error(`page ${p.page} does not exist`);
+    if (p.client && !existsSync(p.prepend)) throw new Error(`prepend file ${p.prepend} does not exist`);
     p.port = await freePort();
   }
 
@@ -293,7 +297,7 @@ export async function startPhpStack(opts: PhpStackOptions): Promise<PhpStack> {
       'decorate_workers_output = no',
       // clear_env stays yes (the default): the pool's environment is exactly the env[] lines below.
       ...Object.entries(p.env).map(([k, v]) => `env[${k}] = ${iniQuote(v)}`),
-      ...(p.client ? [`php_admin_value[auto_prepend_file] = ${iniQuote(PHP_CLIENT)}`] : []),
+      ...(p.client ? [`php_admin_value[auto_prepend_file] = ${iniQuote(p.prepend)}`] : []),
       'php_admin_flag[log_errors] = on',
       'php_admin_flag[display_errors] = off',
       'php_admin_value[error_reporting] = -1',
