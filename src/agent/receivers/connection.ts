@@ -30,6 +30,11 @@ export interface ConnectionOwner {
   readonly coalesceMs: number;
   /** The connection stopped reading for coalesceMs (nap): wake it with the others. */
   napping(conn: Connection): void;
+  /**
+   * A read of `bytes` happened and the connection may read on: true when the owner coalesces reads itself (paced
+   * turns, see UnixSocketReceiver), so the connection must not nap.
+   */
+  afterRead(bytes: number): boolean;
   /** The connection closed. */
   forget(conn: Connection): void;
 }
@@ -42,7 +47,7 @@ export interface DetachedConnection {
 }
 
 /** A read this large means more is waiting: keep reading rather than nap. */
-const NAP_BELOW_BYTES = 32 * 1024;
+export const NAP_BELOW_BYTES = 32 * 1024;
 
 export class Connection {
   readonly framer: LineFramer;
@@ -81,6 +86,7 @@ export class Connection {
     this.framer.push(chunk);
     this.account();
     if (!this.receiver.mayRead(this)) this.pause();
+    else if (this.receiver.afterRead(chunk.length)) return;
     else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
   }
 

@@ -57,7 +57,35 @@ export interface ReceiverOptions {
   log: Logger;
   /** Most client connections held at once; default: from the process's file-descriptor limit (maxConnectionsFor). */
   maxConnections?: number;
+  /**
+   * Coalesce reads by pacing the whole event loop (see PACED TURNS above UnixSocketReceiver) instead of napping
+   * connections. Only for a process that runs nothing but this pipeline (the agent worker): it blocks the thread.
+   */
+  pacedTurns?: boolean;
 }
+
+/**
+ * PACED TURNS (the agent worker's way to coalesce reads, `pacedTurns`): connections never nap; instead, at the end
+ * of an event-loop turn that read only a little (under PACE_BELOW_BYTES in all: records trickling in, one per client
+ * write), after what it read was handed to the spool (turnDone: written to the OS in that turn), the thread sleeps
+ * (Atomics.wait) until `coalesceMs` after the turn began. What clients write meanwhile waits in the kernel and wakes
+ * nobody: the sockets are not polled while the thread sleeps, so the next turn reads every connection's records at
+ * once, one wake-up per window however many connections write. Napping connections could not get there: libuv stops
+ * reading a socket lazily (it stays in epoll until it next reports ready), so each napping connection still woke the
+ * process once per window, and every window cost each connection a readStop/readStart. The price: everything else in
+ * the process (export responses, timers, the supervisor's messages) also waits up to `coalesceMs`, which is why this
+ * is only for a process that holds nothing but the pipeline. A turn that read more (bulk ingest), draining, a hand-over
+ * or unfinished lines over their share never sleep; a turn that read nothing does not either (an idle agent blocks in
+ * epoll as usual, and the first record after a quiet spell is read at once).
+ */
+const PACE_BELOW_BYTES = 64 * 1024;
+/**
+ * Paced turns keep each connection's unread bytes near this (a few % of a Unix socket's ~200 KiB send buffer), so a
+ * client's non-blocking write never finds its buffer full because the agent slept: the window shrinks when the busiest
+ * connection read more than this in one turn, and grows back (at most ×2 a turn, up to coalesceMs) when it read less.
+ */
+const PACE_CONN_BYTES = 16 * 1024;
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 /**
  * A woken connection that read nothing naps again (Connection.renap) up to this many times in a row; then it is left
@@ -130,6 +158,18 @@ export class UnixSocketReceiver implements ConnectionOwner {
   private woken: Connection[] = [];
   /** The end-of-turn callback is scheduled (setImmediate: after this turn's poll phase). */
   private turnScheduled = false;
+  /** Paced turns (see PACED TURNS): on, bytes read in this turn, and when the turn's first read came. */
+  private readonly paced: boolean;
+  private turnBytes = 0;
+  /** The largest single read of this turn (the busiest connection's share). */
+  private turnMaxRead = 0;
+  private turnStartedAt = 0;
+  /** When the previous paced turn began (its reads), and the window that was aimed for. */
+  private lastTurnAt = 0;
+  private paceWindowMs = 0;
+  /** Turns that slept, and ms slept (status and tests). */
+  pacedSleeps = 0;
+  pacedSleptMs = 0;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
   private readonly capLog: RateLimitedLog;
@@ -153,6 +193,7 @@ export class UnixSocketReceiver implements ConnectionOwner {
     this.budget = opts.budget;
     this.maxRecordBytes = opts.maxRecordBytes;
     this.coalesceMs = opts.coalesceMs ?? 0;
+    this.paced = opts.pacedTurns === true;
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
     this.capLog = new RateLimitedLog(opts.log, 1, 10_000);
@@ -345,6 +386,16 @@ export class UnixSocketReceiver implements ConnectionOwner {
     for (const c of all) if (c.wake() && tick) this.woken.push(c);
   }
 
+  /** See ConnectionOwner.afterRead and PACED TURNS. */
+  afterRead(bytes: number): boolean {
+    if (!this.paced) return false;
+    if (this.turnBytes === 0) this.turnStartedAt = performance.now();
+    this.turnBytes += bytes;
+    if (bytes > this.turnMaxRead) this.turnMaxRead = bytes;
+    this.scheduleTurnEnd();
+    return true;
+  }
+
   private scheduleTurnEnd(): void {
     if (this.turnScheduled) return;
     this.turnScheduled = true;
@@ -363,6 +414,26 @@ export class UnixSocketReceiver implements ConnectionOwner {
       }
     }
     this.sink.turnDone?.();
+    const bytes = this.turnBytes;
+    const maxRead = this.turnMaxRead;
+    this.turnBytes = 0;
+    this.turnMaxRead = 0;
+    if (!this.paced || bytes === 0) return;
+    const began = this.turnStartedAt;
+    // What this turn read piled up since the previous turn began (after a quiet spell: count it as one full window).
+    const since = began - this.lastTurnAt;
+    this.lastTurnAt = began;
+    const cap = this.coalesceMs;
+    if (bytes >= PACE_BELOW_BYTES || cap <= 0) return;
+    if (this.draining || this.detaching || this.pressure || this.budget.exhausted) return;
+    const last = since > 0 && since <= 2 * cap ? since : cap;
+    const window = Math.min(cap, Math.max(1, last * Math.min(2, PACE_CONN_BYTES / Math.max(1, maxRead))));
+    this.paceWindowMs = window;
+    const ms = Math.floor(window - (performance.now() - began));
+    if (ms < 1) return;
+    Atomics.wait(sleeper, 0, 0, ms);
+    this.pacedSleeps++;
+    this.pacedSleptMs += ms;
   };
 
   forget(conn: Connection): void {

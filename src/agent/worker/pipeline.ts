@@ -59,6 +59,11 @@ export interface AgentPipelineOptions {
    * previous run left in `<spool.dir>/handover/` (a worker that died between handing over and adoption).
    */
   clearHandover?: boolean;
+  /**
+   * This process runs nothing but the pipeline (the agent worker): reads are coalesced by pacing the event loop
+   * (receivers/unix-socket.ts, PACED TURNS) rather than by napping connections.
+   */
+  ownsProcess?: boolean;
 }
 
 /** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
@@ -159,6 +164,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       this.receiver = new UnixSocketReceiver({
         maxRecordBytes: cfg.maxRecordBytes,
         coalesceMs: cfg.ingest.coalesceMs,
+        pacedTurns: this.opts.ownsProcess === true,
         budget: this.budget,
         log: this.log.child({ part: 'receiver' }),
         sink: {
