@@ -49,8 +49,9 @@ import { describeError } from '../../errors.js';
 
 const MAX_WRITE_BYTES = 4 * 1024 * 1024;
 const MAX_IOV = 512;
-/** Frames up to this many bytes in all may be written inline (see the header); a full 64 KiB frame never is. */
-export const SYNC_WRITE_MAX_BYTES = 32 * 1024;
+/** Frames up to this many bytes in all may be written inline (see the header): a window of trickling records (up to two
+ * full 64 KiB frames at 20k records/s); a bulk backlog (the async loop is busy then) is not. */
+export const SYNC_WRITE_MAX_BYTES = 128 * 1024;
 /** An inline write slower than this turns inline writes off for SYNC_WRITE_OFF_MS. */
 const SYNC_WRITE_SLOW_MS = 20;
 const SYNC_WRITE_OFF_MS = 2_000;
