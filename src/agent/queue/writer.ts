@@ -4,15 +4,16 @@
 // SIGKILL loses only what was not yet written (a few ms).
 //
 // SMALL WRITES INLINE: when the writer is idle and healthy, frames that add up to at most SYNC_WRITE_MAX_BYTES are
-// written at once with a synchronous pwritev (writeInline), in the turn that sealed them, instead of through the
-// thread pool. A trickle of records (B7: one record per client write, sealed every coalescing window) otherwise pays
-// a thread-pool round trip per window: a pool thread woken, then the event loop woken again by its completion, which
-// on a VM costs more CPU than the write itself (a few KiB into the page cache: ~10 µs). Bulk ingest (64 KiB frames)
-// and everything after a failure, a roll or with syncIntervalMs 0 keep the async loop. Durability is unchanged or
-// earlier: the bytes reach the OS sooner, and the fsync is scheduled exactly as after an async write. An inline write
-// that fails, or takes longer than SYNC_WRITE_SLOW_MS (a slow disk would stall ingest), is not retried inline: the
-// frames stay queued and the async loop takes them (with its error handling), and inline writes stay off for
-// SYNC_WRITE_OFF_MS after a slow one.
+// written at once with a synchronous pwritev (writeInline), in the turn that sealed them at a pause in the input (the
+// end of an ingest turn, the flush timer, the reader catching up), instead of through the thread pool. A trickle of
+// records (B7: one record per client write, sealed every coalescing window) otherwise pays a thread-pool round trip
+// per window: a pool thread woken, then the event loop woken again by its completion, which on a VM costs more CPU
+// than the write itself (a few KiB into the page cache: ~10 µs). A buffer sealed because append() filled it (bulk
+// ingest) is never written inline, nor is anything after a failure, a roll, or with syncIntervalMs 0: the async loop
+// keeps those. Durability is unchanged or earlier: the bytes reach the OS sooner, and the fsync is scheduled exactly
+// as after an async write. An inline write that fails, or takes longer than SYNC_WRITE_SLOW_MS (a slow disk would
+// stall ingest), is not retried inline: the frames stay queued and the async loop takes them (with its error
+// handling), and inline writes stay off for SYNC_WRITE_OFF_MS after a slow one.
 //
 // A failed write keeps its frames queued, in order, and is retried with backoff (100 ms doubling to 5 s); a retry
 // writes at the same position, so a partial write is overwritten, never left in the middle of the data. Back-pressure
@@ -115,7 +116,7 @@ export class SpoolWriter {
   ) {
     this.segmentBytes = opts.segmentBytes;
     this.queue = new FrameQueue(table.dir, opts.maxBufferedBytes, counters, logs, {
-      queued: () => this.kick(),
+      queued: (inline) => this.kick(inline),
       lastError: () => this.lastError,
     });
   }
@@ -142,10 +143,11 @@ export class SpoolWriter {
   /** Inline writes are off until then (the last one was slow). */
   private inlineOffUntil = 0;
 
-  private kick(): void {
+  /** Starts the write loop if idle; `inline`: at a pause in the input, small frames may be written at once. */
+  private kick(inline = false): void {
     if (this.writing || this.retryTimer || this.stopped || this.paused) return;
     if (this.queue.length === 0 && !this.rollWanted) return;
-    if (this.writeInline()) return;
+    if (inline && this.writeInline()) return;
     this.writing = true;
     this.loop = this.writeLoop();
   }
@@ -386,7 +388,7 @@ export class SpoolWriter {
     // Waiting first: sealing may write inline at once (writeInline), and that write is the one to wait for.
     const next = this.nextWrite();
     this.queue.seal();
-    this.kick();
+    this.kick(true);
     return next;
   }
 
