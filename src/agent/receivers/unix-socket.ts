@@ -402,7 +402,10 @@ export class UnixSocketReceiver implements ConnectionOwner {
     setImmediate(this.onTurnEnd);
   }
 
-  /** Runs after the poll phase of the nap timer's turn (where the woken connections read): renap, then a flush. */
+  /**
+   * Runs after the poll phase of the nap timer's turn (where the woken connections read), or of a paced turn that
+   * read: renap, then a flush, then (paced) the sleep.
+   */
   private readonly onTurnEnd = (): void => {
     this.turnScheduled = false;
     const woken = this.woken;
@@ -413,11 +416,13 @@ export class UnixSocketReceiver implements ConnectionOwner {
         for (const c of woken) if (this.conns.has(c)) c.renap(MAX_EMPTY_WAKES);
       }
     }
-    this.sink.turnDone?.();
     const bytes = this.turnBytes;
     const maxRead = this.turnMaxRead;
     this.turnBytes = 0;
     this.turnMaxRead = 0;
+    // A bulk turn (paced, ≥ PACE_BELOW_BYTES) leaves its write buffer to fill up (or to the spool's 2 ms timer), as
+    // before paced turns: sealing it every turn would only cut bulk ingest into more, smaller frames.
+    if (!this.paced || bytes < PACE_BELOW_BYTES) this.sink.turnDone?.();
     if (!this.paced || bytes === 0) return;
     const began = this.turnStartedAt;
     // What this turn read piled up since the previous turn began (after a quiet spell: count it as one full window).
