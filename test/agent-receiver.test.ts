@@ -1,7 +1,8 @@
 // The Unix socket receiver's read coalescing (agent.ingest.coalesceMs) on a real socket: every line arrives, in
 // order, many per read; a connection napping when the memory budget runs out and recovers still reads to the end;
 // control lines (hello → state line, bye) go only to clients that said hello; unfinished lines keep to their share of
-// the memory budget (one connection read at a time past it).
+// the memory budget (one connection read at a time past it). Paced turns (the agent worker's way): every line in
+// order, the thread sleeps after trickling turns only, never during bulk reads.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -19,12 +20,14 @@ const dir = mkdtempSync(join(tmpdir(), 'sk-recv-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 
-async function start(coalesceMs: number, budget = new MemoryBudget(64 * 1024 * 1024)) {
+async function start(coalesceMs: number, budget = new MemoryBudget(64 * 1024 * 1024), pacedTurns = false) {
   const got: string[] = [];
   let appends = 0;
+  let turns = 0;
   const receiver = new UnixSocketReceiver({
     maxRecordBytes: 1024 * 1024,
     coalesceMs,
+    pacedTurns,
     budget,
     log: pino({ level: 'silent' }),
     sink: {
@@ -32,6 +35,7 @@ async function start(coalesceMs: number, budget = new MemoryBudget(64 * 1024 * 1
         appends++;
         got.push(...lines.toString('utf8').split('\n').filter(Boolean));
       },
+      turnDone: () => void turns++,
       invalid: () => undefined,
       connection: () => undefined,
       clientDropped: () => undefined,
@@ -48,6 +52,7 @@ async function start(coalesceMs: number, budget = new MemoryBudget(64 * 1024 * 1
     path,
     got,
     appends: () => appends,
+    turns: () => turns,
     close: async () => {
       receiver.destroyAll();
       await new Promise<void>((r) => server.close(() => r()));
@@ -172,4 +177,35 @@ test('unfinished lines keep to their share of the budget: 50 connections × 100 
     [...Array(50).keys()],
   );
   assert.equal(budget.pool('receiver'), 0);
+});
+
+test('paced turns: a trickle is read in order with the loop sleeping between turns; bulk reads never sleep', async () => {
+  const r = await start(20, undefined, true);
+  try {
+    const c = net.connect(r.path);
+    await once(c, 'connect');
+    const t0 = performance.now();
+    await trickle(c, 2000);
+    await waitFor(() => r.got.length === 2000, '2000 lines read');
+    const elapsed = performance.now() - t0;
+    assert.deepEqual(
+      r.got.map((l) => (JSON.parse(l) as { i: number }).i),
+      Array.from({ length: 2000 }, (_, i) => i),
+    );
+    const { pacedSleeps, pacedSleptMs } = r.receiver;
+    assert.ok(pacedSleeps > 0, 'the loop slept after trickling turns');
+    assert.ok(pacedSleptMs <= elapsed + 20, `slept ${pacedSleptMs} ms within ${elapsed.toFixed(0)} ms`);
+    assert.ok(r.turns() > 0, 'what each turn read was handed on at its end (turnDone)');
+    // bulk: 64 KiB writes, as fast as the socket takes them: turns read ≥ 64 KiB, no sleep
+    const before = r.receiver.pacedSleeps;
+    const line = `{"pad":"${'x'.repeat(200)}"}\n`;
+    const chunk = line.repeat(Math.floor(65536 / line.length));
+    const perChunk = Math.floor(65536 / line.length);
+    for (let k = 0; k < 64; k++) if (!c.write(chunk)) await once(c, 'drain');
+    await waitFor(() => r.got.length === 2000 + 64 * perChunk, 'the bulk lines read');
+    assert.ok(r.receiver.pacedSleeps - before <= 3, `bulk turns slept ${r.receiver.pacedSleeps - before} times`);
+    c.destroy();
+  } finally {
+    await r.close();
+  }
 });

@@ -259,8 +259,9 @@ for (const centralUp of [true, false]) {
       },
       undo: () => {
         if (remount === 'done') execFileSync('mount', ['-o', 'remount,rw', mnt], { stdio: 'pipe' });
-        // lazy: detached now even while the agent still holds a file it opened through the read-only bind mount
-        execFileSync('umount', ['-l', spoolDir], { stdio: 'pipe' });
+        // Lazy: the worker may hold a segment open for reading through the read-only bind (its reader moved on to a
+        // segment during the fault: reading is allowed); that file stays readable, new opens see the writable mount.
+        execFileSync('umount', ['--lazy', spoolDir], { stdio: 'pipe' });
       },
     });
     t.diagnostic(`mount -o remount,ro with the agent running: ${remount}`);

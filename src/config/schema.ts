@@ -215,10 +215,11 @@ export const agentSchema = z
       })
       .strict()
       .prefault({}),
-    // Read coalescing: after a small read a connection is not read again for this long (0 = off), so a busy host's
-    // one-record writes reach the agent many per read (less CPU on both sides, at the cost of this much latency).
+    // Read coalescing: while records trickle in, connections are read at most once per this long (0 = off), so a busy
+    // host's one-record writes reach the agent many per read (less CPU on both sides, at the cost of at most this much
+    // latency; the agent worker shortens the window when a connection's unread bytes grow: receivers/unix-socket.ts).
     ingest: z
-      .object({ coalesceMs: duration.default(5) })
+      .object({ coalesceMs: duration.default(20) })
       .strict()
       .prefault({}),
     // What clients are told about profiling (state line on every connection): off by an operator, or sampled.

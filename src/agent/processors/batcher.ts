@@ -9,8 +9,13 @@
 // when this process opened the spool are treated as overdue (they waited through a restart), so a backlog ships at
 // once. A batch is cut with up to `cutRecords` (= maxRecords × batch.maxInFlight × 4) records: the dispatcher sends it
 // as parts of ≤ maxRecords in parallel.
+//
+// What wakes a waiting next(): the count (noteAppended, when maxRecords are pending, or at the first record after an
+// idle spell, to start its deadline), the deadline (a plain timer), a stop or a policy change; the spool's writes only
+// while a cut found the records still in its write buffer. Not every spool write: when records trickle in (one per
+// client write, B7), the spool writes every few ms, and running the batcher each time (a stats() copy of every
+// counter, an AbortController and a new timer) was a measurable share of the agent's CPU per record.
 import type { EventEmitter } from 'node:events';
-import { sleep } from '../../common/async.js';
 import type { AgentCounterValues } from '../metrics.js';
 import type { AcceptedTimes } from '../queue/types.js';
 
@@ -26,7 +31,8 @@ export interface SpoolBatchLike {
 /** The slice of the Spool API batching needs. */
 export interface BatchSource extends EventEmitter {
   nextBatch(maxRecords: number, maxBytes?: number): Promise<SpoolBatchLike | undefined>;
-  stats(): { pendingRecords: number; droppedRecords: number };
+  /** Records not yet acked (written or not), and records dropped so far (cheap: asked at every look). */
+  pending(): { pendingRecords: number; droppedRecords: number };
 }
 
 export interface BatchPolicy {
@@ -48,20 +54,30 @@ export class Batcher {
   private consumed = 0;
   private readonly droppedAtOpen: number;
   private lastId: string | undefined;
-  /** The pending sleep of next(), aborted to wake it. */
-  private wakeUp: AbortController | undefined;
+  /** The pending wait of next(): its timer, and what ends it early (wake). A plain timer: no AbortController per wait. */
+  private waiting: { timer: NodeJS.Timeout; done: () => void } | undefined;
+  /**
+   * next() found records pending that the spool could not hand out yet (still in its write buffer): the spool's
+   * next write ('data') wakes it. Otherwise 'data' does not: the count (noteAppended) and the deadline (the timer)
+   * are what make a batch due, so a spool write a few ms apart does not run the batcher each time.
+   */
+  private awaitingData = false;
+  /** next() waits with nothing pending: the first append wakes it, to start the deadline of the records it brings. */
+  private idle = false;
 
   constructor(
     private readonly source: BatchSource,
     private policy: BatchPolicy,
     private readonly counters: AgentCounterValues,
   ) {
-    const st = source.stats();
+    const st = source.pending();
     // The backlog found at open counts as overdue: one mark at time 0.
     this.total = st.pendingRecords;
     this.droppedAtOpen = st.droppedRecords;
     if (this.total > 0) this.marks.push({ at: 0, upTo: this.total });
-    source.on('data', () => this.wake());
+    source.on('data', () => {
+      if (this.awaitingData) this.wake();
+    });
   }
 
   setPolicy(policy: BatchPolicy): void {
@@ -76,19 +92,32 @@ export class Batcher {
     const last = this.marks[this.marks.length - 1];
     if (last && now - last.at < MARK_GRANULARITY_MS) last.upTo = this.total;
     else this.marks.push({ at: now, upTo: this.total });
-    if (this.wakeUp && this.total - this.consumed >= this.policy.maxRecords) this.wake();
+    if (this.waiting && (this.idle || this.total - this.consumed >= this.policy.maxRecords)) this.wake();
   }
 
   /** Wakes a waiting next() (new data, stop requested, policy change). */
   wake(): void {
-    const w = this.wakeUp;
-    this.wakeUp = undefined;
-    w?.abort();
+    const w = this.waiting;
+    this.waiting = undefined;
+    if (!w) return;
+    clearTimeout(w.timer);
+    w.done();
+  }
+
+  /** Waits `ms`, or until wake(). */
+  private wait(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        if (this.waiting?.timer === timer) this.waiting = undefined;
+        resolve();
+      }, ms);
+      this.waiting = { timer, done: resolve };
+    });
   }
 
   /** Time the oldest pending record was appended (0 = from before this process), or undefined if none pending. */
   oldestPendingAt(): number | undefined {
-    const dropped = this.source.stats().droppedRecords - this.droppedAtOpen;
+    const dropped = this.source.pending().droppedRecords - this.droppedAtOpen;
     const gone = this.consumed + Math.max(0, dropped);
     while (this.marks.length > 0 && this.marks[0]!.upTo <= gone) this.marks.shift();
     return this.marks[0]?.at;
@@ -105,7 +134,9 @@ export class Batcher {
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       while (!signal.aborted) {
-        const pending = this.source.stats().pendingRecords;
+        const pending = this.source.pending().pendingRecords;
+        this.awaitingData = false;
+        this.idle = pending === 0;
         if (pending === 0 && flush) return undefined;
         let waitMs = IDLE_RECHECK_MS;
         if (pending > 0) {
@@ -124,15 +155,13 @@ export class Batcher {
               return batch;
             }
             waitMs = 50; // pending but not readable yet (still in the write buffer): look again shortly
+            this.awaitingData = true; // or at the spool's next write
           } else {
             waitMs = Math.min(IDLE_RECHECK_MS, due - now);
           }
         }
         if (signal.aborted) break;
-        const wake = new AbortController();
-        this.wakeUp = wake;
-        await sleep(Math.max(1, waitMs), wake.signal);
-        if (this.wakeUp === wake) this.wakeUp = undefined;
+        await this.wait(Math.max(1, waitMs));
       }
       return undefined;
     } finally {

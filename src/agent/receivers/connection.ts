@@ -30,6 +30,11 @@ export interface ConnectionOwner {
   readonly coalesceMs: number;
   /** The connection stopped reading for coalesceMs (nap): wake it with the others. */
   napping(conn: Connection): void;
+  /**
+   * A read of `bytes` happened and the connection may read on: true when the owner coalesces reads itself (paced
+   * turns, see UnixSocketReceiver), so the connection must not nap.
+   */
+  afterRead(bytes: number): boolean;
   /** The connection closed. */
   forget(conn: Connection): void;
 }
@@ -42,7 +47,7 @@ export interface DetachedConnection {
 }
 
 /** A read this large means more is waiting: keep reading rather than nap. */
-const NAP_BELOW_BYTES = 32 * 1024;
+export const NAP_BELOW_BYTES = 32 * 1024;
 
 export class Connection {
   readonly framer: LineFramer;
@@ -53,6 +58,10 @@ export class Connection {
   detached = false;
   /** Not reading for a moment (read coalescing), see nap(). */
   private napping = false;
+  /** Reads since the last wake (a woken connection that read nothing naps again at once: see renap()). */
+  readsSinceWake = 0;
+  /** Wakes in a row that found nothing to read (see renap()). */
+  emptyWakes = 0;
 
   constructor(
     readonly socket: net.Socket,
@@ -72,9 +81,12 @@ export class Connection {
 
   private onData(chunk: Buffer): void {
     this.lastDataAt = Date.now();
+    this.readsSinceWake++;
+    this.emptyWakes = 0;
     this.framer.push(chunk);
     this.account();
     if (!this.receiver.mayRead(this)) this.pause();
+    else if (this.receiver.afterRead(chunk.length)) return;
     else if (chunk.length < NAP_BELOW_BYTES && this.receiver.coalesceMs > 0) this.nap();
   }
 
@@ -95,11 +107,29 @@ export class Connection {
     this.receiver.napping(this);
   }
 
-  wake(): void {
-    if (!this.napping) return;
+  /** Reads again (the nap is over); false when it does not (paused, detached, closed, or it was not napping). */
+  wake(): boolean {
+    if (!this.napping) return false;
     this.napping = false;
-    if (this.paused || this.detached || this.socket.destroyed) return;
+    if (this.paused || this.detached || this.socket.destroyed) return false;
+    this.readsSinceWake = 0;
     this.readAgain();
+    return true;
+  }
+
+  /**
+   * Called one event-loop turn after wake() (the poll phase in between read whatever the client had written): a
+   * connection that read nothing naps again at once, rather than stay in the poll set where its client's next write
+   * would wake the agent for that one record. So while clients write, the agent reads every connection once per
+   * coalescing window, whatever the number of connections and however their writes are spread. A connection that
+   * found nothing `maxEmpty` times in a row is left reading (its client went quiet: its next write wakes the agent,
+   * and no timer runs for idle connections). True when it napped again.
+   */
+  renap(maxEmpty: number): boolean {
+    if (this.napping || this.readsSinceWake > 0) return false;
+    if (++this.emptyWakes > maxEmpty) return false;
+    this.nap();
+    return this.napping;
   }
 
   /**

@@ -32,6 +32,12 @@ export type { DetachedConnection } from './connection.js';
 
 export interface ReceiverSink {
   append(lines: Buffer, records: number): void;
+  /**
+   * The end of the event-loop turn in which the nap timer woke the napping connections and they read: what they
+   * appended may be written now (one spool write per coalescing window, without one more wake-up for the spool's
+   * flush timer).
+   */
+  turnDone?(): void;
   invalid(reason: InvalidReason, records: number): void;
   connection(): void;
   /** A new connection was closed at once: this worker holds as many as its file-descriptor limit allows. */
@@ -51,7 +57,41 @@ export interface ReceiverOptions {
   log: Logger;
   /** Most client connections held at once; default: from the process's file-descriptor limit (maxConnectionsFor). */
   maxConnections?: number;
+  /**
+   * Coalesce reads by pacing the whole event loop (see PACED TURNS above UnixSocketReceiver) instead of napping
+   * connections. Only for a process that runs nothing but this pipeline (the agent worker): it blocks the thread.
+   */
+  pacedTurns?: boolean;
 }
+
+/**
+ * PACED TURNS (the agent worker's way to coalesce reads, `pacedTurns`): connections never nap; instead, at the end
+ * of an event-loop turn that read only a little (under PACE_BELOW_BYTES in all: records trickling in, one per client
+ * write), after what it read was handed to the spool (turnDone: written to the OS in that turn), the thread sleeps
+ * (Atomics.wait) until `coalesceMs` after the turn began. What clients write meanwhile waits in the kernel and wakes
+ * nobody: the sockets are not polled while the thread sleeps, so the next turn reads every connection's records at
+ * once, one wake-up per window however many connections write. Napping connections could not get there: libuv stops
+ * reading a socket lazily (it stays in epoll until it next reports ready), so each napping connection still woke the
+ * process once per window, and every window cost each connection a readStop/readStart. The price: everything else in
+ * the process (export responses, timers, the supervisor's messages) also waits up to `coalesceMs`, which is why this
+ * is only for a process that holds nothing but the pipeline. A turn that read more (bulk ingest), draining, a hand-over
+ * or unfinished lines over their share never sleep; a turn that read nothing does not either (an idle agent blocks in
+ * epoll as usual, and the first record after a quiet spell is read at once).
+ */
+const PACE_BELOW_BYTES = 64 * 1024;
+/**
+ * Paced turns keep each connection's unread bytes near this (a few % of a Unix socket's ~200 KiB send buffer), so a
+ * client's non-blocking write never finds its buffer full because the agent slept: the window shrinks when the busiest
+ * connection read more than this in one turn, and grows back (at most ×2 a turn, up to coalesceMs) when it read less.
+ */
+const PACE_CONN_BYTES = 16 * 1024;
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A woken connection that read nothing naps again (Connection.renap) up to this many times in a row; then it is left
+ * reading, so a quiet client costs no timer (20 × the 5 ms default window: 100 ms without a record).
+ */
+const MAX_EMPTY_WAKES = 20;
 
 /** A finisher (see the header) that receives nothing this long in the middle of its line has its line cut. */
 export const STALLED_LINE_MS = 1000;
@@ -114,6 +154,22 @@ export class UnixSocketReceiver implements ConnectionOwner {
   coalesceMs: number;
   private readonly nappers = new Set<Connection>();
   private napTimer: NodeJS.Timeout | undefined;
+  /** Connections woken by the last wakeAll(): the ones that read nothing nap again one turn later (renap). */
+  private woken: Connection[] = [];
+  /** The end-of-turn callback is scheduled (setImmediate: after this turn's poll phase). */
+  private turnScheduled = false;
+  /** Paced turns (see PACED TURNS): on, bytes read in this turn, and when the turn's first read came. */
+  private readonly paced: boolean;
+  private turnBytes = 0;
+  /** The largest single read of this turn (the busiest connection's share). */
+  private turnMaxRead = 0;
+  private turnStartedAt = 0;
+  /** When the previous paced turn began (its reads), and the window that was aimed for. */
+  private lastTurnAt = 0;
+  private paceWindowMs = 0;
+  /** Turns that slept, and ms slept (status and tests). */
+  pacedSleeps = 0;
+  pacedSleptMs = 0;
   private readonly servers = new Set<net.Server>();
   private readonly badLog: RateLimitedLog;
   private readonly capLog: RateLimitedLog;
@@ -137,6 +193,7 @@ export class UnixSocketReceiver implements ConnectionOwner {
     this.budget = opts.budget;
     this.maxRecordBytes = opts.maxRecordBytes;
     this.coalesceMs = opts.coalesceMs ?? 0;
+    this.paced = opts.pacedTurns === true;
     this.log = opts.log;
     this.badLog = new RateLimitedLog(opts.log, 10, 10_000);
     this.capLog = new RateLimitedLog(opts.log, 1, 10_000);
@@ -306,16 +363,83 @@ export class UnixSocketReceiver implements ConnectionOwner {
   /** One timer for every napping connection: they all read again when it fires. */
   napping(conn: Connection): void {
     this.nappers.add(conn);
-    this.napTimer ??= setTimeout(() => this.wakeAll(), this.coalesceMs);
+    this.napTimer ??= setTimeout(this.onNapTimer, this.coalesceMs);
   }
 
-  private wakeAll(): void {
+  private readonly onNapTimer = (): void => {
+    this.napTimer = undefined;
+    this.wakeAll(true);
+    this.scheduleTurnEnd();
+  };
+
+  /**
+   * Every napping connection reads again. From the nap timer (`tick`), the ones woken are remembered: those that read
+   * nothing in this turn nap again at its end (Connection.renap), so that an idle-but-active connection does not wake
+   * the agent for each record its client writes before the next tick.
+   */
+  private wakeAll(tick = false): void {
     clearTimeout(this.napTimer);
     this.napTimer = undefined;
+    if (this.nappers.size === 0) return;
     const all = [...this.nappers];
     this.nappers.clear();
-    for (const c of all) c.wake();
+    for (const c of all) if (c.wake() && tick) this.woken.push(c);
   }
+
+  /** See ConnectionOwner.afterRead and PACED TURNS. */
+  afterRead(bytes: number): boolean {
+    if (!this.paced) return false;
+    if (this.turnBytes === 0) this.turnStartedAt = performance.now();
+    this.turnBytes += bytes;
+    if (bytes > this.turnMaxRead) this.turnMaxRead = bytes;
+    this.scheduleTurnEnd();
+    return true;
+  }
+
+  private scheduleTurnEnd(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(this.onTurnEnd);
+  }
+
+  /**
+   * Runs after the poll phase of the nap timer's turn (where the woken connections read), or of a paced turn that
+   * read: renap, then a flush, then (paced) the sleep.
+   */
+  private readonly onTurnEnd = (): void => {
+    this.turnScheduled = false;
+    const woken = this.woken;
+    if (woken.length > 0) {
+      this.woken = [];
+      // draining, detaching or pressure: nobody naps again (renap is a no-op for paused or detached connections)
+      if (this.coalesceMs > 0 && !this.draining && !this.detaching && !this.pressure) {
+        for (const c of woken) if (this.conns.has(c)) c.renap(MAX_EMPTY_WAKES);
+      }
+    }
+    const bytes = this.turnBytes;
+    const maxRead = this.turnMaxRead;
+    this.turnBytes = 0;
+    this.turnMaxRead = 0;
+    // A bulk turn (paced, ≥ PACE_BELOW_BYTES) leaves its write buffer to fill up (or to the spool's 2 ms timer), as
+    // before paced turns: sealing it every turn would only cut bulk ingest into more, smaller frames.
+    if (!this.paced || bytes < PACE_BELOW_BYTES) this.sink.turnDone?.();
+    if (!this.paced || bytes === 0) return;
+    const began = this.turnStartedAt;
+    // What this turn read piled up since the previous turn began (after a quiet spell: count it as one full window).
+    const since = began - this.lastTurnAt;
+    this.lastTurnAt = began;
+    const cap = this.coalesceMs;
+    if (bytes >= PACE_BELOW_BYTES || cap <= 0) return;
+    if (this.draining || this.detaching || this.pressure || this.budget.exhausted) return;
+    const last = since > 0 && since <= 2 * cap ? since : cap;
+    const window = Math.min(cap, Math.max(1, last * Math.min(2, PACE_CONN_BYTES / Math.max(1, maxRead))));
+    this.paceWindowMs = window;
+    const ms = Math.floor(window - (performance.now() - began));
+    if (ms < 1) return;
+    Atomics.wait(sleeper, 0, 0, ms);
+    this.pacedSleeps++;
+    this.pacedSleptMs += ms;
+  };
 
   forget(conn: Connection): void {
     this.nappers.delete(conn);

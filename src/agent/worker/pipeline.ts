@@ -59,6 +59,11 @@ export interface AgentPipelineOptions {
    * previous run left in `<spool.dir>/handover/` (a worker that died between handing over and adoption).
    */
   clearHandover?: boolean;
+  /**
+   * This process runs nothing but the pipeline (the agent worker): reads are coalesced by pacing the event loop
+   * (receivers/unix-socket.ts, PACED TURNS) rather than by napping connections.
+   */
+  ownsProcess?: boolean;
 }
 
 /** What the pipeline tells its owner when it changes (event 'state'): the breaker and the clients' profiling state. */
@@ -154,15 +159,17 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         shape: sendShape(cfg),
       });
       // The spool's write buffer counts against the memory bound; it shrinks as writes land ('data').
-      spool.on('data', () => this.budget.set('spool', spool.stats().bufferedBytes));
+      spool.on('data', () => this.budget.set('spool', spool.bufferedBytes));
       spool.on('drain', () => this.budget.release('spool'));
       this.receiver = new UnixSocketReceiver({
         maxRecordBytes: cfg.maxRecordBytes,
         coalesceMs: cfg.ingest.coalesceMs,
+        pacedTurns: this.opts.ownsProcess === true,
         budget: this.budget,
         log: this.log.child({ part: 'receiver' }),
         sink: {
           append: (lines, records) => this.append(lines, records),
+          turnDone: () => this.spool!.writeSoon(),
           invalid: (reason: InvalidReason, n: number) => {
             this.counters.received += n;
             this.counters.invalid[reason] += n;

@@ -119,6 +119,7 @@ export function runWorker(): void {
           listenFd: WORKER_LISTEN_FD,
           log,
           clearHandover: msg.first === true,
+          ownsProcess: true,
         });
         pipeline.on('state', (state) => void send({ t: 'state', state }));
         if (msg.start) void start();
