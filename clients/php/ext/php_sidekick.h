@@ -71,6 +71,7 @@ void sk_finish(void);
 
 /* settings.c */
 uint64_t sk_now_ns(void);
+zend_string *sk_getenv(const char *name);
 zend_string *sk_setting(const char *env, const char *ini);
 bool sk_flag(const char *env, const char *ini);
 zend_long sk_setting_long(const char *env, const char *ini, zend_long def);

@@ -36,23 +36,10 @@ static void json_str(smart_str *buf, const char *s, size_t len)
 	zval_ptr_dtor(&v);
 }
 
-/* getenv(name) as PHP's: SAPI variables first, then the environment; NULL when unset. */
-static zend_string *request_var(const char *name)
-{
-	char *v = sapi_getenv(name, strlen(name));
-	if (v) {
-		zend_string *s = zend_string_init(v, strlen(v), 0);
-		efree(v);
-		return s;
-	}
-	const char *e = getenv(name);
-	return e ? zend_string_init(e, strlen(e), 0) : NULL;
-}
-
 /* REQUEST_URI's path (no query or fragment, 2048 bytes max); else $_SERVER's SCRIPT_NAME or PHP_SELF (the CLI). */
 static zend_string *default_route(void)
 {
-	zend_string *uri = request_var("REQUEST_URI");
+	zend_string *uri = sk_getenv("REQUEST_URI");
 	if (uri && ZSTR_LEN(uri) > 0) {
 		size_t cut = strcspn(ZSTR_VAL(uri), "?#");
 		zend_string *r = zend_string_init(ZSTR_VAL(uri), MIN(cut, 2048), 0);
@@ -111,7 +98,7 @@ static void build_record(smart_str *b)
 	zend_string_release(route);
 
 	smart_str_appends(b, ",\"method\":");
-	zend_string *method = request_var("REQUEST_METHOD");
+	zend_string *method = sk_getenv("REQUEST_METHOD");
 	if (method) {
 		json_str(b, ZSTR_VAL(method), ZSTR_LEN(method));
 		zend_string_release(method);

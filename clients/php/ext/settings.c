@@ -31,7 +31,7 @@ uint64_t sk_now_ns(void)
 }
 
 /* getenv() as PHP's: the SAPI's request variables first (FastCGI params under FPM), then the environment. */
-static zend_string *sk_getenv(const char *name)
+zend_string *sk_getenv(const char *name)
 {
 	char *v = sapi_getenv(name, strlen(name));
 	if (v) {

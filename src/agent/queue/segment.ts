@@ -229,19 +229,23 @@ export async function writeAllV(fh: FileHandle, bufs: Buffer[], position: number
     if (bytesWritten <= 0) throw new Error('writev wrote nothing');
     done += bytesWritten;
     if (done < total) {
-      // drop what was written from the front of the list
-      let skip = bytesWritten;
-      const rest: Buffer[] = [];
-      for (const b of list) {
-        if (skip >= b.length) {
-          skip -= b.length;
-          continue;
-        }
-        rest.push(skip > 0 ? b.subarray(skip) : b);
-        skip = 0;
-      }
-      list = rest;
+      list = dropFront(list, bytesWritten);
     }
   }
   return total;
+}
+
+/** `list` without its first `bytes` bytes (after a partial write). */
+export function dropFront(list: Buffer[], bytes: number): Buffer[] {
+  let skip = bytes;
+  const rest: Buffer[] = [];
+  for (const b of list) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    rest.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return rest;
 }

@@ -44,7 +44,7 @@ import { statfsSync, writevSync } from 'node:fs';
 import { FrameQueue, type QueuedFrame } from './frame-queue.js';
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
-import { writeAllV } from './segment.js';
+import { dropFront, writeAllV } from './segment.js';
 import type { Segment, SpoolCounters, SpoolLogs } from './types.js';
 import { describeError } from '../../errors.js';
 
@@ -482,19 +482,4 @@ export class SpoolWriter {
   dropUnwritten(): number {
     return this.queue.dropUnwritten();
   }
-}
-
-/** `list` without its first `bytes` bytes (after a partial write). */
-function dropFront(list: Buffer[], bytes: number): Buffer[] {
-  let skip = bytes;
-  const rest: Buffer[] = [];
-  for (const b of list) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    rest.push(skip > 0 ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return rest;
 }
