@@ -186,8 +186,11 @@ export class SpoolWriter {
         let k = 0;
         let bytes = 0;
         let records = 0;
-        // After a disk-full error, one frame at a time: whatever space was freed is used as soon as a frame fits.
-        const maxFrames = this.diskFull ? 1 : MAX_IOV;
+        // After a disk-full error, one frame at a time until space is reclaimed (not only until one write succeeds):
+        // whatever space is left is used as soon as a frame fits, and a write that fails again truncates away one
+        // frame's partial bytes, not a whole multi-frame write's (which left up to MAX_WRITE_BYTES of a full disk
+        // unused between the retries).
+        const maxFrames = this.diskFull || this.spaceShort ? 1 : MAX_IOV;
         while (k < this.queue.length && k < maxFrames) {
           const f = this.queue.peek(k)!;
           const fits =
