@@ -27,6 +27,7 @@ import protobuf from 'protobufjs';
 import { Bench } from 'tinybench';
 import { RecordMapper } from '../src/agent/exporters/otlp/mapping.ts';
 import { encodeLogs, encodeTraces, type Envelope } from '../src/agent/exporters/otlp/protobuf.ts';
+import { LogsTranscoder } from '../src/agent/exporters/otlp/transcode.ts';
 import type { ExportPart } from '../src/agent/exporters/types.ts';
 import { decodeLogsRequest, PROTO_DIR } from '../test/helpers/otlp-decode.ts';
 import { arg, median, report } from './fixtures/runtime-util.ts';
@@ -125,6 +126,10 @@ function nanos(ms: number): { low: number; high: number; unsigned: boolean } {
   return { low: (low - carry * 4294967296) | 0, high: (wh * 1e6 + carry) | 0, unsigned: true };
 }
 
+/** The mapping's observed time: when the agent accepted the record, never before a request ended. */
+const observedOf = (r: Record<string, unknown>): number =>
+  Math.max(ACCEPTED, (r.ts as number) + ((r.duration_ms as number | undefined) ?? 0));
+
 function pbValue(v: unknown): Record<string, unknown> {
   if (typeof v === 'string') return { stringValue: v };
   if (typeof v === 'boolean') return { boolValue: v };
@@ -144,7 +149,7 @@ function pbjsRequest(p: Buffer): Record<string, unknown> {
     const failed = failedOf(r);
     return {
       timeUnixNano: nanos(r.ts as number),
-      observedTimeUnixNano: nanos(ACCEPTED),
+      observedTimeUnixNano: nanos(observedOf(r)),
       severityNumber: failed ? 17 : 9,
       severityText: failed ? 'ERROR' : 'INFO',
       attributes,
@@ -181,7 +186,7 @@ function sdkRecords(p: Buffer): ReadableLogRecord[] {
     const failed = failedOf(r);
     logger.emit({
       timestamp: r.ts as number,
-      observedTimestamp: ACCEPTED,
+      observedTimestamp: observedOf(r),
       severityNumber: failed ? 17 : 9,
       severityText: failed ? 'ERROR' : 'INFO',
       eventName: r.type as string,
@@ -228,6 +233,21 @@ const sizes = {
   tracesGz: gzipSync(tracesBody, { level: 1 }).length,
 };
 
+// B4's own records (3 fields, 200 B of NDJSON each), logs only: the B4 otlp-100 variant's part
+const b4Payload = Buffer.from(
+  Array.from({ length: N }, (_, i) => {
+    const head = `{"k":"p-1-${i}","t":1700000000000,"pad":"`;
+    return `${head}${'x'.repeat(200 - head.length - 3)}"}\n`;
+  }).join(''),
+);
+const b4Part: ExportPart = { ...part, payload: b4Payload };
+const transcodeLogs = new LogsTranscoder(mapLogs, env);
+{
+  // the transcoder writes the model path's very bytes (test/agent-otlp-transcode.test.ts checks it on many parts)
+  assert.ok(transcodeLogs.run(part).logsBody!.equals(ours()), 'the transcoder wrote other bytes than the model path');
+  assert.ok(transcodeLogs.run(b4Part).logsBody!.equals(encodeLogs(env, mapLogs.map(b4Part).logs)));
+}
+
 let sink = 0;
 const tasks: Record<string, () => void> = {
   'ours: map (logs) + encodeLogs': () => void (sink += ours().length),
@@ -245,6 +265,12 @@ const tasks: Record<string, () => void> = {
     sink += gzipSync(encodeTraces(env, m.spans), { level: 1 }).length;
   },
   'http exporter equivalent: gzip -1 of the NDJSON': () => void (sink += gzipSync(payload, { level: 1 }).length),
+  'transcoder: logs straight from the NDJSON': () => void (sink += transcodeLogs.run(part).logsBody!.length),
+  'B4 records: model path (map + encodeLogs + gzip)': () =>
+    void (sink += gzipSync(encodeLogs(env, mapLogs.map(b4Part).logs), { level: 1 }).length),
+  'B4 records: transcoder + gzip': () =>
+    void (sink += gzipSync(transcodeLogs.run(b4Part).logsBody!, { level: 1 }).length),
+  'B4 records: http exporter (gzip -1 of the NDJSON)': () => void (sink += gzipSync(b4Payload, { level: 1 }).length),
 };
 
 const load0 = loadavg()[0]!;

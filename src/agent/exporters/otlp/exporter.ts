@@ -32,6 +32,7 @@ import {
 } from '../types.js';
 import { decodePartialSuccessJson, encodeLogsJson, encodeTracesJson } from './json.js';
 import { RecordMapper, type Mapped } from './mapping.js';
+import { LogsTranscoder } from './transcode.js';
 import { decodePartialSuccess, decodeStatusMessage, encodeLogs, encodeTraces, type Envelope } from './protobuf.js';
 
 export type OtlpConfig = Extract<ExporterConfig, { type: 'otlp' }>;
@@ -68,6 +69,7 @@ export class OtlpExporter implements Exporter {
   private readonly agent: http.Agent;
   private readonly posters: Record<Signal, HttpPoster>;
   private readonly mapper: RecordMapper;
+  private readonly transcoder: LogsTranscoder;
   private readonly env: Envelope;
   private readonly json: boolean;
   /** Signals already answered, by part id (a 413 half: its share of the parent's answer), while the other is to go. */
@@ -98,6 +100,7 @@ export class OtlpExporter implements Exporter {
       maxDepth: config.limits.maxDepth,
     });
     this.env = { resource: resourceOf(config), scopeName: SCOPE_NAME, scopeVersion: version };
+    this.transcoder = new LogsTranscoder(this.mapper, this.env);
   }
 
   overheadBytes(part: ExportPart): number {
@@ -106,10 +109,11 @@ export class OtlpExporter implements Exporter {
   }
 
   async export(part: ExportPart, stop: AbortSignal): Promise<ExportOutcome> {
-    const m = this.mapper.map(part);
+    // protobuf: LogRecords written straight from the NDJSON where the records allow it (./transcode.ts)
+    const m = this.json ? this.mapper.map(part) : this.transcoder.run(part);
     const already = this.rememberedFor(part.id);
     const todo: Signal[] = [];
-    if (m.logs.length > 0 && already?.signal !== 'logs') todo.push('logs');
+    if (m.logCount > 0 && already?.signal !== 'logs') todo.push('logs');
     if (m.spans.length > 0 && already?.signal !== 'traces') todo.push('traces');
     const settled = await Promise.allSettled(todo.map((s) => this.send(s, m, stop)));
     const answers = new Map<Signal, SignalAnswer>();
@@ -151,7 +155,7 @@ export class OtlpExporter implements Exporter {
       signal === 'logs'
         ? this.json
           ? encodeLogsJson(this.env, m.logs)
-          : encodeLogs(this.env, m.logs)
+          : (m.logsBody ?? encodeLogs(this.env, m.logs))
         : this.json
           ? encodeTracesJson(this.env, m.spans)
           : encodeTraces(this.env, m.spans);
@@ -215,7 +219,7 @@ export class OtlpExporter implements Exporter {
       if (!a) continue;
       const owned = count(signal); // records whose outcome this signal decides
       if (a.kind === 'refused') {
-        if (signal === 'logs') stats.rejectedLogs += m.logs.length;
+        if (signal === 'logs') stats.rejectedLogs += m.logCount;
         else stats.rejectedSpans += m.spans.length;
         if (owned > 0)
           rejections.push({
@@ -235,7 +239,7 @@ export class OtlpExporter implements Exporter {
             records: n,
             reason: 'otlp_partial',
             status: a.status,
-            body: `${a.rejected} of ${signal === 'logs' ? m.logs.length : m.spans.length} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
+            body: `${a.rejected} of ${signal === 'logs' ? m.logCount : m.spans.length} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
             // which ones the collector does not say: the whole part is kept, beside the collector's message
             payload: part.payload,
             payloadRecords: part.records,

@@ -61,7 +61,11 @@ export interface MapOptions {
 }
 
 export interface Mapped {
+  /** The LogRecords as a model, in order; empty when `logsBody` carries them already encoded (./transcode.ts). */
   logs: LogItem[];
+  logCount: number;
+  /** The ExportLogsServiceRequest, protobuf-encoded, when the transcoder wrote it straight from the NDJSON. */
+  logsBody?: Buffer;
   spans: SpanItem[];
   /** Per record of the part, in order: where its outcome is decided (its LogRecord, else its span), or unmappable. */
   primary: ('logs' | 'traces' | 'none')[];
@@ -94,13 +98,13 @@ const SPAN_OWN_FIELDS = new Set([
   'tracestate',
 ]);
 /** Attributes the agent sets itself: a record field of that name is left out (OTLP attribute keys MUST be unique). */
-const BATCH_KEYS = new Set(['sidekick.batch.id', 'sidekick.batch.index']);
+export const BATCH_KEYS = new Set(['sidekick.batch.id', 'sidekick.batch.index']);
 const SPAN_SET_KEYS = ['http.request.method', 'http.route', 'http.response.status_code', 'process.pid', 'error.type'];
 const SPAN_SKIP = new Set([...SPAN_OWN_FIELDS, ...BATCH_KEYS]);
 /** Times past 2^63 ns (year 2262: a ts in µs or ns, say) fit no receiver's timestamp (the protobuf encoder threw). */
-const MAX_TIME_MS = 9_223_372_036_854;
+export const MAX_TIME_MS = 9_223_372_036_854;
 /** Durations are capped (a bogus 1e400 is Infinity) so that start + duration stays an exact, representable time. */
-const MAX_DURATION_MS = 30 * 86_400_000;
+export const MAX_DURATION_MS = 30 * 86_400_000;
 
 /** The time the agent accepted record `index` of a spool batch: its frame's append time. */
 export function acceptedAt(part: ExportPart, i: number): number {
@@ -118,13 +122,13 @@ export class RecordMapper {
 
   constructor(private readonly opts: MapOptions) {}
 
+  get options(): MapOptions {
+    return this.opts;
+  }
+
   map(part: ExportPart): Mapped {
-    this.truncated = 0;
-    this.flattened = 0;
-    const logs: LogItem[] = [];
-    const spans: SpanItem[] = [];
-    const primary: Mapped['primary'] = [];
-    const unmappable: Buffer[] = [];
+    this.resetCounts();
+    const out = emptyMapped();
     const ids = new SpanIds(part.batchId);
     const p = part.payload;
     const parsed = parseAll(p);
@@ -134,59 +138,68 @@ export class RecordMapper {
       if (nl === -1) nl = p.length - 1;
       const line = p.subarray(start, nl + 1);
       start = nl + 1;
-      let rec: unknown;
-      if (parsed) rec = parsed[i];
-      else {
-        try {
-          rec = JSON.parse(line.toString('utf8'));
-        } catch {
-          rec = undefined;
-        }
-      }
-      if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) {
-        unmappable.push(line);
-        primary.push('none');
-        continue;
-      }
-      const index = part.firstIndex + i;
-      const r = rec as Record<string, unknown>;
-      const accepted = acceptedAt(part, i);
-      const timeMs = recordTime(r.ts) ?? accepted;
-      const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
-      // A spool frame is stamped with its first line's arrival, up to ~2 ms before a later line of it: never report
-      // a record observed before it happened (a request, before it ended).
-      const ended = isRequest ? timeMs + Math.min(Math.max(0, r.duration_ms as number), MAX_DURATION_MS) : timeMs;
-      const observedMs = Math.min(Math.max(accepted, ended), MAX_TIME_MS);
-      const error = Boolean(r.error); // a message, true, an object; not null, false, 0 or ''
-      const status = typeof r.status === 'number' ? r.status : undefined;
-      const failed = error || (status !== undefined && status >= 500);
-      const parent = parseTraceparent(r.traceparent);
-      const wantSpan = isRequest && this.opts.requestSignal !== 'logs';
-      const wantLog = !isRequest || this.opts.requestSignal !== 'traces';
-      let span: SpanItem | undefined;
-      if (wantSpan) {
-        span = this.span(r, index, part.batchId, timeMs, status, failed, parent, ids);
-        spans.push(span);
-      }
-      if (wantLog) {
-        const attrs = this.attrs(r, BATCH_KEYS);
-        attrs.push(['sidekick.batch.id', part.batchId], ['sidekick.batch.index', index]);
-        logs.push({
-          timeMs,
-          observedMs,
-          severityNumber: failed ? SEVERITY_ERROR : SEVERITY_INFO,
-          severityText: failed ? 'ERROR' : 'INFO',
-          eventName: typeof r.type === 'string' ? this.str(r.type) : '',
-          attrs,
-          // the log belongs to the request's span; without one, to the app's span named by the traceparent
-          traceId: span?.traceId ?? parent?.traceId,
-          spanId: span?.spanId ?? parent?.spanId,
-          flags: span ? span.flags & 0xff : (parent?.flags ?? 0),
-        });
-      }
-      primary.push(wantLog ? 'logs' : 'traces');
+      this.mapOne(part, i, line, parsed ? parsed[i] : parseLine(line), ids, out);
     }
-    return { logs, spans, primary, unmappable, truncated: this.truncated, flattened: this.flattened };
+    out.truncated = this.truncated;
+    out.flattened = this.flattened;
+    return out;
+  }
+
+  /** Zeroes the truncated/flattened counts (map does; a caller of mapOne reads them with counts()). */
+  resetCounts(): void {
+    this.truncated = 0;
+    this.flattened = 0;
+  }
+
+  counts(): { truncated: number; flattened: number } {
+    return { truncated: this.truncated, flattened: this.flattened };
+  }
+
+  /** Record `i` of the part (`rec`: its parsed line, undefined when not JSON) into `out`, in order. */
+  mapOne(part: ExportPart, i: number, line: Buffer, rec: unknown, ids: SpanIds, out: Mapped): void {
+    if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) {
+      out.unmappable.push(line);
+      out.primary.push('none');
+      return;
+    }
+    const index = part.firstIndex + i;
+    const r = rec as Record<string, unknown>;
+    const accepted = acceptedAt(part, i);
+    const timeMs = recordTime(r.ts) ?? accepted;
+    const isRequest = typeof r.method === 'string' && typeof r.duration_ms === 'number';
+    // A spool frame is stamped with its first line's arrival, up to ~2 ms before a later line of it: never report
+    // a record observed before it happened (a request, before it ended).
+    const ended = isRequest ? timeMs + Math.min(Math.max(0, r.duration_ms as number), MAX_DURATION_MS) : timeMs;
+    const observedMs = Math.min(Math.max(accepted, ended), MAX_TIME_MS);
+    const error = Boolean(r.error); // a message, true, an object; not null, false, 0 or ''
+    const status = typeof r.status === 'number' ? r.status : undefined;
+    const failed = error || (status !== undefined && status >= 500);
+    const parent = parseTraceparent(r.traceparent);
+    const wantSpan = isRequest && this.opts.requestSignal !== 'logs';
+    const wantLog = !isRequest || this.opts.requestSignal !== 'traces';
+    let span: SpanItem | undefined;
+    if (wantSpan) {
+      span = this.span(r, index, part.batchId, timeMs, status, failed, parent, ids);
+      out.spans.push(span);
+    }
+    if (wantLog) {
+      const attrs = this.attrs(r, BATCH_KEYS);
+      attrs.push(['sidekick.batch.id', part.batchId], ['sidekick.batch.index', index]);
+      out.logs.push({
+        timeMs,
+        observedMs,
+        severityNumber: failed ? SEVERITY_ERROR : SEVERITY_INFO,
+        severityText: failed ? 'ERROR' : 'INFO',
+        eventName: typeof r.type === 'string' ? this.str(r.type) : '',
+        attrs,
+        // the log belongs to the request's span; without one, to the app's span named by the traceparent
+        traceId: span?.traceId ?? parent?.traceId,
+        spanId: span?.spanId ?? parent?.spanId,
+        flags: span ? span.flags & 0xff : (parent?.flags ?? 0),
+      });
+      out.logCount++;
+    }
+    out.primary.push(wantLog ? 'logs' : 'traces');
   }
 
   private span(
@@ -279,8 +292,20 @@ function parseAll(p: Buffer): unknown[] | undefined {
   }
 }
 
+export function parseLine(line: Buffer): unknown {
+  try {
+    return JSON.parse(line.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+export function emptyMapped(): Mapped {
+  return { logs: [], logCount: 0, spans: [], primary: [], unmappable: [], truncated: 0, flattened: 0 };
+}
+
 /** ts as Unix ms: a finite number, or an ISO 8601 string; anything else is not a time (the accepted time is used). */
-function recordTime(ts: unknown): number | undefined {
+export function recordTime(ts: unknown): number | undefined {
   if (typeof ts === 'number') return ts >= 0 && ts < MAX_TIME_MS ? ts : undefined;
   if (typeof ts === 'string') {
     const t = Date.parse(ts);
@@ -311,7 +336,7 @@ export function parseTraceparent(v: unknown): Traceparent | undefined {
  * Span and trace ids for records without a traceparent: random-looking (a SHA-256 of the spool batch id, whose spool
  * id part is random) and a pure function of (batch id, index), so a retry or a replay sends the very same span.
  */
-class SpanIds {
+export class SpanIds {
   private seed: Buffer | undefined;
 
   constructor(private readonly batchId: string) {}

@@ -14,13 +14,13 @@ export interface Envelope {
 }
 
 // wire types
-const VARINT = 0;
-const I64 = 1;
-const LEN = 2;
-const I32 = 5;
+export const VARINT = 0;
+export const I64 = 1;
+export const LEN = 2;
+export const I32 = 5;
 const tag = (field: number, wire: number): number => (field << 3) | wire;
 
-class Writer {
+export class Writer {
   buf: Buffer;
   pos = 0;
 
@@ -28,7 +28,7 @@ class Writer {
     this.buf = Buffer.allocUnsafe(size);
   }
 
-  private ensure(n: number): void {
+  ensure(n: number): void {
     if (this.pos + n <= this.buf.length) return;
     let size = this.buf.length * 2;
     while (size < this.pos + n) size *= 2;
@@ -207,7 +207,7 @@ function anyValue(w: Writer, field: number, v: AttrValue): void {
 }
 
 // KeyValue: key 1, value 2
-function keyValue(w: Writer, field: number, [k, v]: Attr): void {
+export function keyValue(w: Writer, field: number, [k, v]: Attr): void {
   const at = w.message(field);
   if (k) w.string(1, k);
   anyValue(w, 2, v);
@@ -231,31 +231,46 @@ function scope(w: Writer, env: Envelope): void {
 /** ExportLogsServiceRequest { resource_logs 1: ResourceLogs { resource 1, scope_logs 2: ScopeLogs { scope 1, log_records 2 } } } */
 export function encodeLogs(env: Envelope, logs: LogItem[]): Buffer {
   const w = new Writer(256 + logs.length * 512);
+  const open = beginLogs(w, env);
+  for (const l of logs) logRecord(w, l);
+  return endLogs(w, open);
+}
+
+/** Writes the request's envelope up to its first LogRecord; returns what endLogs closes. */
+export function beginLogs(w: Writer, env: Envelope): [number, number] {
   const rl = w.message(1);
   envelope(w, env);
   const sl = w.message(2);
   scope(w, env);
-  for (const l of logs) {
-    // LogRecord: time 1 (fixed64), severity_number 2, severity_text 3, attributes 6, flags 8 (fixed32), trace_id 9,
-    // span_id 10, observed_time 11 (fixed64), event_name 12
-    const lr = w.message(2);
-    w.fixed64Ms(1, l.timeMs);
-    if (l.severityNumber) {
-      w.key(2, VARINT);
-      w.varint(l.severityNumber);
-    }
-    if (l.severityText) w.string(3, l.severityText);
-    for (const a of l.attrs) keyValue(w, 6, a);
-    if (l.flags) w.fixed32(8, l.flags);
-    if (l.traceId) w.bytes(9, l.traceId);
-    if (l.spanId) w.bytes(10, l.spanId);
-    w.fixed64Ms(11, l.observedMs);
-    if (l.eventName) w.string(12, l.eventName);
-    w.end(lr);
-  }
+  return [rl, sl];
+}
+
+export function endLogs(w: Writer, [rl, sl]: [number, number]): Buffer {
   w.end(sl);
   w.end(rl);
   return w.result();
+}
+
+/**
+ * LogRecord (ScopeLogs.log_records = 2): time 1 (fixed64), severity_number 2, severity_text 3, attributes 6, flags 8
+ * (fixed32), trace_id 9, span_id 10, observed_time 11 (fixed64), event_name 12. ./transcode.ts writes the same bytes
+ * without the model: keep the two in step (test/agent-otlp-transcode.test.ts compares them).
+ */
+export function logRecord(w: Writer, l: LogItem): void {
+  const lr = w.message(2);
+  w.fixed64Ms(1, l.timeMs);
+  if (l.severityNumber) {
+    w.key(2, VARINT);
+    w.varint(l.severityNumber);
+  }
+  if (l.severityText) w.string(3, l.severityText);
+  for (const a of l.attrs) keyValue(w, 6, a);
+  if (l.flags) w.fixed32(8, l.flags);
+  if (l.traceId) w.bytes(9, l.traceId);
+  if (l.spanId) w.bytes(10, l.spanId);
+  w.fixed64Ms(11, l.observedMs);
+  if (l.eventName) w.string(12, l.eventName);
+  w.end(lr);
 }
 
 /** ExportTraceServiceRequest { resource_spans 1: ResourceSpans { resource 1, scope_spans 2: ScopeSpans { scope 1, spans 2 } } } */
