@@ -242,6 +242,7 @@ const b4Payload = Buffer.from(
 );
 const b4Part: ExportPart = { ...part, payload: b4Payload };
 const transcodeLogs = new LogsTranscoder(mapLogs, env);
+const transcodeBoth = new LogsTranscoder(mapBoth, env);
 {
   // the transcoder writes the model path's very bytes (test/agent-otlp-transcode.test.ts checks it on many parts)
   assert.ok(transcodeLogs.run(part).logsBody!.equals(ours()), 'the transcoder wrote other bytes than the model path');
@@ -265,6 +266,11 @@ const tasks: Record<string, () => void> = {
     sink += gzipSync(encodeTraces(env, m.spans), { level: 1 }).length;
   },
   'http exporter equivalent: gzip -1 of the NDJSON': () => void (sink += gzipSync(payload, { level: 1 }).length),
+  'transcoder path, whole part (both: the model after 8 request records)': () => {
+    const m = transcodeBoth.run(part);
+    sink += gzipSync(m.logsBody!, { level: 1 }).length;
+    sink += gzipSync(encodeTraces(env, m.spans), { level: 1 }).length;
+  },
   'transcoder: logs straight from the NDJSON': () => void (sink += transcodeLogs.run(part).logsBody!.length),
   'B4 records: model path (map + encodeLogs + gzip)': () =>
     void (sink += gzipSync(encodeLogs(env, mapLogs.map(b4Part).logs), { level: 1 }).length),

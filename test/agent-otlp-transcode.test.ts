@@ -168,6 +168,20 @@ test('an empty part, and a part of lines that are not objects: no LogRecords, no
   assert.equal(junk.unmappable.length, 3);
 });
 
+test('a part of request records (spans): the model path after 8 misses in a row, the same bytes', () => {
+  const r = rng(11);
+  const req = (i: number): string =>
+    `{"ts":${1767000000000 + i},"type":"php_request","route":"/x","method":"GET","status":200,"duration_ms":${i + 0.5}}`;
+  const flat = (i: number): string => `{"k":${i},"s":"v${i}"}`;
+  const lines = [...Array.from({ length: 10 }, (_, i) => req(i)), ...Array.from({ length: 10 }, (_, i) => flat(i))];
+  const both: MapOptions = { requestSignal: 'both', maxValueLength: 4096, maxDepth: 8 };
+  assert.equal(compare(partOf(lines, r), both, 'requests first').fast, 0, 'not tried after 8 misses in a row');
+  const mixed = lines.map((_, i) => (i % 2 ? req(i) : flat(i)));
+  assert.equal(compare(partOf(mixed, r), both, 'alternating').fast, 10, 'every flat record transcoded');
+  const logsOnly: MapOptions = { ...both, requestSignal: 'logs' };
+  assert.equal(compare(partOf(lines, r), logsOnly, 'logs only').fast, 20, 'requests as LogRecords only: transcoded');
+});
+
 test('the records B4 and the PHP client send: all transcoded (no model path), equal bytes, decoded by protobufjs', () => {
   const b4 = (i: number): string => `{"k":"p-1-${i}","t":1700000000000,"pad":"${'x'.repeat(150)}"}`;
   const php = (i: number): string =>

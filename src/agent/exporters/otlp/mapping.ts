@@ -280,7 +280,7 @@ export class RecordMapper {
  * and elements correspond. Undefined when the text is not one valid array of one value per line (a line that is not
  * JSON): the caller then parses line by line and finds the bad one.
  */
-function parseAll(p: Buffer): unknown[] | undefined {
+export function parseAll(p: Buffer): unknown[] | undefined {
   if (p.length === 0 || p[p.length - 1] !== 0x0a) return undefined;
   let lines = 0;
   for (let at = p.indexOf(0x0a); at !== -1; at = p.indexOf(0x0a, at + 1)) lines++;

@@ -14,6 +14,7 @@ import {
   emptyMapped,
   MAX_DURATION_MS,
   MAX_TIME_MS,
+  parseAll,
   parseLine,
   SEVERITY_ERROR,
   SEVERITY_INFO,
@@ -28,6 +29,8 @@ import { beginLogs, endLogs, keyValue, logRecord, Writer, type Envelope } from '
 const MAX_FIELDS = 64;
 /** Integers of at most this many digits are read in place (< 2^53); longer ones through Number(). */
 const MAX_INLINE_DIGITS = 15;
+/** Records in a row that need the model before the rest of the part goes to it without being tried. */
+const MAX_MISSES = 8;
 
 // value kinds
 const STR = 0;
@@ -102,21 +105,35 @@ export class LogsTranscoder {
     keyValue(batchKv, 6, ['sidekick.batch.id', part.batchId]);
     const batchBytes = batchKv.result();
     let start = 0;
+    // The rest of the part parsed in one JSON.parse at the first record that needs the model (undefined: not yet,
+    // or the rest is not one array of values); after MAX_MISSES such records in a row (a part of request records
+    // that become spans, say), the others are not tried either.
+    let rest: unknown[] | undefined;
+    let restFrom = -1;
+    let misses = 0;
     for (let i = 0; start < p.length; i++) {
-      const next = this.record(w, p, start, part, i, batchBytes);
-      if (next !== -1) {
-        this.transcoded++;
-        out.primary.push('logs');
-        out.logCount++;
-        start = next;
-        continue;
+      if (misses < MAX_MISSES) {
+        const next = this.record(w, p, start, part, i, batchBytes);
+        if (next !== -1) {
+          this.transcoded++;
+          out.primary.push('logs');
+          out.logCount++;
+          start = next;
+          misses = 0;
+          continue;
+        }
+        misses++;
+      }
+      if (restFrom === -1) {
+        restFrom = i;
+        rest = parseAll(start === 0 ? p : p.subarray(start));
       }
       let nl = p.indexOf(0x0a, start);
       if (nl === -1) nl = p.length - 1;
       const line = p.subarray(start, nl + 1);
       start = nl + 1;
       const before = out.logs.length;
-      this.mapper.mapOne(part, i, line, parseLine(line), ids, out);
+      this.mapper.mapOne(part, i, line, rest ? rest[i - restFrom] : parseLine(line), ids, out);
       // written at once, so the LogRecords keep the part's order
       if (out.logs.length > before) logRecord(w, out.logs.pop()!);
     }
