@@ -266,7 +266,7 @@ const tasks: Record<string, () => void> = {
     sink += gzipSync(encodeTraces(env, m.spans), { level: 1 }).length;
   },
   'http exporter equivalent: gzip -1 of the NDJSON': () => void (sink += gzipSync(payload, { level: 1 }).length),
-  'transcoder path, whole part (both: the model after 8 request records)': () => {
+  'transcoder: whole part (both: logs + spans + 2 gzip)': () => {
     const m = transcodeBoth.run(part);
     sink += gzipSync(m.logsBody!, { level: 1 }).length;
     sink += gzipSync(encodeTraces(env, m.spans), { level: 1 }).length;

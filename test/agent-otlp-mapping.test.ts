@@ -620,7 +620,16 @@ test('lines that are not JSON objects are unmappable (never a crash); indexes ke
 
 test('an empty part maps to nothing and still encodes to a valid request', () => {
   const m = mapper().map(part([]));
-  assert.deepEqual(m, { logs: [], logCount: 0, spans: [], primary: [], unmappable: [], truncated: 0, flattened: 0 });
+  assert.deepEqual(m, {
+    logs: [],
+    logCount: 0,
+    spans: [],
+    spanCount: 0,
+    primary: [],
+    unmappable: [],
+    truncated: 0,
+    flattened: 0,
+  });
   const d = decodeBoth(m);
   assert.deepEqual(d.logs, []);
   assert.deepEqual(d.spans, []);

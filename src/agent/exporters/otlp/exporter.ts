@@ -114,7 +114,7 @@ export class OtlpExporter implements Exporter {
     const already = this.rememberedFor(part.id);
     const todo: Signal[] = [];
     if (m.logCount > 0 && already?.signal !== 'logs') todo.push('logs');
-    if (m.spans.length > 0 && already?.signal !== 'traces') todo.push('traces');
+    if (m.spanCount > 0 && already?.signal !== 'traces') todo.push('traces');
     const settled = await Promise.allSettled(todo.map((s) => this.send(s, m, stop)));
     const answers = new Map<Signal, SignalAnswer>();
     if (already) answers.set(already.signal, already.answer);
@@ -158,7 +158,7 @@ export class OtlpExporter implements Exporter {
           : (m.logsBody ?? encodeLogs(this.env, m.logs))
         : this.json
           ? encodeTracesJson(this.env, m.spans)
-          : encodeTraces(this.env, m.spans);
+          : (m.tracesBody ?? encodeTraces(this.env, m.spans));
     const body = this.config.compression === 'gzip' ? await gzipFast(raw) : raw;
     const poster = this.posters[signal];
     const answer = await poster.post(body, [], stop);
@@ -198,7 +198,7 @@ export class OtlpExporter implements Exporter {
     const stats: ExportStats = {
       truncated: m.truncated,
       flattened: m.flattened,
-      spans: traces?.kind === 'ok' ? m.spans.length - traces.rejected : 0,
+      spans: traces?.kind === 'ok' ? m.spanCount - traces.rejected : 0,
       rejectedLogs: 0,
       rejectedSpans: 0,
     };
@@ -220,7 +220,7 @@ export class OtlpExporter implements Exporter {
       const owned = count(signal); // records whose outcome this signal decides
       if (a.kind === 'refused') {
         if (signal === 'logs') stats.rejectedLogs += m.logCount;
-        else stats.rejectedSpans += m.spans.length;
+        else stats.rejectedSpans += m.spanCount;
         if (owned > 0)
           rejections.push({
             records: owned,
@@ -239,7 +239,7 @@ export class OtlpExporter implements Exporter {
             records: n,
             reason: 'otlp_partial',
             status: a.status,
-            body: `${a.rejected} of ${signal === 'logs' ? m.logCount : m.spans.length} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
+            body: `${a.rejected} of ${signal === 'logs' ? m.logCount : m.spanCount} ${signal === 'logs' ? 'log records' : 'spans'} rejected (partial success)${a.message ? `: ${a.message}` : ''}`,
             // which ones the collector does not say: the whole part is kept, beside the collector's message
             payload: part.payload,
             payloadRecords: part.records,

@@ -66,7 +66,11 @@ export interface Mapped {
   logCount: number;
   /** The ExportLogsServiceRequest, protobuf-encoded, when the transcoder wrote it straight from the NDJSON. */
   logsBody?: Buffer;
+  /** The spans as a model, in order; empty when `tracesBody` carries them already encoded. */
   spans: SpanItem[];
+  spanCount: number;
+  /** The ExportTraceServiceRequest, protobuf-encoded, when the transcoder wrote it. */
+  tracesBody?: Buffer;
   /** Per record of the part, in order: where its outcome is decided (its LogRecord, else its span), or unmappable. */
   primary: ('logs' | 'traces' | 'none')[];
   /** Lines that are not a JSON object (cannot become a LogRecord): dead-lettered with reason `unmappable`. */
@@ -86,7 +90,7 @@ const FLAG_HAS_IS_REMOTE = 0x100;
 const FLAG_IS_REMOTE = 0x200;
 
 /** Fields the span carries as HTTP semantic conventions (or as its times, name, ids), not under their own names. */
-const SPAN_OWN_FIELDS = new Set([
+export const SPAN_OWN_FIELDS = new Set([
   'ts',
   'type',
   'method',
@@ -99,7 +103,13 @@ const SPAN_OWN_FIELDS = new Set([
 ]);
 /** Attributes the agent sets itself: a record field of that name is left out (OTLP attribute keys MUST be unique). */
 export const BATCH_KEYS = new Set(['sidekick.batch.id', 'sidekick.batch.index']);
-const SPAN_SET_KEYS = ['http.request.method', 'http.route', 'http.response.status_code', 'process.pid', 'error.type'];
+export const SPAN_SET_KEYS = [
+  'http.request.method',
+  'http.route',
+  'http.response.status_code',
+  'process.pid',
+  'error.type',
+];
 const SPAN_SKIP = new Set([...SPAN_OWN_FIELDS, ...BATCH_KEYS]);
 /** Times past 2^63 ns (year 2262: a ts in µs or ns, say) fit no receiver's timestamp (the protobuf encoder threw). */
 export const MAX_TIME_MS = 9_223_372_036_854;
@@ -181,6 +191,7 @@ export class RecordMapper {
     if (wantSpan) {
       span = this.span(r, index, part.batchId, timeMs, status, failed, parent, ids);
       out.spans.push(span);
+      out.spanCount++;
     }
     if (wantLog) {
       const attrs = this.attrs(r, BATCH_KEYS);
@@ -301,7 +312,7 @@ export function parseLine(line: Buffer): unknown {
 }
 
 export function emptyMapped(): Mapped {
-  return { logs: [], logCount: 0, spans: [], primary: [], unmappable: [], truncated: 0, flattened: 0 };
+  return { logs: [], logCount: 0, spans: [], spanCount: 0, primary: [], unmappable: [], truncated: 0, flattened: 0 };
 }
 
 /** ts as Unix ms: a finite number, or an ISO 8601 string; anything else is not a time (the accepted time is used). */
@@ -341,8 +352,13 @@ export class SpanIds {
 
   constructor(private readonly batchId: string) {}
 
+  /** The 32 bytes the ids are cut from (./transcode.ts writes the same ids without the two Buffers per record). */
+  seedBytes(): Buffer {
+    return (this.seed ??= createHash('sha256').update(this.batchId).digest());
+  }
+
   at(index: number): { traceId: Buffer; spanId: Buffer } {
-    this.seed ??= createHash('sha256').update(this.batchId).digest();
+    this.seed ??= this.seedBytes();
     const traceId = Buffer.from(this.seed.subarray(0, 16));
     const spanId = Buffer.from(this.seed.subarray(16, 24));
     // index into the last 4 bytes of each: distinct within the batch, still never all-zero in practice

@@ -276,39 +276,43 @@ export function logRecord(w: Writer, l: LogItem): void {
 /** ExportTraceServiceRequest { resource_spans 1: ResourceSpans { resource 1, scope_spans 2: ScopeSpans { scope 1, spans 2 } } } */
 export function encodeTraces(env: Envelope, spans: SpanItem[]): Buffer {
   const w = new Writer(256 + spans.length * 512);
-  const rs = w.message(1);
-  envelope(w, env);
-  const ss = w.message(2);
-  scope(w, env);
-  for (const s of spans) {
-    // Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6, start 7, end 8 (fixed64),
-    // attributes 9, status 15 { message 2, code 3 }, flags 16 (fixed32)
-    const sp = w.message(2);
-    w.bytes(1, s.traceId);
-    w.bytes(2, s.spanId);
-    if (s.traceState) w.string(3, s.traceState);
-    if (s.parentSpanId) w.bytes(4, s.parentSpanId);
-    if (s.name) w.string(5, s.name);
-    w.key(6, VARINT);
-    w.varint(2); // SPAN_KIND_SERVER
-    w.fixed64Ms(7, s.startMs);
-    w.fixed64Ms(8, s.startMs, s.durationNs);
-    for (const a of s.attrs) keyValue(w, 9, a);
-    if (s.statusCode || s.statusMessage) {
-      const st = w.message(15);
-      if (s.statusMessage) w.string(2, s.statusMessage);
-      if (s.statusCode) {
-        w.key(3, VARINT);
-        w.varint(s.statusCode);
-      }
-      w.end(st);
+  const open = beginTraces(w, env);
+  for (const s of spans) spanRecord(w, s);
+  return endTraces(w, open);
+}
+
+/** The same envelope as the logs request's: resource_spans 1 { resource 1, scope_spans 2 { scope 1, spans 2 } }. */
+export const beginTraces = beginLogs;
+export const endTraces = endLogs;
+
+/**
+ * Span (ScopeSpans.spans = 2): trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6, start 7, end 8
+ * (fixed64), attributes 9, status 15 { message 2, code 3 }, flags 16 (fixed32). ./transcode.ts writes the same bytes
+ * without the model.
+ */
+export function spanRecord(w: Writer, s: SpanItem): void {
+  const sp = w.message(2);
+  w.bytes(1, s.traceId);
+  w.bytes(2, s.spanId);
+  if (s.traceState) w.string(3, s.traceState);
+  if (s.parentSpanId) w.bytes(4, s.parentSpanId);
+  if (s.name) w.string(5, s.name);
+  w.key(6, VARINT);
+  w.varint(2); // SPAN_KIND_SERVER
+  w.fixed64Ms(7, s.startMs);
+  w.fixed64Ms(8, s.startMs, s.durationNs);
+  for (const a of s.attrs) keyValue(w, 9, a);
+  if (s.statusCode || s.statusMessage) {
+    const st = w.message(15);
+    if (s.statusMessage) w.string(2, s.statusMessage);
+    if (s.statusCode) {
+      w.key(3, VARINT);
+      w.varint(s.statusCode);
     }
-    if (s.flags) w.fixed32(16, s.flags);
-    w.end(sp);
+    w.end(st);
   }
-  w.end(ss);
-  w.end(rs);
-  return w.result();
+  if (s.flags) w.fixed32(16, s.flags);
+  w.end(sp);
 }
 
 /**

@@ -1,9 +1,10 @@
-// NDJSON → OTLP protobuf LogRecords without JSON.parse and without the model: the agent's hot path for the otlp
+// NDJSON → OTLP protobuf LogRecords (and a request record's SERVER span) without JSON.parse and without the model: the agent's hot path for the otlp
 // exporter (docs/benchmarks.md, "OTLP exporter"). The records are flat JSON objects in the common case (what the PHP
 // client and most loggers send), already validated byte by byte at ingest; for those, every key and string value is
 // copied as the bytes it already is, numbers are read in place, and each LogRecord's length is known before it is
 // written. Anything else (a nested value, an escape or a non-ASCII byte in the part, a duplicate or array-index key,
-// a string over the length limit, an ISO `ts`, a traceparent, a request record that becomes a span) goes through
+// a string over the length limit, an ISO `ts`, a traceparent, a request record with an http.* or process.pid or
+// error.type field of its own) goes through
 // the model (./mapping.ts → ./protobuf.ts) for that record: the output is byte for byte what that path writes
 // (test/agent-otlp-transcode.test.ts checks it on generated parts), so the mapping table in docs/agent.md holds for
 // both.
@@ -23,7 +24,17 @@ import {
   type Mapped,
   type RecordMapper,
 } from './mapping.js';
-import { beginLogs, endLogs, keyValue, logRecord, Writer, type Envelope } from './protobuf.js';
+import {
+  beginLogs,
+  beginTraces,
+  endLogs,
+  endTraces,
+  keyValue,
+  logRecord,
+  spanRecord,
+  Writer,
+  type Envelope,
+} from './protobuf.js';
 
 /** A record with more fields than this takes the model path (the token arrays are sized for it). */
 const MAX_FIELDS = 64;
@@ -55,6 +66,23 @@ const W_TRUE = ascii('true');
 const W_FALSE = ascii('false');
 const W_NULL = ascii('null');
 const ERROR = ascii('ERROR');
+const K_ROUTE = ascii('route');
+const K_PID = ascii('pid');
+const K_TRACESTATE = ascii('tracestate');
+// the span's own attributes (a record field of one of these names takes the model path when a span is written)
+const A_METHOD = ascii('http.request.method');
+const A_ROUTE = ascii('http.route');
+const A_STATUS = ascii('http.response.status_code');
+const A_PID = ascii('process.pid');
+const A_ERROR_TYPE = ascii('error.type');
+const OTHER = ascii('_OTHER');
+// what a field is to the mapping: an attribute of both, of the LogRecord only (a field the span carries otherwise),
+// or of neither (the agent's own sidekick.batch.*)
+const ATTR_BOTH = 0;
+const ATTR_LOG = 1;
+const ATTR_NONE = 2;
+/** The span's flags: sampled, and "the parent's remoteness is known" (mapping.ts, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE). */
+const SPAN_FLAGS = 0x101;
 
 /** Bytes of v as a protobuf varint (v < 2^53, or negative: 10). A chain of compares: Math.log2 cost more. */
 function varintLen(v: number): number {
@@ -79,8 +107,21 @@ export class LogsTranscoder {
   private readonly ve = new Int32Array(MAX_FIELDS);
   private readonly kind = new Uint8Array(MAX_FIELDS);
   private readonly num = new Float64Array(MAX_FIELDS);
-  /** Per field: its KeyValue's length (0: left out, a sidekick.batch.* field). */
+  /** Per field: its AnyValue's length, its KeyValue's length, and whose attribute it is (ATTR_*). */
+  private readonly anyLen = new Int32Array(MAX_FIELDS);
   private readonly kvLen = new Int32Array(MAX_FIELDS);
+  private readonly role = new Uint8Array(MAX_FIELDS);
+  /** A request's trace id (16 bytes) and span id (8), as SpanIds.at makes them. */
+  private readonly ids = new Uint8Array(24);
+  /** The part being written: its span id seed, its batch id KeyValues, and the traces request once a span is in it. */
+  private seed: Buffer | undefined;
+  private idSource: SpanIds | undefined;
+  private logTail: Buffer[] = [];
+  private spanTail: Buffer[] = [];
+  private batchLog: Buffer = Buffer.alloc(0);
+  private batchSpan: Buffer = Buffer.alloc(0);
+  private tw: Writer | undefined;
+  private twOpen: [number, number] = [0, 0];
 
   private readonly opts: MapOptions;
 
@@ -91,7 +132,10 @@ export class LogsTranscoder {
     this.opts = mapper.options;
   }
 
-  /** The part as RecordMapper.map gives it, with the LogRecords already encoded in `logsBody` (`logs` left empty). */
+  /**
+   * The part as RecordMapper.map gives it, with the LogRecords already encoded in `logsBody` and the spans in
+   * `tracesBody` (`logs` and `spans` left empty).
+   */
   run(part: ExportPart): Mapped {
     const p = part.payload;
     // An escape or a non-ASCII byte anywhere: the model path for the whole part (it parses the part in one go).
@@ -99,25 +143,26 @@ export class LogsTranscoder {
     this.mapper.resetCounts();
     const out = emptyMapped();
     const ids = new SpanIds(part.batchId);
+    this.idSource = ids;
+    this.seed = undefined;
+    this.tw = undefined;
     const w = new Writer(512 + p.length * 2);
     const open = beginLogs(w, this.env);
-    const batchKv = new Writer(64);
-    keyValue(batchKv, 6, ['sidekick.batch.id', part.batchId]);
-    const batchBytes = batchKv.result();
+    this.batchLog = batchKeyValue(6, part.batchId);
+    this.batchSpan = batchKeyValue(9, part.batchId);
+    this.logTail = [];
+    this.spanTail = [];
     let start = 0;
     // The rest of the part parsed in one JSON.parse at the first record that needs the model (undefined: not yet,
-    // or the rest is not one array of values); after MAX_MISSES such records in a row (a part of request records
-    // that become spans, say), the others are not tried either.
+    // or the rest is not one array of values); after MAX_MISSES such records in a row, the others are not tried.
     let rest: unknown[] | undefined;
     let restFrom = -1;
     let misses = 0;
     for (let i = 0; start < p.length; i++) {
       if (misses < MAX_MISSES) {
-        const next = this.record(w, p, start, part, i, batchBytes);
+        const next = this.record(w, p, start, part, i, out);
         if (next !== -1) {
           this.transcoded++;
-          out.primary.push('logs');
-          out.logCount++;
           start = next;
           misses = 0;
           continue;
@@ -132,16 +177,30 @@ export class LogsTranscoder {
       if (nl === -1) nl = p.length - 1;
       const line = p.subarray(start, nl + 1);
       start = nl + 1;
-      const before = out.logs.length;
+      const logs = out.logs.length;
+      const spans = out.spans.length;
       this.mapper.mapOne(part, i, line, rest ? rest[i - restFrom] : parseLine(line), ids, out);
-      // written at once, so the LogRecords keep the part's order
-      if (out.logs.length > before) logRecord(w, out.logs.pop()!);
+      // written at once, so the LogRecords and the spans keep the part's order
+      if (out.spans.length > spans) spanRecord(this.traces(p.length), out.spans.pop()!);
+      if (out.logs.length > logs) logRecord(w, out.logs.pop()!);
     }
     const counts = this.mapper.counts();
     out.truncated = counts.truncated;
     out.flattened = counts.flattened;
     if (out.logCount > 0) out.logsBody = endLogs(w, open);
+    if (out.spanCount > 0) out.tracesBody = endTraces(this.tw!, this.twOpen);
+    this.tw = undefined;
+    this.idSource = undefined;
     return out;
+  }
+
+  /** The part's traces request, begun at its first span. */
+  private traces(partBytes: number): Writer {
+    if (!this.tw) {
+      this.tw = new Writer(512 + partBytes * 2);
+      this.twOpen = beginTraces(this.tw, this.env);
+    }
+    return this.tw;
   }
 
   private modelPath(part: ExportPart): Mapped {
@@ -152,7 +211,7 @@ export class LogsTranscoder {
    * Writes record `i` (its line starts at `s`) as a LogRecord and returns where the next line starts, or -1, having
    * written nothing, when the record needs the model path.
    */
-  private record(w: Writer, p: Buffer, s: number, part: ExportPart, i: number, batchBytes: Buffer): number {
+  private record(w: Writer, p: Buffer, s: number, part: ExportPart, i: number, out: Mapped): number {
     const { ks, ke, vs, ve, kind, num } = this;
     const lim = p.length;
     let k = s;
@@ -231,15 +290,20 @@ export class LogsTranscoder {
     if (c !== 0x0a) return -1; // one object per line, nothing after it
     const next = k + 1;
 
-    // What the mapping reads: ts, type, status, error, a request's method and duration_ms.
+    // What the mapping reads: ts, type, status, error, pid, a request's method, route and duration_ms.
+    const { anyLen, kvLen, role } = this;
     const accepted = acceptedAt(part, i);
     let timeMs = accepted;
     let failed = false;
-    let method = false;
+    let method = -1;
+    let route = -1;
+    let status = -1;
+    let error = -1;
+    let pid = -1;
     let duration = -1;
     let event = -1;
+    let ownAttr = false; // a field named as one of the span's own attributes
     const max = this.opts.maxValueLength;
-    let attrsLen = 0;
     for (let f = 0; f < n; f++) {
       const a = ks[f]!;
       const len = ke[f]! - a;
@@ -253,57 +317,107 @@ export class LogsTranscoder {
       const kd = kind[f]!;
       const v = num[f]!;
       if (kd === STR && ve[f]! - vs[f]! > max) return -1; // truncation is counted on the model path
+      let r = ATTR_BOTH;
       if (len === 2 && is(p, a, K_TS)) {
         if (kd === STR) return -1; // an ISO date: Date.parse on the model path
         if (kd === NUM && v >= 0 && v < MAX_TIME_MS) timeMs = v;
+        r = ATTR_LOG;
       } else if (len === 4 && is(p, a, K_TYPE)) {
         if (kd === STR) event = f;
+        r = ATTR_LOG;
       } else if (len === 6 && is(p, a, K_STATUS)) {
-        if (kd === NUM && v >= 500) failed = true;
+        if (kd === NUM) {
+          status = f;
+          if (v >= 500) failed = true;
+        }
+        r = ATTR_LOG;
       } else if (len === 5 && is(p, a, K_ERROR)) {
         if ((kd === STR && ve[f]! > vs[f]!) || kd === TRUE || (kd === NUM && v !== 0)) failed = true;
-      } else if (len === 6 && is(p, a, K_METHOD)) method = kd === STR;
-      else if (len === 11 && is(p, a, K_DURATION)) {
+        if (kd === STR) error = f;
+      } else if (len === 6 && is(p, a, K_METHOD)) {
+        if (kd === STR) method = f;
+        r = ATTR_LOG;
+      } else if (len === 5 && is(p, a, K_ROUTE)) {
+        if (kd === STR) route = f;
+        r = ATTR_LOG;
+      } else if (len === 3 && is(p, a, K_PID)) {
+        if (kd === NUM) pid = f;
+        r = ATTR_LOG;
+      } else if (len === 11 && is(p, a, K_DURATION)) {
         if (kd === NUM) duration = f;
+        r = ATTR_LOG;
       } else if (len === 11 && is(p, a, K_TRACEPARENT)) return -1;
-      else if ((len === 17 && is(p, a, K_BATCH_ID)) || (len === 20 && is(p, a, K_BATCH_INDEX))) {
-        this.kvLen[f] = 0; // the agent's own attribute: the record's is left out
-        continue;
-      }
-      let anyLen: number;
+      else if (len === 10 && is(p, a, K_TRACESTATE)) r = ATTR_LOG;
+      else if ((len === 17 && is(p, a, K_BATCH_ID)) || (len === 20 && is(p, a, K_BATCH_INDEX))) r = ATTR_NONE;
+      else if (
+        (len === 19 && is(p, a, A_METHOD)) ||
+        (len === 10 && (is(p, a, A_ROUTE) || is(p, a, A_ERROR_TYPE))) ||
+        (len === 25 && is(p, a, A_STATUS)) ||
+        (len === 11 && is(p, a, A_PID))
+      )
+        ownAttr = true;
+      role[f] = r;
+      let al: number;
       if (kd === STR) {
         const sl = ve[f]! - vs[f]!;
-        anyLen = 1 + varintLen(sl) + sl;
-      } else if (kd === NUM) anyLen = Number.isSafeInteger(v) ? 1 + varintLen(v) : 9;
-      else if (kd === NULL) anyLen = 0;
-      else anyLen = 2;
-      const kv = 1 + varintLen(len) + len + 1 + varintLen(anyLen) + anyLen;
-      this.kvLen[f] = kv;
-      attrsLen += 1 + varintLen(kv) + kv;
+        al = 1 + varintLen(sl) + sl;
+      } else if (kd === NUM) al = Number.isSafeInteger(v) ? 1 + varintLen(v) : 9;
+      else if (kd === NULL) al = 0;
+      else al = 2;
+      anyLen[f] = al;
+      kvLen[f] = kvSize(len, al);
     }
-    let ended = timeMs;
-    if (method && duration !== -1) {
-      // a request record: a span too, unless only logs are asked for
-      if (this.opts.requestSignal !== 'logs') return -1;
-      ended = timeMs + Math.min(Math.max(0, num[duration]!), MAX_DURATION_MS);
-    }
-    const observedMs = Math.min(Math.max(accepted, ended), MAX_TIME_MS);
+    const isRequest = method !== -1 && duration !== -1;
+    const wantSpan = isRequest && this.opts.requestSignal !== 'logs';
+    const wantLog = !isRequest || this.opts.requestSignal !== 'traces';
+    if (wantSpan && ownAttr) return -1; // whose value wins: the model path decides
     const index = part.firstIndex + i;
     const indexAny = 1 + varintLen(index);
-    const indexKv = 1 + 1 + K_BATCH_INDEX.length + 1 + 1 + indexAny;
+    const durationMs = isRequest ? Math.min(Math.max(0, num[duration]!), MAX_DURATION_MS) : 0;
+
+    if (wantSpan) {
+      this.spanIds(index);
+      this.span(p, index, indexAny, timeMs, durationMs, failed, method, route, status, error, pid, n);
+      out.spanCount++;
+    }
+    if (wantLog) {
+      // A spool frame is stamped with its first line's arrival: never observed before it happened (or ended).
+      const observedMs = Math.min(Math.max(accepted, timeMs + durationMs), MAX_TIME_MS);
+      this.log(w, p, index, indexAny, timeMs, observedMs, failed, event, wantSpan, n);
+      out.logCount++;
+    }
+    out.primary.push(wantLog ? 'logs' : 'traces');
+    return next;
+  }
+
+  /** The LogRecord of a record whose fields are in the token arrays (n of them). */
+  private log(
+    w: Writer,
+    p: Buffer,
+    index: number,
+    indexAny: number,
+    timeMs: number,
+    observedMs: number,
+    failed: boolean,
+    event: number,
+    withSpan: boolean,
+    n: number,
+  ): void {
+    const { vs, ve, kvLen, role } = this;
+    let attrsLen = 0;
+    for (let f = 0; f < n; f++) if (role[f] !== ATTR_NONE) attrsLen += 1 + varintLen(kvLen[f]!) + kvLen[f]!;
+    const tail = this.tail(this.logTail, this.batchLog, 0x32, indexAny);
     const sev = failed ? ERROR : INFO;
     const eventLen = event === -1 ? 0 : ve[event]! - vs[event]!;
     const recLen =
-      9 +
-      2 +
-      2 +
-      sev.length +
+      9 + // time_unix_nano
+      2 + // severity_number
+      2 + sev.length +
       attrsLen +
-      batchBytes.length +
-      2 +
-      indexKv +
-      9 +
-      (eventLen > 0 ? 1 + varintLen(eventLen) + eventLen : 0);
+      tail.length + varintLen(index) +
+      (withSpan ? 5 + 18 + 10 : 0) + // flags, trace_id, span_id
+      9 + // observed_time_unix_nano
+      (eventLen > 0 ? 1 + varintLen(eventLen) + eventLen : 0); // prettier-ignore
 
     w.ensure(recLen + 16);
     const b = w.buf;
@@ -312,85 +426,251 @@ export class LogsTranscoder {
     pos = putVarint(b, pos, recLen);
     const end = pos + recLen;
     b[pos++] = 0x09; // time_unix_nano
-    pos = putFixed64Ms(b, pos, timeMs);
+    pos = putFixed64Ms(b, pos, timeMs, 0);
     b[pos++] = 0x10; // severity_number
     b[pos++] = failed ? SEVERITY_ERROR : SEVERITY_INFO;
     b[pos++] = 0x1a; // severity_text
     b[pos++] = sev.length;
     for (let j = 0; j < sev.length; j++) b[pos++] = sev[j]!;
     for (let f = 0; f < n; f++) {
-      const kv = this.kvLen[f]!;
-      if (kv === 0) continue;
+      if (role[f] === ATTR_NONE) continue;
       b[pos++] = 0x32; // attributes
-      pos = putVarint(b, pos, kv);
+      pos = putVarint(b, pos, kvLen[f]!);
       b[pos++] = 0x0a; // KeyValue.key
-      pos = putBytes(b, pos, p, ks[f]!, ke[f]!);
-      b[pos++] = 0x12; // KeyValue.value
-      const kd = kind[f]!;
-      if (kd === STR) {
-        const sl = ve[f]! - vs[f]!;
-        pos = putVarint(b, pos, 1 + varintLen(sl) + sl);
-        b[pos++] = 0x0a; // AnyValue.string_value
-        pos = putBytes(b, pos, p, vs[f]!, ve[f]!);
-      } else if (kd === NUM) {
-        const v = num[f]!;
-        if (Number.isSafeInteger(v)) {
-          pos = putVarint(b, pos, 1 + varintLen(v));
-          b[pos++] = 0x18; // AnyValue.int_value
-          pos = putVarint(b, pos, v);
-        } else {
-          b[pos++] = 9;
-          b[pos++] = 0x21; // AnyValue.double_value
-          b.writeDoubleLE(v, pos);
-          pos += 8;
-        }
-      } else if (kd === NULL) b[pos++] = 0;
-      else {
-        b[pos++] = 2;
-        b[pos++] = 0x10; // AnyValue.bool_value
-        b[pos++] = kd === TRUE ? 1 : 0;
-      }
+      pos = putBytes(b, pos, p, this.ks[f]!, this.ke[f]!);
+      pos = this.putValue(b, pos, p, f);
     }
     // sidekick.batch.id and sidekick.batch.index up to the index's value: the same bytes for every record of the part
-    const tail = this.tail(batchBytes, indexAny);
     b.set(tail, pos);
-    pos += tail.length;
-    pos = putVarint(b, pos, index);
+    pos = putVarint(b, pos + tail.length, index);
+    if (withSpan) {
+      const ids = this.ids;
+      b[pos++] = 0x45; // flags (fixed32): the span's trace flags
+      b[pos++] = SPAN_FLAGS & 0xff;
+      b[pos++] = 0;
+      b[pos++] = 0;
+      b[pos++] = 0;
+      b[pos++] = 0x4a; // trace_id
+      b[pos++] = 16;
+      for (let j = 0; j < 16; j++) b[pos++] = ids[j]!;
+      b[pos++] = 0x52; // span_id
+      b[pos++] = 8;
+      for (let j = 16; j < 24; j++) b[pos++] = ids[j]!;
+    }
     b[pos++] = 0x59; // observed_time_unix_nano
-    pos = putFixed64Ms(b, pos, observedMs);
+    pos = putFixed64Ms(b, pos, observedMs, 0);
     if (eventLen > 0) {
       b[pos++] = 0x62; // event_name
-      b[pos++] = eventLen < 0x80 ? eventLen : 0; // (re-written below when longer)
-      if (eventLen >= 0x80) pos = putVarint(b, pos - 1, eventLen);
-      pos = putRaw(b, pos, p, vs[event]!, ve[event]!);
+      pos = putBytes(b, pos, p, vs[event]!, ve[event]!);
     }
     if (pos !== end) throw new Error(`otlp transcoder: LogRecord of ${pos - end + recLen} bytes, ${recLen} computed`);
     w.pos = pos;
-    return next;
   }
 
-  private tailFor: Buffer | undefined;
-  private tailBytes: Buffer[] = [];
+  /** The SERVER span of a request record (mapping.ts's RecordMapper.span, without a traceparent). */
+  private span(
+    p: Buffer,
+    index: number,
+    indexAny: number,
+    startMs: number,
+    durationMs: number,
+    failed: boolean,
+    method: number,
+    route: number,
+    status: number,
+    error: number,
+    pid: number,
+    n: number,
+  ): void {
+    const { vs, ve, kvLen, anyLen, role, num } = this;
+    const ml = ve[method]! - vs[method]!;
+    const rl = route === -1 ? 0 : ve[route]! - vs[route]!;
+    const nameLen = rl > 0 ? ml + 1 + rl : ml;
+    // error.type: the status code as text on a 5xx, else _OTHER
+    const errorType = failed ? (status !== -1 && num[status]! >= 500 ? ascii(String(num[status]!)) : OTHER) : undefined;
+    let attrsLen = 0;
+    const attr = (kv: number): void => void (attrsLen += 1 + varintLen(kv) + kv);
+    attr(kvSize(A_METHOD.length, anyLen[method]!));
+    if (route !== -1) attr(kvSize(A_ROUTE.length, anyLen[route]!));
+    if (status !== -1) attr(kvSize(A_STATUS.length, anyLen[status]!));
+    if (pid !== -1) attr(kvSize(A_PID.length, anyLen[pid]!));
+    if (errorType) attr(kvSize(A_ERROR_TYPE.length, 1 + varintLen(errorType.length) + errorType.length));
+    for (let f = 0; f < n; f++) if (role[f] === ATTR_BOTH) attr(kvLen[f]!);
+    const tail = this.tail(this.spanTail, this.batchSpan, 0x4a, indexAny);
+    const msgLen = failed && error !== -1 ? ve[error]! - vs[error]! : 0;
+    const statusLen = failed ? (msgLen > 0 ? 1 + varintLen(msgLen) + msgLen : 0) + 2 : 0;
+    const spanLen =
+      18 + // trace_id
+      10 + // span_id
+      (nameLen > 0 ? 1 + varintLen(nameLen) + nameLen : 0) +
+      2 + // kind
+      9 +
+      9 + // start, end
+      attrsLen +
+      tail.length +
+      varintLen(index) +
+      (failed ? 1 + varintLen(statusLen) + statusLen : 0) +
+      6; // flags (fixed32, field 16: a two-byte key)
+    // prettier-ignore
+
+    const w = this.traces(p.length);
+    w.ensure(spanLen + 16);
+    const b = w.buf;
+    let pos = w.pos;
+    b[pos++] = 0x12; // ScopeSpans.spans
+    pos = putVarint(b, pos, spanLen);
+    const end = pos + spanLen;
+    const ids = this.ids;
+    b[pos++] = 0x0a; // trace_id
+    b[pos++] = 16;
+    for (let j = 0; j < 16; j++) b[pos++] = ids[j]!;
+    b[pos++] = 0x12; // span_id
+    b[pos++] = 8;
+    for (let j = 16; j < 24; j++) b[pos++] = ids[j]!;
+    if (nameLen > 0) {
+      b[pos++] = 0x2a; // name: "METHOD route"
+      pos = putVarint(b, pos, nameLen);
+      pos = putRaw(b, pos, p, vs[method]!, ve[method]!);
+      if (rl > 0) {
+        b[pos++] = 0x20;
+        pos = putRaw(b, pos, p, vs[route]!, ve[route]!);
+      }
+    }
+    b[pos++] = 0x30; // kind
+    b[pos++] = 2; // SPAN_KIND_SERVER
+    b[pos++] = 0x39; // start_time_unix_nano
+    pos = putFixed64Ms(b, pos, startMs, 0);
+    b[pos++] = 0x41; // end_time_unix_nano
+    pos = putFixed64Ms(b, pos, startMs, Math.round(durationMs * 1e6));
+    pos = this.putAttr(b, pos, A_METHOD, p, method);
+    if (route !== -1) pos = this.putAttr(b, pos, A_ROUTE, p, route);
+    if (status !== -1) pos = this.putAttr(b, pos, A_STATUS, p, status);
+    if (pid !== -1) pos = this.putAttr(b, pos, A_PID, p, pid);
+    if (errorType) {
+      const al = 1 + varintLen(errorType.length) + errorType.length;
+      b[pos++] = 0x4a;
+      pos = putVarint(b, pos, kvSize(A_ERROR_TYPE.length, al));
+      b[pos++] = 0x0a;
+      pos = putBytes(b, pos, A_ERROR_TYPE, 0, A_ERROR_TYPE.length);
+      b[pos++] = 0x12;
+      pos = putVarint(b, pos, al);
+      b[pos++] = 0x0a; // AnyValue.string_value
+      pos = putBytes(b, pos, errorType, 0, errorType.length);
+    }
+    for (let f = 0; f < n; f++) {
+      if (role[f] !== ATTR_BOTH) continue;
+      b[pos++] = 0x4a; // attributes
+      pos = putVarint(b, pos, kvLen[f]!);
+      b[pos++] = 0x0a;
+      pos = putBytes(b, pos, p, this.ks[f]!, this.ke[f]!);
+      pos = this.putValue(b, pos, p, f);
+    }
+    b.set(tail, pos);
+    pos = putVarint(b, pos + tail.length, index);
+    if (failed) {
+      b[pos++] = 0x7a; // status
+      pos = putVarint(b, pos, statusLen);
+      if (msgLen > 0) {
+        b[pos++] = 0x12; // Status.message
+        pos = putBytes(b, pos, p, vs[error]!, ve[error]!);
+      }
+      b[pos++] = 0x18; // Status.code
+      b[pos++] = 2; // STATUS_CODE_ERROR
+    }
+    b[pos++] = 0x85; // flags (fixed32, field 16)
+    b[pos++] = 0x01;
+    b[pos++] = SPAN_FLAGS & 0xff;
+    b[pos++] = SPAN_FLAGS >>> 8;
+    b[pos++] = 0;
+    b[pos++] = 0;
+    if (pos !== end) throw new Error(`otlp transcoder: span of ${pos - end + spanLen} bytes, ${spanLen} computed`);
+    w.pos = pos;
+  }
+
+  /** An attribute of the span's own (key) with field f's value. */
+  private putAttr(b: Buffer, pos: number, key: Uint8Array, p: Buffer, f: number): number {
+    b[pos++] = 0x4a;
+    pos = putVarint(b, pos, kvSize(key.length, this.anyLen[f]!));
+    b[pos++] = 0x0a;
+    pos = putBytes(b, pos, key, 0, key.length);
+    return this.putValue(b, pos, p, f);
+  }
+
+  /** KeyValue.value (the tag, the length, the AnyValue) of field f. */
+  private putValue(b: Buffer, pos: number, p: Buffer, f: number): number {
+    b[pos++] = 0x12; // KeyValue.value
+    pos = putVarint(b, pos, this.anyLen[f]!);
+    const kd = this.kind[f]!;
+    if (kd === STR) {
+      b[pos++] = 0x0a; // AnyValue.string_value
+      return putBytes(b, pos, p, this.vs[f]!, this.ve[f]!);
+    }
+    if (kd === NUM) {
+      const v = this.num[f]!;
+      if (Number.isSafeInteger(v)) {
+        b[pos++] = 0x18; // AnyValue.int_value
+        return putVarint(b, pos, v);
+      }
+      b[pos++] = 0x21; // AnyValue.double_value
+      b.writeDoubleLE(v, pos);
+      return pos + 8;
+    }
+    if (kd === NULL) return pos;
+    b[pos++] = 0x10; // AnyValue.bool_value
+    b[pos++] = kd === TRUE ? 1 : 0;
+    return pos;
+  }
+
+  /** The trace id and span id of record `index` into this.ids: SpanIds.at's bytes, without its two Buffers. */
+  private spanIds(index: number): void {
+    const seed = (this.seed ??= this.idSource!.seedBytes());
+    const ids = this.ids;
+    for (let j = 0; j < 24; j++) ids[j] = seed[j]!;
+    const t = (((seed[12]! << 24) | (seed[13]! << 16) | (seed[14]! << 8) | seed[15]!) ^ index) >>> 0;
+    ids[12] = t >>> 24;
+    ids[13] = (t >>> 16) & 0xff;
+    ids[14] = (t >>> 8) & 0xff;
+    ids[15] = t & 0xff;
+    const sp = (((seed[20]! << 24) | (seed[21]! << 16) | (seed[22]! << 8) | seed[23]!) ^ index) >>> 0;
+    ids[20] = sp >>> 24;
+    ids[21] = (sp >>> 16) & 0xff;
+    ids[22] = (sp >>> 8) & 0xff;
+    ids[23] = sp & 0xff;
+    let zero = true;
+    for (let j = 16; j < 24; j++) if (ids[j] !== 0) zero = false;
+    if (zero) ids[16] = 1;
+    zero = true;
+    for (let j = 0; j < 16; j++) if (ids[j] !== 0) zero = false;
+    if (zero) ids[0] = 1;
+  }
 
   /** The batch id KeyValue and the batch index KeyValue's bytes before the index's varint, per varint length. */
-  private tail(batchBytes: Buffer, indexAny: number): Buffer {
-    if (this.tailFor !== batchBytes) {
-      this.tailFor = batchBytes;
-      this.tailBytes = [];
-    }
-    let t = this.tailBytes[indexAny];
+  private tail(cache: Buffer[], batch: Buffer, tag: number, indexAny: number): Buffer {
+    let t = cache[indexAny];
     if (!t) {
-      const indexKv = 1 + 1 + K_BATCH_INDEX.length + 1 + 1 + indexAny;
+      const indexKv = kvSize(K_BATCH_INDEX.length, indexAny);
       t = Buffer.concat([
-        batchBytes,
-        Buffer.from([0x32, indexKv, 0x0a, K_BATCH_INDEX.length]),
+        batch,
+        Buffer.from([tag, indexKv, 0x0a, K_BATCH_INDEX.length]),
         K_BATCH_INDEX,
         Buffer.from([0x12, indexAny, 0x18]),
       ]);
-      this.tailBytes[indexAny] = t;
+      cache[indexAny] = t;
     }
     return t;
   }
+}
+
+/** A KeyValue's length: the key (tag, length, bytes) and the value (tag, length, AnyValue). */
+function kvSize(keyLen: number, anyLen: number): number {
+  return 1 + varintLen(keyLen) + keyLen + 1 + varintLen(anyLen) + anyLen;
+}
+
+/** The sidekick.batch.id KeyValue as attributes field `field` (6 of a LogRecord, 9 of a Span). */
+function batchKeyValue(field: number, batchId: string): Buffer {
+  const w = new Writer(64);
+  keyValue(w, field, ['sidekick.batch.id', batchId]);
+  return Buffer.from(w.result());
 }
 
 /** The next '"' from k (the part has no escapes), or -1: a JS scan for short strings, memchr for long ones. */
@@ -431,9 +711,9 @@ function putVarint(b: Buffer, pos: number, v: number): number {
 }
 
 /** Unix ms (fractions kept to the nanosecond) as a fixed64 of ns, exactly as protobuf.ts's Writer.fixed64Ms. */
-function putFixed64Ms(b: Buffer, pos: number, ms: number): number {
+function putFixed64Ms(b: Buffer, pos: number, ms: number, plusNs: number): number {
   const whole = Math.floor(ms);
-  const fracNs = Math.round((ms - whole) * 1e6);
+  const fracNs = Math.round((ms - whole) * 1e6) + plusNs;
   const wh = Math.floor(whole / 4294967296);
   const wl = whole - wh * 4294967296;
   const low = wl * 1e6 + fracNs; // < 2^53: exact
@@ -452,12 +732,12 @@ function putFixed64Ms(b: Buffer, pos: number, ms: number): number {
 }
 
 /** p[from, to) with its length in front. */
-function putBytes(b: Buffer, pos: number, p: Buffer, from: number, to: number): number {
+function putBytes(b: Buffer, pos: number, p: Uint8Array, from: number, to: number): number {
   return putRaw(b, putVarint(b, pos, to - from), p, from, to);
 }
 
 /** p[from, to): a loop for short runs (cheaper than a call into C++), else Buffer#copy. */
-function putRaw(b: Buffer, pos: number, p: Buffer, from: number, to: number): number {
+function putRaw(b: Buffer, pos: number, p: Uint8Array, from: number, to: number): number {
   if (to - from > 64) {
     b.set(p.subarray(from, to), pos);
     return pos + to - from;
