@@ -35,7 +35,8 @@ function rng(seed: number): () => number {
 
 const KEYS = [
   'ts', 'type', 'status', 'error', 'method', 'duration_ms', 'route', 'pid', 'host', 'k', 'pad', 'req', 'n',
-  'sidekick.batch.id', 'sidekick.batch.index', 'traceparent', '0', '42', '07', '', 'a b', 'x'.repeat(130), 'méthode',
+  'sidekick.batch.id', 'sidekick.batch.index', 'traceparent', 'tracestate', 'http.route', 'error.type', 'process.pid',
+  'http.request.method', 'http.response.status_code', '0', '42', '07', '', 'a b', 'x'.repeat(130), 'méthode',
 ]; // prettier-ignore
 
 function value(r: () => number, depth: number): string {
