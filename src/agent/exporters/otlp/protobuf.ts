@@ -39,24 +39,7 @@ export class Writer {
 
   varint(v: number): void {
     this.ensure(10);
-    const b = this.buf;
-    if (v < 0) {
-      // a negative int64: two's complement over 64 bits, 10 bytes
-      let lo = v >>> 0;
-      let hi = Math.floor(v / 4294967296) >>> 0;
-      for (let i = 0; i < 9; i++) {
-        b[this.pos++] = (lo & 0x7f) | 0x80;
-        lo = ((lo >>> 7) | (hi << 25)) >>> 0;
-        hi >>>= 7;
-      }
-      b[this.pos++] = lo & 0x01;
-      return;
-    }
-    while (v >= 0x80) {
-      b[this.pos++] = (v % 128) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    b[this.pos++] = v;
+    this.pos = putVarint(this.buf, this.pos, v);
   }
 
   /** A field key: one byte for field numbers below 16 (all but Span.flags 16 here). */
@@ -68,19 +51,11 @@ export class Writer {
     } else this.varint(t);
   }
 
-  /** A fixed64 of Unix ms (fractions kept to the nanosecond) + `plusNs`, exact: ms × 10^6 does not fit a double. */
+  /** A fixed64 of Unix ms (fractions kept to the nanosecond) + `plusNs`, exact (putFixed64Ms). */
   fixed64Ms(field: number, ms: number, plusNs = 0): void {
     this.key(field, I64);
     this.ensure(8);
-    const whole = Math.floor(ms);
-    const fracNs = Math.round((ms - whole) * 1e6) + plusNs;
-    const wh = Math.floor(whole / 4294967296);
-    const wl = whole - wh * 4294967296;
-    const low = wl * 1e6 + fracNs; // < 2^53: exact
-    const carry = Math.floor(low / 4294967296);
-    this.buf.writeUInt32LE(low - carry * 4294967296, this.pos);
-    this.buf.writeUInt32LE(wh * 1e6 + carry, this.pos + 4);
-    this.pos += 8;
+    this.pos = putFixed64Ms(this.buf, this.pos, ms, plusNs);
   }
 
   fixed32(field: number, v: number): void {
@@ -180,6 +155,61 @@ export class Writer {
   result(): Buffer {
     return this.buf.subarray(0, this.pos);
   }
+}
+
+/** v as a protobuf varint at b[pos]; returns the position after it. */
+export function putVarint(b: Buffer, pos: number, v: number): number {
+  if (v >= 0) {
+    if (v >= 0x10000000) {
+      // 28 low bits by bit operations, then the rest (< 2^25 for a safe integer)
+      const lo = v % 0x10000000;
+      b[pos++] = (lo & 0x7f) | 0x80;
+      b[pos++] = ((lo >>> 7) & 0x7f) | 0x80;
+      b[pos++] = ((lo >>> 14) & 0x7f) | 0x80;
+      b[pos++] = ((lo >>> 21) & 0x7f) | 0x80;
+      v = (v - lo) / 0x10000000;
+    }
+    while (v >= 0x80) {
+      b[pos++] = (v & 0x7f) | 0x80;
+      v >>>= 7;
+    }
+    b[pos++] = v;
+    return pos;
+  }
+  // a negative int64: two's complement over 64 bits, 10 bytes (as protobuf.ts's Writer)
+  let lo = v >>> 0;
+  let hi = Math.floor(v / 4294967296) >>> 0;
+  for (let i = 0; i < 9; i++) {
+    b[pos++] = (lo & 0x7f) | 0x80;
+    lo = ((lo >>> 7) | (hi << 25)) >>> 0;
+    hi >>>= 7;
+  }
+  b[pos++] = lo & 0x01;
+  return pos;
+}
+
+/**
+ * Unix ms (fractions kept to the nanosecond) + `plusNs` as a fixed64 of nanoseconds at b[pos], exact: ms × 10^6 does
+ * not fit a double. Returns the position after it.
+ */
+export function putFixed64Ms(b: Buffer, pos: number, ms: number, plusNs: number): number {
+  const whole = Math.floor(ms);
+  const fracNs = Math.round((ms - whole) * 1e6) + plusNs;
+  const wh = Math.floor(whole / 4294967296);
+  const wl = whole - wh * 4294967296;
+  const low = wl * 1e6 + fracNs; // < 2^53: exact
+  const carry = Math.floor(low / 4294967296);
+  const lo = low - carry * 4294967296;
+  const hi = wh * 1e6 + carry;
+  b[pos] = lo & 0xff;
+  b[pos + 1] = (lo >>> 8) & 0xff;
+  b[pos + 2] = (lo >>> 16) & 0xff;
+  b[pos + 3] = lo >>> 24;
+  b[pos + 4] = hi & 0xff;
+  b[pos + 5] = (hi >>> 8) & 0xff;
+  b[pos + 6] = (hi >>> 16) & 0xff;
+  b[pos + 7] = hi >>> 24;
+  return pos + 8;
 }
 
 // AnyValue: string 1, bool 2, int 3, double 4, array 5, kvlist 6 (an empty AnyValue for JSON null)

@@ -31,6 +31,8 @@ import {
   endTraces,
   keyValue,
   logRecord,
+  putFixed64Ms,
+  putVarint,
   spanRecord,
   Writer,
   type Envelope,
@@ -678,57 +680,6 @@ function quote(p: Buffer, k: number, lim: number): number {
   const stop = Math.min(k + 24, lim);
   for (; k < stop; k++) if (p[k] === 0x22) return k;
   return k < lim ? p.indexOf(0x22, k) : -1;
-}
-
-function putVarint(b: Buffer, pos: number, v: number): number {
-  if (v >= 0) {
-    if (v >= 0x10000000) {
-      // 28 low bits by bit operations, then the rest (< 2^25 for a safe integer)
-      const lo = v % 0x10000000;
-      b[pos++] = (lo & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 7) & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 14) & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 21) & 0x7f) | 0x80;
-      v = (v - lo) / 0x10000000;
-    }
-    while (v >= 0x80) {
-      b[pos++] = (v & 0x7f) | 0x80;
-      v >>>= 7;
-    }
-    b[pos++] = v;
-    return pos;
-  }
-  // a negative int64: two's complement over 64 bits, 10 bytes (as protobuf.ts's Writer)
-  let lo = v >>> 0;
-  let hi = Math.floor(v / 4294967296) >>> 0;
-  for (let i = 0; i < 9; i++) {
-    b[pos++] = (lo & 0x7f) | 0x80;
-    lo = ((lo >>> 7) | (hi << 25)) >>> 0;
-    hi >>>= 7;
-  }
-  b[pos++] = lo & 0x01;
-  return pos;
-}
-
-/** Unix ms (fractions kept to the nanosecond) as a fixed64 of ns, exactly as protobuf.ts's Writer.fixed64Ms. */
-function putFixed64Ms(b: Buffer, pos: number, ms: number, plusNs: number): number {
-  const whole = Math.floor(ms);
-  const fracNs = Math.round((ms - whole) * 1e6) + plusNs;
-  const wh = Math.floor(whole / 4294967296);
-  const wl = whole - wh * 4294967296;
-  const low = wl * 1e6 + fracNs; // < 2^53: exact
-  const carry = Math.floor(low / 4294967296);
-  const lo = low - carry * 4294967296;
-  const hi = wh * 1e6 + carry;
-  b[pos] = lo & 0xff;
-  b[pos + 1] = (lo >>> 8) & 0xff;
-  b[pos + 2] = (lo >>> 16) & 0xff;
-  b[pos + 3] = lo >>> 24;
-  b[pos + 4] = hi & 0xff;
-  b[pos + 5] = (hi >>> 8) & 0xff;
-  b[pos + 6] = (hi >>> 16) & 0xff;
-  b[pos + 7] = hi >>> 24;
-  return pos + 8;
 }
 
 /** p[from, to) with its length in front. */
