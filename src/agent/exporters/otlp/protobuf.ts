@@ -24,8 +24,13 @@ export class Writer {
   buf: Buffer;
   pos = 0;
 
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafe(size);
+  /** Where the message starts: after `prefix`, bytes the caller keeps in the same buffer to copy from (./transcode.ts). */
+  private readonly start: number;
+
+  constructor(size: number, prefix?: Buffer) {
+    this.buf = Buffer.allocUnsafe(size + (prefix?.length ?? 0));
+    this.start = prefix ? prefix.copy(this.buf, 0) : 0;
+    this.pos = this.start;
   }
 
   ensure(n: number): void {
@@ -153,7 +158,7 @@ export class Writer {
   }
 
   result(): Buffer {
-    return this.buf.subarray(0, this.pos);
+    return this.buf.subarray(this.start, this.pos);
   }
 }
 

@@ -123,6 +123,7 @@ export class LogsTranscoder {
   private batchLog: Buffer = Buffer.alloc(0);
   private batchSpan: Buffer = Buffer.alloc(0);
   private tw: Writer | undefined;
+  private part: Buffer = Buffer.alloc(0);
   private twOpen: [number, number] = [0, 0];
 
   private readonly opts: MapOptions;
@@ -146,9 +147,11 @@ export class LogsTranscoder {
     const out = emptyMapped();
     const ids = new SpanIds(part.batchId);
     this.idSource = ids;
+    this.part = p;
     this.seed = undefined;
     this.tw = undefined;
-    const w = new Writer(512 + p.length * 2);
+    // the part's bytes at the start of each request's buffer: values are copied from there (copyWithin: no views)
+    const w = new Writer(512 + p.length * 2, p);
     const open = beginLogs(w, this.env);
     this.batchLog = batchKeyValue(6, part.batchId);
     this.batchSpan = batchKeyValue(9, part.batchId);
@@ -183,7 +186,7 @@ export class LogsTranscoder {
       const spans = out.spans.length;
       this.mapper.mapOne(part, i, line, rest ? rest[i - restFrom] : parseLine(line), ids, out);
       // written at once, so the LogRecords and the spans keep the part's order
-      if (out.spans.length > spans) spanRecord(this.traces(p.length), out.spans.pop()!);
+      if (out.spans.length > spans) spanRecord(this.traces(), out.spans.pop()!);
       if (out.logs.length > logs) logRecord(w, out.logs.pop()!);
     }
     const counts = this.mapper.counts();
@@ -193,13 +196,14 @@ export class LogsTranscoder {
     if (out.spanCount > 0) out.tracesBody = endTraces(this.tw!, this.twOpen);
     this.tw = undefined;
     this.idSource = undefined;
+    this.part = Buffer.alloc(0);
     return out;
   }
 
-  /** The part's traces request, begun at its first span. */
-  private traces(partBytes: number): Writer {
+  /** The part's traces request, begun at its first span (this.part: the part being written). */
+  private traces(): Writer {
     if (!this.tw) {
-      this.tw = new Writer(512 + partBytes * 2);
+      this.tw = new Writer(512 + this.part.length * 2, this.part);
       this.twOpen = beginTraces(this.tw, this.env);
     }
     return this.tw;
@@ -379,13 +383,13 @@ export class LogsTranscoder {
 
     if (wantSpan) {
       this.spanIds(index);
-      this.span(p, index, indexAny, timeMs, durationMs, failed, method, route, status, error, pid, n);
+      this.span(index, indexAny, timeMs, durationMs, failed, method, route, status, error, pid, n);
       out.spanCount++;
     }
     if (wantLog) {
       // A spool frame is stamped with its first line's arrival: never observed before it happened (or ended).
       const observedMs = Math.min(Math.max(accepted, timeMs + durationMs), MAX_TIME_MS);
-      this.log(w, p, index, indexAny, timeMs, observedMs, failed, event, wantSpan, n);
+      this.log(w, index, indexAny, timeMs, observedMs, failed, event, wantSpan, n);
       out.logCount++;
     }
     out.primary.push(wantLog ? 'logs' : 'traces');
@@ -395,7 +399,6 @@ export class LogsTranscoder {
   /** The LogRecord of a record whose fields are in the token arrays (n of them). */
   private log(
     w: Writer,
-    p: Buffer,
     index: number,
     indexAny: number,
     timeMs: number,
@@ -439,8 +442,8 @@ export class LogsTranscoder {
       b[pos++] = 0x32; // attributes
       pos = putVarint(b, pos, kvLen[f]!);
       b[pos++] = 0x0a; // KeyValue.key
-      pos = putBytes(b, pos, p, this.ks[f]!, this.ke[f]!);
-      pos = this.putValue(b, pos, p, f);
+      pos = putOwn(b, pos, this.ks[f]!, this.ke[f]!);
+      pos = this.putValue(b, pos, f);
     }
     // sidekick.batch.id and sidekick.batch.index up to the index's value: the same bytes for every record of the part
     b.set(tail, pos);
@@ -463,7 +466,7 @@ export class LogsTranscoder {
     pos = putFixed64Ms(b, pos, observedMs, 0);
     if (eventLen > 0) {
       b[pos++] = 0x62; // event_name
-      pos = putBytes(b, pos, p, vs[event]!, ve[event]!);
+      pos = putOwn(b, pos, vs[event]!, ve[event]!);
     }
     if (pos !== end) throw new Error(`otlp transcoder: LogRecord of ${pos - end + recLen} bytes, ${recLen} computed`);
     w.pos = pos;
@@ -471,7 +474,6 @@ export class LogsTranscoder {
 
   /** The SERVER span of a request record (mapping.ts's RecordMapper.span, without a traceparent). */
   private span(
-    p: Buffer,
     index: number,
     indexAny: number,
     startMs: number,
@@ -515,7 +517,7 @@ export class LogsTranscoder {
       6; // flags (fixed32, field 16: a two-byte key)
     // prettier-ignore
 
-    const w = this.traces(p.length);
+    const w = this.traces();
     w.ensure(spanLen + 16);
     const b = w.buf;
     let pos = w.pos;
@@ -532,10 +534,10 @@ export class LogsTranscoder {
     if (nameLen > 0) {
       b[pos++] = 0x2a; // name: "METHOD route"
       pos = putVarint(b, pos, nameLen);
-      pos = putRaw(b, pos, p, vs[method]!, ve[method]!);
+      pos = putOwnRaw(b, pos, vs[method]!, ve[method]!);
       if (rl > 0) {
         b[pos++] = 0x20;
-        pos = putRaw(b, pos, p, vs[route]!, ve[route]!);
+        pos = putOwnRaw(b, pos, vs[route]!, ve[route]!);
       }
     }
     b[pos++] = 0x30; // kind
@@ -544,10 +546,10 @@ export class LogsTranscoder {
     pos = putFixed64Ms(b, pos, startMs, 0);
     b[pos++] = 0x41; // end_time_unix_nano
     pos = putFixed64Ms(b, pos, startMs, Math.round(durationMs * 1e6));
-    pos = this.putAttr(b, pos, A_METHOD, p, method);
-    if (route !== -1) pos = this.putAttr(b, pos, A_ROUTE, p, route);
-    if (status !== -1) pos = this.putAttr(b, pos, A_STATUS, p, status);
-    if (pid !== -1) pos = this.putAttr(b, pos, A_PID, p, pid);
+    pos = this.putAttr(b, pos, A_METHOD, method);
+    if (route !== -1) pos = this.putAttr(b, pos, A_ROUTE, route);
+    if (status !== -1) pos = this.putAttr(b, pos, A_STATUS, status);
+    if (pid !== -1) pos = this.putAttr(b, pos, A_PID, pid);
     if (errorType) {
       const al = 1 + varintLen(errorType.length) + errorType.length;
       b[pos++] = 0x4a;
@@ -564,8 +566,8 @@ export class LogsTranscoder {
       b[pos++] = 0x4a; // attributes
       pos = putVarint(b, pos, kvLen[f]!);
       b[pos++] = 0x0a;
-      pos = putBytes(b, pos, p, this.ks[f]!, this.ke[f]!);
-      pos = this.putValue(b, pos, p, f);
+      pos = putOwn(b, pos, this.ks[f]!, this.ke[f]!);
+      pos = this.putValue(b, pos, f);
     }
     b.set(tail, pos);
     pos = putVarint(b, pos + tail.length, index);
@@ -574,7 +576,7 @@ export class LogsTranscoder {
       pos = putVarint(b, pos, statusLen);
       if (msgLen > 0) {
         b[pos++] = 0x12; // Status.message
-        pos = putBytes(b, pos, p, vs[error]!, ve[error]!);
+        pos = putOwn(b, pos, vs[error]!, ve[error]!);
       }
       b[pos++] = 0x18; // Status.code
       b[pos++] = 2; // STATUS_CODE_ERROR
@@ -590,22 +592,22 @@ export class LogsTranscoder {
   }
 
   /** An attribute of the span's own (key) with field f's value. */
-  private putAttr(b: Buffer, pos: number, key: Uint8Array, p: Buffer, f: number): number {
+  private putAttr(b: Buffer, pos: number, key: Uint8Array, f: number): number {
     b[pos++] = 0x4a;
     pos = putVarint(b, pos, kvSize(key.length, this.anyLen[f]!));
     b[pos++] = 0x0a;
     pos = putBytes(b, pos, key, 0, key.length);
-    return this.putValue(b, pos, p, f);
+    return this.putValue(b, pos, f);
   }
 
   /** KeyValue.value (the tag, the length, the AnyValue) of field f. */
-  private putValue(b: Buffer, pos: number, p: Buffer, f: number): number {
+  private putValue(b: Buffer, pos: number, f: number): number {
     b[pos++] = 0x12; // KeyValue.value
     pos = putVarint(b, pos, this.anyLen[f]!);
     const kd = this.kind[f]!;
     if (kd === STR) {
       b[pos++] = 0x0a; // AnyValue.string_value
-      return putBytes(b, pos, p, this.vs[f]!, this.ve[f]!);
+      return putOwn(b, pos, this.vs[f]!, this.ve[f]!);
     }
     if (kd === NUM) {
       const v = this.num[f]!;
@@ -682,18 +684,25 @@ function quote(p: Buffer, k: number, lim: number): number {
   return k < lim ? p.indexOf(0x22, k) : -1;
 }
 
-/** p[from, to) with its length in front. */
-function putBytes(b: Buffer, pos: number, p: Uint8Array, from: number, to: number): number {
-  return putRaw(b, putVarint(b, pos, to - from), p, from, to);
+/** key[from, to) (a constant: short) with its length in front. */
+function putBytes(b: Buffer, pos: number, key: Uint8Array, from: number, to: number): number {
+  pos = putVarint(b, pos, to - from);
+  for (let j = from; j < to; j++) b[pos++] = key[j]!;
+  return pos;
 }
 
-/** p[from, to): a loop for short runs (cheaper than a call into C++), else Buffer#copy. */
-function putRaw(b: Buffer, pos: number, p: Uint8Array, from: number, to: number): number {
-  if (to - from > 64) {
-    b.set(p.subarray(from, to), pos);
+/** The part's bytes [from, to) (kept at the start of b) with their length in front. */
+function putOwn(b: Buffer, pos: number, from: number, to: number): number {
+  return putOwnRaw(b, putVarint(b, pos, to - from), from, to);
+}
+
+/** The part's bytes [from, to): a loop for short runs, else copyWithin (a memmove, and no view to allocate). */
+function putOwnRaw(b: Buffer, pos: number, from: number, to: number): number {
+  if (to - from > 32) {
+    b.copyWithin(pos, from, to);
     return pos + to - from;
   }
-  for (let j = from; j < to; j++) b[pos++] = p[j]!;
+  for (let j = from; j < to; j++) b[pos++] = b[j]!;
   return pos;
 }
 
