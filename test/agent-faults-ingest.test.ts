@@ -360,6 +360,40 @@ test('listen backlog: 2000 clients connect while the worker is stopped (SIGSTOP)
   assert.equal((await agent.stop()).code, 0);
 });
 
+// Root only: a network namespace of its own (unshare -n) where net.core.somaxconn is lowered for the agent alone
+// (somaxconn is per network namespace; a Unix socket bound to a path is reached from any namespace).
+const UNSHARE_SKIP: string | false = (() => {
+  if (process.getuid?.() !== 0) return 'needs root (unshare -n, sysctl in the new namespace)';
+  try {
+    execFileSync('unshare', ['-n', 'sh', '-c', 'sysctl -qw net.core.somaxconn=128'], { stdio: 'pipe', timeout: 5000 });
+    return false;
+  } catch (err) {
+    return `unshare -n with sysctl net.core.somaxconn does not work here: ${(err as Error).message}`;
+  }
+})();
+
+test(
+  'listen backlog: where net.core.somaxconn caps it, the worker logs the backlog in force and warns how to raise it',
+  { skip: UNSHARE_SKIP && process.env.CI !== 'true' ? UNSHARE_SKIP : false },
+  async (t) => {
+    assert.equal(UNSHARE_SKIP, false, 'CI runs as root with unshare (util-linux)');
+    const scope = agentScope(t);
+    scope.writeConfig({ exporter: { type: 'file', dir: join(scope.dir, 'out') } });
+    // The agent keeps its pid: sh execs it once somaxconn is set in the new namespace.
+    const wrap = ['unshare', '-n', 'sh', '-c', 'sysctl -qw net.core.somaxconn=128 && exec "$@"', 'sh'];
+    const agent = await scope.startAgent({ wrap });
+    const running = agent.logs().find((l) => l.msg === 'agent pipeline running');
+    assert.equal(running?.listenBacklog, 128, 'the backlog in force is min(4096, somaxconn)');
+    const warning = agent.logs().find((l) => l.level === 'warn' && /somaxconn/.test(String(l.msg)));
+    assert.ok(warning, `a warning says somaxconn caps the backlog:\n${JSON.stringify(agent.logs().slice(-10))}`);
+    assert.equal(warning.listenBacklog, 128);
+    assert.equal(warning.requested, 4096);
+    assert.equal(warning.somaxconn, 128);
+    assert.match(String(warning.msg), /sysctl net\.core\.somaxconn=4096/, 'the warning says how to raise it');
+    assert.equal((await agent.stop()).code, 0);
+  },
+);
+
 /** VmRSS of a process in bytes, or 0 when it is gone. */
 function rssOf(pid: number): number {
   try {

@@ -1,4 +1,4 @@
-// The Node agent client (src/agent/client, `sidekick/client`): order, reconnects (listener restart and socket file
+// The Node agent client (src/agent/client, `sidekick-runtime/client`): order, reconnects (listener restart and socket file
 // replaced under a live connection), the buffer cap, never throwing, never keeping the process alive, middleware.
 import assert from 'node:assert/strict';
 import { request, createServer } from 'node:http';

@@ -4,8 +4,8 @@
 // Environment; CI has no systemd), put nginx + PHP-FPM in front with the one pool line the package documents
 // (`include = /etc/sidekick/php-fpm-include.conf`: the installed PHP client, no socket setting) and count N requests →
 // N records in the default config's file exporter output; then a reinstall (edited conffile kept, spool and a record
-// spilled while the agent was down kept and delivered), the repo's agent delivery and otlp suites against the installed
-// agent, `dpkg -r` and `dpkg --purge`.
+// spilled while the agent was down kept and delivered), the repo's agent process suites against the installed agent,
+// `dpkg -r` and `dpkg --purge`.
 //
 // It changes the system (a package, a user, /run/sidekick — which also changes the default socket path of every other
 // test), so it is not part of `npm test`: `npm run test:package` runs it, as root (.ci/run does, between the Node 24
@@ -444,8 +444,21 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
 
   // "The agent started from it passes the same agent tests as the one started from the repo": the delivery and otlp
   // suites, their agents started as /usr/bin/sidekick (the package's node and dist), not the checkout's.
-  test("the installed agent passes the repo's agent delivery and otlp suites", async () => {
-    const suites = ['test/agent-delivery.test.ts', 'test/agent-otlp.test.ts'];
+  // "The agent started from it passes the same agent tests as the one started from the repo" (issue 19): every suite
+  // that runs `sidekick agent` as a process through test/helpers/agent.ts startAgent() (SIDEKICK_TEST_AGENT_CMD), not
+  // only delivery and otlp. Left out: agent-faults-ingest (its ~2 min of 2,000-connection and 300 MB cases), agent-disk-
+  // full (a tmpfs mount) and agent-spool-dir (bind mounts, a copy run as nobody), each about the pipeline
+  // code the package carries unchanged; the in-process suites (units, receiver, spill, spool, ndjson) load src/.
+  test("the installed agent passes the repo's agent process suites", { timeout: 900_000 }, async () => {
+    const suites = [
+      'test/agent-delivery.test.ts',
+      'test/agent-otlp.test.ts',
+      'test/agent-lifecycle.test.ts',
+      'test/agent-crash.test.ts',
+      'test/agent-contract-process.test.ts',
+      'test/agent-contract-export.test.ts',
+      'test/agent-faults.test.ts',
+    ];
     const unitAgent = new Set(packagedNodes()); // the agent the previous test started as the unit
     const child = spawn(
       process.execPath,
@@ -463,7 +476,7 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += c.toString('utf8')));
     child.stderr!.on('data', (c: Buffer) => (out += c.toString('utf8')));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 840_000);
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     clearTimeout(timer);
     const pass = Number(/^# pass (\d+)$/m.exec(out)?.[1] ?? 0);
@@ -471,7 +484,7 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     console.log(`[package-deb] installed agent: ${suites.join(', ')}: pass ${pass}, fail ${fail}`);
     assert.equal(code, 0, out.slice(-6000));
     assert.equal(fail, 0);
-    assert.ok(pass >= 10, `the suites ran (${pass} passed)`);
+    assert.ok(pass >= 35, `the suites ran (${pass} passed)`);
     assert.deepEqual(
       packagedNodes().filter((pid) => !unitAgent.has(pid)),
       [],

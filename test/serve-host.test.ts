@@ -138,7 +138,10 @@ test('a host killed with SIGKILL (the OOM killer): requests keep being answered,
   const hostPid = hostOf(before, 'victim').pid!;
   assert.ok(isAlive(hostPid));
   assert.notEqual(hostPid, serve.pid, 'the sidekicks do not run in the supervisor');
-  assert.match(readFileSync(`/proc/${hostPid}/cmdline`, 'utf8'), /host-main/);
+  const cmdline = readFileSync(`/proc/${hostPid}/cmdline`, 'utf8');
+  assert.match(cmdline, /host-main/);
+  // The host's own V8 heap follows the app's sidekick settings (maxHeapMb, default 512).
+  assert.match(cmdline, /--max-old-space-size=512\0/, cmdline.replaceAll('\0', ' '));
   const genBefore = serve.sidekick(before, 'victim', 'gen.g')!.generation;
   const valueBefore = await getJson<{ vars: { generation: string } }>(ports.victim!, '/read?name=gen.g');
   assert.equal(valueBefore._status, 200);
@@ -185,6 +188,13 @@ test('a host killed with SIGKILL (the OOM killer): requests keep being answered,
   const g = serve.sidekick(s, 'victim', 'gen.g')!;
   assert.equal(g.crashes, 1, 'the host death counts as a crash of each sidekick that ran in it');
   assert.match(String(g.lastError), /sidekick host process died \(signal SIGKILL/);
+  // The timeline says what happened: the victim's host died of SIGKILL, the bystander's did not die.
+  const timeline = await events(serve);
+  assert.ok(
+    timeline.some((e) => e.kind === 'sidekick_host_died' && e.app === 'victim' && /SIGKILL/.test(e.detail ?? '')),
+    `the timeline shows the host's SIGKILL: ${JSON.stringify(timeline.filter((e) => e.kind === 'sidekick_host_died'))}`,
+  );
+  assert.ok(timeline.every((e) => !(e.kind === 'sidekick_host_died' && e.app === 'bystander')));
   // New workers get the latest snapshot, and a new task works in the new host.
   const after2 = await getJson<{ vars: { generation: string } }>(ports.victim!, '/read?name=gen.g');
   assert.equal(after2._status, 200);

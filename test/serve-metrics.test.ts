@@ -125,6 +125,18 @@ test('runtime metrics: publishes, a crash and a reload move the series; counters
   assert.equal(get(s0, 'sidekick_http_worker_restarts_total', { app: 'm' }), 0);
   assert.ok(get(s0, 'sidekick_vars_bytes', sk) > 0);
   assert.ok(!s0.has(key('sidekick_agent_received_records_total')), 'no agent series without an agent');
+  // The app's sidekick host process: its RSS (as the host reports it) and its restarts (issue 17).
+  assert.equal(get(s0, 'sidekick_host_restarts_total', { app: 'm' }), 0);
+  const hostRss = get(
+    await scrapeUntil(
+      metricsPort,
+      "the sidekick host's RSS",
+      (s) => (s.get(key('sidekick_host_rss_bytes', { app: 'm' })) ?? 0) > 0,
+    ),
+    'sidekick_host_rss_bytes',
+    { app: 'm' },
+  );
+  assert.ok(hostRss > 10 * 2 ** 20 && hostRss < 2 ** 30, `a process's RSS in bytes: ${hostRss}`);
   const published0 = get(s0, 'sidekick_publishes_total', sk);
   const at0 = get(s0, 'sidekick_last_publish_timestamp_seconds', sk);
   assert.ok(published0 >= 1);
