@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { isUtf8 } from 'node:buffer';
 import { test } from 'node:test';
 import { checkLine, isJsonObject } from '../src/agent/receivers/ndjson.ts';
+import { mulberry32 } from './helpers/random.ts';
 
 /** What the agent accepted before the validator: valid UTF-8 that JSON.parse turns into a plain object. */
 function referenceIsObject(b: Buffer): boolean {
@@ -152,17 +153,6 @@ test('checkLine reads only its range of a larger buffer', () => {
 });
 
 // ------------------------------------------------------------------------------------------------ fuzzing
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ALPHABET = [
   ...'{}[]":,\\/ \t\r\n0123456789-+.eEtrufalsnbxu',

@@ -11,6 +11,7 @@ import { encodeLogs, encodeTraces, type Envelope } from '../src/agent/exporters/
 import { LogsTranscoder } from '../src/agent/exporters/otlp/transcode.ts';
 import type { ExportPart } from '../src/agent/exporters/types.ts';
 import { decodeLogsRequest, decodeTracesRequest, PROTOBUF } from './helpers/otlp.ts';
+import { mulberry32 as rng } from './helpers/random.ts';
 
 const ENV: Envelope = {
   resource: [
@@ -20,18 +21,6 @@ const ENV: Envelope = {
   scopeName: 'sidekick-agent',
   scopeVersion: '1.2.3',
 };
-
-/** A small deterministic PRNG (mulberry32): the same parts on every run, and a failure names its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KEYS = [
   'ts', 'type', 'status', 'error', 'method', 'duration_ms', 'route', 'pid', 'host', 'k', 'pad', 'req', 'n',
