@@ -44,6 +44,8 @@ export const ERROR_CODES = {
   SK_ERR_SPOOL_LOCKED: 'the spool directory is locked by another live process',
   SK_ERR_SPOOL_BUSY: 'nextBatch was called while the previous batch is neither acked nor released',
   SK_ERR_SPOOL_WRITE: 'the spool could not write to disk',
+  SK_ERR_SPOOL_STALLED:
+    "the spool's filesystem did not answer: a write or fsync waited past its bound (a hung disk, NFS or FUSE mount)",
   SK_ERR_SPOOL_REMOVED: 'the spool directory was removed or replaced while the agent ran; recreated',
   SK_ERR_EXPORT_FAILED: 'an export attempt failed and will be retried',
   SK_ERR_DEAD_LETTER: 'central rejected a batch for good; it was kept on disk',

@@ -87,7 +87,7 @@ export function writeConfig(dir: string, agent: Record<string, unknown>, name = 
 export interface AgentStatus {
   state: string;
   pid: number;
-  worker?: { pid: number; generation: number; state: string };
+  worker?: { pid: number; generation: number; state: string; reportedAt?: number };
   recycles: number;
   restarts: number;
   metrics?: { port?: number };

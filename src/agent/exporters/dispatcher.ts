@@ -31,6 +31,9 @@ import {
 } from './types.js';
 import { exporterTarget } from './target.js';
 
+/** After the stop deadline aborted the export in flight, how long the loop may take to end. */
+const STOP_GRACE_MS = 500;
+
 export interface RetryPolicy {
   initialDelayMs: number;
   maxDelayMs: number;
@@ -126,7 +129,17 @@ export class Dispatcher {
       )) === undefined
     ) {
       this.exportAbort.abort(); // the deadline: abort the export in flight (its batch is released)
-      await ended;
+      // Bounded too: a loop waiting on the spool (a read or ledger write the filesystem does not answer) never ends.
+      if (
+        (await settleWithin(
+          ended.then(() => true),
+          STOP_GRACE_MS,
+        )) === undefined
+      )
+        this.deps.log.error(
+          { code: 'SK_ERR_SPOOL_STALLED' },
+          'SK_ERR_SPOOL_STALLED: the delivery loop is still waiting on the spool at the stop deadline; left behind',
+        );
     }
   }
 

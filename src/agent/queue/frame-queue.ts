@@ -51,11 +51,9 @@ export class FrameQueue {
     private readonly counters: SpoolCounters,
     private readonly logs: SpoolLogs,
     /**
-     * A frame was queued (the writer starts if idle; `inline`: sealed at a pause in the input, by the flush timer or
-     * the writer, not because append() filled the buffer, so it may be written at once: writer.ts); the writer's last
-     * error, for the cap's log line.
+     * A frame was queued (the writer starts if idle); the writer's last error, for the cap's log line.
      */
-    private readonly writer: { queued(inline: boolean): void; lastError(): Error | undefined },
+    private readonly writer: { queued(): void; lastError(): Error | undefined },
   ) {
     this.highWaterBytes = Math.max(WRITE_BUFFER_BYTES * 2, Math.floor(maxBufferedBytes / 8));
   }
@@ -86,20 +84,20 @@ export class FrameQueue {
     const terminated = lines[len - 1] === 10;
     const n = countLines(lines) + (terminated ? 0 : 1);
     const need = len + (terminated ? 0 : 1);
-    if (this.bufUsed > 0 && this.bufUsed + need > WRITE_BUFFER_BYTES) this.seal(false);
+    if (this.bufUsed > 0 && this.bufUsed + need > WRITE_BUFFER_BYTES) this.seal();
     if (need > WRITE_BUFFER_BYTES) {
       const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + need);
       lines.copy(frame, FRAME_HEADER_BYTES);
       if (!terminated) frame[FRAME_HEADER_BYTES + len] = 10;
       sealFrame(frame, n, Date.now());
-      this.enqueue(frame, n, undefined, false);
+      this.enqueue(frame, n, undefined);
     } else {
       if (this.bufUsed === 0) this.bufFirstAt = Date.now();
       lines.copy(this.buf, FRAME_HEADER_BYTES + this.bufUsed);
       this.bufUsed += len;
       if (!terminated) this.buf[FRAME_HEADER_BYTES + this.bufUsed++] = 10;
       this.bufRecords += n;
-      if (this.bufUsed >= WRITE_BUFFER_BYTES) this.seal(false);
+      if (this.bufUsed >= WRITE_BUFFER_BYTES) this.seal();
       else this.flushTimer ??= setTimeout(this.onFlushTimer, FLUSH_DELAY_MS);
     }
     this.counters.appendedRecords += n;
@@ -114,7 +112,7 @@ export class FrameQueue {
   };
 
   /** Turn the write buffer into a frame and queue it for the writer. */
-  seal(inline = true): void {
+  seal(): void {
     if (this.flushTimer) {
       clearTimeout(this.flushTimer);
       this.flushTimer = undefined;
@@ -136,10 +134,10 @@ export class FrameQueue {
     const n = this.bufRecords;
     this.bufUsed = 0;
     this.bufRecords = 0;
-    this.enqueue(frame, n, pooled, inline);
+    this.enqueue(frame, n, pooled);
   }
 
-  private enqueue(frame: Buffer, records: number, pooled: Buffer | undefined, inline: boolean): void {
+  private enqueue(frame: Buffer, records: number, pooled: Buffer | undefined): void {
     this.queue.push({ frame, records, pooled });
     this.unwrittenBytes += frame.length;
     this.unwrittenRecords += records;
@@ -164,7 +162,7 @@ export class FrameQueue {
         'SK_ERR_SPOOL_FULL: spool write backlog over its memory cap (disk full, failing or slow); dropped the oldest unwritten records (counted disk_full)',
       );
     }
-    this.writer.queued(inline);
+    this.writer.queued();
   }
 
   private countUnwrittenDrop(records: number): void {

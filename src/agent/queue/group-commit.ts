@@ -53,6 +53,14 @@ export class GroupCommit {
     return p;
   }
 
+  /** performance.now() when the fsync in progress began; 0 when none runs. */
+  private syncStartedAt = 0;
+
+  /** How long the fsync in progress has been waiting for the filesystem (0 if none). */
+  get stalledMs(): number {
+    return this.syncStartedAt === 0 ? 0 : Math.round(performance.now() - this.syncStartedAt);
+  }
+
   /** A sync is running (close() waits them out before the final one). */
   get busy(): boolean {
     return this.running;
@@ -84,12 +92,14 @@ export class GroupCommit {
         const target = this.requested;
         let error: unknown;
         try {
+          this.syncStartedAt = performance.now();
           await this.syncDirty();
         } catch (err) {
           error = err;
           this.failures++;
           this.log.error({ dir: this.dir, err: describeError(err) }, 'spool fsync failed; retried');
         }
+        this.syncStartedAt = 0;
         if (error === undefined) this.failures = 0;
         this.done = target;
         const keep: typeof this.waiters = [];

@@ -3,13 +3,14 @@
 // File `ledger`, two fixed 128-byte slots at offsets 0 and 512 (different disk sectors). Every write goes to the
 // other slot than the last one, with a generation number one higher and a CRC over the slot, so a write torn by a
 // crash or power loss leaves the previous slot intact; on open the valid slot with the highest generation wins. A
-// slot write is a single small synchronous pwrite: it survives a process kill at once, and power loss once fsynced (group commit).
+// slot write is a single small pwrite through the thread pool (never a synchronous one: a filesystem that stops
+// answering must not block the event loop); once it resolves it survives a process kill, and power loss once fsynced
+// (group commit). Writes are serialized, so slots alternate in generation order.
 //
 //   0 magic "SKL1" · 4 version · 8 generation f64 · 16 spool id (8 bytes) · 24 ack seq f64 · 32 ack frame f64 ·
 //   40 ack inner f64 · 48 max seq ever created f64 · 56 flags u32 (bit 0: batch in flight) · 60 in-flight records u32 ·
 //   64 in-flight end frame f64 · 72 in-flight end inner f64 · 80 in-flight bytes f64 · 88 in-flight firstAppendedAt
 //   f64 · 96 CRC-32 of bytes 0..96
-import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from './crc32.js';
 
@@ -117,23 +118,37 @@ export class Ledger {
     return { ledger, state: best?.state, corrupt: !best && size > 0 };
   }
 
+  /** The last write queued (writes run one at a time, in order). */
+  private tail: Promise<void> = Promise.resolve();
+
   /**
-   * Write `state` into the next slot, synchronously: a 128-byte pwrite into the page cache costs ~2-3 µs, far less
-   * than a thread-pool round trip (~100 µs under load), and the exporter does two per batch (boundary, ack). Once this
-   * returns the state survives a kill of the process; fsync (sync()) makes it survive power loss.
+   * Write `state` into the next slot. Serialized behind the writes queued before it; resolves once its pwrite is done
+   * (the state then survives a kill of the process; fsync, sync(), makes it survive power loss). Rejects if it failed
+   * (the generation is not used up: the next write takes the same slot).
    */
-  write(state: LedgerState): void {
+  write(state: LedgerState): Promise<void> {
+    const run = this.tail.then(() => this.writeNow(state));
+    this.tail = run.catch(() => {});
+    return run;
+  }
+
+  private async writeNow(state: LedgerState): Promise<void> {
     const gen = this.generation + 1;
     const slot = encodeSlot(state, gen);
     const at = (gen % 2) * SLOT_STRIDE;
     let done = 0;
-    while (done < SLOT_BYTES) done += writeSync(this.fh.fd, slot, done, SLOT_BYTES - done, at + done);
+    while (done < SLOT_BYTES) {
+      const { bytesWritten } = await this.fh.write(slot, done, SLOT_BYTES - done, at + done);
+      if (bytesWritten <= 0) throw new Error('ledger write wrote nothing');
+      done += bytesWritten;
+    }
     this.generation = gen;
     this.dirty = true;
   }
 
   /** fsync if anything was written since the last sync. */
   async sync(): Promise<void> {
+    await this.tail;
     if (!this.dirty) return;
     this.dirty = false;
     try {
@@ -145,6 +160,7 @@ export class Ledger {
   }
 
   async close(): Promise<void> {
+    await this.tail;
     await this.fh.close();
   }
 }

@@ -39,7 +39,7 @@ export interface CatchUp {
   /** Write the buffered data now: true if that write succeeded (false at once while writes are failing). */
   writeNow(): Promise<boolean>;
   /** A write failed for lack of space since the write segment was last reclaimed. */
-  readonly underSpacePressure: boolean;
+  underSpacePressure(): Promise<boolean>;
   /** Roll the (fully acked) write segment so it can be deleted. */
   reclaim(): void;
   /** A segment file was deleted: retry a write that failed for lack of space now. */
@@ -111,12 +111,12 @@ export class SpoolReader {
       }
       const cut = await this.cut(maxRecords, maxBytes);
       if (!cut) {
-        if (f) t.writeLedger(); // forget the old boundary
+        if (f) await t.writeLedger(); // forget the old boundary
         return undefined;
       }
       cut.handedOut = true;
       t.inflight = cut;
-      t.writeLedger(); // the boundary is durable (vs. a process kill) before the batch leaves
+      await t.writeLedger(); // the boundary is durable (vs. a process kill) before the batch leaves
       return toBatch(cut);
     });
   }
@@ -143,9 +143,14 @@ export class SpoolReader {
       t.ackPos = { ...f.end };
       if (seg !== t.writeSeg && t.ackPos.frame >= seg.size) await this.advanceHead();
       else {
-        t.writeLedger();
+        await t.writeLedger();
         // Disk full: a write segment is only deleted once rolled; roll it now rather than at segmentBytes.
-        if (seg === t.writeSeg && seg.size > 0 && t.ackPos.frame >= seg.size && this.writer.underSpacePressure) {
+        if (
+          seg === t.writeSeg &&
+          seg.size > 0 &&
+          t.ackPos.frame >= seg.size &&
+          (await this.writer.underSpacePressure())
+        ) {
           this.writer.reclaim();
         }
       }

@@ -81,7 +81,7 @@ export class SegmentTable {
         handedOut: false,
       };
     }
-    this.writeLedger();
+    await this.writeLedger();
   }
 
   batchId(start: Pos, end: Pos, records: number, firstAppendedAt: number): string {
@@ -139,7 +139,7 @@ export class SegmentTable {
     const oldFh = this.writeFh!;
     const old = this.writeSeg;
     await this.openWriteSegment(this.maxSeq + 1);
-    this.writeLedger(); // rule (4)
+    await this.writeLedger(); // rule (4)
     this.fullFhs.push({ seq: old.seq, fh: oldFh });
     await this.retryDeletes();
     return old;
@@ -183,7 +183,7 @@ export class SegmentTable {
 
   /** Rule (2): delete a segment shiftHead() let go of — the ledger saying so first, then the file. */
   async deleteSegment(seq: number): Promise<boolean> {
-    this.writeLedger();
+    await this.writeLedger();
     this.undeleted.push(seq);
     return this.retryDeletes();
   }
@@ -228,13 +228,13 @@ export class SegmentTable {
   }
 
   /**
-   * Rule (3): persist the ack position and in-flight boundary to the OS now (sync pwrite; fsync follows by group
-   * commit). Never throws: the in-memory state is always consistent and the next successful write carries it; until
+   * Rule (3): persist the ack position and in-flight boundary to the OS (a pwrite through the thread pool, awaited;
+   * fsync follows by group commit). Never throws: the in-memory state is always consistent and the next successful write carries it; until
    * then a crash can only cause re-delivery (same or new ids), never loss — better than stalling the exporter on EIO.
    */
-  writeLedger(): void {
+  async writeLedger(): Promise<void> {
     try {
-      this.ledger.write(this.ledgerState());
+      await this.ledger.write(this.ledgerState());
     } catch (err) {
       this.ledgerLog.warn(
         { dir: this.dir, err: describeError(err) },

@@ -16,7 +16,6 @@
 // Reading: a frame is valid when its header CRC matches and it fits below the read limit (the bytes known written);
 // its payload is then checked against the payload CRC. Anything else (torn tail, flipped bit, zeroes after power
 // loss) is "garbage": the reader resyncs by searching forward for the next offset that holds a valid header.
-import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from './crc32.js';
@@ -193,23 +192,10 @@ export class SegmentReader {
   }
 }
 
-/**
- * Reads up to this many bytes are synchronous preads: the reader cuts a batch from what the writer wrote moments ago
- * (in the page cache), and a read of a few KiB costs less than the thread pool's round trip (a pool thread woken, then
- * the event loop woken again). Larger reads (a backlog, 1 MiB chunks) stay async so the event loop goes on meanwhile.
- */
-export const SYNC_READ_MAX_BYTES = 64 * 1024;
-
+/** Reads go through the thread pool, never a synchronous pread: a filesystem that stops answering must not block the
+ * event loop (writer.ts, NO SYNCHRONOUS I/O ON THE EVENT LOOP). */
 async function readFully(fh: FileHandle, buf: Buffer, len: number, position: number): Promise<number> {
   let got = 0;
-  if (len <= SYNC_READ_MAX_BYTES) {
-    while (got < len) {
-      const n = readSync(fh.fd, buf, got, len - got, position + got);
-      if (n === 0) break;
-      got += n;
-    }
-    return got;
-  }
   while (got < len) {
     const { bytesRead } = await fh.read(buf, got, len - got, position + got);
     if (bytesRead === 0) break;

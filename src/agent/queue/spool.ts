@@ -288,6 +288,40 @@ export class Spool extends EventEmitter {
     return this.writer.bufferedBytes;
   }
 
+  /**
+   * How long the spool's write (or roll) or fsync in progress has been waiting for the filesystem; 0 when none is.
+   * Grows without bound while the filesystem does not answer (a hung disk, NFS, FUSE): the event loop goes on.
+   */
+  get stalledMs(): number {
+    return Math.max(this.writer.stalledMs, this.commit.stalledMs);
+  }
+
+  /**
+   * close() did not finish within the stop budget because the filesystem does not answer: give up what is not known
+   * to be written, counted (diskFullDroppedRecords, as for a close on a full disk) and logged SK_ERR_SPOOL_STALLED. The
+   * lock file stays (its owner is about to exit: the next start takes it over as stale). What is already written
+   * stays in the spool for the next start; `inDoubt` records were in a write that never answered and may still land.
+   */
+  abandon(): { dropped: number; inDoubt: number } {
+    this.closing = true;
+    this.guard.stop();
+    this.commit.stop();
+    const r = this.writer.abandon();
+    this.log.error(
+      {
+        code: 'SK_ERR_SPOOL_STALLED',
+        reason: 'disk_full',
+        dir: this.dir,
+        stalledMs: this.stalledMs,
+        droppedRecords: r.dropped,
+        inDoubtRecords: r.inDoubt,
+        diskFullDroppedRecords: this.counters.diskFullDroppedRecords,
+      },
+      `SK_ERR_SPOOL_STALLED: the spool's filesystem did not answer within the stop budget; ${r.dropped} accepted records not known to be written dropped (counted disk_full)`,
+    );
+    return r;
+  }
+
   stats(): SpoolStats {
     const disk = this.table.pendingOnDisk();
     return {
@@ -299,6 +333,7 @@ export class Spool extends EventEmitter {
       bufferedBytes: this.writer.bufferedBytes,
       diskFull: this.writer.diskFull,
       writeError: this.writer.lastError?.message,
+      stalledMs: this.stalledMs,
     };
   }
 
@@ -364,7 +399,7 @@ export class Spool extends EventEmitter {
       }
       this.commit.stop();
       await this.reader.stop();
-      this.table.writeLedger();
+      await this.table.writeLedger();
       while (this.commit.busy) await this.commit.sync().catch(() => {});
       await this.table
         .syncDirty()

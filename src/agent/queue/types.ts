@@ -69,6 +69,8 @@ export interface SpoolStats {
   diskFull: boolean;
   /** The last write's error while none has succeeded since (read-only, inaccessible, full), else undefined. */
   writeError: string | undefined;
+  /** How long the write or fsync in progress has been waiting for the filesystem, in ms (0: none is). */
+  stalledMs: number;
   /** Of droppedRecords: records in segment files removed with the spool directory that could not be read back
    *  through an open file. Metrics: dropped{reason="spool_removed"}. */
   removedDroppedRecords: number;

@@ -3,17 +3,16 @@
 // rolls to a new segment before one would pass segmentBytes, and after each write asks group commit for an fsync. A
 // SIGKILL loses only what was not yet written (a few ms).
 //
-// SMALL WRITES INLINE: when the writer is idle and healthy, frames that add up to at most SYNC_WRITE_MAX_BYTES are
-// written at once with a synchronous pwritev (writeInline), in the turn that sealed them at a pause in the input (the
-// end of an ingest turn, the flush timer, the reader catching up), instead of through the thread pool. A trickle of
-// records (B7: one record per client write, sealed every coalescing window) otherwise pays a thread-pool round trip
-// per window: a pool thread woken, then the event loop woken again by its completion, which on a VM costs more CPU
-// than the write itself (a few KiB into the page cache: ~10 µs). A buffer sealed because append() filled it (bulk
-// ingest) is never written inline, nor is anything after a failure, a roll, or with syncIntervalMs 0: the async loop
-// keeps those. Durability is unchanged or earlier: the bytes reach the OS sooner, and the fsync is scheduled exactly
-// as after an async write. An inline write that fails, or takes longer than SYNC_WRITE_SLOW_MS (a slow disk would
-// stall ingest), is not retried inline: the frames stay queued and the async loop takes them (with its error
-// handling), and inline writes stay off for SYNC_WRITE_OFF_MS after a slow one.
+// NO SYNCHRONOUS I/O ON THE EVENT LOOP: every write, roll and statfs goes through the thread pool, never a *Sync call.
+// A filesystem that stops answering (a stalled disk, an NFS or FUSE mount whose server hangs) then holds one pool
+// thread and this loop's promise, not the event loop: ingest (into the bounded write buffer, then back-pressure),
+// health and status answers, the exporter and the stop path go on (docs/agent.md "What happens when…", the spool's
+// filesystem stops answering; test/agent-spool-hang.test.ts). Until commit 0b38c04 was undone, small frames were
+// written inline with a synchronous pwritev to save the thread pool's round trip in B7's arrival pattern; a frozen
+// FUSE mount then blocked the worker's event loop until the filesystem answered, and its own stop with it. With
+// paced turns the completion of an async write is picked up by the next turn's wake-up, so the saving was small
+// (docs/benchmarks.md "The spool's filesystem stops answering: no synchronous spool I/O"). `writeStartedAt` tells
+// status how long the write in progress has been waiting (stalledMs).
 //
 // A failed write keeps its frames queued, in order, and is retried with backoff (100 ms doubling to 5 s); a retry
 // writes at the same position, so a partial write is overwritten, never left in the middle of the data. Back-pressure
@@ -40,23 +39,16 @@
 // backoff and succeeds once the directory is writable again; past maxBufferedBytes, and at close, what is unwritten
 // is dropped and counted disk_full. A write failing with ENOENT (the directory removed) is reported (hooks.failed),
 // and the spool recreates the directory while the writer is paused (pause(), prepend(), resume()).
-import { statfsSync, writevSync } from 'node:fs';
+import { statfs } from 'node:fs/promises';
 import { FrameQueue, type QueuedFrame } from './frame-queue.js';
 import type { GroupCommit } from './group-commit.js';
 import type { SegmentTable } from './segment-table.js';
-import { dropFront, writeAllV } from './segment.js';
+import { writeAllV } from './segment.js';
 import type { Segment, SpoolCounters, SpoolLogs } from './types.js';
 import { describeError } from '../../errors.js';
 
 const MAX_WRITE_BYTES = 4 * 1024 * 1024;
 const MAX_IOV = 512;
-/** Frames up to this many bytes in all may be written inline (see the header): a window of trickling records (up to two
- * full 64 KiB frames at 20k records/s); a bulk backlog (the async loop is busy then) is not. */
-export const SYNC_WRITE_MAX_BYTES = 128 * 1024;
-/** An inline write slower than this turns inline writes off for SYNC_WRITE_OFF_MS. */
-const SYNC_WRITE_SLOW_MS = 20;
-const SYNC_WRITE_OFF_MS = 2_000;
-
 /** The write failed for lack of space (disk full, or the user's quota). */
 export function isDiskFull(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -116,7 +108,7 @@ export class SpoolWriter {
   ) {
     this.segmentBytes = opts.segmentBytes;
     this.queue = new FrameQueue(table.dir, opts.maxBufferedBytes, counters, logs, {
-      queued: (inline) => this.kick(inline),
+      queued: () => this.kick(),
       lastError: () => this.lastError,
     });
   }
@@ -140,14 +132,10 @@ export class SpoolWriter {
     if (!this.stopped) this.queue.seal();
   }
 
-  /** Inline writes are off until then (the last one was slow). */
-  private inlineOffUntil = 0;
-
-  /** Starts the write loop if idle; `inline`: at a pause in the input, small frames may be written at once. */
-  private kick(inline = false): void {
+  /** Starts the write loop if idle. */
+  private kick(): void {
     if (this.writing || this.retryTimer || this.stopped || this.paused) return;
     if (this.queue.length === 0 && !this.rollWanted) return;
-    if (inline && this.writeInline()) return;
     this.writing = true;
     this.loop = this.writeLoop();
   }
@@ -202,12 +190,16 @@ export class SpoolWriter {
         }
         const taken = this.queue.take(k);
         try {
+          this.writeStartedAt = performance.now();
+          this.inWriteRecords = records;
           await writeAllV(
             this.table.writeHandle,
             taken.map((f) => f.frame),
             seg.size,
           );
+          this.writeStartedAt = 0;
         } catch (err) {
+          this.writeStartedAt = 0;
           this.queue.putBack(taken);
           if (isDiskFull(err)) {
             this.spaceShort = true;
@@ -252,53 +244,41 @@ export class SpoolWriter {
     this.hooks.grew();
   }
 
-  /**
-   * Writes every queued frame now, synchronously, when that is cheap and safe (see the header): the writer idle and
-   * healthy (kick() checked), no roll due, fsync grouped (syncIntervalMs > 0), and all of it small and fitting in the
-   * write segment. True when it wrote everything queued; false when it did not try, or the write failed (the frames
-   * are queued again, in order, for the async loop, which rewrites them at the same position).
-   */
-  private writeInline(): boolean {
-    if (this.rollWanted || this.diskFull || this.commit.intervalMs === 0) return false;
-    const n = this.queue.length;
-    if (n === 0 || n > MAX_IOV) return false;
-    let bytes = 0;
-    let records = 0;
-    for (let k = 0; k < n; k++) {
-      const f = this.queue.peek(k)!;
-      bytes += f.frame.length;
-      records += f.records;
-    }
-    const seg = this.table.writeSeg;
-    if (bytes > SYNC_WRITE_MAX_BYTES || seg.size + bytes > this.segmentBytes) return false;
-    const t0 = performance.now();
-    if (t0 < this.inlineOffUntil) return false;
-    const taken = this.queue.take(n);
+  private async roll(): Promise<Segment> {
+    this.writeStartedAt = performance.now();
+    this.inWriteRecords = 0;
     try {
-      const fd = this.table.writeHandle.fd;
-      let list = taken.map((f) => f.frame);
-      let done = 0;
-      while (done < bytes) {
-        const wrote = writevSync(fd, list, seg.size + done);
-        if (wrote <= 0) throw new Error('writev wrote nothing');
-        done += wrote;
-        if (done < bytes) list = dropFront(list, wrote);
-      }
-    } catch {
-      // The async loop writes them again at the same position and handles the error (backoff, disk full, ENOENT).
-      this.queue.putBack(taken);
-      return false;
+      const old = await this.table.roll();
+      this.commit.schedule(); // fsyncs and closes the full segment
+      return old;
+    } finally {
+      this.writeStartedAt = 0;
     }
-    if (performance.now() - t0 > SYNC_WRITE_SLOW_MS) this.inlineOffUntil = performance.now() + SYNC_WRITE_OFF_MS;
-    this.afterWrite(taken, bytes, records);
-    this.commit.schedule();
-    return true;
   }
 
-  private async roll(): Promise<Segment> {
-    const old = await this.table.roll();
-    this.commit.schedule(); // fsyncs and closes the full segment
-    return old;
+  /** performance.now() when the write (or roll) in progress began; 0 when none is waiting on the filesystem. */
+  private writeStartedAt = 0;
+  /** Records in the write in progress (valid while writeStartedAt is set by a write). */
+  private inWriteRecords = 0;
+
+  /**
+   * The spool's close did not finish by the stop deadline (the filesystem does not answer): no more writes; what is
+   * unwritten (the write buffer, the queue and the write still waiting) is dropped and counted as at close
+   * (FrameQueue.dropUnwritten). `inDoubt`: the records of the write that never answered, which the filesystem may
+   * still complete after the process is gone (then they are on disk and delivered after the next start).
+   */
+  abandon(): { dropped: number; inDoubt: number } {
+    const inDoubt = this.writeStartedAt !== 0 ? this.inWriteRecords : 0;
+    this.stopped = true;
+    this.queue.stop();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    return { dropped: this.queue.dropUnwritten(), inDoubt };
+  }
+
+  /** How long the write or roll in progress has been waiting for the filesystem (0 if none). */
+  get stalledMs(): number {
+    return this.writeStartedAt === 0 ? 0 : Math.round(performance.now() - this.writeStartedAt);
   }
 
   /**
@@ -388,10 +368,9 @@ export class SpoolWriter {
       this.queue.seal();
       return Promise.resolve(false);
     }
-    // Waiting first: sealing may write inline at once (writeInline), and that write is the one to wait for.
     const next = this.nextWrite();
     this.queue.seal();
-    this.kick(true);
+    this.kick();
     return next;
   }
 
@@ -399,12 +378,12 @@ export class SpoolWriter {
    * A fully acked write segment should be rolled (and so deleted) rather than grow on: a write failed for lack of
    * space and no reclaim since, or the filesystem has less free space than segmentBytes, so the segment could never
    * reach its roll size and its acked bytes would sit on a nearly full disk. Asked only when an ack consumes the whole
-   * write segment (one statfs at most per batch).
+   * write segment (one statfs at most per batch, through the thread pool).
    */
-  get underSpacePressure(): boolean {
+  async underSpacePressure(): Promise<boolean> {
     if (this.spaceShort) return true;
     try {
-      const fs = statfsSync(this.table.dir);
+      const fs = await statfs(this.table.dir);
       return fs.bavail * fs.bsize < this.segmentBytes;
     } catch {
       return false;

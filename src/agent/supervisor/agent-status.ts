@@ -37,7 +37,16 @@ export interface AgentStatus {
   socket: string;
   metrics: { listen: string | undefined; port: number | undefined } | undefined;
   worker:
-    { pid: number | undefined; generation: number; state: WorkerState; spawnedAt: number; readyAt: number } | undefined;
+    | {
+        pid: number | undefined;
+        generation: number;
+        state: WorkerState;
+        spawnedAt: number;
+        readyAt: number;
+        /** Date.now() of the worker's last report (about once a second while its event loop runs). */
+        reportedAt: number;
+      }
+    | undefined;
   recycles: number;
   restarts: number;
   lastRecycle: { reason: string; at: number } | undefined;

@@ -271,8 +271,14 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       socket: this.cfg.socket,
       socketInPlace: file ? file.isInPlace() : true,
       worker: pool?.current?.state,
+      workerSilentMs: pool?.current?.reportedAt ? Date.now() - pool.current.reportedAt : 0,
       breaker: this.state().breaker,
-      spool: spool && { dir: spool.dir, diskFull: spool.diskFull, writeError: spool.writeError },
+      spool: spool && {
+        dir: spool.dir,
+        diskFull: spool.diskFull,
+        writeError: spool.writeError,
+        stalledMs: spool.stalledMs,
+      },
     });
   }
 
@@ -310,7 +316,14 @@ export class AgentSupervisor extends EventEmitter<{ state: [AgentState] }> {
       socket: this.cfg.socket,
       metrics: this.metricsServer ? { listen: this.cfg.metrics.listen, port: this.metricsServer.port() } : undefined,
       worker: w
-        ? { pid: w.pid, generation: w.generation, state: w.state, spawnedAt: w.spawnedAt, readyAt: w.readyAt }
+        ? {
+            pid: w.pid,
+            generation: w.generation,
+            state: w.state,
+            spawnedAt: w.spawnedAt,
+            readyAt: w.readyAt,
+            reportedAt: w.reportedAt,
+          }
         : undefined,
       recycles: pool?.recycles ?? 0,
       restarts: pool?.restarts ?? 0,

@@ -67,6 +67,8 @@ export class WorkerHandle {
   /** Resolves true once it accepts (false if it exited first). */
   readonly ready = this.readyD.promise;
   readonly exited = this.exitedD.promise;
+  /** Date.now() of its last report (stats, about once a second, or a snapshot); 0 before the first. */
+  reportedAt = 0;
   private snapshotSeq = 0;
   private readonly snapshotWaiters = new Map<number, (v: WorkerReport) => void>();
 
@@ -75,6 +77,7 @@ export class WorkerHandle {
     this.child = fork(opts.workerPath, [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc', opts.listenFd],
       serialization: 'json',
+      env: workerEnv(process.env),
     });
     this.pid = this.child.pid;
     this.child.on('message', (msg: FromWorker, handle: unknown) => {
@@ -106,9 +109,11 @@ export class WorkerHandle {
         break;
       case 'stats':
         this.last = { metrics: msg.metrics, status: msg.status };
+        this.reportedAt = Date.now();
         break;
       case 'snapshot': {
         this.last = { metrics: msg.metrics, status: msg.status };
+        this.reportedAt = Date.now();
         const waiter = this.snapshotWaiters.get(msg.id);
         this.snapshotWaiters.delete(msg.id);
         waiter?.(this.last);
@@ -171,4 +176,19 @@ export class WorkerHandle {
     log.error({ workerPid: this.pid, timeoutMs: ms }, why);
     await this.kill();
   }
+}
+
+/**
+ * The worker's thread pool: 16 threads unless UV_THREADPOOL_SIZE is set. Every spool call goes through the pool (never
+ * a synchronous call on the event loop), and a spool whose filesystem stops answering holds one thread per part that
+ * waits on it, each part doing one thing at a time: the writer, the group commit's fsync, the directory check, the
+ * reader (a read, a ledger write, a statfs or an unlink), a roll's ledger write, the breaker's state file, a dead
+ * letter: at most 7. With libuv's default of 4 they would take every thread, and dns.lookup (the exporter resolving
+ * `localhost`), gzip of large batches and every other fs call in the process would wait for the filesystem too.
+ */
+export const WORKER_THREADPOOL_SIZE = 16;
+
+export function workerEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  if (env.UV_THREADPOOL_SIZE) return env;
+  return { ...env, UV_THREADPOOL_SIZE: String(WORKER_THREADPOOL_SIZE) };
 }

@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { join } from 'node:path';
-import { sleep } from '../../common/async.js';
+import { settleWithin, sleep } from '../../common/async.js';
 import type { AgentConfig } from '../../config/schema.js';
 import { isSidekickError } from '../../errors.js';
 import { childLogger, type Logger } from '../../log/logger.js';
@@ -75,6 +75,10 @@ export interface PipelineStateEvent extends ClientState {
 export const SPOOL_LOCK_WAIT_MS = 5000;
 /** At a final stop, after the socket file is gone: time for the event loop to accept what the backlog holds. */
 const BACKLOG_SETTLE_MS = 20;
+/** The spool's close must end this long before the stop budget, so the worker can report and exit within it. */
+const STOP_EXIT_MARGIN_MS = 200;
+/** A spool write or fsync waiting this long is logged SK_ERR_SPOOL_STALLED (once per stall). */
+const SPOOL_STALL_LOG_MS = 2000;
 /** At a final stop, a connection that sent nothing this long after `bye` is done (idle FPM children, say). */
 const DRAIN_IDLE_MS = 250;
 
@@ -230,7 +234,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       );
     } catch (err) {
       this.stateName = 'stopped';
-      await this.teardown();
+      await this.teardown(Date.now() + this.cfg.stopTimeoutMs);
       throw err;
     }
   }
@@ -298,15 +302,28 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
       receiver.stopAccepting();
       onConnections?.(receiver.detachAll());
     }
-    try {
-      await this.spool!.flush();
-    } catch (err) {
-      this.log.error({ err }, 'spool flush at stop failed');
+    // Every wait below is bounded by the stop budget: a spool whose filesystem does not answer (a hung disk, NFS,
+    // FUSE) must not hold the stop (docs/agent.md "What happens when…"; test/agent-spool-hang.test.ts).
+    const flushed = await settleWithin(
+      this.spool!.flush().then(
+        () => true,
+        (err: unknown) => {
+          this.log.error({ err }, 'spool flush at stop failed');
+          return true;
+        },
+      ),
+      deadline - Date.now(),
+    );
+    if (flushed === undefined) {
+      this.log.error(
+        { code: 'SK_ERR_SPOOL_STALLED', dir: this.spool!.dir, stalledMs: this.spool!.stalledMs },
+        "SK_ERR_SPOOL_STALLED: the spool flush at stop did not finish: the spool's filesystem is not answering",
+      );
     }
     // Hand-over: finish the export in flight only (bounded by the exporter's timeout), no new batch.
     const exportDeadline = final ? deadline : Math.min(deadline, Date.now() + exportTimeoutMs(this.cfg.exporter));
     await this.dispatcher!.stop(exportDeadline, final);
-    await this.teardown();
+    await this.teardown(t0 + timeoutMs - STOP_EXIT_MARGIN_MS);
     this.stateName = 'stopped';
     const st = this.spool?.stats();
     this.log.info(
@@ -315,12 +332,49 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     );
   }
 
-  private async teardown(): Promise<void> {
+  /** The spool could not be closed by the stop deadline (its filesystem does not answer): see Spool.abandon. */
+  spoolAbandoned = false;
+
+  private async teardown(deadline: number): Promise<void> {
     this.receiver?.destroyAll();
     this.server?.close();
-    await this.breaker?.settle();
-    await this.spool?.close().catch((err: unknown) => this.log.error({ err }, 'spool close failed'));
-    await this.exporter?.close().catch(() => undefined);
+    await settleWithin(this.breaker?.settle() ?? Promise.resolve(), deadline - Date.now());
+    const spool = this.spool;
+    if (spool) {
+      const closed = await settleWithin(
+        spool.close().then(
+          () => true,
+          (err: unknown) => {
+            this.log.error({ err }, 'spool close failed');
+            return true;
+          },
+        ),
+        deadline - Date.now(),
+      );
+      if (closed === undefined) {
+        spool.abandon();
+        this.spoolAbandoned = true;
+      }
+    }
+    await settleWithin(this.exporter?.close().catch(() => undefined) ?? Promise.resolve(), 1000);
+  }
+
+  /** Logged once per stall: the spool's write or fsync has waited SPOOL_STALL_LOG_MS or more (stats timer). */
+  private stallLogged = false;
+
+  /** Called about once a second (the worker's stats timer): says so when the spool's filesystem stops answering. */
+  watchSpool(): void {
+    const ms = this.spool?.stalledMs ?? 0;
+    if (ms >= SPOOL_STALL_LOG_MS && !this.stallLogged) {
+      this.stallLogged = true;
+      this.log.error(
+        { code: 'SK_ERR_SPOOL_STALLED', dir: this.spool!.dir, stalledMs: ms, bufferedBytes: this.spool!.bufferedBytes },
+        "SK_ERR_SPOOL_STALLED: the spool's filesystem is not answering; records wait in the bounded write buffer, then clients are held back",
+      );
+    } else if (ms === 0 && this.stallLogged) {
+      this.stallLogged = false;
+      this.log.info({ dir: this.spool?.dir }, "the spool's filesystem answers again");
+    }
   }
 
   /**

@@ -35,8 +35,14 @@ export function runWorker(): void {
   const finish = (code: number): void => {
     if (statsTimer) clearInterval(statsTimer);
     log.info({ code }, 'agent worker exiting');
-    // Give the IPC channel a moment to deliver the last message, then leave.
-    setTimeout(() => process.exit(code), 50).unref();
+    // Give the IPC channel a moment to deliver the last message, then leave. With a spool whose filesystem does not
+    // answer, process.exit() would never return: libuv joins its thread-pool threads at exit, and one of them waits in
+    // the hung write. SIGKILL ends the process (the kernel drops a FUSE/NFS request the filesystem has not taken yet);
+    // the final counters, with what could not be written counted, went out with 'stopped' before.
+    if (pipeline?.spoolAbandoned) {
+      log.warn({ code }, 'spool filesystem not answering: the worker ends itself with SIGKILL');
+      setTimeout(() => process.kill(process.pid, 'SIGKILL'), 50);
+    } else setTimeout(() => process.exit(code), 50).unref();
     // Only while connected: on a closed channel (the supervisor died, which is what stopped us) disconnect() emits
     // ERR_IPC_DISCONNECTED as an 'error' on process, an uncaught exception (a stack on stderr, exit code 1).
     if (process.connected) process.disconnect?.();
@@ -53,8 +59,10 @@ export function runWorker(): void {
     }
     for (const { handle, msg } of early.splice(0)) adopt(handle, msg);
     statsTimer = setInterval(() => {
-      if (pipeline?.state === 'running')
+      if (pipeline?.state === 'running') {
+        pipeline.watchSpool();
         void send({ t: 'stats', metrics: withLogCounts(pipeline.metrics()), status: pipeline.status() });
+      }
     }, STATS_INTERVAL_MS);
     statsTimer.unref();
     await send({ t: 'ready' });
