@@ -266,24 +266,68 @@ function scope(w: Writer, env: Envelope): void {
 /** ExportLogsServiceRequest { resource_logs 1: ResourceLogs { resource 1, scope_logs 2: ScopeLogs { scope 1, log_records 2 } } } */
 export function encodeLogs(env: Envelope, logs: LogItem[]): Buffer {
   const w = new Writer(256 + logs.length * 512);
-  const open = beginLogs(w, env);
+  const at = beginLogs(w, env);
   for (const l of logs) logRecord(w, l);
-  return endLogs(w, open);
+  return endLogs(w, env, at);
 }
 
-/** Writes the request's envelope up to its first LogRecord; returns what endLogs closes. */
-export function beginLogs(w: Writer, env: Envelope): [number, number] {
-  const rl = w.message(1);
-  envelope(w, env);
-  const sl = w.message(2);
-  scope(w, env);
-  return [rl, sl];
+/**
+ * Opens a request (ExportLogsServiceRequest or ExportTraceServiceRequest: the same envelope, field 1 { resource 1,
+ * field 2 { scope 1, records 2 } }) with room for its envelope, which endLogs writes in front of the records once
+ * their length is known: nothing is moved (the records of a part are ~30 KB). Returns where the records start.
+ */
+export function beginLogs(w: Writer, env: Envelope): number {
+  const head = envelopeOf(env);
+  const room = head.resource.length + head.scope.length + 12; // + two tags and two varints of at most 5 bytes
+  w.ensure(room);
+  w.pos += room;
+  return w.pos;
 }
 
-export function endLogs(w: Writer, [rl, sl]: [number, number]): Buffer {
-  w.end(sl);
-  w.end(rl);
-  return w.result();
+export function endLogs(w: Writer, env: Envelope, recordsAt: number): Buffer {
+  const { resource, scope } = envelopeOf(env);
+  const b = w.buf;
+  const inner = scope.length + (w.pos - recordsAt); // ScopeX: scope + records
+  const outer = resource.length + 1 + varintLen(inner) + inner; // ResourceX: resource + ScopeX
+  let at = recordsAt - scope.length;
+  b.set(scope, at);
+  at -= varintLen(inner);
+  putVarint(b, at, inner);
+  b[--at] = 0x12; // ResourceX.scope_x = 2
+  at -= resource.length;
+  b.set(resource, at);
+  at -= varintLen(outer);
+  putVarint(b, at, outer);
+  b[--at] = 0x0a; // request.resource_x = 1
+  return b.subarray(at, w.pos);
+}
+
+const envelopes = new WeakMap<Envelope, { resource: Buffer; scope: Buffer }>();
+
+/** The resource field and the scope field of an envelope, encoded once. */
+function envelopeOf(env: Envelope): { resource: Buffer; scope: Buffer } {
+  let e = envelopes.get(env);
+  if (!e) {
+    const r = new Writer(256);
+    envelope(r, env);
+    const sc = new Writer(128);
+    scope(sc, env);
+    e = { resource: Buffer.from(r.result()), scope: Buffer.from(sc.result()) };
+    envelopes.set(env, e);
+  }
+  return e;
+}
+
+/** Bytes of v as a varint (v < 2^53, or negative: 10). A chain of compares: Math.log2 cost more. */
+export function varintLen(v: number): number {
+  if (v < 0x80) return v < 0 ? 10 : 1;
+  if (v < 0x4000) return 2;
+  if (v < 0x200000) return 3;
+  if (v < 0x10000000) return 4;
+  if (v < 0x800000000) return 5;
+  if (v < 0x40000000000) return 6;
+  if (v < 0x2000000000000) return 7;
+  return 8;
 }
 
 /**
@@ -311,9 +355,9 @@ export function logRecord(w: Writer, l: LogItem): void {
 /** ExportTraceServiceRequest { resource_spans 1: ResourceSpans { resource 1, scope_spans 2: ScopeSpans { scope 1, spans 2 } } } */
 export function encodeTraces(env: Envelope, spans: SpanItem[]): Buffer {
   const w = new Writer(256 + spans.length * 512);
-  const open = beginTraces(w, env);
+  const at = beginTraces(w, env);
   for (const s of spans) spanRecord(w, s);
-  return endTraces(w, open);
+  return endTraces(w, env, at);
 }
 
 /** The same envelope as the logs request's: resource_spans 1 { resource 1, scope_spans 2 { scope 1, spans 2 } }. */

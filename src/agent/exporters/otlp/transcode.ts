@@ -34,6 +34,7 @@ import {
   putFixed64Ms,
   putVarint,
   spanRecord,
+  varintLen,
   Writer,
   type Envelope,
 } from './protobuf.js';
@@ -86,18 +87,6 @@ const ATTR_NONE = 2;
 /** The span's flags: sampled, and "the parent's remoteness is known" (mapping.ts, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE). */
 const SPAN_FLAGS = 0x101;
 
-/** Bytes of v as a protobuf varint (v < 2^53, or negative: 10). A chain of compares: Math.log2 cost more. */
-function varintLen(v: number): number {
-  if (v < 0x80) return v < 0 ? 10 : 1;
-  if (v < 0x4000) return 2;
-  if (v < 0x200000) return 3;
-  if (v < 0x10000000) return 4;
-  if (v < 0x800000000) return 5;
-  if (v < 0x40000000000) return 6;
-  if (v < 0x2000000000000) return 7;
-  return 8;
-}
-
 export class LogsTranscoder {
   /** Records written without the model since construction (the rest took the model path). */
   transcoded = 0;
@@ -124,7 +113,7 @@ export class LogsTranscoder {
   private batchSpan: Buffer = Buffer.alloc(0);
   private tw: Writer | undefined;
   private part: Buffer = Buffer.alloc(0);
-  private twOpen: [number, number] = [0, 0];
+  private tracesAt = 0;
 
   private readonly opts: MapOptions;
 
@@ -152,7 +141,7 @@ export class LogsTranscoder {
     this.tw = undefined;
     // the part's bytes at the start of each request's buffer: values are copied from there (copyWithin: no views)
     const w = new Writer(512 + p.length * 2, p);
-    const open = beginLogs(w, this.env);
+    const logsAt = beginLogs(w, this.env);
     this.batchLog = batchKeyValue(6, part.batchId);
     this.batchSpan = batchKeyValue(9, part.batchId);
     this.logTail = [];
@@ -192,8 +181,8 @@ export class LogsTranscoder {
     const counts = this.mapper.counts();
     out.truncated = counts.truncated;
     out.flattened = counts.flattened;
-    if (out.logCount > 0) out.logsBody = endLogs(w, open);
-    if (out.spanCount > 0) out.tracesBody = endTraces(this.tw!, this.twOpen);
+    if (out.logCount > 0) out.logsBody = endLogs(w, this.env, logsAt);
+    if (out.spanCount > 0) out.tracesBody = endTraces(this.tw!, this.env, this.tracesAt);
     this.tw = undefined;
     this.idSource = undefined;
     this.part = Buffer.alloc(0);
@@ -204,7 +193,7 @@ export class LogsTranscoder {
   private traces(): Writer {
     if (!this.tw) {
       this.tw = new Writer(512 + this.part.length * 2, this.part);
-      this.twOpen = beginTraces(this.tw, this.env);
+      this.tracesAt = beginTraces(this.tw, this.env);
     }
     return this.tw;
   }
