@@ -6,6 +6,8 @@
 // option sets, compared byte for byte with the model path, plus one decode by protobufjs. Pure unit tests.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
+import { gzipFast } from '../src/agent/exporters/http.ts';
 import { RecordMapper, type MapOptions } from '../src/agent/exporters/otlp/mapping.ts';
 import { encodeLogs, encodeTraces, type Envelope } from '../src/agent/exporters/otlp/protobuf.ts';
 import { LogsTranscoder } from '../src/agent/exporters/otlp/transcode.ts';
@@ -98,6 +100,9 @@ const OPTION_SETS: MapOptions[] = [
   { requestSignal: 'logs', maxValueLength: 16, maxDepth: 1 },
 ];
 
+/** One transcoder per option set that reuses its buffers from part to part (as the exporter runs it with gzip). */
+const reusing = new Map<MapOptions, LogsTranscoder>();
+
 function compare(part: ExportPart, opts: MapOptions, label: string): { fast: number } {
   const model = new RecordMapper(opts).map(part);
   const transcoder = new LogsTranscoder(new RecordMapper(opts), ENV);
@@ -128,6 +133,12 @@ function compare(part: ExportPart, opts: MapOptions, label: string): { fast: num
     );
     assert.fail(`${label}: same spans, different bytes\n${part.payload.toString()}`);
   }
+  // written into buffers kept from the previous parts (smaller and larger ones): the same bytes
+  let again = reusing.get(opts);
+  if (!again) reusing.set(opts, (again = new LogsTranscoder(new RecordMapper(opts), ENV)));
+  const reused = again.run(part, true);
+  assert.equal(reused.logsBody?.toString('hex'), got.logsBody?.toString('hex'), `${label}: logs, buffers reused`);
+  assert.equal(reused.tracesBody?.toString('hex'), got.tracesBody?.toString('hex'), `${label}: spans, buffers reused`);
   return { fast: transcoder.transcoded };
 }
 
@@ -211,4 +222,11 @@ test('the records B4 and the PHP client send: all transcoded (no model path), eq
       assert.deepEqual(logs[4]!.attributes.sampled, { b: false });
     } else assert.deepEqual(logs[0]!.attributes.pad, { s: 'x'.repeat(150) });
   }
+});
+
+test('gzipFast with a volatile payload: one compressed off the loop (over 1 MiB) is copied first, so writing over it is safe', async () => {
+  const payload = Buffer.alloc(3 * 1024 * 1024, 'a');
+  const pending = gzipFast(payload, { volatile: true });
+  payload.fill('b'); // what the transcoder's next run does to its reused buffer
+  assert.ok(gunzipSync(await pending).equals(Buffer.alloc(3 * 1024 * 1024, 'a')));
 });

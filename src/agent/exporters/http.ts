@@ -32,9 +32,13 @@ const OWN_HEADERS = new Set([
   'x-sidekick-records',
 ]);
 
-/** gzip level 1 for a payload, inline when small (~50 µs for 20 KB, several times cheaper than a thread-pool trip). */
-export async function gzipFast(payload: Buffer): Promise<Buffer> {
-  return payload.length <= SYNC_GZIP_MAX_BYTES ? gzipSync(payload, { level: 1 }) : gzip(payload, { level: 1 });
+/**
+ * gzip level 1 for a payload, inline when small (~50 µs for 20 KB, several times cheaper than a thread-pool trip).
+ * `volatile`: the caller writes over the payload once this returns, so a payload compressed off the loop is copied.
+ */
+export async function gzipFast(payload: Buffer, opts: { volatile?: boolean } = {}): Promise<Buffer> {
+  if (payload.length <= SYNC_GZIP_MAX_BYTES) return gzipSync(payload, { level: 1 });
+  return gzip(opts.volatile ? Buffer.from(payload) : payload, { level: 1 });
 }
 
 export class HttpExporter implements Exporter {

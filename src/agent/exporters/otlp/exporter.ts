@@ -72,6 +72,7 @@ export class OtlpExporter implements Exporter {
   private readonly transcoder: LogsTranscoder;
   private readonly env: Envelope;
   private readonly json: boolean;
+  private readonly gzip: boolean;
   /** Signals already answered, by part id (a 413 half: its share of the parent's answer), while the other is to go. */
   private readonly delivered = new Map<string, { signal: Signal; answer: SignalAnswer }>();
 
@@ -80,6 +81,7 @@ export class OtlpExporter implements Exporter {
     version: string,
   ) {
     this.json = config.protocol === 'http/json';
+    this.gzip = config.compression === 'gzip';
     this.agent = keepAliveAgent(signalUrl(config, 'logs'));
     const fixed: [string, string][] = [['content-type', this.json ? 'application/json' : 'application/x-protobuf']];
     if (config.compression === 'gzip') fixed.push(['content-encoding', 'gzip']);
@@ -110,7 +112,8 @@ export class OtlpExporter implements Exporter {
 
   async export(part: ExportPart, stop: AbortSignal): Promise<ExportOutcome> {
     // protobuf: LogRecords written straight from the NDJSON where the records allow it (./transcode.ts)
-    const m = this.json ? this.mapper.map(part) : this.transcoder.run(part);
+    // With gzip, the transcoder writes into buffers it reuses: send() compresses them before this returns (below).
+    const m = this.json ? this.mapper.map(part) : this.transcoder.run(part, this.gzip);
     const already = this.rememberedFor(part.id);
     const todo: Signal[] = [];
     if (m.logCount > 0 && already?.signal !== 'logs') todo.push('logs');
@@ -159,7 +162,8 @@ export class OtlpExporter implements Exporter {
         : this.json
           ? encodeTracesJson(this.env, m.spans)
           : (m.tracesBody ?? encodeTraces(this.env, m.spans));
-    const body = this.config.compression === 'gzip' ? await gzipFast(raw) : raw;
+    // (synchronously, before the first await: the transcoder's buffers are written over by the next part's run)
+    const body = this.gzip ? await gzipFast(raw, { volatile: true }) : raw;
     const poster = this.posters[signal];
     const answer = await poster.post(body, [], stop);
     const { status } = answer;

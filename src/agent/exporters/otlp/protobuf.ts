@@ -27,8 +27,10 @@ export class Writer {
   /** Where the message starts: after `prefix`, bytes the caller keeps in the same buffer to copy from (./transcode.ts). */
   private readonly start: number;
 
-  constructor(size: number, prefix?: Buffer) {
-    this.buf = Buffer.allocUnsafe(size + (prefix?.length ?? 0));
+  /** `reuse`: a buffer to write into when it is large enough (its old bytes are overwritten), else a new one. */
+  constructor(size: number, prefix?: Buffer, reuse?: Buffer) {
+    const need = size + (prefix?.length ?? 0);
+    this.buf = reuse && reuse.length >= need ? reuse : Buffer.allocUnsafe(need);
     this.start = prefix ? prefix.copy(this.buf, 0) : 0;
     this.pos = this.start;
   }
