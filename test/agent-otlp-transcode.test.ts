@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { gzipFast } from '../src/agent/exporters/http.ts';
-import { RecordMapper, type MapOptions } from '../src/agent/exporters/otlp/mapping.ts';
+import { acceptedAt, RecordMapper, type MapOptions } from '../src/agent/exporters/otlp/mapping.ts';
 import { encodeLogs, encodeTraces, type Envelope } from '../src/agent/exporters/otlp/protobuf.ts';
 import { LogsTranscoder } from '../src/agent/exporters/otlp/transcode.ts';
 import type { ExportPart } from '../src/agent/exporters/types.ts';
@@ -229,4 +229,25 @@ test('gzipFast with a volatile payload: one compressed off the loop (over 1 MiB)
   const pending = gzipFast(payload, { volatile: true });
   payload.fill('b'); // what the transcoder's next run does to its reused buffer
   assert.ok(gunzipSync(await pending).equals(Buffer.alloc(3 * 1024 * 1024, 'a')));
+});
+
+test('acceptedAt: each record gets the append time of the last frame that starts at or before it', () => {
+  const r = rng(5);
+  for (let round = 0; round < 300; round++) {
+    const frames = 1 + Math.floor(r() * 60);
+    const starts: number[] = [];
+    for (let f = 0, at = Math.floor(r() * 3); f < frames; f++, at += 1 + Math.floor(r() * 40)) starts.push(at);
+    const times = starts.map((_, f) => 1767000000000 + f);
+    const part = { ...partOf(['{}'], r), firstIndex: Math.floor(r() * 50), acceptedAt: { starts, times } };
+    for (let i = 0; i < 200; i++) {
+      const index = part.firstIndex + i;
+      let want = times[0]!;
+      for (let k = starts.length - 1; k >= 0; k--)
+        if (starts[k]! <= index) {
+          want = times[k]!;
+          break;
+        }
+      assert.equal(acceptedAt(part, i), want, `round ${round}, record ${i}`);
+    }
+  }
 });

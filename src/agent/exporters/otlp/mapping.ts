@@ -121,9 +121,18 @@ export function acceptedAt(part: ExportPart, i: number): number {
   const t = part.acceptedAt;
   if (!t || t.starts.length === 0) return part.firstAcceptedAt ?? Date.now();
   const index = part.firstIndex + i;
-  // frames are few per batch: a linear scan from the end is cheap and has no edge cases
-  for (let k = t.starts.length - 1; k >= 0; k--) if (t.starts[k]! <= index) return t.times[k]!;
-  return t.times[0]!;
+  // the last frame starting at or before the record (starts ascend): a binary search, as a batch of ~1,600 records
+  // can hold dozens of frames and this runs for every record
+  const starts = t.starts;
+  if (starts[0]! > index) return t.times[0]!;
+  let lo = 0;
+  let hi = starts.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (starts[mid]! <= index) lo = mid;
+    else hi = mid - 1;
+  }
+  return t.times[lo]!;
 }
 
 export class RecordMapper {
