@@ -1,7 +1,8 @@
 // Faults of user code in HTTP handlers under `sidekick serve`, each with what the user sees and that nothing else is
 // disturbed: a handler that throws (sync or async) answers 500 and is counted, the worker lives on; one that never
 // answers gets 503 after handlerTimeoutMs; one that blocks its event loop is killed and replaced after
-// unresponsiveMs; one that leaks is recycled at recycle.maxRssBytes with zero failed requests. And a sidekick that
+// unresponsiveMs; one that blocks it for seconds does not cost a request sent meanwhile on a kept-alive connection its
+// connection; one that leaks is recycled at recycle.maxRssBytes with zero failed requests. And a sidekick that
 // blocks its own thread forever: requests keep reading its last snapshot, tasks to it time out, serve answers.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
