@@ -35,6 +35,7 @@ import {
 import { openToAll } from './helpers/installed-copy.ts';
 import { PHP_CLIENT_VARIANTS } from './helpers/php-ext.ts';
 import { PHP_FPM_MISSING, startPhpStack, type PhpStack } from './helpers/php-fpm.ts';
+import { PHP_ONE_RUN } from './helpers/ci-split.ts';
 
 const CI = process.env.CI === 'true';
 const APP = join(REPO, 'test', 'fixtures', 'clients', 'contract', 'app.php');
@@ -47,9 +48,9 @@ const APCU_MISSING: string | false = (() => {
   return /^apcu$/im.test(r.stdout ?? '') ? false : 'the apcu extension is not installed (apt-get install php-apcu)';
 })();
 const skipUnlessCi = (why: string | false): string | false => (why && !CI ? why : false);
-const SKIP_PHP = skipUnlessCi(PHP_MISSING);
+const SKIP_PHP = skipUnlessCi(PHP_MISSING) || PHP_ONE_RUN;
 const SKIP_APCU = skipUnlessCi(PHP_MISSING || APCU_MISSING);
-const SKIP_FPM = skipUnlessCi(PHP_MISSING || PHP_FPM_MISSING);
+const SKIP_FPM = skipUnlessCi(PHP_MISSING || PHP_FPM_MISSING) || PHP_ONE_RUN;
 for (const why of [SKIP_PHP, SKIP_APCU, SKIP_FPM]) if (why) console.log(`skipped: ${why}`);
 
 type Rec = Record<string, unknown>;

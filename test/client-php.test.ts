@@ -23,6 +23,7 @@ import {
 } from './fixtures/clients/helpers.ts';
 import { agentConfig, fileOutput, startAgent, tmpDir, waitFor, writeConfig } from './helpers/agent.ts';
 import { PHP_CLIENT_VARIANTS } from './helpers/php-ext.ts';
+import { PHP_ONE_RUN } from './helpers/ci-split.ts';
 
 if (PHP_MISSING) console.log(PHP_MISSING);
 
@@ -70,7 +71,7 @@ for (const variant of PHP_CLIENT_VARIANTS) {
   const PREPEND = ['-d', `auto_prepend_file=${PHP_CLIENT}`];
   const php = (args: string[], extra: Record<string, string>): Promise<RunResult> => runPhp([...LOAD, ...args], extra);
 
-  describe(`PHP client [${variant.name}]`, { skip: PHP_MISSING || variant.skip }, () => {
+  describe(`PHP client [${variant.name}]`, { skip: PHP_MISSING || PHP_ONE_RUN || variant.skip }, () => {
     test('the client variant is available (CI builds the extension)', () => assert.equal(variant.missing, false));
     const dirs = socketDir();
     after(() => dirs.cleanup());

@@ -21,8 +21,10 @@ import {
 } from './helpers/agent.ts';
 import { PHP_CLIENT_VARIANTS } from './helpers/php-ext.ts';
 import { PHP_FPM_SKIP, startPhpStack, type PhpStack } from './helpers/php-fpm.ts';
+import { PHP_ONE_RUN } from './helpers/ci-split.ts';
 
-const SKIP = PHP_FPM_SKIP; // skipped outside CI without php-fpm/nginx
+// Skipped outside CI without php-fpm/nginx, and in .ci/run's Node 24 run.
+const SKIP = PHP_FPM_SKIP || PHP_ONE_RUN;
 const CHILDREN = 4;
 const PAGE = join(import.meta.dirname, 'fixtures', 'php-fpm', 'profiling.php');
 

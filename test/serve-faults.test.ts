@@ -1,12 +1,23 @@
 // Faults of user code in HTTP handlers under `sidekick serve`, each with what the user sees and that nothing else is
 // disturbed: a handler that throws (sync or async) answers 500 and is counted, the worker lives on; one that never
 // answers gets 503 after handlerTimeoutMs; one that blocks its event loop is killed and replaced after
-// unresponsiveMs; one that leaks is recycled at recycle.maxRssBytes with zero failed requests. And a sidekick that
+// unresponsiveMs; one that blocks it for seconds does not cost a request sent meanwhile on a kept-alive connection its
+// connection; one that leaks is recycled at recycle.maxRssBytes with zero failed requests. And a sidekick that
 // blocks its own thread forever: requests keep reading its last snapshot, tasks to it time out, serve answers.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { FIXTURES, httpGet, startLoad, startServe, tempDir, waitFor, type ServeProcess } from './helpers/serve.ts';
+import http from 'node:http';
+import {
+  FIXTURES,
+  httpGet,
+  readEvents,
+  startLoad,
+  startServe,
+  tempDir,
+  waitFor,
+  type ServeProcess,
+} from './helpers/serve.ts';
 
 const HANDLER = join(FIXTURES, 'faults.mjs');
 const tmp = tempDir('sk-serve-faults-');
@@ -22,6 +33,8 @@ before(async () => {
       extra: { handlerTimeoutMs: 1000, unresponsiveMs: 2000, recycle: { maxRssBytes: 0 } },
     },
     { name: 'leaky', workers: 2, handler: HANDLER, extra: { recycle: { maxRssBytes: '200MiB' } } },
+    // One worker, so a keep-alive connection and a blocking request meet in the same process.
+    { name: 'blocky', workers: 1, handler: HANDLER, extra: { unresponsiveMs: 30_000 } },
   ]);
   serve = started.serve;
   ports = started.ports;
@@ -97,6 +110,38 @@ test('a handler that blocks its event loop: the worker is killed and replaced; t
   for (let i = 0; i < 20; i++) assert.equal((await httpGet(ports.faulty!, '/hello')).status, 200);
   assert.match(serve.stdout + serve.stderr, /HTTP worker unresponsive/);
   assert.deepEqual(await pidsOf('leaky'), leakyBefore);
+});
+
+test('a handler that blocks its worker past keepAliveTimeout: a request sent meanwhile on an idle keep-alive connection is answered, not reset', async () => {
+  // Node arms keepAliveTimeout (5 s; 6 s on Node 24, which adds a 1 s buffer) on a connection when its response ends.
+  // The next request arrives while the event loop is blocked; when the loop runs again, its timers phase comes before
+  // the poll phase that would read that request (nodejs/node#43456): the worker must not take the connection for an
+  // idle one and reset it (what a leaking handler's long allocation did to the load in the test below).
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    const first = await httpGet(ports.blocky!, '/hello', { agent });
+    assert.equal(first.status, 200);
+    const blocked = httpGet(ports.blocky!, '/block?ms=8000', { timeoutMs: 60_000 }); // a connection of its own
+    await waitFor('the block to begin', () => readEvents(tmp.dir).some((e) => e.event === 'block-begin'));
+    let reused: boolean | undefined;
+    const second = await new Promise<{ status: number; pid: number }>((resolve, reject) => {
+      const req = http.get(
+        { host: '127.0.0.1', port: ports.blocky!, path: '/hello', agent, timeout: 60_000 },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, pid: Number(res.headers['x-pid']) }));
+        },
+      );
+      req.on('socket', () => (reused = req.reusedSocket));
+      req.on('timeout', () => req.destroy(new Error('GET /hello timed out')));
+      req.on('error', reject);
+    });
+    assert.equal(reused, true, 'the second request went out on the kept-alive connection');
+    assert.deepEqual(second, { status: 200, pid: first.pid });
+    assert.equal((await blocked).status, 200);
+  } finally {
+    agent.destroy();
+  }
 });
 
 test('a leaking handler: its worker is recycled at recycle.maxRssBytes, with zero failed requests', async () => {

@@ -143,8 +143,9 @@ function drain(): void {
   // busy ones close after their response. `_httpMessage` is the response in progress on a socket (none = idle).
   // A response already in progress was started before the drain, without Connection: close: left alone, its
   // keep-alive connection would idle on after it and hold the exit until keepAliveTimeout (~5 s) or drainTimeoutMs.
+  // The timer ends in closeIfIdle (the server's 'timeout' listener below), which spares a socket a request reached.
   const lastChance = (socket: Socket): void => {
-    if (!socket.destroyed) socket.setTimeout(1000, () => socket.destroy());
+    if (!socket.destroyed) socket.setTimeout(1000);
   };
   for (const socket of connections) {
     const res = responseOfSocket(socket);
@@ -153,6 +154,28 @@ function drain(): void {
     else res.once('finish', () => lastChance(socket));
   }
 }
+
+/**
+ * A socket's timer fired (keepAliveTimeout after its last response, or the drain's last chance): closes it if it is
+ * still idle once the input that arrived meanwhile has been read. Node's own handling destroys it at once, from the
+ * timers phase, which runs before the poll phase that reads sockets: after this process's event loop was held up past
+ * the timeout (a handler's long synchronous work, such as a leak allocating 256 MiB on a loaded machine; a GC pause; a
+ * descheduled process), a request the client sent on its kept-alive connection meanwhile is still unread, the
+ * connection looks idle, and destroying it resets the client's request (ECONNRESET; nodejs/node#43456, open).
+ * setImmediate runs after this loop iteration's poll phase: by then such a request has been read (bytesRead moved)
+ * and is being served (a response in progress), and the connection stays. Its timer is re-armed by Node when the
+ * response ends (keepAliveTimeout), or by drain() during a drain, so a connection kept here is closed later if idle.
+ * With a 'timeout' listener on the server, Node leaves timed-out sockets to it (http.Server 'timeout' event). A socket
+ * whose response is in progress is never closed here: a handler that does not answer is handlerTimeoutMs's case.
+ */
+function closeIfIdle(socket: Socket): void {
+  const read = socket.bytesRead;
+  setImmediate(() => {
+    if (socket.destroyed || socket.bytesRead !== read || responseOfSocket(socket)) return;
+    socket.destroy();
+  });
+}
+server.on('timeout', closeIfIdle);
 
 // Tracked per connection (not per request) to keep the request path lean.
 const connections = new Set<Socket>();
