@@ -442,8 +442,6 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     agent = undefined;
   });
 
-  // "The agent started from it passes the same agent tests as the one started from the repo": the delivery and otlp
-  // suites, their agents started as /usr/bin/sidekick (the package's node and dist), not the checkout's.
   // "The agent started from it passes the same agent tests as the one started from the repo" (issue 19): every suite
   // that runs `sidekick agent` as a process through test/helpers/agent.ts startAgent() (SIDEKICK_TEST_AGENT_CMD), not
   // only delivery and otlp. Left out: agent-faults-ingest (its ~2 min of 2,000-connection and 300 MB cases), agent-disk-
@@ -462,7 +460,8 @@ describe('Debian package sidekick-agent, installed for real', { skip: SKIP }, ()
     const unitAgent = new Set(packagedNodes()); // the agent the previous test started as the unit
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', '--test', '--test-reporter=tap', '--test-concurrency=1', ...suites],
+      // two files at once, as npm test runs them (CI runs this test alone)
+      ['--import', 'tsx', '--test', '--test-reporter=tap', '--test-concurrency=2', ...suites],
       {
         cwd: ROOT,
         // without NODE_TEST_CONTEXT: the child is a test run of its own, not this runner's subprocess
