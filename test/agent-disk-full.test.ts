@@ -22,6 +22,7 @@ import {
   type AgentStatus,
   type FakeCentral,
 } from './helpers/agent.ts';
+import { within } from './helpers/within.ts';
 
 const FS_BYTES = 2 * 1024 * 1024;
 const CONNECTIONS = 8;
@@ -49,19 +50,6 @@ function spoolOf(s: AgentStatus): SpoolView {
 function fsUsed(dir: string): number {
   const s = statfsSync(dir);
   return (s.blocks - s.bfree) * s.bsize;
-}
-
-/** `p`, or a rejection naming `what` after `ms` (the timer does not outlive the race). */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what)), ms))),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** SIGTERM and the exit, bounded (AgentProcess.stop leaves its 30 s timer behind, holding the test process). */

@@ -27,6 +27,7 @@ import {
   type AgentStatus,
   type FakeCentral,
 } from './helpers/agent.ts';
+import { within } from './helpers/within.ts';
 
 const MEMORY_BYTES = 16 * 1024 * 1024; // the spool's write buffer: cap 8 MiB, back-pressure at 1 MiB
 const STOP_TIMEOUT_MS = 4000;
@@ -58,19 +59,6 @@ function mounted(path: string): boolean {
   return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .some((l) => l.split(' ')[4] === path);
-}
-
-/** `p`, or a rejection naming `what` after `ms`. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what)), ms))),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {

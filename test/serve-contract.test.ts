@@ -25,6 +25,7 @@ import {
   type HttpResult,
 } from './helpers/serve.ts';
 import { isAlive as alive } from './helpers/proc.ts';
+import { within } from './helpers/within.ts';
 
 const CONTRACT_APP = join(FIXTURES, 'contract-app.mjs');
 
@@ -56,19 +57,6 @@ function serveOn(
   );
   t.after(() => serve.kill());
   return serve;
-}
-
-/** `promise`, or a rejection naming `what` after `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 test('dev.watch: a changed handler file reloads (reloads 1, new worker pids, the new code answers)', async (t) => {

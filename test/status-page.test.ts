@@ -23,6 +23,7 @@ import {
   waitFor,
   writeServeConfig,
 } from './helpers/serve.ts';
+import { within } from './helpers/within.ts';
 
 const missing = chromiumMissing();
 const TASKS = 'tasks.live';
@@ -80,14 +81,6 @@ function openStream(port: number, token: string): Promise<Stream> {
       reject(err);
     });
   });
-}
-
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 test(
