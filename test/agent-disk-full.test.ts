@@ -13,6 +13,7 @@ import {
   agentConfig,
   keysOf,
   sendLoad,
+  spoolOf,
   startAgent,
   startCentral,
   tmpDir,
@@ -29,23 +30,6 @@ const CONNECTIONS = 8;
 const PER_CONNECTION = 6000; // 8 × 6000 × 200 B = 9.6 MB through a 2 MiB disk
 const OUTAGE_PER_CONNECTION = 1500; // 2.4 MB: fills the disk, leaves a few hundred KiB in the write buffer
 const MEMORY_BYTES = 16 * 1024 * 1024; // the spool's write buffer: cap 8 MiB, back-pressure at 1 MiB
-
-interface SpoolView {
-  pendingRecords: number;
-  recoveredRecords: number;
-  bufferedBytes: number;
-  diskBytes: number;
-  droppedRecords: number;
-  diskFullDroppedRecords: number;
-  diskFull: boolean;
-  writeErrors: number;
-}
-
-function spoolOf(s: AgentStatus): SpoolView {
-  const spool = s.pipeline?.spool as SpoolView | undefined;
-  assert.ok(spool, 'status has pipeline.spool');
-  return spool;
-}
 
 function fsUsed(dir: string): number {
   const s = statfsSync(dir);

@@ -18,13 +18,13 @@ import {
   dedupedByBatchId,
   keysOf,
   record,
+  spoolOf,
   startAgent,
   startCentral,
   tmpDir,
   waitFor,
   writeConfig,
   type AgentProcess,
-  type AgentStatus,
   type FakeCentral,
 } from './helpers/agent.ts';
 import { within } from './helpers/within.ts';
@@ -32,19 +32,6 @@ import { within } from './helpers/within.ts';
 const MEMORY_BYTES = 16 * 1024 * 1024; // the spool's write buffer: cap 8 MiB, back-pressure at 1 MiB
 const STOP_TIMEOUT_MS = 4000;
 const FREEZE_MS = 4000;
-
-interface SpoolView {
-  pendingRecords: number;
-  bufferedBytes: number;
-  stalledMs: number;
-  diskFullDroppedRecords: number;
-}
-
-function spoolOf(s: AgentStatus): SpoolView {
-  const spool = s.pipeline?.spool as SpoolView | undefined;
-  assert.ok(spool, 'status has pipeline.spool');
-  return spool;
-}
 
 function hasBindfs(): boolean {
   try {

@@ -1,5 +1,6 @@
 // Shared helpers for the agent tests: a real `sidekick agent` process, a fake central on loopback, NDJSON clients,
 // and bounded waits. Every wait has a deadline and says what it waited for.
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
@@ -446,4 +447,23 @@ export function balance(
   for (const v of seen.values()) duplicates += v - 1;
   const unknown = [...seen.keys()].filter((k) => !sentSet.has(k));
   return { missing, duplicates, unknown, ok: missing.length === dropped && unknown.length === 0 };
+}
+
+/** The spool's part of an agent's status (the fields the spool tests read). */
+export interface SpoolView {
+  pendingRecords: number;
+  recoveredRecords: number;
+  bufferedBytes: number;
+  diskBytes: number;
+  droppedRecords: number;
+  diskFullDroppedRecords: number;
+  diskFull: boolean;
+  writeErrors: number;
+  stalledMs: number;
+}
+
+export function spoolOf(s: AgentStatus): SpoolView {
+  const spool = s.pipeline?.spool as SpoolView | undefined;
+  assert.ok(spool, 'status has pipeline.spool');
+  return spool;
 }

@@ -414,7 +414,7 @@ export class LogsTranscoder {
   ): void {
     const { vs, ve, kvLen, role } = this;
     let attrsLen = 0;
-    for (let f = 0; f < n; f++) if (role[f] !== ATTR_NONE) attrsLen += 1 + varintLen(kvLen[f]!) + kvLen[f]!;
+    for (let f = 0; f < n; f++) if (role[f] !== ATTR_NONE) attrsLen += field(kvLen[f]!);
     const tail = this.tail(this.logTail, this.batchLog, 0x32, indexAny);
     const sev = failed ? ERROR : INFO;
     const eventLen = event === -1 ? 0 : ve[event]! - vs[event]!;
@@ -496,14 +496,12 @@ export class LogsTranscoder {
     const nameLen = rl > 0 ? ml + 1 + rl : ml;
     // error.type: the status code as text on a 5xx, else _OTHER
     const errorType = failed ? (status !== -1 && num[status]! >= 500 ? ascii(String(num[status]!)) : OTHER) : undefined;
-    let attrsLen = 0;
-    const attr = (kv: number): void => void (attrsLen += 1 + varintLen(kv) + kv);
-    attr(kvSize(A_METHOD.length, anyLen[method]!));
-    if (route !== -1) attr(kvSize(A_ROUTE.length, anyLen[route]!));
-    if (status !== -1) attr(kvSize(A_STATUS.length, anyLen[status]!));
-    if (pid !== -1) attr(kvSize(A_PID.length, anyLen[pid]!));
-    if (errorType) attr(kvSize(A_ERROR_TYPE.length, 1 + varintLen(errorType.length) + errorType.length));
-    for (let f = 0; f < n; f++) if (role[f] === ATTR_BOTH) attr(kvLen[f]!);
+    let attrsLen = field(kvSize(A_METHOD.length, anyLen[method]!));
+    if (route !== -1) attrsLen += field(kvSize(A_ROUTE.length, anyLen[route]!));
+    if (status !== -1) attrsLen += field(kvSize(A_STATUS.length, anyLen[status]!));
+    if (pid !== -1) attrsLen += field(kvSize(A_PID.length, anyLen[pid]!));
+    if (errorType) attrsLen += field(kvSize(A_ERROR_TYPE.length, 1 + varintLen(errorType.length) + errorType.length));
+    for (let f = 0; f < n; f++) if (role[f] === ATTR_BOTH) attrsLen += field(kvLen[f]!);
     const tail = this.tail(this.spanTail, this.batchSpan, 0x4a, indexAny);
     const msgLen = failed && error !== -1 ? ve[error]! - vs[error]! : 0;
     const statusLen = failed ? (msgLen > 0 ? 1 + varintLen(msgLen) + msgLen : 0) + 2 : 0;
@@ -667,6 +665,11 @@ export class LogsTranscoder {
     }
     return t;
   }
+}
+
+/** A length-delimited field's bytes with its one-byte tag: tag, length, body (`len` bytes). */
+function field(len: number): number {
+  return 1 + varintLen(len) + len;
 }
 
 /** A KeyValue's length: the key (tag, length, bytes) and the value (tag, length, AnyValue). */
