@@ -1,5 +1,6 @@
 // Exporter factory: one place that maps `agent.exporter.type` to its implementation.
 import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
 import type { ExporterConfig } from '../../config/schema.js';
 import { FileExporter } from './file.js';
 import { HttpExporter } from './http.js';
@@ -10,9 +11,9 @@ const VERSION = (
   JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }
 ).version;
 
-export function createExporter(config: ExporterConfig): Exporter {
+export function createExporter(config: ExporterConfig, log?: Logger): Exporter {
   if (config.type === 'http') return new HttpExporter(config);
-  if (config.type === 'otlp') return new OtlpExporter(config, VERSION);
+  if (config.type === 'otlp') return new OtlpExporter(config, VERSION, log);
   return new FileExporter(config);
 }
 
