@@ -162,9 +162,6 @@ const exporterOtlp = z
     resource: z.record(z.string().min(1), z.string()).default({}),
     // What a request record (a string `method` and a numeric `duration_ms`) becomes: a LogRecord, a SERVER span, or both.
     requestSignal: z.enum(['logs', 'traces', 'both']).default('both'),
-    // Encode and compress on a thread of its own (the event loop keeps ingest at the http exporter's pace); default:
-    // on when the host has more than one CPU.
-    encoderThread: z.boolean().optional(),
     limits: z
       .object({
         // String values longer than this many characters are cut (counted).

@@ -1,6 +1,5 @@
 // Exporter factory: one place that maps `agent.exporter.type` to its implementation.
 import { readFileSync } from 'node:fs';
-import type { Logger } from 'pino';
 import type { ExporterConfig } from '../../config/schema.js';
 import { FileExporter } from './file.js';
 import { HttpExporter } from './http.js';
@@ -11,9 +10,9 @@ const VERSION = (
   JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }
 ).version;
 
-export function createExporter(config: ExporterConfig, log?: Logger): Exporter {
+export function createExporter(config: ExporterConfig): Exporter {
   if (config.type === 'http') return new HttpExporter(config);
-  if (config.type === 'otlp') return new OtlpExporter(config, VERSION, log);
+  if (config.type === 'otlp') return new OtlpExporter(config, VERSION);
   return new FileExporter(config);
 }
 

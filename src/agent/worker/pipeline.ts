@@ -148,7 +148,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
         log: this.log.child({ part: 'breaker' }),
         onState: () => this.publishClientState(),
       });
-      this.exporter = createExporter(cfg.exporter, this.log.child({ part: 'exporter' }));
+      this.exporter = createExporter(cfg.exporter);
       this.batcher = new Batcher(spool, batchPolicy(cfg), this.counters);
       this.dispatcher = new Dispatcher({
         spool,
@@ -395,7 +395,7 @@ export class AgentPipeline extends EventEmitter<{ state: [PipelineStateEvent] }>
     this.publishClientState();
     if (JSON.stringify(prev.exporter) !== JSON.stringify(next.exporter) && this.exporter) {
       const old = this.exporter;
-      this.exporter = createExporter(next.exporter, this.log.child({ part: 'exporter' }));
+      this.exporter = createExporter(next.exporter);
       // Let an export in flight on the old one finish (bounded by its timeout) before closing it.
       const grace = prev.exporter.type === 'file' ? 1000 : exportTimeoutMs(prev.exporter) + 1000;
       setTimeout(() => void old.close().catch(() => undefined), grace).unref();

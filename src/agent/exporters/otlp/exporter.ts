@@ -17,9 +17,9 @@
 // other one is retried, or when the part is split after a 413 (the halves inherit the collector's answer to it, each
 // settling its own records).
 import http from 'node:http';
-import { availableParallelism, hostname } from 'node:os';
-import type { Logger } from 'pino';
+import { hostname } from 'node:os';
 import type { ExporterConfig } from '../../../config/schema.js';
+import { gzipFast } from '../http.js';
 import { HttpPoster, keepAliveAgent, parseRetryAfter } from '../http-post.js';
 import {
   RetryableExportError,
@@ -30,11 +30,10 @@ import {
   type Exporter,
   type PartialRejection,
 } from '../types.js';
-import { primaryOf, type EncodedPart } from './encode-part.js';
-import { EncoderThread } from './encoder-thread.js';
-import { decodePartialSuccessJson } from './json.js';
-import type { Mapped } from './mapping.js';
-import { decodePartialSuccess, decodeStatusMessage } from './protobuf.js';
+import { decodePartialSuccessJson, encodeLogsJson, encodeTracesJson } from './json.js';
+import { RecordMapper, type Mapped } from './mapping.js';
+import { LogsTranscoder } from './transcode.js';
+import { decodePartialSuccess, decodeStatusMessage, encodeLogs, encodeTraces, type Envelope } from './protobuf.js';
 
 export type OtlpConfig = Extract<ExporterConfig, { type: 'otlp' }>;
 type Signal = 'logs' | 'traces';
@@ -69,18 +68,20 @@ interface SignalAnswer {
 export class OtlpExporter implements Exporter {
   private readonly agent: http.Agent;
   private readonly posters: Record<Signal, HttpPoster>;
-  /** Parse, map, encode and compress: on a thread of its own unless configured off (./encoder-thread.ts). */
-  readonly encoder: EncoderThread;
+  private readonly mapper: RecordMapper;
+  private readonly transcoder: LogsTranscoder;
+  private readonly env: Envelope;
   private readonly json: boolean;
+  private readonly gzip: boolean;
   /** Signals already answered, by part id (a 413 half: its share of the parent's answer), while the other is to go. */
   private readonly delivered = new Map<string, { signal: Signal; answer: SignalAnswer }>();
 
   constructor(
     readonly config: OtlpConfig,
     version: string,
-    log?: Logger,
   ) {
     this.json = config.protocol === 'http/json';
+    this.gzip = config.compression === 'gzip';
     this.agent = keepAliveAgent(signalUrl(config, 'logs'));
     const fixed: [string, string][] = [['content-type', this.json ? 'application/json' : 'application/x-protobuf']];
     if (config.compression === 'gzip') fixed.push(['content-encoding', 'gzip']);
@@ -95,21 +96,13 @@ export class OtlpExporter implements Exporter {
         agent: this.agent,
       });
     this.posters = { logs: poster('logs'), traces: poster('traces') };
-    this.encoder = new EncoderThread(
-      {
-        map: {
-          requestSignal: config.requestSignal,
-          maxValueLength: config.limits.maxValueLength,
-          maxDepth: config.limits.maxDepth,
-        },
-        env: { resource: resourceOf(config), scopeName: SCOPE_NAME, scopeVersion: version },
-        json: this.json,
-        gzip: config.compression === 'gzip',
-      },
-      log,
-      // a second thread only pays off with a second CPU to run it
-      config.encoderThread ?? availableParallelism() > 1,
-    );
+    this.mapper = new RecordMapper({
+      requestSignal: config.requestSignal,
+      maxValueLength: config.limits.maxValueLength,
+      maxDepth: config.limits.maxDepth,
+    });
+    this.env = { resource: resourceOf(config), scopeName: SCOPE_NAME, scopeVersion: version };
+    this.transcoder = new LogsTranscoder(this.mapper, this.env);
   }
 
   overheadBytes(part: ExportPart): number {
@@ -118,13 +111,14 @@ export class OtlpExporter implements Exporter {
   }
 
   async export(part: ExportPart, stop: AbortSignal): Promise<ExportOutcome> {
-    const m = await this.encoder.encode(part);
-    if (stop.aborted) throw stop.reason;
+    // protobuf: LogRecords written straight from the NDJSON where the records allow it (./transcode.ts)
+    // With gzip, the transcoder writes into buffers it reuses: send() compresses them before this returns (below).
+    const m = this.json ? this.mapper.map(part) : this.transcoder.run(part, this.gzip);
     const already = this.rememberedFor(part.id);
     const todo: Signal[] = [];
-    if (m.logs && already?.signal !== 'logs') todo.push('logs');
-    if (m.traces && already?.signal !== 'traces') todo.push('traces');
-    const settled = await Promise.allSettled(todo.map((s) => this.send(s, m[s]!, stop)));
+    if (m.logCount > 0 && already?.signal !== 'logs') todo.push('logs');
+    if (m.spanCount > 0 && already?.signal !== 'traces') todo.push('traces');
+    const settled = await Promise.allSettled(todo.map((s) => this.send(s, m, stop)));
     const answers = new Map<Signal, SignalAnswer>();
     if (already) answers.set(already.signal, already.answer);
     let failure: unknown;
@@ -147,9 +141,7 @@ export class OtlpExporter implements Exporter {
       const halves = splitPart(part);
       for (const [signal, answer] of answers) {
         if (answer.kind === 'too_large' || !halves) continue;
-        const firstOwns = primaryOf(m)
-          .slice(0, halves[0].records)
-          .filter((p) => p === signal).length;
+        const firstOwns = m.primary.slice(0, halves[0].records).filter((p) => p === signal).length;
         const first = Math.min(answer.rejected, firstOwns);
         this.remember(halves[0].id, signal, { ...answer, rejected: first });
         this.remember(halves[1].id, signal, { ...answer, rejected: answer.rejected - first });
@@ -160,10 +152,20 @@ export class OtlpExporter implements Exporter {
     return this.outcome(part, m, answers);
   }
 
-  /** Posts one signal's body; throws RetryableExportError for what the spec says to retry. */
-  private async send(signal: Signal, body: Uint8Array, stop: AbortSignal): Promise<SignalAnswer> {
+  /** Encodes, compresses and posts one signal; throws RetryableExportError for what the spec says to retry. */
+  private async send(signal: Signal, m: Mapped, stop: AbortSignal): Promise<SignalAnswer> {
+    const raw =
+      signal === 'logs'
+        ? this.json
+          ? encodeLogsJson(this.env, m.logs)
+          : (m.logsBody ?? encodeLogs(this.env, m.logs))
+        : this.json
+          ? encodeTracesJson(this.env, m.spans)
+          : (m.tracesBody ?? encodeTraces(this.env, m.spans));
+    // (synchronously, before the first await: the transcoder's buffers are written over by the next part's run)
+    const body = this.gzip ? await gzipFast(raw, { volatile: true }) : raw;
     const poster = this.posters[signal];
-    const answer = await poster.post(Buffer.from(body.buffer, body.byteOffset, body.byteLength), [], stop);
+    const answer = await poster.post(body, [], stop);
     const { status } = answer;
     const type = answer.contentType ?? (this.json ? 'application/json' : 'application/x-protobuf');
     if (status >= 200 && status < 300) {
@@ -192,11 +194,10 @@ export class OtlpExporter implements Exporter {
   }
 
   /** Every signal answered 2xx or refused for good: which records are delivered, which dead-lettered, and why. */
-  private outcome(part: ExportPart, m: EncodedPart, answers: Map<Signal, SignalAnswer>): ExportOutcome {
+  private outcome(part: ExportPart, m: Mapped, answers: Map<Signal, SignalAnswer>): ExportOutcome {
     const logs = answers.get('logs');
     const traces = answers.get('traces');
-    const primary = primaryOf(m);
-    const count = (p: 'logs' | 'traces'): number => primary.reduce((n, x) => n + (x === p ? 1 : 0), 0);
+    const count = (p: 'logs' | 'traces'): number => m.primary.reduce((n, x) => n + (x === p ? 1 : 0), 0);
     const rejections: PartialRejection[] = [];
     const stats: ExportStats = {
       truncated: m.truncated,
@@ -230,7 +231,7 @@ export class OtlpExporter implements Exporter {
             reason: 'rejected',
             status: a.status,
             body: a.message,
-            payload: linesOf(part.payload, primary, signal),
+            payload: linesOf(part.payload, m.primary, signal),
             payloadRecords: owned,
           });
       } else if (a.rejected > 0) {
@@ -274,7 +275,6 @@ export class OtlpExporter implements Exporter {
 
   async close(): Promise<void> {
     this.agent.destroy();
-    await this.encoder.close();
   }
 }
 
