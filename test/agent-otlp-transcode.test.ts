@@ -30,8 +30,14 @@ const KEYS = [
   'http.request.method', 'http.response.status_code', '0', '42', '07', '', 'a b', 'x'.repeat(130), 'méthode',
 ]; // prettier-ignore
 
+const FRACTIONS = [
+  '0.1', '0.000001', '-0.0', '0.30000000000000004', '3.141592653589793', '99999999999999.9', '999999999999999.9',
+  '1234567890.12345', '1234567890123456.5', '123.456e-2', '1.5E3', '0.1e1', '4.35', '1.005', '2.675', '-1.7976931348623157e308',
+  '5e-324', '0.9999999999999999', '12345.678901234567890', '1.000000000000000',
+]; // prettier-ignore
+
 function value(r: () => number, depth: number): string {
-  const pick = Math.floor(r() * 26);
+  const pick = Math.floor(r() * 28);
   switch (pick) {
     case 0: return '"GET"';
     case 1: return '"php_request"';
@@ -58,6 +64,9 @@ function value(r: () => number, depth: number): string {
     case 22: return '"2026-12-06T16:00:00.5Z"';
     case 23: return '"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"';
     case 24: return '1e400';
+    // decimals read in place (≤ 15 digits, no exponent) and the ones that are not: the same doubles as JSON.parse
+    case 25: return `${r() < 0.3 ? '-' : ''}${(r() * 10 ** Math.floor(r() * 14)).toFixed(Math.floor(r() * 12))}`;
+    case 26: return FRACTIONS[Math.floor(r() * FRACTIONS.length)]!;
     default: return '"1767000000000"';
   } // prettier-ignore
 }

@@ -79,6 +79,22 @@ const A_STATUS = ascii('http.response.status_code');
 const A_PID = ascii('process.pid');
 const A_ERROR_TYPE = ascii('error.type');
 const OTHER = ascii('_OTHER');
+// What a field's key is to the mapping (per record shape: see LogsTranscoder.keyKinds)
+const KEY_OTHER = 0;
+const KEY_TS = 1;
+const KEY_TYPE = 2;
+const KEY_STATUS = 3;
+const KEY_ERROR = 4;
+const KEY_METHOD = 5;
+const KEY_ROUTE = 6;
+const KEY_PID = 7;
+const KEY_DURATION = 8;
+const KEY_TRACESTATE = 9;
+const KEY_BATCH = 10; // sidekick.batch.id / sidekick.batch.index: the agent's own, not the record's
+const KEY_SPAN_OWN = 11; // one of the span's own attribute names
+/** 10^0 … 10^22: exact doubles (a decimal of ≤ 15 digits divided by one is correctly rounded: Clinger's fast path). */
+const POW10 = Array.from({ length: 23 }, (_, i) => 10 ** i);
+
 // what a field is to the mapping: an attribute of both, of the LogRecord only (a field the span carries otherwise),
 // or of neither (the agent's own sidekick.batch.*)
 const ATTR_BOTH = 0;
@@ -102,6 +118,15 @@ export class LogsTranscoder {
   private readonly anyLen = new Int32Array(MAX_FIELDS);
   private readonly kvLen = new Int32Array(MAX_FIELDS);
   private readonly role = new Uint8Array(MAX_FIELDS);
+  /**
+   * The last record's shape: its keys (positions in the part) and what each key is. Records of one part mostly
+   * share their keys in the same order (one client, one code path), so the next record's keys are compared with
+   * these bytes instead of classified again (empty, numeric and duplicate keys, a traceparent: checked once per shape).
+   */
+  private shapeN = -1;
+  private readonly shapeKs = new Int32Array(MAX_FIELDS);
+  private readonly shapeKe = new Int32Array(MAX_FIELDS);
+  private readonly keyKind = new Uint8Array(MAX_FIELDS);
   /** A request's trace id (16 bytes) and span id (8), as SpanIds.at makes them. */
   private readonly ids = new Uint8Array(24);
   /** The part being written: its span id seed, its batch id KeyValues, and the traces request once a span is in it. */
@@ -148,6 +173,7 @@ export class LogsTranscoder {
     this.reuse = reuse;
     this.seed = undefined;
     this.tw = undefined;
+    this.shapeN = -1; // (positions in the previous part)
     // the part's bytes at the start of each request's buffer: values are copied from there (copyWithin: no views)
     const w = new Writer(512 + p.length * 2, p, reuse ? this.scratch[0] : undefined);
     const logsAt = beginLogs(w, this.env);
@@ -262,9 +288,23 @@ export class LogsTranscoder {
             c = p[++k];
           }
           if (k === digits || (p[digits] === 0x30 && k - digits > 1)) return -1; // not JSON: no digit, a leading 0
-          if (c === 0x2e || c === 0x65 || c === 0x45) {
-            // '.', 'e', 'E': the rest of the number, read by the engine (the same double JSON.parse gives)
+          let fraction = -1; // digits after a '.' read here (then v holds all the digits)
+          if (c === 0x2e && k - digits <= MAX_INLINE_DIGITS) {
+            const dot = k;
             c = p[++k];
+            while (c! >= 0x30 && c! <= 0x39) {
+              v = v * 10 + (c! - 0x30);
+              c = p[++k];
+            }
+            fraction = k - dot - 1;
+            if (fraction === 0) return -1; // not JSON: "1."
+          }
+          if (fraction > 0 && k - digits - 1 <= MAX_INLINE_DIGITS && c !== 0x65 && c !== 0x45) {
+            // ≤ 15 digits, no exponent: digits / 10^fraction, one correctly rounded division of two exact doubles
+            // (Clinger's fast path), so the very double JSON.parse gives
+            num[n] = neg ? -(v / POW10[fraction]!) : v / POW10[fraction]!;
+          } else if (fraction > 0 || c === 0x2e || c === 0x65 || c === 0x45) {
+            // more digits, or an exponent: the rest of the number read by the engine (the double JSON.parse gives)
             while ((c! >= 0x30 && c! <= 0x39) || c === 0x2e || c === 0x65 || c === 0x45 || c === 0x2b || c === 0x2d)
               c = p[++k];
             num[n] = Number(p.toString('latin1', vs[n], k));
@@ -314,58 +354,61 @@ export class LogsTranscoder {
     let event = -1;
     let ownAttr = false; // a field named as one of the span's own attributes
     const max = this.opts.maxValueLength;
+    if (!this.sameShape(p, n) && !this.keyKinds(p, n)) return -1;
+    const keyKind = this.keyKind;
     for (let f = 0; f < n; f++) {
-      const a = ks[f]!;
-      const len = ke[f]! - a;
-      if (len === 0) return -1;
-      // an array-index key ("0", "42") is listed first by the engine, out of the record's order
-      let digits = 0;
-      while (digits < len && p[a + digits]! >= 0x30 && p[a + digits]! <= 0x39) digits++;
-      if (digits === len) return -1;
-      // a key given twice: the engine keeps the last value at the first place
-      for (let g = 0; g < f; g++) if (ke[g]! - ks[g]! === len && same(p, a, ks[g]!, len)) return -1;
+      const len = ke[f]! - ks[f]!;
       const kd = kind[f]!;
       const v = num[f]!;
       if (kd === STR && ve[f]! - vs[f]! > max) return -1; // truncation is counted on the model path
       let r = ATTR_BOTH;
-      if (len === 2 && is(p, a, K_TS)) {
-        if (kd === STR) return -1; // an ISO date: Date.parse on the model path
-        if (kd === NUM && v >= 0 && v < MAX_TIME_MS) timeMs = v;
-        r = ATTR_LOG;
-      } else if (len === 4 && is(p, a, K_TYPE)) {
-        if (kd === STR) event = f;
-        r = ATTR_LOG;
-      } else if (len === 6 && is(p, a, K_STATUS)) {
-        if (kd === NUM) {
-          status = f;
-          if (v >= 500) failed = true;
-        }
-        r = ATTR_LOG;
-      } else if (len === 5 && is(p, a, K_ERROR)) {
-        if ((kd === STR && ve[f]! > vs[f]!) || kd === TRUE || (kd === NUM && v !== 0)) failed = true;
-        if (kd === STR) error = f;
-      } else if (len === 6 && is(p, a, K_METHOD)) {
-        if (kd === STR) method = f;
-        r = ATTR_LOG;
-      } else if (len === 5 && is(p, a, K_ROUTE)) {
-        if (kd === STR) route = f;
-        r = ATTR_LOG;
-      } else if (len === 3 && is(p, a, K_PID)) {
-        if (kd === NUM) pid = f;
-        r = ATTR_LOG;
-      } else if (len === 11 && is(p, a, K_DURATION)) {
-        if (kd === NUM) duration = f;
-        r = ATTR_LOG;
-      } else if (len === 11 && is(p, a, K_TRACEPARENT)) return -1;
-      else if (len === 10 && is(p, a, K_TRACESTATE)) r = ATTR_LOG;
-      else if ((len === 17 && is(p, a, K_BATCH_ID)) || (len === 20 && is(p, a, K_BATCH_INDEX))) r = ATTR_NONE;
-      else if (
-        (len === 19 && is(p, a, A_METHOD)) ||
-        (len === 10 && (is(p, a, A_ROUTE) || is(p, a, A_ERROR_TYPE))) ||
-        (len === 25 && is(p, a, A_STATUS)) ||
-        (len === 11 && is(p, a, A_PID))
-      )
-        ownAttr = true;
+      switch (keyKind[f]) {
+        case KEY_TS:
+          if (kd === STR) return -1; // an ISO date: Date.parse on the model path
+          if (kd === NUM && v >= 0 && v < MAX_TIME_MS) timeMs = v;
+          r = ATTR_LOG;
+          break;
+        case KEY_TYPE:
+          if (kd === STR) event = f;
+          r = ATTR_LOG;
+          break;
+        case KEY_STATUS:
+          if (kd === NUM) {
+            status = f;
+            if (v >= 500) failed = true;
+          }
+          r = ATTR_LOG;
+          break;
+        case KEY_ERROR:
+          if ((kd === STR && ve[f]! > vs[f]!) || kd === TRUE || (kd === NUM && v !== 0)) failed = true;
+          if (kd === STR) error = f;
+          break;
+        case KEY_METHOD:
+          if (kd === STR) method = f;
+          r = ATTR_LOG;
+          break;
+        case KEY_ROUTE:
+          if (kd === STR) route = f;
+          r = ATTR_LOG;
+          break;
+        case KEY_PID:
+          if (kd === NUM) pid = f;
+          r = ATTR_LOG;
+          break;
+        case KEY_DURATION:
+          if (kd === NUM) duration = f;
+          r = ATTR_LOG;
+          break;
+        case KEY_TRACESTATE:
+          r = ATTR_LOG;
+          break;
+        case KEY_BATCH:
+          r = ATTR_NONE;
+          break;
+        case KEY_SPAN_OWN:
+          ownAttr = true;
+          break;
+      }
       role[f] = r;
       let al: number;
       if (kd === STR) {
@@ -398,6 +441,61 @@ export class LogsTranscoder {
     }
     out.primary.push(wantLog ? 'logs' : 'traces');
     return next;
+  }
+
+  /** Whether the record's n keys are, byte for byte and in order, the last classified record's (keyKind holds). */
+  private sameShape(p: Buffer, n: number): boolean {
+    if (n !== this.shapeN) return false;
+    const { ks, ke, shapeKs, shapeKe } = this;
+    for (let f = 0; f < n; f++) {
+      const len = ke[f]! - ks[f]!;
+      if (len !== shapeKe[f]! - shapeKs[f]! || !same(p, ks[f]!, shapeKs[f]!, len)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * What each of the record's n keys is to the mapping, into keyKind, kept as the shape the next record is compared
+   * with; false (the model path) for an empty, numeric or repeated key, or a traceparent.
+   */
+  private keyKinds(p: Buffer, n: number): boolean {
+    const { ks, ke, keyKind } = this;
+    this.shapeN = -1; // keyKind is being written over
+    for (let f = 0; f < n; f++) {
+      const a = ks[f]!;
+      const len = ke[f]! - a;
+      if (len === 0) return false;
+      // an array-index key ("0", "42") is listed first by the engine, out of the record's order
+      let digits = 0;
+      while (digits < len && p[a + digits]! >= 0x30 && p[a + digits]! <= 0x39) digits++;
+      if (digits === len) return false;
+      // a key given twice: the engine keeps the last value at the first place
+      for (let g = 0; g < f; g++) if (ke[g]! - ks[g]! === len && same(p, a, ks[g]!, len)) return false;
+      let kk = KEY_OTHER;
+      if (len === 2 && is(p, a, K_TS)) kk = KEY_TS;
+      else if (len === 4 && is(p, a, K_TYPE)) kk = KEY_TYPE;
+      else if (len === 6 && is(p, a, K_STATUS)) kk = KEY_STATUS;
+      else if (len === 5 && is(p, a, K_ERROR)) kk = KEY_ERROR;
+      else if (len === 6 && is(p, a, K_METHOD)) kk = KEY_METHOD;
+      else if (len === 5 && is(p, a, K_ROUTE)) kk = KEY_ROUTE;
+      else if (len === 3 && is(p, a, K_PID)) kk = KEY_PID;
+      else if (len === 11 && is(p, a, K_DURATION)) kk = KEY_DURATION;
+      else if (len === 11 && is(p, a, K_TRACEPARENT)) return false;
+      else if (len === 10 && is(p, a, K_TRACESTATE)) kk = KEY_TRACESTATE;
+      else if ((len === 17 && is(p, a, K_BATCH_ID)) || (len === 20 && is(p, a, K_BATCH_INDEX))) kk = KEY_BATCH;
+      else if (
+        (len === 19 && is(p, a, A_METHOD)) ||
+        (len === 10 && (is(p, a, A_ROUTE) || is(p, a, A_ERROR_TYPE))) ||
+        (len === 25 && is(p, a, A_STATUS)) ||
+        (len === 11 && is(p, a, A_PID))
+      )
+        kk = KEY_SPAN_OWN;
+      keyKind[f] = kk;
+    }
+    this.shapeN = n;
+    this.shapeKs.set(ks.subarray(0, n));
+    this.shapeKe.set(ke.subarray(0, n));
+    return true;
   }
 
   /** The LogRecord of a record whose fields are in the token arrays (n of them). */
